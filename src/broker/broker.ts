@@ -1,0 +1,359 @@
+/**
+ * The broker: the task lifecycle. An authenticated identity asks for access
+ * for one task; policy decides each requested scope now, with context; a grant
+ * becomes a short-lived task token; ending the task (complete, fail, revoke,
+ * expiry) refuses that token everywhere at once. Every step is audited, and a
+ * step whose audit record cannot be written does not happen.
+ */
+import { createHash } from 'node:crypto';
+import { z } from 'zod';
+import type { AuditDecision, AuditLog } from '../audit/log.js';
+import type { Clock } from '../core/clock.js';
+import { parseDurationSeconds } from '../core/config.js';
+import { WritError, type WritErrorCode } from '../core/errors.js';
+import { looksLikeId, newId } from '../core/ids.js';
+import { formatScope, isValidAction, isValidResource } from '../core/scope.js';
+import type { Identity, RefusedScope, Scope, Task, TaskState } from '../core/types.js';
+import type { EventBus } from '../events/bus.js';
+import type { IdentityAuthenticator } from '../identity/authenticate.js';
+import { identityInactiveReason, type Registry } from '../identity/registry.js';
+import type { PolicyEngine } from '../policy/engine.js';
+import { MAX_TOKEN_LENGTH } from '../tokens/jwt.js';
+import type { KeyRing } from '../tokens/key-ring.js';
+import { mintTaskToken, TASK_TOKEN_TYP, type TaskTokenVerifier } from '../tokens/task-token.js';
+import { isTerminal, statesLeadingTo } from './task-states.js';
+
+const slug = z.string().regex(/^[a-z][a-z0-9-]{0,63}$/, 'lowercase letters, digits and dashes, at most 64');
+
+export const taskRequestSchema = z
+  .object({
+    purpose: z
+      .string()
+      .min(1)
+      .max(500)
+      .regex(/^[^\p{Cc}\p{Cf}]+$/u, 'no control or format characters'),
+    intent: slug,
+    scopes: z
+      .array(
+        z
+          .object({
+            action: z.string().refine(isValidAction, 'an action name like read or refund'),
+            resource: z.string().refine(isValidResource, 'a resource like db:orders/42 or a pattern like db:orders/*'),
+          })
+          .strict(),
+      )
+      .min(1)
+      .max(32),
+    /** Seconds, or a duration such as `5m`. */
+    ttl: z
+      .union([z.number(), z.string()])
+      .optional()
+      .refine((v) => v === undefined || (parseDurationSeconds(v) ?? 0) >= 1, 'seconds (at least 1) or a duration like 5m'),
+    environment: slug,
+  })
+  .strict();
+
+export type TaskRequest = z.input<typeof taskRequestSchema>;
+
+/** Who is calling: always an identity, sometimes through one of its task tokens. */
+export interface Caller {
+  readonly identity: Identity;
+  /** Set when the caller authenticated with a task token: the task it is bound to. */
+  readonly taskId?: string;
+}
+
+export type TaskRequestResult =
+  | { readonly status: 'granted' | 'partial'; readonly task: Task; readonly token: string; readonly expiresIn: number; readonly warnings: readonly string[] }
+  | { readonly status: 'pending_approval'; readonly task: Task; readonly warnings: readonly string[] }
+  | { readonly status: 'denied'; readonly task: Task; readonly policies: readonly string[]; readonly warnings: readonly string[] };
+
+export type EndState = Extract<TaskState, 'completed' | 'failed' | 'revoked'>;
+
+export interface Broker {
+  /**
+   * Authenticates a bearer credential: an identity token, or (when `allowTaskToken`)
+   * a task token of a task that has not ended. Failures are audited with their
+   * precise reason and surface as one uniform error.
+   * @throws WritError ERR_UNAUTHENTICATED
+   */
+  authenticate(bearer: string | undefined, options: { allowTaskToken: boolean; endpoint: string }): Promise<Caller>;
+  /**
+   * Decides a task request. Never throws for a policy outcome (see the result's
+   * status); throws for bad input and for audit failure.
+   * @throws WritError ERR_VALIDATION, ERR_AUDIT_UNAVAILABLE
+   */
+  requestTask(caller: Caller, request: unknown): Promise<TaskRequestResult>;
+  /** @throws WritError ERR_TASK_NOT_FOUND (also for another identity's task) */
+  getTask(caller: Caller, taskId: string): Promise<Task>;
+  /**
+   * Ends a task; from this instant its token is refused in this process.
+   * @throws WritError ERR_TASK_NOT_FOUND, ERR_TASK_STATE_CONFLICT, ERR_AUDIT_UNAVAILABLE
+   */
+  endTask(caller: Caller, taskId: string, to: EndState, note?: string): Promise<Task>;
+  /** Moves overdue tasks to `expired`, revokes and audits them. Returns how many. */
+  reapExpired(): Promise<number>;
+}
+
+export interface BrokerOptions {
+  readonly registry: Registry;
+  readonly authenticator: IdentityAuthenticator;
+  readonly policy: () => PolicyEngine;
+  readonly taskKeys: KeyRing;
+  readonly taskTokens: TaskTokenVerifier;
+  readonly store: import('../store/store.js').Store;
+  readonly audit: AuditLog;
+  readonly bus: EventBus;
+  readonly clock: Clock;
+  readonly settings: {
+    readonly issuer: string;
+    readonly audience: string;
+    readonly defaultTtlSeconds: number;
+    readonly maxTtlSeconds: number;
+    readonly environments: readonly string[];
+  };
+}
+
+export function createBroker(options: BrokerOptions): Broker {
+  const { registry, audit, bus, clock, store, settings } = options;
+
+  const unauthenticated = async (endpoint: string, code: WritErrorCode, detail: string, token?: string, subject?: string): Promise<never> => {
+    // The audit record is best effort here: the request is refused either way.
+    await audit
+      .append({
+        type: 'authentication.failed',
+        decision: 'deny',
+        reason: code,
+        detail,
+        ...(subject === undefined ? {} : { actor: { id: subject } }),
+        data: { endpoint, ...(token === undefined ? {} : { tokenDigest: tokenDigest(token) }) },
+      })
+      .catch(() => undefined);
+    throw new WritError('ERR_UNAUTHENTICATED', { internal: `${code}: ${detail}` });
+  };
+
+  const visibleTask = async (caller: Caller, taskId: string): Promise<Task> => {
+    const task = looksLikeId('task', taskId) ? await store.getTask(taskId) : undefined;
+    // Another identity's task is reported exactly like a missing one.
+    if (task === undefined || task.identityId !== caller.identity.id || (caller.taskId !== undefined && caller.taskId !== task.id)) {
+      throw new WritError('ERR_TASK_NOT_FOUND');
+    }
+    return task;
+  };
+
+  const announceEnd = (task: Task): void => {
+    bus.publish({ type: 'task.ended', taskId: task.id, state: task.state, expiresAt: task.expiresAt });
+  };
+
+  const auditEnd = (task: Task, identity: Pick<Identity, 'id'> & Partial<Identity>, note?: string) =>
+    audit.append({
+      type: 'task.ended',
+      decision: 'deny',
+      reason: task.state,
+      ...(note === undefined ? {} : { detail: note }),
+      actor: { id: identity.id, ...(identity.actorType ? { actorType: identity.actorType } : {}), ...(identity.owner ? { owner: identity.owner } : {}) },
+      task: { id: task.id, purpose: task.purpose, intent: task.intent, environment: task.environment },
+      policyVersion: task.policyVersion,
+    });
+
+  return {
+    async authenticate(bearer, { allowTaskToken, endpoint }) {
+      if (bearer === undefined || bearer.length === 0) throw new WritError('ERR_UNAUTHENTICATED');
+      if (bearer.length > MAX_TOKEN_LENGTH) return unauthenticated(endpoint, 'ERR_TOKEN_MALFORMED', 'oversized bearer token');
+      const now = clock.now();
+      if (allowTaskToken && peekTyp(bearer) === TASK_TOKEN_TYP) {
+        const checked = await options.taskTokens.verify(bearer, now);
+        if (!checked.ok) return unauthenticated(endpoint, checked.code, checked.detail, bearer);
+        const { claims } = checked.token;
+        const task = await store.getTask(claims.task.id);
+        if (task === undefined || isTerminal(task.state)) {
+          return unauthenticated(endpoint, 'ERR_TOKEN_REVOKED', `task is ${task?.state ?? 'unknown'}`, bearer, claims.sub);
+        }
+        const identity = await registry.get(claims.sub);
+        const inactive = identity === undefined ? 'identity is not registered' : identityInactiveReason(identity, now);
+        if (inactive !== undefined || identity === undefined) return unauthenticated(endpoint, 'ERR_IDENTITY_INACTIVE', inactive ?? '', bearer, claims.sub);
+        return { identity, taskId: task.id };
+      }
+      const result = await options.authenticator.authenticate(bearer);
+      if (!result.ok) return unauthenticated(endpoint, result.code, result.detail, bearer, result.subject);
+      await registry.touch(result.identity.id).catch(() => undefined);
+      return { identity: result.identity };
+    },
+
+    async requestTask(caller, rawRequest) {
+      const parsed = taskRequestSchema.safeParse(rawRequest);
+      if (!parsed.success) throw validationError(parsed.error.issues);
+      const request = parsed.data;
+      if (!settings.environments.includes(request.environment)) {
+        throw validationError([{ path: ['environment'], message: `one of ${settings.environments.join(', ')}` }]);
+      }
+      if (caller.taskId !== undefined) throw new WritError('ERR_FORBIDDEN', { detail: 'ask for a task with an identity token, not a task token' });
+
+      const engine = options.policy();
+      const now = clock.now();
+      const identity = caller.identity;
+      const warnings: string[] = [];
+      let ttl = request.ttl === undefined ? settings.defaultTtlSeconds : (parseDurationSeconds(request.ttl) ?? settings.defaultTtlSeconds);
+      if (ttl > settings.maxTtlSeconds) {
+        warnings.push(`ttl reduced from ${ttl}s to the maximum of ${settings.maxTtlSeconds}s`);
+        ttl = settings.maxTtlSeconds;
+      }
+
+      const scopes = dedupeScopes(request.scopes);
+      const granted: Scope[] = [];
+      const pending: Scope[] = [];
+      const refused: RefusedScope[] = [];
+      const deciding = new Set<string>();
+      for (const scope of scopes) {
+        if (engine.tierOf(scope.action) === undefined) {
+          refused.push({ ...scope, outcome: 'deny', policies: [], reason: 'ERR_UNKNOWN_ACTION' });
+          continue;
+        }
+        const decision = engine.decide({ principal: identity, ...scope, environment: request.environment, intent: request.intent, now });
+        decision.policies.forEach((p) => deciding.add(p));
+        if (decision.outcome === 'allow') granted.push(scope);
+        else if (decision.outcome === 'approval_required') {
+          pending.push(scope);
+          refused.push({ ...scope, outcome: 'approval_required', policies: decision.policies, reason: 'ERR_APPROVAL_REQUIRED' });
+        } else refused.push({ ...scope, outcome: 'deny', policies: decision.policies, reason: 'ERR_POLICY_DENIED' });
+      }
+
+      const state: TaskState = pending.length > 0 ? 'pending_approval' : granted.length > 0 ? 'active' : 'denied';
+      const taskId = newId('task');
+      const expiresAt = now + ttl * 1000;
+      const minted =
+        state === 'active'
+          ? mintTaskToken(options.taskKeys, {
+              issuer: settings.issuer,
+              audience: settings.audience,
+              identityId: identity.id,
+              task: { id: taskId, purpose: request.purpose, intent: request.intent },
+              scopes: granted,
+              environment: request.environment,
+              issuedAt: now,
+              expiresAt,
+            })
+          : undefined;
+      const task: Task = {
+        id: taskId,
+        identityId: identity.id,
+        purpose: request.purpose,
+        intent: request.intent,
+        environment: request.environment,
+        requestedScopes: scopes,
+        grantedScopes: granted,
+        refusedScopes: refused,
+        state,
+        policyVersion: engine.version,
+        parentTaskId: null,
+        tokenId: minted?.jti ?? null,
+        createdAt: now,
+        expiresAt,
+        endedAt: state === 'denied' ? now : null,
+        endReason: state === 'denied' ? 'denied' : null,
+      };
+      await store.createTask(task);
+
+      const auditDecision: AuditDecision =
+        state === 'denied' ? 'deny' : state === 'pending_approval' ? 'approval_required' : refused.length > 0 ? 'partial' : 'allow';
+      try {
+        await audit.append({
+          type: 'task.decision',
+          decision: auditDecision,
+          actor: { id: identity.id, actorType: identity.actorType, owner: identity.owner },
+          task: { id: taskId, purpose: request.purpose, intent: request.intent, environment: request.environment },
+          policies: [...deciding].sort(),
+          policyVersion: engine.version,
+          data: {
+            state,
+            granted: granted.map(formatScope),
+            refused: refused.map((r) => ({ scope: formatScope(r), outcome: r.outcome, policies: r.policies, reason: r.reason })),
+            ttl,
+            expiresAt,
+            ...(minted ? { jti: minted.jti } : {}),
+          },
+        });
+      } catch (error) {
+        // The token never left this function; make sure the task cannot be used either.
+        const ended = await store.transitionTask(taskId, ['active', 'pending_approval'], 'revoked', { at: clock.now(), endReason: 'audit_unavailable' }).catch(() => undefined);
+        if (ended) announceEnd(ended);
+        throw error;
+      }
+
+      if (state === 'denied') return { status: 'denied', task, policies: [...deciding].sort(), warnings };
+      if (state === 'pending_approval') return { status: 'pending_approval', task, warnings };
+      if (minted === undefined) throw new Error('active task without a token');
+      return { status: refused.length > 0 ? 'partial' : 'granted', task, token: minted.token, expiresIn: ttl, warnings };
+    },
+
+    getTask: visibleTask,
+
+    async endTask(caller, taskId, to, note) {
+      const current = await visibleTask(caller, taskId);
+      const ended = await store.transitionTask(current.id, statesLeadingTo(to), to, {
+        at: clock.now(),
+        endReason: note === undefined ? to : `${to}: ${note}`,
+      });
+      if (ended === undefined) {
+        const latest = (await store.getTask(current.id)) ?? current;
+        throw new WritError('ERR_TASK_STATE_CONFLICT', {
+          detail: `task is ${latest.state}; it cannot become ${to}`,
+          extensions: { state: latest.state },
+        });
+      }
+      // INVARIANT: revoke in memory before anything that can fail, so the token is refused from here on.
+      announceEnd(ended);
+      await auditEnd(ended, caller.identity, note);
+      return ended;
+    },
+
+    async reapExpired() {
+      const expired = await store.expireTasks(clock.now());
+      for (const task of expired) announceEnd(task);
+      const audited = await Promise.allSettled(expired.map((task) => auditEnd(task, { id: task.identityId }, 'ttl elapsed')));
+      const failed = audited.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      // The tasks are expired and refused regardless; the caller learns the audit fell behind.
+      if (failed !== undefined) throw failed.reason;
+      return expired.length;
+    },
+  };
+}
+
+function dedupeScopes(scopes: readonly Scope[]): Scope[] {
+  const seen = new Set<string>();
+  const result: Scope[] = [];
+  for (const scope of scopes) {
+    const key = formatScope(scope);
+    if (!seen.has(key)) {
+      seen.add(key);
+      result.push({ action: scope.action, resource: scope.resource });
+    }
+  }
+  return result;
+}
+
+function validationError(issues: readonly { path: readonly PropertyKey[]; message: string }[]): WritError {
+  const errors = issues.map((i) => ({ field: i.path.map(String).join('.'), message: i.message }));
+  return new WritError('ERR_VALIDATION', {
+    detail: errors.map((e) => `${e.field || '(body)'}: ${e.message}`).join('; '),
+    extensions: { errors },
+  });
+}
+
+/** The `typ` header of a compact JWS, read without trusting it (only to pick a verifier). */
+function peekTyp(token: string): string | undefined {
+  const dot = token.indexOf('.');
+  if (dot <= 0 || dot > 1024) return undefined;
+  try {
+    const header = JSON.parse(Buffer.from(token.slice(0, dot), 'base64url').toString('utf8')) as unknown;
+    return typeof header === 'object' && header !== null && typeof (header as { typ?: unknown }).typ === 'string'
+      ? (header as { typ: string }).typ
+      : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** A short, non-reversible handle for a token in audit records. */
+export function tokenDigest(token: string): string {
+  return `sha256:${createHash('sha256').update(token).digest('hex').slice(0, 32)}`;
+}

@@ -1,0 +1,267 @@
+/**
+ * The `writ` command. Exit codes: 0 success, 1 the command failed (for
+ * `audit verify`: the chain is broken), 2 usage error.
+ */
+import { existsSync, writeFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { pino, type Logger } from 'pino';
+import { verifyAuditChain } from '../audit/log.js';
+import { loadConfig, parseDurationSeconds, type WritConfig } from '../core/config.js';
+import { isWritError } from '../core/errors.js';
+import { WRIT_VERSION } from '../core/version.js';
+import { ACTOR_TYPES, type ActorType } from '../core/types.js';
+import { createServer } from '../server/app.js';
+import { describeStore, openStore } from '../store/open.js';
+import { createWrit } from '../writ.js';
+import { runDemo } from './demo.js';
+import { WRIT_YAML_TEMPLATE } from './init-template.js';
+
+export const HELP = `writ ${WRIT_VERSION}: zero-standing-privilege access broker for AI agents
+
+Usage: writ <command> [options]
+
+Commands:
+  serve                      start the Writ server (default 127.0.0.1:8750)
+  init [--force]             write a commented writ.yaml in the current folder
+  identity register          register an identity
+      --spiffe-id <id>         SPIFFE ID, e.g. spiffe://demo.local/agent/support (required)
+      --owner <owner>          accountable owner (required for agents and services)
+      --actor-type <type>      agent | service | human (default agent)
+      --environment <env>      environment the identity acts in (default development)
+      --label <key=value>      a label; repeat for more
+      --expires-in <duration>  identity lifetime, e.g. 90d, or never (default 90d)
+  identity list              list registered identities
+  identity token <id>        print a dev-issuer identity token (JWT-SVID shape)
+      --ttl <duration>         lifetime, at most 5m (default 5m)
+  audit verify               check the audit hash chain; exit 1 naming the first bad record
+  demo                       run a scripted agent against a Writ it starts, and print the transcript
+
+Options for every command:
+  --data-dir <dir>           state folder (default ./.writ; env WRIT_DATA_DIR)
+  --config <file>            configuration file (default ./writ.yaml when present)
+  -h, --help                 show this help
+  -v, --version              print the version
+
+Options for serve:
+  --port <port>              listen port (env WRIT_PORT; 0 picks a free port)
+  --host <host>              listen address (env WRIT_HOST)
+`;
+
+const OPTIONS = {
+  'data-dir': { type: 'string' },
+  config: { type: 'string' },
+  port: { type: 'string' },
+  host: { type: 'string' },
+  force: { type: 'boolean' },
+  'spiffe-id': { type: 'string' },
+  owner: { type: 'string' },
+  'actor-type': { type: 'string' },
+  environment: { type: 'string' },
+  label: { type: 'string', multiple: true },
+  'expires-in': { type: 'string' },
+  ttl: { type: 'string' },
+  json: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+  version: { type: 'boolean', short: 'v' },
+} as const satisfies ParseArgsConfig['options'];
+
+type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true; strict: true }>>['values'];
+
+class UsageError extends Error {}
+
+export async function main(argv: readonly string[]): Promise<number> {
+  let parsed: { values: Values; positionals: string[] };
+  try {
+    parsed = parseArgs({ args: [...argv], options: OPTIONS, allowPositionals: true, strict: true });
+  } catch (error) {
+    process.stderr.write(`writ: ${(error as Error).message}\nRun writ --help for usage.\n`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
+  if (values.version === true) {
+    process.stdout.write(`${WRIT_VERSION}\n`);
+    return 0;
+  }
+  const [command, sub, ...rest] = positionals;
+  if (values.help === true || command === undefined || command === 'help') {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  try {
+    switch (command) {
+      case 'serve':
+        return await serve(values);
+      case 'init':
+        return init(values);
+      case 'identity':
+        return await identity(sub, rest, values);
+      case 'audit':
+        if (sub !== 'verify') throw new UsageError('usage: writ audit verify');
+        return await auditVerify(values);
+      case 'demo':
+        return await runDemo();
+      default:
+        throw new UsageError(`unknown command ${JSON.stringify(command)}`);
+    }
+  } catch (error) {
+    if (error instanceof UsageError) {
+      process.stderr.write(`writ: ${error.message}\nRun writ --help for usage.\n`);
+      return 2;
+    }
+    if (isWritError(error)) {
+      process.stderr.write(`writ: ${error.code}: ${error.detail}\n`);
+      return 1;
+    }
+    process.stderr.write(`writ: unexpected error: ${(error as Error)?.stack ?? String(error)}\n`);
+    return 1;
+  }
+}
+
+function configFrom(values: Values): WritConfig {
+  let port: number | undefined;
+  if (values.port !== undefined) {
+    if (!/^\d{1,5}$/.test(values.port) || Number(values.port) > 65535) throw new UsageError(`--port: expected 0-65535, got ${values.port}`);
+    port = Number(values.port);
+  }
+  return loadConfig({ configFile: values.config, flags: { port, host: values.host, dataDir: values['data-dir'] } });
+}
+
+function createLogger(config: WritConfig): Logger {
+  return pino({ level: config.log.level, base: { service: 'writ' }, redact: ['req.headers.authorization', 'token'] });
+}
+
+async function serve(values: Values): Promise<number> {
+  const config = configFrom(values);
+  const logger = createLogger(config);
+  const writ = await createWrit({ config, logger });
+  const app = createServer(writ, { logger });
+  if (writ.masterKeyCreated) logger.warn({ path: resolve(config.paths.dataDir, 'master.key') }, 'generated a new master key; back it up, or set WRIT_MASTER_KEY');
+  await app.listen({ host: config.server.host, port: config.server.port });
+  const address = app.server.address();
+  const port = typeof address === 'object' && address !== null ? address.port : config.server.port;
+  const host = config.server.host.includes(':') ? `[${config.server.host}]` : config.server.host;
+  const url = `http://${host}:${port}`;
+  if (!['127.0.0.1', 'localhost', '::1'].includes(config.server.host)) {
+    logger.warn('listening beyond loopback over plain HTTP: put TLS in front of Writ before agents use it');
+  }
+  writ.startReaper();
+  logger.info(
+    {
+      url,
+      store: describeStore({ databaseUrl: config.database.url, dataDir: config.paths.dataDir }),
+      policyDir: config.paths.policyDir,
+      policyVersion: writ.policy().version,
+    },
+    `Writ listening on ${url}`,
+  );
+  logger.info(
+    `Try it: writ identity register --spiffe-id spiffe://demo.local/agent/support --owner you@example.com --environment production` +
+      ` --data-dir ${config.paths.dataDir}; then writ identity token spiffe://demo.local/agent/support and POST ${url}/v1/tasks (see README), or run npm run demo`,
+  );
+
+  await new Promise<void>((resolveStop) => {
+    const stop = (signal: string) => {
+      logger.info({ signal }, 'shutting down');
+      resolveStop();
+    };
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  });
+  await app.close();
+  await writ.close();
+  return 0;
+}
+
+function init(values: Values): number {
+  const path = resolve(values.config ?? 'writ.yaml');
+  if (existsSync(path) && values.force !== true) throw new UsageError(`${path} exists; pass --force to overwrite it`);
+  writeFileSync(path, WRIT_YAML_TEMPLATE, { mode: 0o644 });
+  process.stdout.write(`wrote ${path}\n`);
+  return 0;
+}
+
+async function identity(sub: string | undefined, rest: string[], values: Values): Promise<number> {
+  if (sub !== 'register' && sub !== 'list' && sub !== 'token') throw new UsageError('usage: writ identity register|list|token');
+  const config = configFrom(values);
+  const writ = await createWrit({ config });
+  try {
+    if (sub === 'register') {
+      const spiffeId = values['spiffe-id'];
+      if (spiffeId === undefined) throw new UsageError('identity register needs --spiffe-id');
+      const actorType = values['actor-type'] ?? 'agent';
+      if (!(ACTOR_TYPES as readonly string[]).includes(actorType)) throw new UsageError(`--actor-type: one of ${ACTOR_TYPES.join(', ')}`);
+      const expiresIn = values['expires-in'] ?? '90d';
+      let expiresAt: number | null = null;
+      if (expiresIn !== 'never') {
+        const seconds = parseDurationSeconds(expiresIn);
+        if (seconds === undefined || seconds <= 0) throw new UsageError('--expires-in: a duration such as 90d or 12h, or never');
+        expiresAt = writ.clock.now() + seconds * 1000;
+      }
+      const labels: Record<string, string> = {};
+      for (const label of values.label ?? []) {
+        const eq = label.indexOf('=');
+        if (eq <= 0) throw new UsageError(`--label: expected key=value, got ${label}`);
+        labels[label.slice(0, eq)] = label.slice(eq + 1);
+      }
+      const registered = await writ.registerIdentity({
+        id: spiffeId,
+        actorType: actorType as ActorType,
+        ...(values.owner === undefined ? {} : { owner: values.owner }),
+        ...(values.environment === undefined ? {} : { environment: values.environment }),
+        labels,
+        expiresAt,
+      });
+      process.stdout.write(
+        `registered ${registered.id} (${registered.actorType}, owner ${registered.owner}, environment ${registered.environment}, ` +
+          `expires ${registered.expiresAt === null ? 'never' : new Date(registered.expiresAt).toISOString()})\n`,
+      );
+      return 0;
+    }
+    if (sub === 'list') {
+      const identities = await writ.registry.list();
+      if (values.json === true) {
+        process.stdout.write(`${JSON.stringify(identities, null, 2)}\n`);
+        return 0;
+      }
+      if (identities.length === 0) process.stdout.write('no identities registered\n');
+      for (const i of identities) {
+        process.stdout.write(
+          `${i.id}  ${i.actorType}  owner=${i.owner}  env=${i.environment}  ${i.state}  expires=${i.expiresAt === null ? 'never' : new Date(i.expiresAt).toISOString()}\n`,
+        );
+      }
+      return 0;
+    }
+    const id = rest[0];
+    if (id === undefined || rest.length > 1) throw new UsageError('usage: writ identity token <spiffe-id> [--ttl 5m]');
+    let ttl: number | undefined;
+    if (values.ttl !== undefined) {
+      ttl = parseDurationSeconds(values.ttl);
+      if (ttl === undefined || ttl <= 0) throw new UsageError('--ttl: a duration such as 300 or 5m');
+    }
+    const minted = await writ.issueIdentityToken(id, ttl);
+    process.stdout.write(`${minted.token}\n`);
+    return 0;
+  } finally {
+    await writ.close();
+  }
+}
+
+async function auditVerify(values: Values): Promise<number> {
+  const config = configFrom(values);
+  const store = await openStore({ databaseUrl: config.database.url, dataDir: config.paths.dataDir });
+  try {
+    const result = await verifyAuditChain(store);
+    if (result.ok) {
+      process.stdout.write(`audit chain OK: ${result.records} records, head ${result.headHash ?? '(empty)'}\n`);
+      return 0;
+    }
+    process.stderr.write(
+      `writ: ERR_AUDIT_CHAIN_BROKEN: first bad record seq ${result.seq} (id ${result.id}): ${result.problem}; ` +
+        `${result.records} records before it verified\n`,
+    );
+    return 1;
+  } finally {
+    await store.close();
+  }
+}

@@ -1,0 +1,230 @@
+/**
+ * Writ's error codes are public API. Every error a caller can see carries one
+ * of these codes; `docs/errors.md` lists the same table and a test keeps the two
+ * in sync. Tests assert on codes, never on messages.
+ *
+ * What a caller sees is not what an operator sees: `detail` is safe to return,
+ * `internal` (the precise reason, e.g. "signature did not verify") goes only to
+ * the audit log and the server log.
+ */
+
+export interface ErrorSpec {
+  /** HTTP status when the error ends a request. */
+  readonly status: number;
+  /** Short, stable, human title (RFC 9457 `title`). */
+  readonly title: string;
+  /** One sentence for docs/errors.md: when it happens and what to do. */
+  readonly description: string;
+}
+
+export const errorCatalog = {
+  ERR_UNAUTHENTICATED: {
+    status: 401,
+    title: 'Authentication required',
+    description:
+      'The bearer credential is missing, malformed, forged, expired, revoked or unknown. The reason is never told to the caller; it is in the audit log.',
+  },
+  ERR_VALIDATION: {
+    status: 400,
+    title: 'Invalid request',
+    description: 'The request body or parameters do not match the schema; `errors` lists each field.',
+  },
+  ERR_MALFORMED_JSON: {
+    status: 400,
+    title: 'Malformed JSON',
+    description: 'The body is not valid JSON, or uses a forbidden key such as `__proto__`.',
+  },
+  ERR_BODY_TOO_LARGE: {
+    status: 413,
+    title: 'Request body too large',
+    description: 'The body exceeds the configured limit (`server.bodyLimit`).',
+  },
+  ERR_UNSUPPORTED_MEDIA_TYPE: {
+    status: 415,
+    title: 'Unsupported media type',
+    description: 'Send `Content-Type: application/json`.',
+  },
+  ERR_NOT_FOUND: {
+    status: 404,
+    title: 'Not found',
+    description: 'No route, or no resource with that id visible to the caller.',
+  },
+  ERR_FORBIDDEN: {
+    status: 403,
+    title: 'Forbidden',
+    description: 'The caller is authenticated but may not act on this resource (for example another identity\'s task).',
+  },
+  ERR_POLICY_DENIED: {
+    status: 403,
+    title: 'Denied by policy',
+    description: 'Policy refused every requested scope, or the action. `policies` names the deciding policy ids.',
+  },
+  ERR_APPROVAL_REQUIRED: {
+    status: 403,
+    title: 'Approval required',
+    description: 'Policy allows this only with a human approval of the exact action.',
+  },
+  ERR_UNKNOWN_ACTION: {
+    status: 400,
+    title: 'Unknown action',
+    description: 'The action is not declared in the Cedar schema, so nothing can allow it.',
+  },
+  ERR_TASK_NOT_FOUND: {
+    status: 404,
+    title: 'Task not found',
+    description: 'No task with that id is visible to the caller.',
+  },
+  ERR_TASK_STATE_CONFLICT: {
+    status: 409,
+    title: 'Illegal task transition',
+    description: 'The task is not in a state from which this transition is allowed (see docs/tasks.md).',
+  },
+  ERR_IDENTITY_EXISTS: {
+    status: 409,
+    title: 'Identity already registered',
+    description: 'An identity with this id is already in the registry.',
+  },
+  ERR_IDENTITY_NOT_FOUND: {
+    status: 404,
+    title: 'Identity not found',
+    description: 'No identity with this id is registered.',
+  },
+  ERR_IDENTITY_INACTIVE: {
+    status: 403,
+    title: 'Identity not active',
+    description: 'The identity is expired, suspended or decommissioned and gets nothing.',
+  },
+  ERR_TOKEN_MALFORMED: {
+    status: 401,
+    title: 'Malformed token',
+    description: 'Authorize reason: the token is not a compact JWS of the expected type, or is oversized.',
+  },
+  ERR_TOKEN_SIGNATURE: {
+    status: 401,
+    title: 'Bad token signature',
+    description: 'Authorize reason: the signature does not verify, the key is unknown, or the algorithm is not allowed.',
+  },
+  ERR_TOKEN_EXPIRED: {
+    status: 401,
+    title: 'Token expired',
+    description: 'Authorize reason: `exp` has passed (or `nbf` is in the future) beyond the allowed clock skew.',
+  },
+  ERR_TOKEN_AUDIENCE: {
+    status: 401,
+    title: 'Wrong audience',
+    description: 'Authorize reason: the token was issued for another audience.',
+  },
+  ERR_TOKEN_REVOKED: {
+    status: 401,
+    title: 'Token revoked',
+    description: 'Authorize reason: the task has ended (completed, failed, revoked or expired).',
+  },
+  ERR_SCOPE_NOT_GRANTED: {
+    status: 403,
+    title: 'Scope not granted',
+    description: 'Authorize reason: no scope in the task token covers this action on this resource.',
+  },
+  ERR_AUDIT_UNAVAILABLE: {
+    status: 503,
+    title: 'Audit log unavailable',
+    description: 'The audit record could not be written, so the action was not carried out. Retry later.',
+  },
+  ERR_CONFIG_INVALID: {
+    status: 500,
+    title: 'Invalid configuration',
+    description: 'writ.yaml, an environment variable or a flag is invalid; the message names the field.',
+  },
+  ERR_POLICY_INVALID: {
+    status: 500,
+    title: 'Invalid policy set',
+    description: 'The Cedar policies or schema do not parse or validate; the set is refused.',
+  },
+  ERR_MASTER_KEY: {
+    status: 500,
+    title: 'Master key unusable',
+    description: 'WRIT_MASTER_KEY or the master key file is malformed, or does not open the stored signing keys.',
+  },
+  ERR_AUDIT_CHAIN_BROKEN: {
+    status: 500,
+    title: 'Audit chain broken',
+    description: '`writ audit verify` found a record that was changed, deleted or reordered.',
+  },
+  ERR_INTERNAL: {
+    status: 500,
+    title: 'Internal error',
+    description: 'Something unexpected failed. The response carries a correlation id to find it in the server log.',
+  },
+} as const satisfies Record<string, ErrorSpec>;
+
+export type WritErrorCode = keyof typeof errorCatalog;
+
+export interface WritErrorOptions {
+  /** Safe, caller-facing explanation. Defaults to the title. */
+  readonly detail?: string;
+  /** Operator-only reason: written to the audit and server log, never returned. */
+  readonly internal?: string;
+  /** Extra RFC 9457 members safe to return (e.g. `policies`, `errors`). */
+  readonly extensions?: Readonly<Record<string, unknown>>;
+  readonly cause?: unknown;
+}
+
+/**
+ * The one error type Writ throws on purpose. `code` is stable; switch on it.
+ */
+export class WritError<C extends WritErrorCode = WritErrorCode> extends Error {
+  readonly code: C;
+  readonly status: number;
+  readonly detail: string;
+  readonly internal: string | undefined;
+  readonly extensions: Readonly<Record<string, unknown>>;
+
+  constructor(code: C, options: WritErrorOptions = {}) {
+    const spec: ErrorSpec = errorCatalog[code];
+    super(options.detail ?? spec.title, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'WritError';
+    this.code = code;
+    this.status = spec.status;
+    this.detail = options.detail ?? spec.title;
+    this.internal = options.internal;
+    this.extensions = options.extensions ?? {};
+  }
+}
+
+/** True when `value` is a WritError, optionally with one of `codes`. */
+export function isWritError(value: unknown, ...codes: WritErrorCode[]): value is WritError {
+  return value instanceof WritError && (codes.length === 0 || codes.includes(value.code));
+}
+
+/** An RFC 9457 problem details object as Writ returns it. */
+export interface ProblemDetails {
+  readonly type: string;
+  readonly title: string;
+  readonly status: number;
+  readonly detail: string;
+  readonly code: WritErrorCode;
+  readonly correlationId?: string;
+  readonly [extension: string]: unknown;
+}
+
+/** Stable problem `type` URI for a code. */
+export function problemType(code: WritErrorCode): string {
+  return `urn:writ:problem:${code}`;
+}
+
+/**
+ * The caller-facing problem document for an error. Never includes `internal`.
+ * Anything that is not a WritError becomes a generic ERR_INTERNAL.
+ */
+export function toProblem(error: unknown, correlationId?: string): ProblemDetails {
+  const err: WritError = error instanceof WritError ? (error as WritError) : new WritError('ERR_INTERNAL');
+  const spec: ErrorSpec = errorCatalog[err.code];
+  return {
+    ...err.extensions,
+    type: problemType(err.code),
+    title: spec.title,
+    status: err.status,
+    detail: err.detail,
+    code: err.code,
+    ...(correlationId === undefined ? {} : { correlationId }),
+  };
+}

@@ -1,0 +1,193 @@
+/**
+ * The action check every enforcement point runs before a call goes through:
+ *
+ *   1. token     signature, expiry, audience (signature cached per token)
+ *   2. revoked   the task has not ended (in-memory revocation list)
+ *   3. identity  the identity is still registered and active
+ *   4. scope     a granted scope covers (action, resource)
+ *   5. policy    above `read`, policy is decided again with fresh context
+ *   6. audit     the decision is appended to the audit chain
+ *
+ * The first failing step decides, with a stable reason code. Nothing here
+ * throws for a bad request; every error is a deny. An allow is returned only
+ * after its audit record is durable.
+ */
+import { createHash } from 'node:crypto';
+import type { AuditLog } from '../audit/log.js';
+import { canonicalize } from '../core/canonical-json.js';
+import type { Clock } from '../core/clock.js';
+import type { WritErrorCode } from '../core/errors.js';
+import { findCoveringScope, isValidAction, isValidResource } from '../core/scope.js';
+import type { Identity, Tier } from '../core/types.js';
+import type { Registry } from '../identity/registry.js';
+import { identityInactiveReason } from '../identity/registry.js';
+import type { PolicyEngine } from '../policy/engine.js';
+import type { TaskTokenVerifier, VerifiedTaskToken } from '../tokens/task-token.js';
+import type { RevocationList } from './revocation-list.js';
+
+export interface ActionRequest {
+  readonly action: string;
+  /** A concrete resource (`db:orders/42`) or a pattern the grant must cover whole. */
+  readonly resource: string;
+  /** What the enforcement point knows of the call (arguments). Audited as a digest, never stored. */
+  readonly context?: Readonly<Record<string, unknown>>;
+}
+
+export type ActionReason = Extract<
+  WritErrorCode,
+  | 'ERR_TOKEN_MALFORMED'
+  | 'ERR_TOKEN_SIGNATURE'
+  | 'ERR_TOKEN_EXPIRED'
+  | 'ERR_TOKEN_AUDIENCE'
+  | 'ERR_TOKEN_REVOKED'
+  | 'ERR_IDENTITY_INACTIVE'
+  | 'ERR_VALIDATION'
+  | 'ERR_UNKNOWN_ACTION'
+  | 'ERR_SCOPE_NOT_GRANTED'
+  | 'ERR_POLICY_DENIED'
+  | 'ERR_APPROVAL_REQUIRED'
+  | 'ERR_AUDIT_UNAVAILABLE'
+>;
+
+export interface ActionDecision {
+  readonly allowed: boolean;
+  readonly decision: 'allow' | 'deny' | 'approval_required';
+  /** Null when allowed. */
+  readonly reason: ActionReason | null;
+  readonly taskId: string | null;
+  readonly identityId: string | null;
+  readonly tier: Tier | null;
+  /** Policies that decided (empty when no policy was evaluated). */
+  readonly policies: readonly string[];
+  readonly policyVersion: string | null;
+  /** The audit record of this decision; null only when it could not be written. */
+  readonly auditId: string | null;
+}
+
+export type ActionCheck = (token: string, request: ActionRequest) => Promise<ActionDecision>;
+
+export interface ActionCheckOptions {
+  readonly verifier: TaskTokenVerifier;
+  readonly revocations: RevocationList;
+  readonly registry: Registry;
+  /** The current policy engine; read per call so reloads apply at once. */
+  readonly policy: () => PolicyEngine;
+  readonly audit: AuditLog;
+  readonly clock: Clock;
+}
+
+const MAX_CONTEXT_BYTES = 16 * 1024;
+
+interface Outcome {
+  readonly decision: ActionDecision['decision'];
+  readonly reason: ActionReason | null;
+  readonly detail?: string;
+  readonly token?: VerifiedTaskToken;
+  readonly identity?: Identity;
+  readonly tier?: Tier;
+  readonly policies?: readonly string[];
+  readonly policyVersion?: string;
+}
+
+export function createActionCheck(options: ActionCheckOptions): ActionCheck {
+  const { verifier, revocations, registry, audit, clock } = options;
+
+  const deny = (reason: ActionReason, detail: string, partial: Partial<Outcome> = {}): Outcome => ({ decision: 'deny', reason, detail, ...partial });
+
+  const decide = async (token: string, request: ActionRequest, now: number): Promise<Outcome> => {
+    const checked = verifier.verifyCached(token, now) ?? (await verifier.verify(token, now));
+    if (!checked.ok) return deny(checked.code, checked.detail);
+    const verified = checked.token;
+    const taskId = verified.claims.task.id;
+
+    if (revocations.isRevoked(taskId)) return deny('ERR_TOKEN_REVOKED', 'task has ended', { token: verified });
+
+    const identity = registry.getCached(verified.claims.sub) ?? (await registry.get(verified.claims.sub));
+    const inactive = identity === undefined ? 'identity is no longer registered' : identityInactiveReason(identity, now);
+    if (inactive !== undefined) return deny('ERR_IDENTITY_INACTIVE', inactive, { token: verified });
+
+    if (!isValidAction(request.action) || !isValidResource(request.resource)) {
+      return deny('ERR_VALIDATION', 'action or resource is not well formed', { token: verified, identity });
+    }
+    const engine = options.policy();
+    const tier = engine.tierOf(request.action);
+    if (tier === undefined) return deny('ERR_UNKNOWN_ACTION', `action ${request.action} is not in the schema`, { token: verified, identity });
+    if (findCoveringScope(verified.scopes, request) === undefined) {
+      return deny('ERR_SCOPE_NOT_GRANTED', 'no granted scope covers this action and resource', { token: verified, identity, tier });
+    }
+    if (tier === 'read') return { decision: 'allow', reason: null, token: verified, identity, tier };
+
+    const decision = engine.decide({
+      principal: identity as Identity,
+      action: request.action,
+      resource: request.resource,
+      environment: verified.claims.env,
+      intent: verified.claims.task.intent,
+      now,
+    });
+    const decided = { token: verified, identity, tier, policies: decision.policies, policyVersion: decision.policyVersion };
+    if (decision.outcome === 'allow') return { decision: 'allow', reason: null, ...decided };
+    if (decision.outcome === 'approval_required') {
+      return { decision: 'approval_required', reason: 'ERR_APPROVAL_REQUIRED', detail: 'policy requires a human approval', ...decided };
+    }
+    return deny('ERR_POLICY_DENIED', decision.errors.length > 0 ? `policy errors: ${decision.errors.join('; ')}` : 'policy denied', decided);
+  };
+
+  return async (token, request) => {
+    const now = clock.now();
+    const shapeOk =
+      typeof token === 'string' &&
+      typeof request === 'object' &&
+      request !== null &&
+      typeof request.action === 'string' &&
+      typeof request.resource === 'string';
+    const argsDigest = shapeOk ? digestContext(request.context) : undefined;
+    const outcome: Outcome =
+      !shapeOk || argsDigest === null ? deny('ERR_VALIDATION', 'request is not {action, resource, context?}') : await decide(token, request, now);
+
+    const claims = outcome.token?.claims;
+    const base = {
+      taskId: claims?.task.id ?? null,
+      identityId: claims?.sub ?? null,
+      tier: outcome.tier ?? null,
+      policies: outcome.policies ?? [],
+      policyVersion: outcome.policyVersion ?? null,
+    };
+    try {
+      const receipt = await audit.append({
+        type: 'action.check',
+        decision: outcome.decision,
+        ...(outcome.reason === null ? {} : { reason: outcome.reason }),
+        ...(outcome.detail === undefined ? {} : { detail: outcome.detail }),
+        ...(claims === undefined
+          ? {}
+          : {
+              actor: { id: claims.sub, ...(outcome.identity ? { actorType: outcome.identity.actorType, owner: outcome.identity.owner } : {}) },
+              task: { id: claims.task.id, purpose: claims.task.purpose, intent: claims.task.intent, environment: claims.env },
+            }),
+        ...(shapeOk ? { action: request.action.slice(0, 128), resource: request.resource.slice(0, 300) } : {}),
+        ...(outcome.tier === undefined ? {} : { tier: outcome.tier }),
+        policies: base.policies,
+        ...(outcome.policyVersion === undefined ? {} : { policyVersion: outcome.policyVersion }),
+        ...(argsDigest ? { data: { argsDigest } } : {}),
+      });
+      return { allowed: outcome.decision === 'allow', decision: outcome.decision, reason: outcome.reason, ...base, auditId: receipt.id };
+    } catch {
+      // INVARIANT: a decision that could not be audited is not carried out.
+      return { allowed: false, decision: 'deny', reason: 'ERR_AUDIT_UNAVAILABLE', ...base, auditId: null };
+    }
+  };
+}
+
+/** SHA-256 of the canonical context, undefined when absent, null when unusable. */
+function digestContext(context: unknown): string | undefined | null {
+  if (context === undefined) return undefined;
+  if (typeof context !== 'object' || context === null || Array.isArray(context)) return null;
+  try {
+    const text = canonicalize(context);
+    if (text.length > MAX_CONTEXT_BYTES) return null;
+    return `sha256:${createHash('sha256').update(text).digest('hex')}`;
+  } catch {
+    return null;
+  }
+}

@@ -1,0 +1,44 @@
+/**
+ * Fan-out of the events every node must act on at once: a task ended (so its
+ * token is refused), a policy set was reloaded. In-process today; the cluster
+ * transport (PostgreSQL LISTEN/NOTIFY) publishes into the same bus.
+ */
+import type { TaskState } from '../core/types.js';
+
+export type WritEvent =
+  | {
+      readonly type: 'task.ended';
+      readonly taskId: string;
+      readonly state: TaskState;
+      /** When the task's token would have expired anyway (epoch ms). */
+      readonly expiresAt: number;
+    }
+  | { readonly type: 'policy.reloaded'; readonly version: string };
+
+export type EventHandler = (event: WritEvent) => void;
+
+export interface EventBus {
+  /** Delivers `event` to every subscriber before returning. A failing handler does not stop the others. */
+  publish(event: WritEvent): void;
+  /** Returns a function that unsubscribes. */
+  subscribe(handler: EventHandler): () => void;
+}
+
+export function createEventBus(onHandlerError?: (error: unknown, event: WritEvent) => void): EventBus {
+  const handlers = new Set<EventHandler>();
+  return {
+    publish(event) {
+      for (const handler of handlers) {
+        try {
+          handler(event);
+        } catch (error) {
+          onHandlerError?.(error, event);
+        }
+      }
+    },
+    subscribe(handler) {
+      handlers.add(handler);
+      return () => handlers.delete(handler);
+    },
+  };
+}

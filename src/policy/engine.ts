@@ -1,0 +1,115 @@
+/**
+ * Policy decisions with Cedar. Three outcomes:
+ *
+ * - `allow`: some permit applies and no forbid does.
+ * - `approval_required`: allowed, but only by permits annotated
+ *   `@approval("required")`: a human must approve the exact action.
+ * - `deny`: a forbid applies, or no permit does. Any evaluation error denies:
+ *   Cedar skips an erroring policy, so an erroring permit never allows, and a
+ *   failed call (bad request shape) is a deny here, never an allow.
+ *
+ * Only the entities a request needs cross into wasm (the principal and the
+ * resource); the policy set and schema are preparsed once per version.
+ */
+import * as cedar from '@cedar-policy/cedar-wasm/nodejs';
+import { resourceKind } from '../core/scope.js';
+import type { Identity, Sensitivity, Tier } from '../core/types.js';
+import { CEDAR_NAMESPACE, type PolicySet } from './policy-set.js';
+
+export type PolicyOutcome = 'allow' | 'deny' | 'approval_required';
+
+export interface PolicyDecision {
+  readonly outcome: PolicyOutcome;
+  /** Policies that determined the outcome (the permits that allowed, or the forbids that denied). */
+  readonly policies: readonly string[];
+  /** Evaluation errors, for the audit log. Non-empty errors never turn a deny into an allow. */
+  readonly errors: readonly string[];
+  readonly policyVersion: string;
+  readonly tier: Tier;
+  readonly sensitivity: Sensitivity;
+}
+
+export interface DecisionInput {
+  readonly principal: Identity;
+  readonly action: string;
+  /** A concrete resource, or a pattern when deciding a requested scope. */
+  readonly resource: string;
+  readonly environment: string;
+  readonly intent: string;
+  /** Decision time in epoch ms; gives `context.hour` and `context.weekday` (UTC). */
+  readonly now: number;
+}
+
+export interface PolicyEngine {
+  readonly version: string;
+  readonly set: PolicySet;
+  /** The action's tier, or undefined when the schema does not declare it in a tier group. */
+  tierOf(action: string): Tier | undefined;
+  /** Decides one request. Never throws: an error is a deny with `errors` filled in. */
+  decide(input: DecisionInput): PolicyDecision;
+}
+
+const PRINCIPAL_TYPES: Record<Identity['actorType'], string> = {
+  agent: `${CEDAR_NAMESPACE}::Agent`,
+  service: `${CEDAR_NAMESPACE}::Service`,
+  human: `${CEDAR_NAMESPACE}::Human`,
+};
+const ACTION_TYPE = `${CEDAR_NAMESPACE}::Action`;
+const RESOURCE_TYPE = `${CEDAR_NAMESPACE}::Resource`;
+
+export function createPolicyEngine(set: PolicySet): PolicyEngine {
+  const requiresApproval = new Set<string>();
+  for (const policy of set.policies.values()) {
+    if (policy.effect === 'permit' && policy.annotations.approval === 'required') requiresApproval.add(policy.id);
+  }
+
+  const decide = (input: DecisionInput): PolicyDecision => {
+    const tier = set.actionTiers.get(input.action);
+    const sensitivity = set.catalog.sensitivityOf(input.resource);
+    const base = { policyVersion: set.version, sensitivity, tier: tier ?? 'admin' };
+    if (tier === undefined) return { ...base, outcome: 'deny', policies: [], errors: [`action ${input.action} is not in a tier group`] };
+
+    const date = new Date(input.now);
+    const principal = { type: PRINCIPAL_TYPES[input.principal.actorType], id: input.principal.id };
+    const resource = { type: RESOURCE_TYPE, id: input.resource };
+    let answer: cedar.AuthorizationAnswer;
+    try {
+      answer = cedar.statefulIsAuthorized({
+        principal,
+        action: { type: ACTION_TYPE, id: input.action },
+        resource,
+        context: {
+          environment: input.environment,
+          actorType: input.principal.actorType,
+          intent: input.intent,
+          sensitivity,
+          tier,
+          hour: date.getUTCHours(),
+          weekday: date.getUTCDay(),
+        },
+        entities: [
+          {
+            uid: principal,
+            attrs: { owner: input.principal.owner, environment: input.principal.environment, actorType: input.principal.actorType },
+            parents: [],
+          },
+          { uid: resource, attrs: { kind: resourceKind(input.resource), sensitivity }, parents: [] },
+        ],
+        preparsedPolicySetId: set.version,
+        preparsedSchemaName: set.version,
+        validateRequest: true,
+      });
+    } catch (error) {
+      return { ...base, outcome: 'deny', policies: [], errors: [`cedar threw: ${(error as Error).message}`] };
+    }
+    if (answer.type === 'failure') return { ...base, outcome: 'deny', policies: [], errors: answer.errors.map((e) => e.message) };
+
+    const { decision, diagnostics } = answer.response;
+    const errors = diagnostics.errors.map((e) => `${e.policyId}: ${e.error.message}`);
+    if (decision === 'deny') return { ...base, outcome: 'deny', policies: diagnostics.reason, errors };
+    const unconditional = diagnostics.reason.some((id) => !requiresApproval.has(id));
+    return { ...base, outcome: unconditional ? 'allow' : 'approval_required', policies: diagnostics.reason, errors };
+  };
+
+  return { version: set.version, set, tierOf: (action) => set.actionTiers.get(action), decide };
+}

@@ -1,0 +1,393 @@
+/**
+ * The store over Kysely: one implementation for SQLite (better-sqlite3, WAL)
+ * and PostgreSQL (pg). Where the two differ (how the audit appender takes its
+ * lock) the difference is named and local.
+ */
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import Database from 'better-sqlite3';
+import { Kysely, Migrator, PostgresDialect, SqliteDialect, sql, type Transaction } from 'kysely';
+import pg from 'pg';
+import type { Identity, IdentityState, RefusedScope, Scope, Task, TaskState } from '../core/types.js';
+import { migrationProvider } from './migrations.js';
+import type {
+  AuditRow,
+  ChainHead,
+  ChainLinker,
+  NewIdentity,
+  NewTask,
+  SigningKeyUse,
+  Store,
+  StoredSigningKey,
+  TaskTransition,
+} from './store.js';
+
+interface IdentityTable {
+  id: string;
+  actor_type: string;
+  owner: string;
+  environment: string;
+  labels: string;
+  state: string;
+  created_at: number;
+  last_seen_at: number | null;
+  expires_at: number | null;
+}
+
+interface TaskTable {
+  id: string;
+  identity_id: string;
+  purpose: string;
+  intent: string;
+  environment: string;
+  requested_scopes: string;
+  granted_scopes: string;
+  refused_scopes: string;
+  state: string;
+  policy_version: string;
+  parent_task_id: string | null;
+  token_id: string | null;
+  created_at: number;
+  expires_at: number;
+  ended_at: number | null;
+  end_reason: string | null;
+}
+
+interface SigningKeyTable {
+  kid: string;
+  use: string;
+  alg: string;
+  public_jwk: string;
+  private_sealed: string;
+  state: string;
+  created_at: number;
+}
+
+interface AuditTable {
+  seq: number;
+  id: string;
+  at: number;
+  type: string;
+  record: string;
+  prev_hash: string;
+  hash: string;
+}
+
+interface Tables {
+  identities: IdentityTable;
+  tasks: TaskTable;
+  signing_keys: SigningKeyTable;
+  audit_records: AuditTable;
+}
+
+const NON_TERMINAL: readonly TaskState[] = ['active', 'pending_approval'];
+// Arbitrary constant naming Writ's audit-append advisory lock in PostgreSQL ('writ' in ASCII).
+const AUDIT_LOCK_KEY = 0x77726974;
+
+export interface SqliteStoreOptions {
+  /** Path of the database file, or ':memory:'. */
+  readonly filename: string;
+}
+
+export interface PostgresStoreOptions {
+  readonly url: string;
+  readonly maxConnections?: number;
+}
+
+/** Opens (creating if needed) a SQLite store and migrates it to the latest schema. */
+export async function openSqliteStore(options: SqliteStoreOptions): Promise<Store> {
+  if (options.filename !== ':memory:') mkdirSync(dirname(options.filename), { recursive: true, mode: 0o700 });
+  const database = new Database(options.filename);
+  database.pragma('journal_mode = WAL');
+  database.pragma('synchronous = NORMAL');
+  database.pragma('busy_timeout = 5000');
+  database.pragma('foreign_keys = ON');
+  const db = new Kysely<Tables>({ dialect: new SqliteDialect({ database }) });
+  return migrated(new KyselyStore(db, 'sqlite'));
+}
+
+/** Opens a PostgreSQL store and migrates it to the latest schema. */
+export async function openPostgresStore(options: PostgresStoreOptions): Promise<Store> {
+  const pool = new pg.Pool({
+    connectionString: options.url,
+    max: options.maxConnections ?? 10,
+    // int8 (bigint) columns hold epoch milliseconds and sequence numbers: safe as JS numbers.
+    types: {
+      getTypeParser: ((oid: number, format?: 'text' | 'binary') =>
+        oid === 20 ? (value: string) => Number(value) : pg.types.getTypeParser(oid, format as 'text')) as typeof pg.types.getTypeParser,
+    },
+  });
+  const db = new Kysely<Tables>({ dialect: new PostgresDialect({ pool }) });
+  return migrated(new KyselyStore(db, 'postgres'));
+}
+
+async function migrated(store: KyselyStore): Promise<Store> {
+  const migrator = new Migrator({ db: store.db, provider: migrationProvider });
+  const { error } = await migrator.migrateToLatest();
+  if (error !== undefined) {
+    await store.close();
+    throw error instanceof Error ? error : new Error(String(error));
+  }
+  return store;
+}
+
+class KyselyStore implements Store {
+  constructor(
+    readonly db: Kysely<Tables>,
+    readonly dialect: 'sqlite' | 'postgres',
+  ) {}
+
+  async createIdentity(identity: NewIdentity): Promise<boolean> {
+    const inserted = await this.db
+      .insertInto('identities')
+      .values({
+        id: identity.id,
+        actor_type: identity.actorType,
+        owner: identity.owner,
+        environment: identity.environment,
+        labels: JSON.stringify(identity.labels),
+        state: 'active',
+        created_at: identity.createdAt,
+        last_seen_at: null,
+        expires_at: identity.expiresAt,
+      })
+      .onConflict((oc) => oc.doNothing())
+      .returning('id')
+      .executeTakeFirst();
+    return inserted !== undefined;
+  }
+
+  async getIdentity(id: string): Promise<Identity | undefined> {
+    const row = await this.db.selectFrom('identities').selectAll().where('id', '=', id).executeTakeFirst();
+    return row && toIdentity(row);
+  }
+
+  async listIdentities(): Promise<Identity[]> {
+    const rows = await this.db.selectFrom('identities').selectAll().orderBy('created_at').orderBy('id').execute();
+    return rows.map(toIdentity);
+  }
+
+  async setIdentityState(id: string, state: IdentityState): Promise<Identity | undefined> {
+    const row = await this.db.updateTable('identities').set({ state }).where('id', '=', id).returningAll().executeTakeFirst();
+    return row && toIdentity(row);
+  }
+
+  async touchIdentity(id: string, at: number): Promise<void> {
+    await this.db.updateTable('identities').set({ last_seen_at: at }).where('id', '=', id).execute();
+  }
+
+  async createTask(task: NewTask): Promise<void> {
+    await this.db
+      .insertInto('tasks')
+      .values({
+        id: task.id,
+        identity_id: task.identityId,
+        purpose: task.purpose,
+        intent: task.intent,
+        environment: task.environment,
+        requested_scopes: JSON.stringify(task.requestedScopes),
+        granted_scopes: JSON.stringify(task.grantedScopes),
+        refused_scopes: JSON.stringify(task.refusedScopes),
+        state: task.state,
+        policy_version: task.policyVersion,
+        parent_task_id: task.parentTaskId,
+        token_id: task.tokenId,
+        created_at: task.createdAt,
+        expires_at: task.expiresAt,
+        ended_at: task.state === 'denied' ? task.createdAt : null,
+        end_reason: task.state === 'denied' ? 'denied' : null,
+      })
+      .execute();
+  }
+
+  async getTask(id: string): Promise<Task | undefined> {
+    const row = await this.db.selectFrom('tasks').selectAll().where('id', '=', id).executeTakeFirst();
+    return row && toTask(row);
+  }
+
+  async transitionTask(id: string, from: readonly TaskState[], to: TaskState, change: TaskTransition): Promise<Task | undefined> {
+    if (from.length === 0) return undefined;
+    const terminal = !NON_TERMINAL.includes(to);
+    const row = await this.db
+      .updateTable('tasks')
+      .set({
+        state: to,
+        ...(terminal ? { ended_at: change.at, end_reason: change.endReason ?? to } : {}),
+        ...(change.tokenId === undefined ? {} : { token_id: change.tokenId }),
+      })
+      .where('id', '=', id)
+      .where('state', 'in', [...from])
+      .returningAll()
+      .executeTakeFirst();
+    return row && toTask(row);
+  }
+
+  async expireTasks(now: number): Promise<Task[]> {
+    const rows = await this.db
+      .updateTable('tasks')
+      .set({ state: 'expired', ended_at: now, end_reason: 'expired' })
+      .where('state', 'in', [...NON_TERMINAL])
+      .where('expires_at', '<=', now)
+      .returningAll()
+      .execute();
+    return rows.map(toTask);
+  }
+
+  async listEndedUnexpiredTasks(now: number): Promise<Task[]> {
+    const rows = await this.db
+      .selectFrom('tasks')
+      .selectAll()
+      .where('ended_at', 'is not', null)
+      .where('expires_at', '>', now)
+      .execute();
+    return rows.map(toTask);
+  }
+
+  async ensureActiveSigningKey(key: StoredSigningKey): Promise<StoredSigningKey> {
+    await this.db
+      .insertInto('signing_keys')
+      .values({
+        kid: key.kid,
+        use: key.use,
+        alg: key.alg,
+        public_jwk: key.publicJwk,
+        private_sealed: key.privateSealed,
+        state: 'active',
+        created_at: key.createdAt,
+      })
+      .onConflict((oc) => oc.doNothing())
+      .execute();
+    const row = await this.db
+      .selectFrom('signing_keys')
+      .selectAll()
+      .where('use', '=', key.use)
+      .where('state', '=', 'active')
+      .executeTakeFirstOrThrow();
+    return toSigningKey(row);
+  }
+
+  async listSigningKeys(use: SigningKeyUse): Promise<StoredSigningKey[]> {
+    const rows = await this.db.selectFrom('signing_keys').selectAll().where('use', '=', use).orderBy('created_at').execute();
+    return rows.map(toSigningKey);
+  }
+
+  async appendChained(linkers: readonly ChainLinker[]): Promise<AuditRow[]> {
+    if (linkers.length === 0) return [];
+    const write = async (trx: Kysely<Tables> | Transaction<Tables>): Promise<AuditRow[]> => {
+      const headRow = await trx.selectFrom('audit_records').select(['seq', 'hash']).orderBy('seq', 'desc').limit(1).executeTakeFirst();
+      let head: ChainHead | null = headRow ? { seq: headRow.seq, hash: headRow.hash } : null;
+      const rows: AuditRow[] = [];
+      for (const link of linkers) {
+        const row = link(head);
+        rows.push(row);
+        head = { seq: row.seq, hash: row.hash };
+      }
+      // SQLite caps bound parameters per statement; 7 per row keeps 500 rows well under it.
+      for (let i = 0; i < rows.length; i += 500) {
+        await trx
+          .insertInto('audit_records')
+          .values(
+            rows.slice(i, i + 500).map((r) => ({
+              seq: r.seq,
+              id: r.id,
+              at: r.at,
+              type: r.type,
+              record: r.record,
+              prev_hash: r.prevHash,
+              hash: r.hash,
+            })),
+          )
+          .execute();
+      }
+      return rows;
+    };
+
+    if (this.dialect === 'postgres') {
+      return this.db.transaction().execute(async (trx) => {
+        // INVARIANT: every appender on every node takes this lock before reading the head.
+        await sql`select pg_advisory_xact_lock(${AUDIT_LOCK_KEY})`.execute(trx);
+        return write(trx);
+      });
+    }
+    // SQLite: BEGIN IMMEDIATE takes the write lock before the head is read, so a
+    // second process (the CLI beside a running server) cannot interleave.
+    return this.db.connection().execute(async (conn) => {
+      await sql`begin immediate`.execute(conn);
+      try {
+        const rows = await write(conn);
+        await sql`commit`.execute(conn);
+        return rows;
+      } catch (error) {
+        await sql`rollback`.execute(conn).catch(() => undefined);
+        throw error;
+      }
+    });
+  }
+
+  async readAudit(afterSeq: number, limit: number): Promise<AuditRow[]> {
+    const rows = await this.db
+      .selectFrom('audit_records')
+      .selectAll()
+      .where('seq', '>', afterSeq)
+      .orderBy('seq')
+      .limit(limit)
+      .execute();
+    return rows.map((r) => ({ seq: r.seq, id: r.id, at: r.at, type: r.type, record: r.record, prevHash: r.prev_hash, hash: r.hash }));
+  }
+
+  async auditHead(): Promise<ChainHead | null> {
+    const row = await this.db.selectFrom('audit_records').select(['seq', 'hash']).orderBy('seq', 'desc').limit(1).executeTakeFirst();
+    return row ? { seq: row.seq, hash: row.hash } : null;
+  }
+
+  async close(): Promise<void> {
+    await this.db.destroy();
+  }
+}
+
+function toIdentity(row: IdentityTable): Identity {
+  return {
+    id: row.id,
+    actorType: row.actor_type as Identity['actorType'],
+    owner: row.owner,
+    environment: row.environment,
+    labels: JSON.parse(row.labels) as Record<string, string>,
+    state: row.state as IdentityState,
+    createdAt: row.created_at,
+    lastSeenAt: row.last_seen_at,
+    expiresAt: row.expires_at,
+  };
+}
+
+function toTask(row: TaskTable): Task {
+  return {
+    id: row.id,
+    identityId: row.identity_id,
+    purpose: row.purpose,
+    intent: row.intent,
+    environment: row.environment,
+    requestedScopes: JSON.parse(row.requested_scopes) as Scope[],
+    grantedScopes: JSON.parse(row.granted_scopes) as Scope[],
+    refusedScopes: JSON.parse(row.refused_scopes) as RefusedScope[],
+    state: row.state as TaskState,
+    policyVersion: row.policy_version,
+    parentTaskId: row.parent_task_id,
+    tokenId: row.token_id,
+    createdAt: row.created_at,
+    expiresAt: row.expires_at,
+    endedAt: row.ended_at,
+    endReason: row.end_reason,
+  };
+}
+
+function toSigningKey(row: SigningKeyTable): StoredSigningKey {
+  return {
+    kid: row.kid,
+    use: row.use as SigningKeyUse,
+    alg: row.alg,
+    publicJwk: row.public_jwk,
+    privateSealed: row.private_sealed,
+    state: row.state as 'active' | 'retired',
+    createdAt: row.created_at,
+  };
+}

@@ -1,0 +1,83 @@
+/**
+ * Schema migrations, in code so they ship inside the package. Portable across
+ * SQLite and PostgreSQL: timestamps are epoch milliseconds in `bigint`, JSON is
+ * text (canonical where it is hashed), booleans are not used.
+ * Never edit a migration that has shipped; add the next one.
+ */
+import { sql, type Kysely, type Migration, type MigrationProvider } from 'kysely';
+
+const migrations: Record<string, Migration> = {
+  '0001_spine': {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable('identities')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('actor_type', 'text', (c) => c.notNull())
+        .addColumn('owner', 'text', (c) => c.notNull())
+        .addColumn('environment', 'text', (c) => c.notNull())
+        .addColumn('labels', 'text', (c) => c.notNull())
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('last_seen_at', 'bigint')
+        .addColumn('expires_at', 'bigint')
+        .execute();
+
+      await db.schema
+        .createTable('tasks')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('identity_id', 'text', (c) => c.notNull())
+        .addColumn('purpose', 'text', (c) => c.notNull())
+        .addColumn('intent', 'text', (c) => c.notNull())
+        .addColumn('environment', 'text', (c) => c.notNull())
+        .addColumn('requested_scopes', 'text', (c) => c.notNull())
+        .addColumn('granted_scopes', 'text', (c) => c.notNull())
+        .addColumn('refused_scopes', 'text', (c) => c.notNull())
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('policy_version', 'text', (c) => c.notNull())
+        .addColumn('parent_task_id', 'text')
+        .addColumn('token_id', 'text')
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('expires_at', 'bigint', (c) => c.notNull())
+        .addColumn('ended_at', 'bigint')
+        .addColumn('end_reason', 'text')
+        .execute();
+      await db.schema.createIndex('tasks_state_expires').on('tasks').columns(['state', 'expires_at']).execute();
+      await db.schema.createIndex('tasks_identity').on('tasks').column('identity_id').execute();
+      await db.schema.createIndex('tasks_ended').on('tasks').columns(['ended_at', 'expires_at']).execute();
+
+      await db.schema
+        .createTable('signing_keys')
+        .addColumn('kid', 'text', (c) => c.primaryKey())
+        .addColumn('use', 'text', (c) => c.notNull())
+        .addColumn('alg', 'text', (c) => c.notNull())
+        .addColumn('public_jwk', 'text', (c) => c.notNull())
+        .addColumn('private_sealed', 'text', (c) => c.notNull())
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .execute();
+      // INVARIANT: at most one active key per use, so concurrent first starts agree on one.
+      await db.schema
+        .createIndex('signing_keys_one_active')
+        .on('signing_keys')
+        .column('use')
+        .unique()
+        .where(sql.ref('state'), '=', 'active')
+        .execute();
+
+      await db.schema
+        .createTable('audit_records')
+        .addColumn('seq', 'bigint', (c) => c.primaryKey())
+        .addColumn('id', 'text', (c) => c.notNull().unique())
+        .addColumn('at', 'bigint', (c) => c.notNull())
+        .addColumn('type', 'text', (c) => c.notNull())
+        .addColumn('record', 'text', (c) => c.notNull())
+        .addColumn('prev_hash', 'text', (c) => c.notNull())
+        .addColumn('hash', 'text', (c) => c.notNull())
+        .execute();
+    },
+  },
+};
+
+export const migrationProvider: MigrationProvider = {
+  getMigrations: () => Promise.resolve(migrations),
+};

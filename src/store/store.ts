@@ -1,0 +1,115 @@
+/**
+ * The store contract. Every operation that must not race is one call here, and
+ * the implementation makes it atomic: callers never read-then-write.
+ *
+ * One conformance suite (test/store-conformance.test.ts) runs against every
+ * implementation; SQLite (default) and PostgreSQL (clusters) both pass it.
+ */
+import type { Identity, IdentityState, Task, TaskState } from '../core/types.js';
+
+/** What a new identity needs; state starts `active`. */
+export interface NewIdentity {
+  readonly id: string;
+  readonly actorType: Identity['actorType'];
+  readonly owner: string;
+  readonly environment: string;
+  readonly labels: Readonly<Record<string, string>>;
+  readonly createdAt: number;
+  readonly expiresAt: number | null;
+}
+
+/** A task as first written. */
+export type NewTask = Omit<Task, 'endedAt' | 'endReason'>;
+
+/** Fields a transition may set besides the state. */
+export interface TaskTransition {
+  readonly at: number;
+  /** Set for terminal states. */
+  readonly endReason?: string;
+  readonly tokenId?: string;
+}
+
+export type SigningKeyUse = 'task' | 'identity-dev';
+
+export interface StoredSigningKey {
+  readonly kid: string;
+  readonly use: SigningKeyUse;
+  readonly alg: string;
+  /** Public JWK as JSON text. */
+  readonly publicJwk: string;
+  /** Private key sealed under the master key (see secrets/sealed-box.ts). */
+  readonly privateSealed: string;
+  readonly state: 'active' | 'retired';
+  readonly createdAt: number;
+}
+
+/** The last record of the audit chain, or null for an empty chain. */
+export interface ChainHead {
+  readonly seq: number;
+  readonly hash: string;
+}
+
+export interface AuditRow {
+  readonly seq: number;
+  readonly id: string;
+  readonly at: number;
+  readonly type: string;
+  /** The record as canonical JSON (RFC 8785); the hash covers exactly these bytes. */
+  readonly record: string;
+  readonly prevHash: string;
+  readonly hash: string;
+}
+
+/** Builds the next chain row from the current head. Pure; called inside the store's lock. */
+export type ChainLinker = (head: ChainHead | null) => AuditRow;
+
+export interface Store {
+  readonly dialect: 'sqlite' | 'postgres';
+
+  /** Creates an identity. Returns false, writing nothing, when the id is taken. */
+  createIdentity(identity: NewIdentity): Promise<boolean>;
+  getIdentity(id: string): Promise<Identity | undefined>;
+  listIdentities(): Promise<Identity[]>;
+  /** Moves an identity to `state`; returns the updated identity, or undefined when absent. */
+  setIdentityState(id: string, state: IdentityState): Promise<Identity | undefined>;
+  /** Records that the identity authenticated at `at`. */
+  touchIdentity(id: string, at: number): Promise<void>;
+
+  createTask(task: NewTask): Promise<void>;
+  getTask(id: string): Promise<Task | undefined>;
+  /**
+   * Atomic compare-and-set: moves the task to `to` only if its state is one of
+   * `from`. Returns the updated task, or undefined when the task is absent or
+   * was in another state (someone else moved it first).
+   */
+  transitionTask(id: string, from: readonly TaskState[], to: TaskState, change: TaskTransition): Promise<Task | undefined>;
+  /**
+   * Atomically moves every non-terminal task whose `expiresAt <= now` to
+   * `expired` and returns exactly the tasks this call moved. Two reapers never
+   * both report the same task.
+   */
+  expireTasks(now: number): Promise<Task[]>;
+  /** Tasks that ended but whose tokens would otherwise still be valid at `now`. */
+  listEndedUnexpiredTasks(now: number): Promise<Task[]>;
+
+  /**
+   * Inserts `key` unless an active key for the same use exists, then returns the
+   * active key for that use (the caller's or the one that won a race).
+   */
+  ensureActiveSigningKey(key: StoredSigningKey): Promise<StoredSigningKey>;
+  /** Every key for `use`, active and retired (retired keys still verify). */
+  listSigningKeys(use: SigningKeyUse): Promise<StoredSigningKey[]>;
+
+  /**
+   * Appends records to the hash chain atomically: under a lock that serializes
+   * every appender (across processes and nodes), reads the head, calls each
+   * linker with the head the previous one produced, and inserts the rows in one
+   * transaction. Either every row lands or none does.
+   */
+  appendChained(linkers: readonly ChainLinker[]): Promise<AuditRow[]>;
+  /** Up to `limit` rows with `seq > afterSeq`, in seq order. */
+  readAudit(afterSeq: number, limit: number): Promise<AuditRow[]>;
+  auditHead(): Promise<ChainHead | null>;
+
+  close(): Promise<void>;
+}
