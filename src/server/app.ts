@@ -5,7 +5,7 @@
  * 500 with a correlation id that finds it in the log.
  */
 import { randomUUID } from 'node:crypto';
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import { WritError, toProblem } from '../core/errors.js';
@@ -59,7 +59,7 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
     onConstructorPoisoning: 'error',
     requestIdHeader: false,
     genReqId: () => randomUUID(),
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     return503OnClosing: true,
     forceCloseConnections: 'idle',
   });
