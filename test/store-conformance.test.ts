@@ -1,0 +1,246 @@
+/**
+ * One conformance suite for every store implementation. The race tests run
+ * the contenders in separate processes, each with its own connection, because
+ * that is where SQLite's locks and a cluster's nodes actually meet.
+ */
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface, type Interface } from 'node:readline';
+import { after, before, describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { createChainVerifier, linkEntry } from '../src/audit/chain.js';
+import type { Task } from '../src/core/types.js';
+import { openPostgresStore, openSqliteStore } from '../src/store/kysely-store.js';
+import type { NewTask, Store } from '../src/store/store.js';
+import { createTestDatabase, type TestDatabase } from './helpers/pg.js';
+
+const WORKER = fileURLToPath(new URL('./fixtures/store-worker.ts', import.meta.url));
+
+interface Worker {
+  send(command: Record<string, unknown>): Promise<any>;
+  close(): Promise<void>;
+}
+
+async function startWorker(target: string, name: string): Promise<Worker> {
+  const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', WORKER, target, name], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const lines: Interface = createInterface({ input: child.stdout! });
+  const pending: ((value: any) => void)[] = [];
+  lines.on('line', (line) => pending.shift()?.(JSON.parse(line)));
+  const next = () => new Promise<any>((resolve) => pending.push(resolve));
+  const ready = await next();
+  assert.equal(ready.ready, true);
+  return {
+    send(command) {
+      const answer = next();
+      child.stdin!.write(`${JSON.stringify(command)}\n`);
+      return answer;
+    },
+    async close() {
+      child.stdin!.write(`${JSON.stringify({ op: 'exit' })}\n`);
+      await new Promise((resolve) => child.once('exit', resolve));
+    },
+  };
+}
+
+function newTask(id: string, overrides: Partial<NewTask> = {}): NewTask {
+  const now = Date.now();
+  return {
+    id,
+    identityId: 'spiffe://demo.local/agent/a',
+    purpose: 'conformance',
+    intent: 'testing',
+    environment: 'development',
+    requestedScopes: [{ action: 'read', resource: 'db:x/*' }],
+    grantedScopes: [{ action: 'read', resource: 'db:x/*' }],
+    refusedScopes: [],
+    state: 'active',
+    policyVersion: 'sha256:0000000000000000',
+    parentTaskId: null,
+    tokenId: 'jti_1',
+    createdAt: now,
+    expiresAt: now + 60_000,
+    ...overrides,
+  };
+}
+
+const backends = {
+  sqlite: async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'writ-store-'));
+    const filename = join(dir, 'writ.db');
+    return { target: filename, open: () => openSqliteStore({ filename }), cleanup: async () => rmSync(dir, { recursive: true, force: true }) };
+  },
+  postgres: async () => {
+    const database: TestDatabase | undefined = await createTestDatabase();
+    if (database === undefined) return undefined;
+    return { target: database.url, open: () => openPostgresStore({ url: database.url }), cleanup: () => database.drop() };
+  },
+};
+
+for (const [backend, setup] of Object.entries(backends)) {
+  describe(`store conformance (${backend})`, () => {
+    let env: Awaited<ReturnType<(typeof backends)['sqlite']>> | undefined;
+    let store: Store;
+    before(async () => {
+      env = await setup();
+      if (env !== undefined) store = await env.open();
+    });
+    after(async () => {
+      if (env === undefined) return;
+      await store.close();
+      await env.cleanup();
+    });
+    const maybe = (name: string, fn: () => Promise<void>) =>
+      test(name, async (t) => {
+        if (env === undefined) return t.skip('PostgreSQL not available');
+        await fn();
+      });
+
+    maybe('identities: created once, read back exactly, a second create with the same id writes nothing', async () => {
+      const identity = {
+        id: 'spiffe://demo.local/agent/a',
+        actorType: 'agent' as const,
+        owner: 'alice@example.com',
+        environment: 'production',
+        labels: { team: 'support' },
+        createdAt: 1_700_000_000_000,
+        expiresAt: null,
+      };
+      assert.equal(await store.createIdentity(identity), true);
+      assert.equal(await store.createIdentity({ ...identity, owner: 'mallory@example.com' }), false);
+      const read = await store.getIdentity(identity.id);
+      assert.deepEqual(read, { ...identity, state: 'active', lastSeenAt: null });
+      await store.touchIdentity(identity.id, 1_700_000_000_500);
+      assert.equal((await store.getIdentity(identity.id))?.lastSeenAt, 1_700_000_000_500);
+      assert.equal((await store.setIdentityState(identity.id, 'suspended'))?.state, 'suspended');
+      assert.equal(await store.setIdentityState('spiffe://demo.local/agent/nobody', 'suspended'), undefined);
+      assert.equal(await store.getIdentity('spiffe://demo.local/agent/nobody'), undefined);
+      assert.deepEqual((await store.listIdentities()).map((i) => i.id), [identity.id]);
+    });
+
+    maybe('tasks: read back exactly; a transition only happens from an allowed state', async () => {
+      const task = newTask('task_roundtrip');
+      await store.createTask(task);
+      assert.deepEqual(await store.getTask(task.id), { ...task, endedAt: null, endReason: null } satisfies Task);
+      assert.equal(await store.transitionTask(task.id, ['pending_approval'], 'active', { at: 1 }), undefined, 'wrong from-state changes nothing');
+      assert.equal((await store.getTask(task.id))?.state, 'active');
+      const ended = await store.transitionTask(task.id, ['active'], 'completed', { at: 1234, endReason: 'completed: done' });
+      assert.equal(ended?.state, 'completed');
+      assert.equal(ended?.endedAt, 1234);
+      assert.equal(ended?.endReason, 'completed: done');
+      assert.equal(await store.transitionTask(task.id, ['active'], 'revoked', { at: 1 }), undefined, 'an ended task stays ended');
+      assert.equal(await store.transitionTask('task_missing', ['active'], 'revoked', { at: 1 }), undefined);
+    });
+
+    maybe('ended tasks whose tokens could still be valid are listed for the revocation list', async () => {
+      const now = Date.now();
+      await store.createTask(newTask('task_ended_fresh'));
+      await store.createTask(newTask('task_ended_stale', { expiresAt: now - 1000 }));
+      await store.createTask(newTask('task_still_active'));
+      await store.transitionTask('task_ended_fresh', ['active'], 'revoked', { at: now });
+      await store.transitionTask('task_ended_stale', ['active'], 'revoked', { at: now });
+      const listed = (await store.listEndedUnexpiredTasks(now)).map((t) => t.id);
+      assert.ok(listed.includes('task_ended_fresh'));
+      assert.ok(!listed.includes('task_ended_stale'));
+      assert.ok(!listed.includes('task_still_active'));
+    });
+
+    maybe('a chained append is all or nothing', async () => {
+      const head = await store.auditHead();
+      await assert.rejects(
+        store.appendChained([
+          (h) => linkEntry(h, { id: 'aud_atomic_1', at: 1, type: 't', body: {} }),
+          () => {
+            throw new Error('linker failed');
+          },
+        ]),
+      );
+      assert.deepEqual(await store.auditHead(), head);
+      await assert.rejects(
+        store.appendChained([
+          (h) => linkEntry(h, { id: 'aud_atomic_2', at: 1, type: 't', body: {} }),
+          (h) => linkEntry(h, { id: 'aud_atomic_2', at: 1, type: 't', body: {} }),
+        ]),
+        'a duplicate id aborts the whole batch',
+      );
+      assert.deepEqual(await store.auditHead(), head);
+    });
+
+    maybe('concurrent appenders in separate processes build one unbroken chain', async () => {
+      const workers = await Promise.all([1, 2, 3].map((i) => startWorker(env!.target, `w${i}`)));
+      try {
+        const before = (await store.auditHead())?.seq ?? 0;
+        const results = await Promise.all(workers.map((w) => w.send({ op: 'append', n: 40 })));
+        const written = results.reduce((sum, r) => sum + (r.written as number), 0);
+        const perWorker = Array.from({ length: 40 }, (_, i) => 1 + (i % 3)).reduce((a, b) => a + b, 0);
+        assert.equal(written, 3 * perWorker, JSON.stringify(results));
+        const rows = await store.readAudit(0, 100_000);
+        assert.equal(rows.length, before + written);
+        const verifier = createChainVerifier();
+        for (const row of rows) assert.equal(verifier.next(row), undefined, `row ${row.seq}`);
+        assert.deepEqual(
+          rows.map((r) => r.seq),
+          rows.map((_, i) => i + 1),
+        );
+        assert.deepEqual(await store.auditHead(), { seq: rows.at(-1)!.seq, hash: rows.at(-1)!.hash });
+        const page = await store.readAudit(5, 3);
+        assert.deepEqual(page.map((r) => r.seq), [6, 7, 8]);
+      } finally {
+        await Promise.all(workers.map((w) => w.close()));
+      }
+    });
+
+    maybe('racing transitions on one task: exactly one wins', async () => {
+      const workers = await Promise.all([1, 2, 3, 4].map((i) => startWorker(env!.target, `w${i}`)));
+      try {
+        for (let round = 0; round < 5; round++) {
+          const id = `task_race_${round}`;
+          await store.createTask(newTask(id));
+          const answers = await Promise.all(workers.map((w, i) => w.send({ op: 'transition', taskId: id, to: i % 2 === 0 ? 'completed' : 'revoked' })));
+          assert.equal(answers.filter((a) => a.won === true).length, 1, JSON.stringify(answers));
+          const task = await store.getTask(id);
+          const winner = answers.findIndex((a) => a.won === true);
+          assert.equal(task?.state, winner % 2 === 0 ? 'completed' : 'revoked');
+          assert.equal(task?.endReason, `w${winner + 1}`);
+        }
+      } finally {
+        await Promise.all(workers.map((w) => w.close()));
+      }
+    });
+
+    maybe('racing reapers expire each overdue task exactly once', async () => {
+      const now = Date.now();
+      const overdue = Array.from({ length: 30 }, (_, i) => `task_overdue_${i}`);
+      for (const id of overdue) await store.createTask(newTask(id, { expiresAt: now - 1 }));
+      await store.createTask(newTask('task_not_due', { expiresAt: now + 600_000 }));
+      await store.createTask(newTask('task_pending_due', { state: 'pending_approval', expiresAt: now - 1, tokenId: null }));
+      const workers = await Promise.all([1, 2, 3].map((i) => startWorker(env!.target, `w${i}`)));
+      try {
+        const answers = await Promise.all(workers.map((w) => w.send({ op: 'expire', now })));
+        const all = answers.flatMap((a) => a.expired as string[]);
+        assert.equal(new Set(all).size, all.length, 'no task reported twice');
+        assert.deepEqual(new Set(all), new Set([...overdue, 'task_pending_due']));
+        assert.equal((await store.getTask('task_not_due'))?.state, 'active');
+        assert.equal((await store.getTask('task_overdue_0'))?.state, 'expired');
+      } finally {
+        await Promise.all(workers.map((w) => w.close()));
+      }
+    });
+
+    maybe('concurrent first starts agree on one active signing key', async () => {
+      const workers = await Promise.all([1, 2, 3, 4].map((i) => startWorker(env!.target, `w${i}`)));
+      try {
+        const answers = await Promise.all(workers.map((w) => w.send({ op: 'key' })));
+        assert.equal(new Set(answers.map((a) => a.kid)).size, 1, JSON.stringify(answers));
+        const keys = await store.listSigningKeys('task');
+        assert.equal(keys.filter((k) => k.state === 'active').length, 1);
+        assert.equal(keys[0]?.kid, answers[0].kid);
+        assert.deepEqual(await store.listSigningKeys('identity-dev'), []);
+      } finally {
+        await Promise.all(workers.map((w) => w.close()));
+      }
+    });
+  });
+}
