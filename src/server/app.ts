@@ -174,7 +174,7 @@ function asWritError(error: unknown, request: FastifyRequest): WritError {
   const status = (error as { statusCode?: unknown }).statusCode;
   if (code === 'FST_ERR_CTP_BODY_TOO_LARGE') return new WritError('ERR_BODY_TOO_LARGE');
   if (code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') return new WritError('ERR_UNSUPPORTED_MEDIA_TYPE');
-  if (error instanceof SyntaxError || code === 'FST_ERR_CTP_EMPTY_JSON_BODY' || code === 'FST_ERR_CTP_INVALID_CONTENT_LENGTH') {
+  if (error instanceof SyntaxError || code === 'FST_ERR_CTP_INVALID_JSON_BODY' || code === 'FST_ERR_CTP_EMPTY_JSON_BODY' || code === 'FST_ERR_CTP_INVALID_CONTENT_LENGTH') {
     return new WritError('ERR_MALFORMED_JSON');
   }
   if (typeof status === 'number' && status >= 400 && status < 500) return new WritError('ERR_VALIDATION', { detail: 'the request is not acceptable' });
