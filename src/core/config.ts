@@ -171,7 +171,8 @@ export function loadConfig(options: LoadConfigOptions = {}): WritConfig {
     }
     if (parsed !== null && parsed !== undefined) {
       if (typeof parsed !== 'object' || Array.isArray(parsed)) throw configError(`${configFile}: expected a mapping at the top level`);
-      raw = parsed as Record<string, unknown>;
+      // A section left with only comments (`database:`) parses as null: treat it as absent.
+      raw = Object.fromEntries(Object.entries(parsed).filter(([, value]) => value !== null));
     }
   }
 

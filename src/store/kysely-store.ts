@@ -6,7 +6,7 @@
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
-import { Kysely, Migrator, PostgresDialect, SqliteDialect, sql, type Transaction } from 'kysely';
+import { CompiledQuery, Kysely, Migrator, PostgresDialect, SqliteDialect, sql, type Transaction } from 'kysely';
 import pg from 'pg';
 import type { Identity, IdentityState, RefusedScope, Scope, Task, TaskState } from '../core/types.js';
 import { migrationProvider } from './migrations.js';
@@ -83,6 +83,9 @@ interface Tables {
 const NON_TERMINAL: readonly TaskState[] = ['active', 'pending_approval'];
 // Arbitrary constant naming Writ's audit-append advisory lock in PostgreSQL ('writ' in ASCII).
 const AUDIT_LOCK_KEY = 0x77726974;
+const BEGIN_IMMEDIATE = CompiledQuery.raw('begin immediate');
+const COMMIT = CompiledQuery.raw('commit');
+const ROLLBACK = CompiledQuery.raw('rollback');
 
 export interface SqliteStoreOptions {
   /** Path of the database file, or ':memory:'. */
@@ -103,7 +106,7 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
   database.pragma('busy_timeout = 5000');
   database.pragma('foreign_keys = ON');
   const db = new Kysely<Tables>({ dialect: new SqliteDialect({ database }) });
-  return migrated(new KyselyStore(db, 'sqlite'));
+  return migrated(new KyselyStore(db, 'sqlite', database));
 }
 
 /** Opens a PostgreSQL store and migrates it to the latest schema. */
@@ -132,10 +135,15 @@ async function migrated(store: KyselyStore): Promise<Store> {
 }
 
 class KyselyStore implements Store {
+  private syncAppend: ((linkers: readonly ChainLinker[]) => AuditRow[]) | undefined;
+
   constructor(
     readonly db: Kysely<Tables>,
     readonly dialect: 'sqlite' | 'postgres',
-  ) {}
+    private readonly sqlite?: Database.Database,
+  ) {
+    this.auditHeadQuery = db.selectFrom('audit_records').select(['seq', 'hash']).orderBy('seq', 'desc').limit(1).compile();
+  }
 
   async createIdentity(identity: NewIdentity): Promise<boolean> {
     const inserted = await this.db
@@ -271,11 +279,64 @@ class KyselyStore implements Store {
     return rows.map(toSigningKey);
   }
 
+  // The audit append is on every action check's path, so its SQL is compiled
+  // once (per batch size) instead of built per call.
+  private readonly auditHeadQuery: CompiledQuery;
+  private readonly auditInsertSql = new Map<number, string>();
+
+  private auditInsert(rows: readonly AuditRow[]): CompiledQuery {
+    let text = this.auditInsertSql.get(rows.length);
+    if (text === undefined) {
+      text = this.db
+        .insertInto('audit_records')
+        .values(rows.map(() => ({ seq: 0, id: '', at: 0, type: '', record: '', prev_hash: '', hash: '' })))
+        .compile().sql;
+      this.auditInsertSql.set(rows.length, text);
+    }
+    return CompiledQuery.raw(
+      text,
+      rows.flatMap((r) => [r.seq, r.id, r.at, r.type, r.record, r.prevHash, r.hash]),
+    );
+  }
+
+  /**
+   * SQLite fast path for the audit append, which every action check waits on:
+   * one synchronous BEGIN IMMEDIATE … COMMIT on the same connection through
+   * better-sqlite3's prepared statements. With no await inside, nothing else in
+   * this process can interleave with it. It runs only when no transaction is
+   * open on the connection (Kysely's transactions span awaits); otherwise the
+   * append queues behind Kysely's connection lock like any other query.
+   */
+  private appendSqliteNow(linkers: readonly ChainLinker[]): AuditRow[] | undefined {
+    const database = this.sqlite;
+    if (database === undefined || database.inTransaction) return undefined;
+    if (this.syncAppend === undefined) {
+      const headStatement = database.prepare<[], { seq: number; hash: string }>('select seq, hash from audit_records order by seq desc limit 1');
+      const insert = database.prepare('insert into audit_records (seq, id, at, type, record, prev_hash, hash) values (?, ?, ?, ?, ?, ?, ?)');
+      const append = database.transaction((batch: readonly ChainLinker[]) => {
+        const headRow = headStatement.get();
+        let head: ChainHead | null = headRow ? { seq: headRow.seq, hash: headRow.hash } : null;
+        const rows: AuditRow[] = [];
+        for (const link of batch) {
+          const row = link(head);
+          insert.run(row.seq, row.id, row.at, row.type, row.record, row.prevHash, row.hash);
+          rows.push(row);
+          head = { seq: row.seq, hash: row.hash };
+        }
+        return rows;
+      });
+      this.syncAppend = (batch) => append.immediate(batch);
+    }
+    return this.syncAppend(linkers);
+  }
+
   async appendChained(linkers: readonly ChainLinker[]): Promise<AuditRow[]> {
     if (linkers.length === 0) return [];
-    const write = async (trx: Kysely<Tables> | Transaction<Tables>): Promise<AuditRow[]> => {
-      const headRow = await trx.selectFrom('audit_records').select(['seq', 'hash']).orderBy('seq', 'desc').limit(1).executeTakeFirst();
-      let head: ChainHead | null = headRow ? { seq: headRow.seq, hash: headRow.hash } : null;
+    const appended = this.appendSqliteNow(linkers);
+    if (appended !== undefined) return appended;
+    const write = async (conn: Kysely<Tables> | Transaction<Tables>): Promise<AuditRow[]> => {
+      const headRow = (await conn.executeQuery<Pick<AuditTable, 'seq' | 'hash'>>(this.auditHeadQuery)).rows[0];
+      let head: ChainHead | null = headRow ? { seq: Number(headRow.seq), hash: headRow.hash } : null;
       const rows: AuditRow[] = [];
       for (const link of linkers) {
         const row = link(head);
@@ -283,22 +344,7 @@ class KyselyStore implements Store {
         head = { seq: row.seq, hash: row.hash };
       }
       // SQLite caps bound parameters per statement; 7 per row keeps 500 rows well under it.
-      for (let i = 0; i < rows.length; i += 500) {
-        await trx
-          .insertInto('audit_records')
-          .values(
-            rows.slice(i, i + 500).map((r) => ({
-              seq: r.seq,
-              id: r.id,
-              at: r.at,
-              type: r.type,
-              record: r.record,
-              prev_hash: r.prevHash,
-              hash: r.hash,
-            })),
-          )
-          .execute();
-      }
+      for (let i = 0; i < rows.length; i += 500) await conn.executeQuery(this.auditInsert(rows.slice(i, i + 500)));
       return rows;
     };
 
@@ -312,13 +358,13 @@ class KyselyStore implements Store {
     // SQLite: BEGIN IMMEDIATE takes the write lock before the head is read, so a
     // second process (the CLI beside a running server) cannot interleave.
     return this.db.connection().execute(async (conn) => {
-      await sql`begin immediate`.execute(conn);
+      await conn.executeQuery(BEGIN_IMMEDIATE);
       try {
         const rows = await write(conn);
-        await sql`commit`.execute(conn);
+        await conn.executeQuery(COMMIT);
         return rows;
       } catch (error) {
-        await sql`rollback`.execute(conn).catch(() => undefined);
+        await conn.executeQuery(ROLLBACK).catch(() => undefined);
         throw error;
       }
     });

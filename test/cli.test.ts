@@ -1,0 +1,255 @@
+/**
+ * The `writ` command as a user runs it: the built bin, real processes, a data
+ * dir shared between commands and a running server.
+ */
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { createServer as createNetServer } from 'node:net';
+import { createHash } from 'node:crypto';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { after, describe, test } from 'node:test';
+import Database from 'better-sqlite3';
+import { HELP } from '../src/cli/main.js';
+import { WRIT_YAML_TEMPLATE } from '../src/cli/init-template.js';
+import { loadConfig } from '../src/core/config.js';
+import { claimsOf } from './helpers/harness.js';
+
+const BIN = new URL('../bin/writ.js', import.meta.url).pathname;
+const README = new URL('../README.md', import.meta.url).pathname;
+const dirs: string[] = [];
+after(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
+
+function tempDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'writ-cli-'));
+  dirs.push(dir);
+  return dir;
+}
+
+/** A clean environment: no WRIT_* settings leak in from the machine. */
+function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('WRIT_')) env[k] = v;
+  return { ...env, ...extra };
+}
+
+function writ(args: string[], options: { cwd?: string; env?: Record<string, string> } = {}) {
+  const result = spawnSync(process.execPath, [BIN, ...args], { cwd: options.cwd ?? tempDir(), env: cleanEnv(options.env), encoding: 'utf8' });
+  return { code: result.status, stdout: result.stdout, stderr: result.stderr };
+}
+
+function register(dataDir: string, id: string, extra: string[] = []) {
+  return writ(['identity', 'register', '--spiffe-id', id, '--owner', 'alice@example.com', '--environment', 'production', '--data-dir', dataDir, ...extra]);
+}
+
+describe('help and usage', () => {
+  test('--help prints the usage the README shows', () => {
+    const answer = writ(['--help']);
+    assert.equal(answer.code, 0);
+    assert.equal(answer.stdout, HELP);
+    assert.ok(readFileSync(README, 'utf8').includes(HELP.trimEnd()), 'README.md carries the current `writ --help` output');
+  });
+
+  test('an unknown command or flag is a usage error (exit 2)', () => {
+    assert.equal(writ(['launch']).code, 2);
+    assert.equal(writ(['serve', '--no-such-flag']).code, 2);
+    assert.equal(writ(['serve', '--port', 'eighty']).code, 2);
+  });
+});
+
+describe('writ init', () => {
+  test('writes a writ.yaml whose values are exactly the defaults, and will not overwrite it', () => {
+    const cwd = tempDir();
+    assert.equal(writ(['init'], { cwd }).code, 0);
+    const written = readFileSync(join(cwd, 'writ.yaml'), 'utf8');
+    assert.equal(written, WRIT_YAML_TEMPLATE);
+    const fromFile = loadConfig({ configFile: join(cwd, 'writ.yaml'), env: {}, cwd });
+    const defaults = loadConfig({ env: {}, cwd, ignoreDefaultFile: true });
+    assert.deepEqual({ ...fromFile, paths: undefined }, { ...defaults, paths: undefined });
+    assert.equal(fromFile.paths.dataDir, defaults.paths.dataDir);
+    assert.equal(writ(['init'], { cwd }).code, 2, 'refuses to overwrite');
+    writeFileSync(join(cwd, 'writ.yaml'), '# mine\n');
+    assert.equal(writ(['init', '--force'], { cwd }).code, 0);
+    assert.equal(readFileSync(join(cwd, 'writ.yaml'), 'utf8'), WRIT_YAML_TEMPLATE);
+  });
+});
+
+describe('writ identity', () => {
+  const dataDir = tempDir();
+  const agent = 'spiffe://demo.local/agent/support';
+
+  test('register, list, and a second register of the same id fails', () => {
+    const first = register(dataDir, agent, ['--label', 'team=support']);
+    assert.equal(first.code, 0, first.stderr);
+    assert.match(first.stdout, /registered spiffe:\/\/demo.local\/agent\/support \(agent, owner alice@example.com, environment production/);
+    const again = register(dataDir, agent);
+    assert.equal(again.code, 1);
+    assert.match(again.stderr, /ERR_IDENTITY_EXISTS/);
+    const list = writ(['identity', 'list', '--json', '--data-dir', dataDir]);
+    const [identity] = JSON.parse(list.stdout);
+    assert.equal(identity.id, agent);
+    assert.deepEqual(identity.labels, { team: 'support' });
+    assert.equal(identity.state, 'active');
+    assert.ok(identity.expiresAt > Date.now() + 89 * 86_400_000, 'agents expire in 90 days by default');
+  });
+
+  test('every agent has an owner, and ids must be SPIFFE IDs', () => {
+    const ownerless = writ(['identity', 'register', '--spiffe-id', 'spiffe://demo.local/agent/orphan', '--data-dir', dataDir]);
+    assert.equal(ownerless.code, 1);
+    assert.match(ownerless.stderr, /ERR_VALIDATION/);
+    for (const id of ['https://evil.example/agent', 'spiffe://Demo.Local/agent', 'spiffe://demo.local', 'spiffe://demo.local/a/../b', "spiffe://demo.local/a'--"]) {
+      const answer = register(dataDir, id);
+      assert.equal(answer.code, 1, id);
+      assert.match(answer.stderr, /ERR_VALIDATION/);
+    }
+  });
+
+  test('identity token prints a short-lived ES256 JWT-SVID for a registered identity only', () => {
+    const answer = writ(['identity', 'token', agent, '--data-dir', dataDir, '--ttl', '10m']);
+    assert.equal(answer.code, 0, answer.stderr);
+    const token = answer.stdout.trim();
+    const header = JSON.parse(Buffer.from(token.split('.')[0]!, 'base64url').toString());
+    assert.equal(header.alg, 'ES256');
+    const claims = claimsOf(token);
+    assert.equal(claims.sub, agent);
+    assert.deepEqual(claims.aud, ['writ']);
+    assert.equal(claims.exp - claims.iat, 300, 'capped at 5 minutes');
+    const stranger = writ(['identity', 'token', 'spiffe://demo.local/agent/stranger', '--data-dir', dataDir]);
+    assert.equal(stranger.code, 1);
+    assert.equal(stranger.stdout, '', 'an unregistered identity gets nothing');
+    assert.match(stranger.stderr, /ERR_IDENTITY_NOT_FOUND/);
+  });
+
+  test('an expired identity gets no token', async () => {
+    assert.equal(register(dataDir, 'spiffe://demo.local/agent/brief', ['--expires-in', '1s']).code, 0);
+    await new Promise((resolve) => setTimeout(resolve, 1100));
+    const answer = writ(['identity', 'token', 'spiffe://demo.local/agent/brief', '--data-dir', dataDir]);
+    assert.equal(answer.code, 1);
+    assert.equal(answer.stdout, '');
+    assert.match(answer.stderr, /ERR_IDENTITY_INACTIVE/);
+  });
+
+  test('WRIT_DATA_DIR and --data-dir name the same state', () => {
+    const list = writ(['identity', 'list'], { env: { WRIT_DATA_DIR: dataDir } });
+    assert.match(list.stdout, /spiffe:\/\/demo.local\/agent\/support/);
+  });
+});
+
+describe('writ audit verify', () => {
+  function prepared(): { dataDir: string; db: () => Database.Database } {
+    const dataDir = tempDir();
+    for (const n of [1, 2, 3]) assert.equal(register(dataDir, `spiffe://demo.local/agent/a${n}`).code, 0);
+    assert.equal(writ(['identity', 'token', 'spiffe://demo.local/agent/a1', '--data-dir', dataDir]).code, 0);
+    return { dataDir, db: () => new Database(join(dataDir, 'writ.db')) };
+  }
+  const verify = (dataDir: string) => writ(['audit', 'verify', '--data-dir', dataDir]);
+
+  test('an intact chain verifies (exit 0)', () => {
+    const { dataDir } = prepared();
+    const answer = verify(dataDir);
+    assert.equal(answer.code, 0, answer.stderr);
+    assert.match(answer.stdout, /audit chain OK: 4 records, head [0-9a-f]{64}/);
+  });
+
+  test('a changed record is caught and named', () => {
+    const { dataDir, db } = prepared();
+    const conn = db();
+    conn.prepare(`update audit_records set record = replace(record, 'alice@example.com', 'mallory@example.com') where seq = 2`).run();
+    conn.close();
+    const answer = verify(dataDir);
+    assert.equal(answer.code, 1);
+    assert.match(answer.stderr, /ERR_AUDIT_CHAIN_BROKEN: first bad record seq 2 \(id aud_[^)]+\): hash-mismatch/);
+  });
+
+  test('a record rewritten with a recomputed hash is still caught by the next link', () => {
+    const { dataDir, db } = prepared();
+    const conn = db();
+    const row = conn.prepare('select record from audit_records where seq = 2').get() as { record: string };
+    const forged = row.record.replace('alice@example.com', 'mallory@example.com');
+    conn.prepare('update audit_records set record = ?, hash = ? where seq = 2').run(forged, createHash('sha256').update(forged).digest('hex'));
+    conn.close();
+    const answer = verify(dataDir);
+    assert.equal(answer.code, 1);
+    assert.match(answer.stderr, /first bad record seq 3 .*prev-hash-mismatch/);
+  });
+
+  test('a deleted record is caught', () => {
+    const { dataDir, db } = prepared();
+    const conn = db();
+    conn.prepare('delete from audit_records where seq = 2').run();
+    conn.close();
+    const answer = verify(dataDir);
+    assert.equal(answer.code, 1);
+    assert.match(answer.stderr, /first bad record seq 3 .*sequence-gap/);
+  });
+
+  test('reordered records are caught', () => {
+    const { dataDir, db } = prepared();
+    const conn = db();
+    conn.exec(`
+      update audit_records set seq = -2 where seq = 2;
+      update audit_records set seq = 2 where seq = 3;
+      update audit_records set seq = 3 where seq = -2;`);
+    conn.close();
+    const answer = verify(dataDir);
+    assert.equal(answer.code, 1);
+    assert.match(answer.stderr, /first bad record seq 2 /);
+  });
+});
+
+describe('writ serve', () => {
+  async function freePort(): Promise<number> {
+    const server = createNetServer();
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const port = (server.address() as { port: number }).port;
+    await new Promise((resolve) => server.close(resolve));
+    return port;
+  }
+
+  test('starts on the embedded default, logs where it listens, and stops cleanly on SIGTERM', async () => {
+    const cwd = tempDir();
+    const port = await freePort();
+    const child = spawn(process.execPath, [BIN, 'serve'], { cwd, env: cleanEnv({ WRIT_PORT: String(port) }), stdio: ['ignore', 'pipe', 'pipe'] });
+    const logs: Record<string, unknown>[] = [];
+    const listening = new Promise<Record<string, unknown>>((resolve, reject) => {
+      child.once('exit', (code) => reject(new Error(`exited ${code}`)));
+      createInterface({ input: child.stdout! }).on('line', (line) => {
+        const record = JSON.parse(line) as Record<string, unknown>;
+        logs.push(record);
+        if (String(record.msg).startsWith('Writ listening')) resolve(record);
+      });
+    });
+    const record = await listening;
+    assert.equal(record.url, `http://127.0.0.1:${port}`);
+    assert.match(String(record.store), /^sqlite:.*\.writ\/writ\.db$/);
+    assert.equal(statSync(join(cwd, '.writ', 'master.key')).mode & 0o777, 0o600, 'generated master key is private');
+    assert.ok(logs.some((l) => String(l.msg).startsWith('Try it')), 'tells the user how to try it');
+    const health = await fetch(`http://127.0.0.1:${port}/healthz`);
+    assert.equal(health.status, 200);
+    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+    child.kill('SIGTERM');
+    assert.equal(await exited, 0);
+    assert.ok(!JSON.stringify(logs).includes(readFileSync(join(cwd, '.writ', 'master.key'), 'utf8').trim()), 'the master key is never logged');
+  });
+
+  test('refuses to start when the master key file is readable by others', () => {
+    const dataDir = tempDir();
+    assert.equal(register(dataDir, 'spiffe://demo.local/agent/x').code, 0);
+    const keyFile = join(dataDir, 'master.key');
+    chmodSync(keyFile, 0o644);
+    const answer = writ(['identity', 'list', '--data-dir', dataDir]);
+    assert.equal(answer.code, 1);
+    assert.match(answer.stderr, /ERR_MASTER_KEY/);
+  });
+
+  test('a different master key does not open the stored signing keys', () => {
+    const dataDir = tempDir();
+    assert.equal(register(dataDir, 'spiffe://demo.local/agent/x').code, 0);
+    const answer = writ(['identity', 'token', 'spiffe://demo.local/agent/x', '--data-dir', dataDir], { env: { WRIT_MASTER_KEY: 'a'.repeat(64) } });
+    assert.equal(answer.code, 1);
+    assert.match(answer.stderr, /ERR_MASTER_KEY/);
+    assert.equal(answer.stdout, '');
+  });
+});
