@@ -59,14 +59,16 @@ export function createChainVerifier(): ChainVerifier {
       if (row.seq !== expectedSeq) return 'sequence-gap';
       if (row.prevHash !== (head?.hash ?? GENESIS_HASH)) return 'prev-hash-mismatch';
       if (sha256Hex(row.record) !== row.hash) return 'hash-mismatch';
-      let parsed: Record<string, unknown>;
+      let parsed: unknown;
       try {
-        parsed = JSON.parse(row.record) as Record<string, unknown>;
+        parsed = JSON.parse(row.record);
       } catch {
         return 'record-unreadable';
       }
+      if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) return 'record-unreadable';
       if (canonicalize(parsed) !== row.record) return 'record-not-canonical';
-      if (parsed.seq !== row.seq || parsed.prevHash !== row.prevHash || parsed.id !== row.id || parsed.at !== row.at || parsed.type !== row.type) {
+      const fields = parsed as Record<string, unknown>;
+      if (fields.seq !== row.seq || fields.prevHash !== row.prevHash || fields.id !== row.id || fields.at !== row.at || fields.type !== row.type) {
         return 'column-mismatch';
       }
       head = { seq: row.seq, hash: row.hash };

@@ -6,7 +6,7 @@
  * permissions and refused if anyone else can read it.
  */
 import { randomBytes } from 'node:crypto';
-import { chmodSync, closeSync, mkdirSync, openSync, readFileSync, statSync, writeSync } from 'node:fs';
+import { existsSync, linkSync, mkdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { WritError } from '../core/errors.js';
 
@@ -42,18 +42,20 @@ export function loadMasterKey(options: { env?: NodeJS.ProcessEnv; dataDir: strin
   const path = join(options.dataDir, MASTER_KEY_FILE);
   mkdirSync(options.dataDir, { recursive: true, mode: 0o700 });
   let created = false;
-  try {
-    // 'wx' fails if the file exists: two processes starting at once never both write one.
-    const fd = openSync(path, 'wx', 0o600);
+  if (!existsSync(path)) {
+    // Write the key to a private temporary file, then link it into place: link()
+    // fails if the key file exists, so two processes starting at once never both
+    // create one, and nobody ever reads a key file that is still being written.
+    const temporary = `${path}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`;
+    writeFileSync(temporary, `${randomBytes(KEY_BYTES).toString('base64url')}\n`, { mode: 0o600, flag: 'wx' });
     try {
-      writeSync(fd, `${randomBytes(KEY_BYTES).toString('base64url')}\n`);
+      linkSync(temporary, path);
+      created = true;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
     } finally {
-      closeSync(fd);
+      unlinkSync(temporary);
     }
-    chmodSync(path, 0o600);
-    created = true;
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
   }
   if (process.platform !== 'win32') {
     const mode = statSync(path).mode & 0o777;

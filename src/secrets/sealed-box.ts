@@ -9,9 +9,12 @@
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { WritError } from '../core/errors.js';
 
+const NONCE_BYTES = 12;
+const TAG_BYTES = 16;
+
 export function seal(key: Buffer, plaintext: Buffer, associatedData: string): string {
-  const nonce = randomBytes(12);
-  const cipher = createCipheriv('aes-256-gcm', key, nonce);
+  const nonce = randomBytes(NONCE_BYTES);
+  const cipher = createCipheriv('aes-256-gcm', key, nonce, { authTagLength: TAG_BYTES });
   cipher.setAAD(Buffer.from(associatedData, 'utf8'));
   const ciphertext = Buffer.concat([cipher.update(plaintext), cipher.final()]);
   return ['v1', nonce, ciphertext, cipher.getAuthTag()].map((part) => (typeof part === 'string' ? part : part.toString('base64url'))).join('.');
@@ -26,8 +29,10 @@ export function open(key: Buffer, sealed: string, associatedData: string): Buffe
   const parts = sealed.split('.');
   if (parts.length !== 4 || parts[0] !== 'v1') throw new WritError('ERR_MASTER_KEY', { detail: 'sealed value has an unknown format' });
   const [, nonce, ciphertext, tag] = parts.map((p) => Buffer.from(p, 'base64url')) as [Buffer, Buffer, Buffer, Buffer];
+  // GCM would accept a truncated tag (down to 4 bytes); only the full 16 bytes Writ writes are accepted.
+  if (nonce.length !== NONCE_BYTES || tag.length !== TAG_BYTES) throw new WritError('ERR_MASTER_KEY', { detail: 'sealed value has a malformed nonce or tag' });
   try {
-    const decipher = createDecipheriv('aes-256-gcm', key, nonce);
+    const decipher = createDecipheriv('aes-256-gcm', key, nonce, { authTagLength: TAG_BYTES });
     decipher.setAAD(Buffer.from(associatedData, 'utf8'));
     decipher.setAuthTag(tag);
     return Buffer.concat([decipher.update(ciphertext), decipher.final()]);
