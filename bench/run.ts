@@ -6,6 +6,7 @@
  *
  *   npm run bench              all benchmarks, SQLite
  *   npm run bench -- --quick   fewer iterations (a smoke run)
+ *   npm run bench -- --only authorize,grant,audit,http
  */
 import { generateKeyPairSync, verify } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -22,6 +23,10 @@ import { createServer } from '../src/server/app.js';
 import { createWrit, type Writ } from '../src/writ.js';
 
 const quick = process.argv.includes('--quick');
+const onlyIndex = process.argv.indexOf('--only');
+const only = onlyIndex > 0 ? new Set((process.argv[onlyIndex + 1] ?? '').split(',')) : undefined;
+/** True when the named section should run (`--only authorize,grant,audit,http`). */
+const runs = (section: string) => only === undefined || only.has(section);
 const scale = quick ? 0.1 : 1;
 
 interface Stats {
@@ -105,6 +110,7 @@ async function main(): Promise<void> {
   const taskPublic = writ.taskKeys.active.publicKey;
   const privateJwk = privateKey.export({ format: 'jwk' });
 
+  if (runs('authorize')) {
   process.stdout.write('\naction check, in process (token already seen)\n');
   report(
     'authorize read',
@@ -149,6 +155,9 @@ async function main(): Promise<void> {
     'cedar-wasm statefulIsAuthorized (preparsed)',
   );
 
+  }
+
+  if (runs('grant')) {
   process.stdout.write('\ntask grant, in process (identity already authenticated)\n');
   const joseKey = await importJWK(privateJwk as never, 'EdDSA');
   report(
@@ -163,6 +172,9 @@ async function main(): Promise<void> {
     'target ≤ 3 ms p50',
   );
 
+  }
+
+  if (runs('audit')) {
   process.stdout.write('\naudit appends\n');
   const raw = new Database(join(dataDir, 'baseline.db'));
   raw.pragma('journal_mode = WAL');
@@ -184,6 +196,10 @@ async function main(): Promise<void> {
     process.stdout.write(`  audit append, ${inFlight} in flight: ${Math.round(perSecond)}/s\n`);
   }
 
+  raw.close();
+  }
+
+  if (runs('http')) {
   process.stdout.write('\nover HTTP (loopback, keep-alive)\n');
   const app = createServer(writ, { logger });
   await app.listen({ host: '127.0.0.1', port: 0 });
@@ -218,7 +234,7 @@ async function main(): Promise<void> {
   );
   await app.close();
   await plain.close();
-  raw.close();
+  }
   await writ.close();
   rmSync(dataDir, { recursive: true, force: true });
 

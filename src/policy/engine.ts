@@ -11,7 +11,7 @@
  * Only the entities a request needs cross into wasm (the principal and the
  * resource); the policy set and schema are preparsed once per version.
  */
-import * as cedar from '@cedar-policy/cedar-wasm/nodejs';
+import { cedar } from './cedar.js';
 import { resourceKind } from '../core/scope.js';
 import type { Identity, Sensitivity, Tier } from '../core/types.js';
 import { CEDAR_NAMESPACE, type PolicySet } from './policy-set.js';

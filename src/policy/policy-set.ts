@@ -12,7 +12,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import * as cedar from '@cedar-policy/cedar-wasm/nodejs';
+import { cedar } from './cedar.js';
 import { parse as parseYaml } from 'yaml';
 import { WritError } from '../core/errors.js';
 import { isValidAction } from '../core/scope.js';
