@@ -94,9 +94,6 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
 
   const engine = createPolicyEngine(loadPolicySet(config.paths.policyDir));
   const bus = createEventBus((error, event) => logger?.error({ err: error, event: event.type }, 'event handler failed'));
-  bus.subscribe((event) => {
-    if (event.type === 'policy.reloaded') logger?.info({ version: event.version }, 'policy set reloaded');
-  });
   const audit = createAuditLog({ store, clock, onError: (error) => logger?.error({ err: error }, 'audit append failed') });
   const registry = createRegistry({ store, clock });
   const skewMs = config.tokens.clockSkew * 1000;

@@ -18,6 +18,7 @@ import type { EventBus } from '../events/bus.js';
 import type { IdentityAuthenticator } from '../identity/authenticate.js';
 import { identityInactiveReason, type Registry } from '../identity/registry.js';
 import type { PolicyEngine } from '../policy/engine.js';
+import type { Store } from '../store/store.js';
 import { MAX_TOKEN_LENGTH } from '../tokens/jwt.js';
 import type { KeyRing } from '../tokens/key-ring.js';
 import { mintTaskToken, TASK_TOKEN_TYP, type TaskTokenVerifier } from '../tokens/task-token.js';
@@ -100,7 +101,7 @@ export interface BrokerOptions {
   readonly policy: () => PolicyEngine;
   readonly taskKeys: KeyRing;
   readonly taskTokens: TaskTokenVerifier;
-  readonly store: import('../store/store.js').Store;
+  readonly store: Store;
   readonly audit: AuditLog;
   readonly bus: EventBus;
   readonly clock: Clock;
@@ -169,8 +170,9 @@ export function createBroker(options: BrokerOptions): Broker {
           return unauthenticated(endpoint, 'ERR_TOKEN_REVOKED', `task is ${task?.state ?? 'unknown'}`, bearer, claims.sub);
         }
         const identity = await registry.get(claims.sub);
-        const inactive = identity === undefined ? 'identity is not registered' : identityInactiveReason(identity, now);
-        if (inactive !== undefined || identity === undefined) return unauthenticated(endpoint, 'ERR_IDENTITY_INACTIVE', inactive ?? '', bearer, claims.sub);
+        if (identity === undefined) return unauthenticated(endpoint, 'ERR_IDENTITY_INACTIVE', 'identity is not registered', bearer, claims.sub);
+        const inactive = identityInactiveReason(identity, now);
+        if (inactive !== undefined) return unauthenticated(endpoint, 'ERR_IDENTITY_INACTIVE', inactive, bearer, claims.sub);
         return { identity, taskId: task.id };
       }
       const result = await options.authenticator.authenticate(bearer);

@@ -103,7 +103,8 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
     if (revocations.isRevoked(taskId)) return deny('ERR_TOKEN_REVOKED', 'task has ended', { token: verified });
 
     const identity = registry.getCached(verified.claims.sub) ?? (await registry.get(verified.claims.sub));
-    const inactive = identity === undefined ? 'identity is no longer registered' : identityInactiveReason(identity, now);
+    if (identity === undefined) return deny('ERR_IDENTITY_INACTIVE', 'identity is no longer registered', { token: verified });
+    const inactive = identityInactiveReason(identity, now);
     if (inactive !== undefined) return deny('ERR_IDENTITY_INACTIVE', inactive, { token: verified });
 
     if (!isValidAction(request.action) || !isValidResource(request.resource)) {
@@ -118,7 +119,7 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
     if (tier === 'read') return { decision: 'allow', reason: null, token: verified, identity, tier };
 
     const decision = engine.decide({
-      principal: identity as Identity,
+      principal: identity,
       action: request.action,
       resource: request.resource,
       environment: verified.claims.env,

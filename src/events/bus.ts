@@ -1,19 +1,17 @@
 /**
- * Fan-out of the events every node must act on at once: a task ended (so its
- * token is refused), a policy set was reloaded. In-process today; the cluster
- * transport (PostgreSQL LISTEN/NOTIFY) publishes into the same bus.
+ * Fan-out of the events every enforcement point must act on at once: today, a
+ * task ended (so its token is refused). In-process today; the cluster transport
+ * (PostgreSQL LISTEN/NOTIFY) and policy reloads publish into the same bus.
  */
 import type { TaskState } from '../core/types.js';
 
-export type WritEvent =
-  | {
-      readonly type: 'task.ended';
-      readonly taskId: string;
-      readonly state: TaskState;
-      /** When the task's token would have expired anyway (epoch ms). */
-      readonly expiresAt: number;
-    }
-  | { readonly type: 'policy.reloaded'; readonly version: string };
+export type WritEvent = {
+  readonly type: 'task.ended';
+  readonly taskId: string;
+  readonly state: TaskState;
+  /** When the task's token would have expired anyway (epoch ms). */
+  readonly expiresAt: number;
+};
 
 export type EventHandler = (event: WritEvent) => void;
 
