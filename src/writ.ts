@@ -98,7 +98,8 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
   const registry = createRegistry({ store, clock });
   const skewMs = config.tokens.clockSkew * 1000;
   const revocations = createRevocationList({ bus, clockSkewMs: skewMs });
-  for (const task of await store.listEndedUnexpiredTasks(clock.now())) revocations.add(task.id, task.expiresAt);
+  // Tokens are accepted until exp + skew, so ended tasks are remembered that long too.
+  for (const task of await store.listEndedUnexpiredTasks(clock.now() - skewMs)) revocations.add(task.id, task.expiresAt);
 
   const taskTokens = createTaskTokenVerifier({
     ring: taskKeys,

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, describe, test } from 'node:test';
 import { loadConfig, parseDurationSeconds, type LoadConfigOptions } from '../src/core/config.js';
-import { WritError } from '../src/core/errors.js';
+import { WritError, isWritError } from '../src/core/errors.js';
 
 const REPO_POLICIES = fileURLToPath(new URL('../policies', import.meta.url));
 
@@ -323,4 +323,19 @@ describe('loadConfig result', () => {
     assert.deepEqual(third.policy.environments, first.policy.environments);
     assert.deepEqual(third.policy.environments, ['development', 'sandbox', 'staging', 'production']);
   });
+});
+
+describe('clock skew is bounded', () => {
+  for (const [skew, maxTtl] of [['10m', '15m'], ['30d', '15m'], ['2m', '1m']] as const) {
+    test(`tokens.clockSkew ${skew} with maxTtl ${maxTtl} is refused: skew extends every token`, () => {
+      const dir = mkdtempSync(join(tmpdir(), 'writ-skew-'));
+      try {
+        const file = join(dir, 'writ.yaml');
+        writeFileSync(file, `tokens:\n  clockSkew: ${skew}\n  maxTtl: ${maxTtl}\n  defaultTtl: 30s\n`);
+        assert.throws(() => loadConfig({ configFile: file, env: {}, cwd: dir }), (error: unknown) => isWritError(error, 'ERR_CONFIG_INVALID'));
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+  }
 });

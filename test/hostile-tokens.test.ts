@@ -108,8 +108,16 @@ describe('task tokens at the action check', () => {
     assert.equal(protectedRuns, before);
   });
 
-  test('a well-formed call with injection in its fields is refused without reaching a query', async () => {
-    for (const resource of ["db:orders/1' OR '1'='1", 'db:orders/1;drop table tasks', 'db:orders/1\n{"forged":true}', 'db:orders/$(reboot)']) {
+  test('a call with injection or path traversal in its fields is refused without reaching a query', async () => {
+    for (const resource of [
+      "db:orders/1' OR '1'='1",
+      'db:orders/1;drop table tasks',
+      'db:orders/1\n{"forged":true}',
+      'db:orders/$(reboot)',
+      'db:orders/../customers/pii/42',
+      'db:orders/%2e%2e/customers/pii/42',
+      'db:orders/./..//customers/pii/42',
+    ]) {
       const answer = await callProtectedTool(token, 'read', resource);
       assert.equal(answer.reason, 'ERR_VALIDATION', resource);
     }

@@ -28,6 +28,9 @@ describe('one action check, two entry points', () => {
       [token, 'frobnicate', 'db:orders/1'],
       [token, 'read', 'not a resource'],
       ['garbage', 'read', 'db:orders/1'],
+      ['x'.repeat(3_500), 'read', 'db:orders/1'],
+      [token, 'r'.repeat(300), 'db:orders/1'],
+      [token, 'read', `db:${'a'.repeat(2000)}`],
       [`${token}x`, 'read', 'db:orders/1'],
     ];
     const strip = ({ auditId, ...rest }: Record<string, unknown>) => {

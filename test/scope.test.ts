@@ -41,11 +41,11 @@ describe('isValidResource', () => {
       'db:orders/123',
       'db:orders/*',
       'db:*',
-      'db:',
       'tickets:T-42',
       'k8s-pods:ns/app',
-      'url:https://example.com/a/b',
-      'x:a.b_c~d:e/f@g%h+i=j,k-l',
+      'api:example.com/a/b',
+      'x:a.b_c~d:e/f@g+i=j,k-l',
+      'db:orders.v2/..x',
       `${'k'.repeat(32)}:x`,
     ];
     for (const resource of good) assert.equal(isValidResource(resource), true, resource);
@@ -63,6 +63,17 @@ describe('isValidResource', () => {
   test('hostile or malformed names are refused', () => {
     const bad: [string, string][] = [
       ['bare star', '*'],
+      ['empty path', 'db:'],
+      ['a .. segment', 'db:orders/../customers/pii/42'],
+      ['a leading .. segment', 'db:../customers'],
+      ['a trailing .. segment', 'db:orders/..'],
+      ['a . segment', 'db:orders/./1'],
+      ['an empty segment', 'db:orders//1'],
+      ['a trailing slash', 'db:orders/'],
+      ['a leading slash', 'db:/orders'],
+      ['percent-encoding', 'db:orders/%2e%2e/customers'],
+      ['a .. segment before a star', 'db:orders/../*'],
+      ['an empty segment before a star', 'db:orders//*'],
       ['inner star', 'db:or*ders'],
       ['two stars', 'db:orders/**'],
       ['star in the kind', 'd*:x'],
@@ -228,8 +239,15 @@ describe('brute-force model of prefix patterns', () => {
     resource.endsWith('*') ? candidate.startsWith(resource.slice(0, -1)) : candidate === resource;
   const matchedBy = new Map(items.map((item) => [item, universe.filter((u) => matches(item, u))]));
 
-  test('every enumerated item is a valid resource', () => {
-    for (const item of items) assert.equal(isValidResource(item), true, item);
+  // The model works on strings; only canonical names (no empty path, no empty
+  // segment) are valid resources, and the functions must be right on both.
+  const canonical = (resource: string): boolean => {
+    const path = resource.slice(resource.indexOf(':') + 1);
+    return path.length > 0 && path.split('/').every((segment) => segment !== '' && segment !== '.' && segment !== '..');
+  };
+
+  test('an enumerated item is a valid resource exactly when it is canonical', () => {
+    for (const item of items) assert.equal(isValidResource(item), canonical(item), item);
   });
 
   test('a resource covers another exactly when everything the inner one matches, the outer one matches', () => {
@@ -314,7 +332,7 @@ describe('scope claims', () => {
       [
         { action: 'read', resource: 'db:orders/*' },
         { action: 'write', resource: 'tickets:T-1042' },
-        { action: 'export_csv', resource: 'url:https://x.example/a:b' },
+        { action: 'export_csv', resource: 'api:x.example/a:b' },
         { action: 'read', resource: 'db:*' },
       ],
     ];
@@ -333,7 +351,7 @@ describe('scope claims', () => {
   });
 
   test('the action ends at the first colon; the resource keeps the rest', () => {
-    assert.deepEqual(parseScopeClaim('read:url:https://a/b'), [{ action: 'read', resource: 'url:https://a/b' }]);
+    assert.deepEqual(parseScopeClaim('read:api:a:b/c'), [{ action: 'read', resource: 'api:a:b/c' }]);
   });
 
   test('a claim with any unreadable entry grants nothing', () => {

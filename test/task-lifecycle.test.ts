@@ -9,6 +9,7 @@ import { TASK_TRANSITIONS, canTransition, isTerminal, statesLeadingTo } from '..
 import { createManualClock } from '../src/core/clock.js';
 import { TASK_STATES } from '../src/core/types.js';
 import { startHarness, supportTask, type Harness } from './helpers/harness.js';
+import { execSql } from './helpers/sql.js';
 
 describe('the state machine table', () => {
   test('terminal states have no way out, and every non-terminal state can be ended', () => {
@@ -109,6 +110,19 @@ describe('ending tasks over HTTP', () => {
     assert.equal(await h.writ.broker.reapExpired(), 0, 'a second pass finds nothing');
   });
 
+  test('a task that ended and expired moments ago stays refused across a restart, within the clock-skew window', async () => {
+    const task = await grant({ ttl: 60 });
+    await h.post(`/v1/tasks/${task.id}/complete`, {}, task.token);
+    clock.advance(65_000); // past exp, but inside the 30 s skew the token itself is still accepted
+    const { createWrit } = await import('../src/writ.js');
+    const restarted = await createWrit({ config: h.writ.config, clock, env: {} });
+    try {
+      assert.equal((await restarted.authorize(task.token!, { action: 'read', resource: 'db:orders/1' })).reason, 'ERR_TOKEN_REVOKED');
+    } finally {
+      await restarted.close();
+    }
+  });
+
   test('ended tasks are refused after a restart too', async () => {
     const task = await grant();
     await h.post(`/v1/tasks/${task.id}/complete`, {}, task.token);
@@ -118,6 +132,21 @@ describe('ending tasks over HTTP', () => {
       assert.equal((await restarted.authorize(task.token!, { action: 'read', resource: 'db:orders/1' })).reason, 'ERR_TOKEN_REVOKED');
     } finally {
       await restarted.close();
+    }
+  });
+
+  test('a check that fails while deciding is an audited deny, never a throw', async () => {
+    const task = await grant();
+    clock.advance(10_000); // let the registry's identity cache lapse so the check must read the store
+    await execSql(h, 'alter table identities rename to identities_gone');
+    try {
+      const decision = await h.writ.authorize(task.token!, { action: 'read', resource: 'db:orders/1' });
+      assert.equal(decision.allowed, false);
+      assert.equal(decision.reason, 'ERR_INTERNAL');
+      const record = (await h.auditRecords()).find((r) => r.id === decision.auditId);
+      assert.equal(record?.reason, 'ERR_INTERNAL');
+    } finally {
+      await execSql(h, 'alter table identities_gone rename to identities');
     }
   });
 });

@@ -205,6 +205,7 @@ export function createBroker(options: BrokerOptions): Broker {
       const pending: Scope[] = [];
       const refused: RefusedScope[] = [];
       const deciding = new Set<string>();
+      const policyErrors: string[] = [];
       for (const scope of scopes) {
         if (engine.tierOf(scope.action) === undefined) {
           refused.push({ ...scope, outcome: 'deny', policies: [], reason: 'ERR_UNKNOWN_ACTION' });
@@ -212,6 +213,7 @@ export function createBroker(options: BrokerOptions): Broker {
         }
         const decision = engine.decide({ principal: identity, ...scope, environment: request.environment, intent: request.intent, now });
         decision.policies.forEach((p) => deciding.add(p));
+        policyErrors.push(...decision.errors);
         if (decision.outcome === 'allow') granted.push(scope);
         else if (decision.outcome === 'approval_required') {
           pending.push(scope);
@@ -272,6 +274,7 @@ export function createBroker(options: BrokerOptions): Broker {
             ttl,
             expiresAt,
             ...(minted ? { jti: minted.jti } : {}),
+            ...(policyErrors.length > 0 ? { policyErrors } : {}),
           },
         });
       } catch (error) {

@@ -122,6 +122,9 @@ export const configSchema = z
     if (config.tokens.maxTtl > 86_400) {
       ctx.addIssue({ code: 'custom', path: ['tokens', 'maxTtl'], message: 'task tokens live minutes, never days (max 24h)' });
     }
+    if (config.tokens.clockSkew > 300 || config.tokens.clockSkew > config.tokens.maxTtl) {
+      ctx.addIssue({ code: 'custom', path: ['tokens', 'clockSkew'], message: 'at most 5m and at most tokens.maxTtl (skew extends every token)' });
+    }
     if (config.identity.devIssuer.maxTtl > 300) {
       ctx.addIssue({ code: 'custom', path: ['identity', 'devIssuer', 'maxTtl'], message: 'identity tokens live at most 5 minutes' });
     }

@@ -13,9 +13,10 @@ import type { Scope } from './types.js';
 export const MAX_RESOURCE_LENGTH = 256;
 export const MAX_ACTION_LENGTH = 64;
 
-// Characters allowed in a resource name. No whitespace, quotes, backslashes or
-// control characters: resources reach logs, SQL parameters and Cedar entity ids.
-const RESOURCE_RE = /^[a-z][a-z0-9-]{0,31}:[A-Za-z0-9._~:/@%+=,-]*\*?$/;
+// Characters allowed in a resource name. No whitespace, quotes, backslashes,
+// percent-encoding or control characters: resources reach logs, SQL parameters,
+// Cedar entity ids, and (through enforcement points) paths and URLs.
+const RESOURCE_RE = /^[a-z][a-z0-9-]{0,31}:[A-Za-z0-9._~:/@+=,-]*\*?$/;
 const ACTION_RE = /^[a-z][a-z0-9_]{0,63}$/;
 
 /** True when `action` is a syntactically valid action name. */
@@ -23,9 +24,20 @@ export function isValidAction(action: string): boolean {
   return ACTION_RE.test(action);
 }
 
-/** True when `resource` is a valid resource name or prefix pattern. */
+/**
+ * True when `resource` is a valid resource name or prefix pattern, in
+ * canonical form: a non-empty path whose `/`-separated segments are never
+ * empty, `.` or `..`. Only canonical names can be compared by prefix:
+ * `db:orders/../customers/1` would otherwise sit inside `db:orders/*`.
+ */
 export function isValidResource(resource: string): boolean {
-  return resource.length <= MAX_RESOURCE_LENGTH && RESOURCE_RE.test(resource);
+  if (resource.length > MAX_RESOURCE_LENGTH || !RESOURCE_RE.test(resource)) return false;
+  const path = resource.slice(resource.indexOf(':') + 1);
+  if (path.length === 0) return false;
+  for (const segment of path.split('/')) {
+    if (segment === '' || segment === '.' || segment === '..') return false;
+  }
+  return true;
 }
 
 /** True when `resource` is a pattern (ends in `*`), false when it names one resource. */

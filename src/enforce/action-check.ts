@@ -47,6 +47,7 @@ export type ActionReason = Extract<
   | 'ERR_POLICY_DENIED'
   | 'ERR_APPROVAL_REQUIRED'
   | 'ERR_AUDIT_UNAVAILABLE'
+  | 'ERR_INTERNAL'
 >;
 
 export interface ActionDecision {
@@ -143,8 +144,16 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
       typeof request.action === 'string' &&
       typeof request.resource === 'string';
     const argsDigest = shapeOk ? digestContext(request.context) : undefined;
-    const outcome: Outcome =
-      !shapeOk || argsDigest === null ? deny('ERR_VALIDATION', 'request is not {action, resource, context?}') : await decide(token, request, now);
+    let outcome: Outcome;
+    if (!shapeOk || argsDigest === null) outcome = deny('ERR_VALIDATION', 'request is not {action, resource, context?}');
+    else {
+      try {
+        outcome = await decide(token, request, now);
+      } catch (error) {
+        // A failure while deciding (the store unreachable, say) is a deny, audited like any other.
+        outcome = deny('ERR_INTERNAL', `check failed: ${(error as Error)?.message ?? String(error)}`);
+      }
+    }
 
     const claims = outcome.token?.claims;
     const base = {

@@ -4,9 +4,10 @@
  * - `allow`: some permit applies and no forbid does.
  * - `approval_required`: allowed, but only by permits annotated
  *   `@approval("required")`: a human must approve the exact action.
- * - `deny`: a forbid applies, or no permit does. Any evaluation error denies:
- *   Cedar skips an erroring policy, so an erroring permit never allows, and a
- *   failed call (bad request shape) is a deny here, never an allow.
+ * - `deny`: a forbid applies, or no permit does, or any policy failed to
+ *   evaluate. Cedar itself skips an erroring policy, which would turn a broken
+ *   forbid into no forbid at all, so an error anywhere denies; a failed call
+ *   (bad request shape) is a deny too, never an allow.
  *
  * Only the entities a request needs cross into wasm (the principal and the
  * resource); the policy set and schema are preparsed once per version.
@@ -106,6 +107,9 @@ export function createPolicyEngine(set: PolicySet): PolicyEngine {
 
     const { decision, diagnostics } = answer.response;
     const errors = diagnostics.errors.map((e) => `${e.policyId}: ${e.error.message}`);
+    // INVARIANT: Cedar skips a policy whose evaluation errors, so an erroring forbid
+    // would silently stop forbidding. Any evaluation error denies, naming the policies.
+    if (errors.length > 0) return { ...base, outcome: 'deny', policies: diagnostics.errors.map((e) => e.policyId), errors };
     if (decision === 'deny') return { ...base, outcome: 'deny', policies: diagnostics.reason, errors };
     const unconditional = diagnostics.reason.some((id) => !requiresApproval.has(id));
     return { ...base, outcome: unconditional ? 'allow' : 'approval_required', policies: diagnostics.reason, errors };

@@ -84,6 +84,8 @@ export function loadPolicySet(dir: string): PolicySet {
       }
       const annotations = json.json.annotations ?? {};
       const id = annotations.id ?? `${file}#${index + 1}`;
+      const approvalProblem = checkApprovalAnnotation(json.json.effect, annotations);
+      if (approvalProblem !== undefined) problems.push({ file, message: `${id}: ${approvalProblem}` });
       if (policies.has(id)) {
         problems.push({ file, ...lineOf(text, text.indexOf(policyText.slice(0, 40))), message: `duplicate policy id ${JSON.stringify(id)}` });
         return;
@@ -154,6 +156,21 @@ function deriveActionTiers(actions: Record<string, { memberOf?: { id: string; ty
     if (tier !== undefined && isValidAction(name)) tiers.set(name, tier);
   }
   return tiers;
+}
+
+/**
+ * `@approval("required")` turns a permit into "allowed only with a human's
+ * approval". A near miss (`@approval`, `@Approval(...)`, another value) would
+ * silently make the permit unconditional, so anything but the exact form is
+ * refused, as is the annotation on a forbid, where it means nothing.
+ */
+function checkApprovalAnnotation(effect: 'permit' | 'forbid', annotations: Readonly<Record<string, string>>): string | undefined {
+  for (const [key, value] of Object.entries(annotations)) {
+    if (key.toLowerCase() !== 'approval') continue;
+    if (key !== 'approval' || value !== 'required') return `write the approval annotation exactly as @approval("required"), not @${key}(${JSON.stringify(value)})`;
+    if (effect === 'forbid') return '@approval("required") belongs on a permit; a forbid always denies';
+  }
+  return undefined;
 }
 
 function lineOf(text: string, offset: number | undefined): { line?: number } {

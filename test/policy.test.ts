@@ -1,0 +1,171 @@
+/**
+ * The policy engine and loader: outcomes over the example set, forbid beats
+ * permit, errors deny, an invalid set is refused whole with file and line.
+ */
+import assert from 'node:assert/strict';
+import { cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import { PACKAGE_ROOT } from '../src/core/config.js';
+import { isWritError } from '../src/core/errors.js';
+import type { Identity } from '../src/core/types.js';
+import { createPolicyEngine, type DecisionInput } from '../src/policy/engine.js';
+import { loadPolicySet, type PolicyProblem } from '../src/policy/policy-set.js';
+
+const EXAMPLES = join(PACKAGE_ROOT, 'policies');
+const dirs: string[] = [];
+after(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
+
+/** A copy of the example set with `extra` files added or replaced. */
+function policyDir(extra: Record<string, string>): string {
+  const dir = mkdtempSync(join(tmpdir(), 'writ-policy-'));
+  dirs.push(dir);
+  cpSync(EXAMPLES, dir, { recursive: true });
+  for (const [name, text] of Object.entries(extra)) writeFileSync(join(dir, name), text);
+  return dir;
+}
+
+const agent: Identity = {
+  id: 'spiffe://demo.local/agent/support',
+  actorType: 'agent',
+  owner: 'alice@example.com',
+  environment: 'production',
+  labels: {},
+  state: 'active',
+  createdAt: 0,
+  lastSeenAt: null,
+  expiresAt: null,
+};
+const input = (overrides: Partial<DecisionInput>): DecisionInput => ({
+  principal: agent,
+  action: 'read',
+  resource: 'db:orders/1',
+  environment: 'production',
+  intent: 'customer-support',
+  now: Date.parse('2026-11-23T12:00:00Z'),
+  ...overrides,
+});
+
+function problemsOf(dir: string): PolicyProblem[] {
+  try {
+    loadPolicySet(dir);
+  } catch (error) {
+    assert.ok(isWritError(error, 'ERR_POLICY_INVALID'), String(error));
+    return (error as unknown as { extensions: { problems: PolicyProblem[] } }).extensions.problems;
+  }
+  assert.fail('the set loaded');
+}
+
+describe('the example policy set', () => {
+  const engine = createPolicyEngine(loadPolicySet(EXAMPLES));
+  const table: [Partial<DecisionInput>, string, string[]][] = [
+    [{}, 'allow', ['agents-read-non-restricted']],
+    [{ resource: 'db:orders/*' }, 'allow', ['agents-read-non-restricted']],
+    [{ resource: 'db:customers/*' }, 'deny', []],
+    [{ resource: 'db:customers/pii/9' }, 'deny', []],
+    [{ resource: 'unlisted:thing' }, 'deny', []],
+    [{ intent: 'marketing' }, 'deny', []],
+    [{ environment: 'staging' }, 'deny', ['environment-must-match']],
+    [{ action: 'write', resource: 'tickets:T-1' }, 'allow', ['support-writes-tickets']],
+    [{ action: 'write', resource: 'db:orders/1' }, 'deny', []],
+    [{ action: 'refund', resource: 'payments:refunds/R-1' }, 'approval_required', ['refunds-need-approval']],
+    [{ action: 'refund', resource: 'tickets:T-1' }, 'allow', ['support-writes-tickets']],
+    [{ action: 'export', resource: 'db:customers/pii/*' }, 'deny', ['no-export-of-restricted']],
+    [{ action: 'admin', resource: 'tickets:T-1' }, 'deny', ['agents-never-admin']],
+    [{ action: 'delete', resource: 'tickets:T-1' }, 'deny', []],
+    [{ action: 'frobnicate', resource: 'tickets:T-1' }, 'deny', []],
+  ];
+  for (const [overrides, outcome, policies] of table) {
+    test(`${overrides.action ?? 'read'} ${overrides.resource ?? 'db:orders/1'} ${JSON.stringify({ ...overrides, action: undefined, resource: undefined })} → ${outcome}`, () => {
+      const decision = engine.decide(input(overrides));
+      assert.equal(decision.outcome, outcome);
+      assert.deepEqual([...decision.policies].sort(), policies);
+      assert.equal(decision.policyVersion, engine.version);
+    });
+  }
+
+  test('tiers come from the schema: refund is a write, undeclared actions have none', () => {
+    assert.equal(engine.tierOf('refund'), 'write');
+    assert.equal(engine.tierOf('read'), 'read');
+    assert.equal(engine.tierOf('frobnicate'), undefined);
+  });
+
+  test('the version changes when any file of the set changes, the catalog included', () => {
+    const changed = policyDir({ 'resources.yaml': 'resources:\n  - pattern: "tickets:*"\n    sensitivity: public\n' });
+    assert.notEqual(loadPolicySet(changed).version, engine.version);
+    assert.equal(loadPolicySet(policyDir({})).version, engine.version);
+  });
+});
+
+describe('fail closed', () => {
+  test('forbid beats permit', () => {
+    const dir = policyDir({ 'freeze.cedar': '@id("freeze") forbid (principal, action in Writ::Action::"write", resource) when { resource.kind == "tickets" };' });
+    const decision = createPolicyEngine(loadPolicySet(dir)).decide(input({ action: 'write', resource: 'tickets:T-1' }));
+    assert.equal(decision.outcome, 'deny');
+    assert.deepEqual(decision.policies, ['freeze']);
+  });
+
+  test('a forbid that errors at evaluation still denies, naming the policy that failed', () => {
+    // Valid against the schema, but overflows a 64-bit integer whenever it runs.
+    const dir = policyDir({
+      'freeze.cedar': '@id("change-freeze") forbid (principal, action in Writ::Action::"write", resource) when { context.hour + 9223372036854775807 >= 0 };',
+    });
+    const engine = createPolicyEngine(loadPolicySet(dir));
+    const decision = engine.decide(input({ action: 'write', resource: 'tickets:T-1' }));
+    assert.equal(decision.outcome, 'deny');
+    assert.deepEqual(decision.policies, ['change-freeze']);
+    assert.match(decision.errors[0] ?? '', /^change-freeze: /);
+  });
+
+  test('a permit that errors never allows', () => {
+    const dir = policyDir({
+      'broken.cedar': '@id("broken-permit") permit (principal, action in Writ::Action::"delete", resource) when { context.hour * 9223372036854775807 * 2 > 0 };',
+    });
+    const decision = createPolicyEngine(loadPolicySet(dir)).decide(input({ action: 'delete', resource: 'tickets:T-1' }));
+    assert.equal(decision.outcome, 'deny');
+  });
+});
+
+describe('loading refuses an invalid set whole', () => {
+  test('a syntax error names the file and line', () => {
+    const problems = problemsOf(policyDir({ 'bad.cedar': '// first\n\n@id("x")\npermit (principal, action, resource) when { oops };\n' }));
+    assert.equal(problems[0]?.file, 'bad.cedar');
+    assert.equal(problems[0]?.line, 4);
+  });
+
+  test('a policy that does not validate against the schema names its file', () => {
+    const problems = problemsOf(policyDir({ 'typo.cedar': '@id("typo") permit (principal, action, resource) when { context.enviroment == "production" };' }));
+    assert.equal(problems[0]?.file, 'typo.cedar');
+    assert.match(problems[0]?.message ?? '', /^typo: /);
+  });
+
+  test('duplicate policy ids are refused', () => {
+    const problems = problemsOf(policyDir({ 'dup.cedar': '@id("agents-never-admin") forbid (principal, action, resource);' }));
+    assert.match(problems[0]?.message ?? '', /duplicate policy id/);
+  });
+
+  for (const annotation of ['@approval', '@approval("Required")', '@approval("yes")', '@Approval("required")', '@APPROVAL("required")']) {
+    test(`a mistyped approval annotation (${annotation}) is refused rather than read as a plain permit`, () => {
+      const problems = problemsOf(policyDir({ 'approval.cedar': `@id("wire") ${annotation} permit (principal, action == Writ::Action::"refund", resource);` }));
+      assert.equal(problems[0]?.file, 'approval.cedar');
+      assert.match(problems[0]?.message ?? '', /@approval\("required"\)/);
+    });
+  }
+
+  test('an approval annotation on a forbid is refused', () => {
+    const problems = problemsOf(policyDir({ 'approval.cedar': '@id("odd") @approval("required") forbid (principal, action, resource);' }));
+    assert.match(problems[0]?.message ?? '', /belongs on a permit/);
+  });
+
+  test('a catalog entry with an unknown sensitivity or a non-canonical pattern is refused', () => {
+    assert.equal(problemsOf(policyDir({ 'resources.yaml': 'resources:\n  - pattern: "db:*"\n    sensitivity: secret\n' }))[0]?.file, 'resources.yaml');
+    assert.equal(problemsOf(policyDir({ 'resources.yaml': 'resources:\n  - pattern: "db:a/../b"\n    sensitivity: public\n' }))[0]?.file, 'resources.yaml');
+  });
+
+  test('a missing schema is refused', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'writ-policy-'));
+    dirs.push(dir);
+    assert.equal(problemsOf(dir)[0]?.file, 'schema.cedarschema');
+  });
+});
