@@ -60,7 +60,16 @@ export interface Writ {
    * @throws WritError ERR_IDENTITY_NOT_FOUND, ERR_IDENTITY_INACTIVE, ERR_CONFIG_INVALID (dev issuer off)
    */
   issueIdentityToken(id: string, ttlSeconds?: number): Promise<{ token: string; expiresAt: number }>;
-  /** Starts the reaper that expires overdue tasks every `reaper.intervalMs`. */
+  /**
+   * Reads task ends made by other processes or nodes sharing the store into
+   * this process's revocation list. Runs every `revocation.syncIntervalMs`
+   * once started; callable directly.
+   */
+  syncRevocations(): Promise<number>;
+  /**
+   * Starts the background work: the reaper (every `reaper.intervalMs`, also
+   * writing audit records owed for task ends) and the revocation sync.
+   */
   startReaper(): void;
   /** Stops the reaper, flushes the audit log and closes the store. */
   close(): Promise<void>;
@@ -77,7 +86,7 @@ export async function createWrit(options: CreateWritOptions = {}): Promise<Writ>
   const config = options.config ?? loadConfig({ env: options.env });
   const clock = options.clock ?? systemClock;
   const logger = options.logger;
-  const store = await openStore({ databaseUrl: config.database.url, dataDir: config.paths.dataDir });
+  const store = await openStore({ databaseUrl: config.database.url, dataDir: config.paths.dataDir, sqliteSynchronous: config.database.sqliteSynchronous });
   try {
     return await assemble(config, clock, store, logger, options.env);
   } catch (error) {
@@ -135,10 +144,28 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
   });
   const authorize = createActionCheck({ verifier: taskTokens, revocations, registry, policy, audit, clock });
 
-  // Tasks that passed their expiry while Writ was down are expired before anything is served.
+  // Other nodes' clocks may lag ours: look back well past one sync interval.
+  const syncWindowMs = 2 * config.revocation.syncIntervalMs + 60_000;
+  const syncRevocations = async (): Promise<number> => {
+    const now = clock.now();
+    const ended = await store.listTasksEndedSince(now - syncWindowMs);
+    let added = 0;
+    for (const task of ended) {
+      if (task.expiresAt + skewMs >= now && !revocations.isRevoked(task.id)) {
+        revocations.add(task.id, task.expiresAt);
+        added++;
+      }
+    }
+    return added;
+  };
+
+  // Tasks that passed their expiry while Writ was down are expired, and records
+  // owed from before, written, before anything is served.
   await broker.reapExpired();
+  await broker.flushEndRecords();
 
   let reaper: NodeJS.Timeout | undefined;
+  let revocationSync: NodeJS.Timeout | undefined;
   let closed = false;
   return {
     config,
@@ -191,18 +218,27 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
       });
       return minted;
     },
+    syncRevocations,
     startReaper() {
       if (reaper !== undefined || closed) return;
       reaper = setInterval(() => {
         revocations.prune(clock.now());
-        broker.reapExpired().catch((error: unknown) => logger?.error({ err: error }, 'reaper failed'));
+        broker
+          .reapExpired()
+          .then(() => broker.flushEndRecords())
+          .catch((error: unknown) => logger?.error({ err: error }, 'reaper failed'));
       }, config.reaper.intervalMs);
       reaper.unref();
+      revocationSync = setInterval(() => {
+        syncRevocations().catch((error: unknown) => logger?.error({ err: error }, 'revocation sync failed'));
+      }, config.revocation.syncIntervalMs);
+      revocationSync.unref();
     },
     async close() {
       if (closed) return;
       closed = true;
       if (reaper !== undefined) clearInterval(reaper);
+      if (revocationSync !== undefined) clearInterval(revocationSync);
       await audit.flush();
       await store.close();
     },

@@ -6,6 +6,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { verifyAuditChain } from '../src/audit/log.js';
+import { createManualClock } from '../src/core/clock.js';
+import { createWrit } from '../src/writ.js';
 import { createTestDatabase } from './helpers/pg.js';
 import { AGENT, claimsOf, startHarness, supportTask, type Harness } from './helpers/harness.js';
 import { breakAuditWrites, repairAuditWrites } from './helpers/sql.js';
@@ -14,13 +16,14 @@ for (const backend of ['sqlite', 'postgres'] as const) {
   describe(`spine over HTTP (${backend})`, () => {
     let h: Harness;
     let skip = false;
+    const clock = createManualClock();
     before(async () => {
       const database = backend === 'postgres' ? await createTestDatabase() : undefined;
       if (backend === 'postgres' && database === undefined) {
         skip = true;
         return;
       }
-      h = await startHarness({ backend, ...(database ? { database } : {}) });
+      h = await startHarness({ backend, clock, ...(database ? { database } : {}) });
       await h.registerAgent();
     });
     after(async () => {
@@ -168,9 +171,52 @@ for (const backend of ['sqlite', 'postgres'] as const) {
         await repairAuditWrites(h);
       }
       // The task that could not be audited was revoked, not left usable.
-      const tasks = await h.writ.store.listEndedUnexpiredTasks(Date.now());
+      const tasks = await h.writ.store.listEndedUnexpiredTasks(clock.now());
       assert.ok(tasks.some((task) => task.endReason === 'audit_unavailable' && task.state === 'revoked'));
       assert.equal((await verifyAuditChain(h.writ.store)).ok, true);
+    });
+
+    test('a task ended while the audit log is down ends at once, and its record is written when the log is back', async (t) => {
+      if (skip) return t.skip('PostgreSQL not available');
+      const granted = await h.post('/v1/tasks', supportTask(), await h.identityToken());
+      const taskId: string = granted.body.task.id;
+      await breakAuditWrites(h);
+      try {
+        const ended = await h.post(`/v1/tasks/${taskId}/complete`, {}, granted.body.token);
+        assert.equal(ended.status, 503);
+        assert.equal(ended.body.code, 'ERR_AUDIT_UNAVAILABLE');
+      } finally {
+        await repairAuditWrites(h);
+      }
+      assert.equal((await h.writ.store.getTask(taskId))?.state, 'completed', 'the end stands');
+      assert.equal((await h.writ.authorize(granted.body.token, { action: 'read', resource: 'db:orders/1' })).reason, 'ERR_TOKEN_REVOKED');
+      const endRecords = async () => (await h.auditRecords()).filter((r) => r.type === 'task.ended' && (r.task as { id: string }).id === taskId);
+      assert.equal((await endRecords()).length, 0);
+      assert.equal(await h.writ.broker.flushEndRecords(), 0, 'a fresh end gets a grace period');
+      clock.advance(6000);
+      assert.ok((await h.writ.broker.flushEndRecords()) >= 1);
+      const records = await endRecords();
+      assert.equal(records.length, 1);
+      assert.equal(records[0]?.reason, 'completed');
+      assert.match(String(records[0]?.detail), /^recorded late/);
+      assert.equal(await h.writ.broker.flushEndRecords(), 0, 'owed once, written once');
+      assert.equal((await verifyAuditChain(h.writ.store)).ok, true);
+    });
+
+    test('a task ended on one node is refused on another node of the same store after one revocation sync', async (t) => {
+      if (skip) return t.skip('PostgreSQL not available');
+      const other = await createWrit({ config: h.writ.config, clock, env: {} });
+      try {
+        const granted = await h.post('/v1/tasks', supportTask(), await h.identityToken());
+        const token: string = granted.body.token;
+        assert.equal((await other.authorize(token, { action: 'read', resource: 'db:orders/1' })).allowed, true);
+        await h.post(`/v1/tasks/${granted.body.task.id}/revoke`, { note: 'drift' }, token);
+        assert.equal(await other.syncRevocations(), 1);
+        assert.equal((await other.authorize(token, { action: 'read', resource: 'db:orders/1' })).reason, 'ERR_TOKEN_REVOKED');
+        assert.equal(await other.syncRevocations(), 0, 'nothing new the second time');
+      } finally {
+        await other.close();
+      }
     });
   });
 }

@@ -147,6 +147,21 @@ for (const [backend, setup] of Object.entries(backends)) {
       assert.ok(!listed.includes('task_still_active'));
     });
 
+    maybe('task ends are listed for other nodes, and an end owes its audit record until marked', async () => {
+      const now = Date.now();
+      await store.createTask(newTask('task_end_listed'));
+      await store.transitionTask('task_end_listed', ['active'], 'failed', { at: now - 10_000 });
+      const since = (await store.listTasksEndedSince(now - 20_000)).map((t) => t.id);
+      assert.ok(since.includes('task_end_listed'));
+      assert.ok(!(await store.listTasksEndedSince(now - 5_000)).some((t) => t.id === 'task_end_listed'));
+      const owed = async (before: number) => (await store.listTasksAwaitingEndAudit(before, 1000)).map((t) => t.id);
+      assert.ok((await owed(now)).includes('task_end_listed'));
+      assert.ok(!(await owed(now - 15_000)).includes('task_end_listed'), 'only ends older than the cut-off');
+      assert.ok(!(await owed(now)).includes('task_still_active'), 'an active task owes nothing');
+      await store.markTaskEndAudited('task_end_listed', 'aud_x');
+      assert.ok(!(await owed(now)).includes('task_end_listed'));
+    });
+
     maybe('a chained append is all or nothing', async () => {
       const head = await store.auditHead();
       await assert.rejects(

@@ -5,7 +5,7 @@
  * Appends are group-committed: calls made while a write is in flight are
  * linked and written together in the next transaction, so throughput grows
  * with concurrency while each caller still waits for its own record to be
- * durable. If the write fails, every caller in that batch gets
+ * committed. If the write fails, every caller in that batch gets
  * ERR_AUDIT_UNAVAILABLE and must not carry out the action.
  */
 import type { Clock } from '../core/clock.js';
@@ -53,7 +53,7 @@ export interface AuditReceipt {
 
 export interface AuditLog {
   /**
-   * Appends one record and resolves once it is durable.
+   * Appends one record and resolves once it is committed.
    * @throws WritError ERR_AUDIT_UNAVAILABLE when it could not be written.
    */
   append(event: AuditEvent): Promise<AuditReceipt>;

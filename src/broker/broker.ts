@@ -24,6 +24,9 @@ import type { KeyRing } from '../tokens/key-ring.js';
 import { mintTaskToken, TASK_TOKEN_TYP, type TaskTokenVerifier } from '../tokens/task-token.js';
 import { isTerminal, statesLeadingTo } from './task-states.js';
 
+/** How old an unrecorded task end must be before the flush records it (a fresh one may still be recording). */
+const END_RECORD_GRACE_MS = 5000;
+
 const slug = z.string().regex(/^[a-z][a-z0-9-]{0,63}$/, 'lowercase letters, digits and dashes, at most 64');
 
 export const taskRequestSchema = z
@@ -93,6 +96,8 @@ export interface Broker {
   endTask(caller: Caller, taskId: string, to: EndState, note?: string): Promise<Task>;
   /** Moves overdue tasks to `expired`, revokes and audits them. Returns how many. */
   reapExpired(): Promise<number>;
+  /** Writes the audit records still owed for tasks that ended while the audit log was unavailable. Returns how many. */
+  flushEndRecords(): Promise<number>;
 }
 
 export interface BrokerOptions {
@@ -145,16 +150,24 @@ export function createBroker(options: BrokerOptions): Broker {
     bus.publish({ type: 'task.ended', taskId: task.id, state: task.state, expiresAt: task.expiresAt });
   };
 
-  const auditEnd = (task: Task, identity: Pick<Identity, 'id'> & Partial<Identity>, note?: string) =>
-    audit.append({
+  /**
+   * Appends the task's end to the audit chain and marks it recorded. If the
+   * append fails the task stays ended (safe) and owes its record, which
+   * `flushEndRecords` writes later: an end is never silently unrecorded.
+   */
+  const recordEnd = async (task: Task, actor: Pick<Identity, 'id'> & Partial<Identity>, note?: string): Promise<void> => {
+    const receipt = await audit.append({
       type: 'task.ended',
       decision: 'deny',
       reason: task.state,
       ...(note === undefined ? {} : { detail: note }),
-      actor: { id: identity.id, ...(identity.actorType ? { actorType: identity.actorType } : {}), ...(identity.owner ? { owner: identity.owner } : {}) },
+      actor: { id: actor.id, ...(actor.actorType ? { actorType: actor.actorType } : {}), ...(actor.owner ? { owner: actor.owner } : {}) },
       task: { id: task.id, purpose: task.purpose, intent: task.intent, environment: task.environment },
       policyVersion: task.policyVersion,
+      ...(task.endedAt === null ? {} : { data: { endedAt: task.endedAt } }),
     });
+    await store.markTaskEndAudited(task.id, receipt.id);
+  };
 
   return {
     async authenticate(bearer, { allowTaskToken, endpoint }) {
@@ -259,8 +272,9 @@ export function createBroker(options: BrokerOptions): Broker {
 
       const auditDecision: AuditDecision =
         state === 'denied' ? 'deny' : state === 'pending_approval' ? 'approval_required' : refused.length > 0 ? 'partial' : 'allow';
+      let decisionRecord: string;
       try {
-        await audit.append({
+        ({ id: decisionRecord } = await audit.append({
           type: 'task.decision',
           decision: auditDecision,
           actor: { id: identity.id, actorType: identity.actorType, owner: identity.owner },
@@ -276,7 +290,7 @@ export function createBroker(options: BrokerOptions): Broker {
             ...(minted ? { jti: minted.jti } : {}),
             ...(policyErrors.length > 0 ? { policyErrors } : {}),
           },
-        });
+        }));
       } catch (error) {
         // The token never left this function; make sure the task cannot be used either.
         const ended = await store.transitionTask(taskId, ['active', 'pending_approval'], 'revoked', { at: clock.now(), endReason: 'audit_unavailable' }).catch(() => undefined);
@@ -284,7 +298,11 @@ export function createBroker(options: BrokerOptions): Broker {
         throw error;
       }
 
-      if (state === 'denied') return { status: 'denied', task, policies: [...deciding].sort(), warnings };
+      if (state === 'denied') {
+        // A denied task is born ended; its decision record is the record of that end.
+        await store.markTaskEndAudited(taskId, decisionRecord);
+        return { status: 'denied', task, policies: [...deciding].sort(), warnings };
+      }
       if (state === 'pending_approval') return { status: 'pending_approval', task, warnings };
       if (minted === undefined) throw new Error('active task without a token');
       return { status: refused.length > 0 ? 'partial' : 'granted', task, token: minted.token, expiresIn: ttl, warnings };
@@ -307,18 +325,25 @@ export function createBroker(options: BrokerOptions): Broker {
       }
       // INVARIANT: revoke in memory before anything that can fail, so the token is refused from here on.
       announceEnd(ended);
-      await auditEnd(ended, caller.identity, note);
+      await recordEnd(ended, caller.identity, note);
       return ended;
     },
 
     async reapExpired() {
       const expired = await store.expireTasks(clock.now());
       for (const task of expired) announceEnd(task);
-      const audited = await Promise.allSettled(expired.map((task) => auditEnd(task, { id: task.identityId }, 'ttl elapsed')));
-      const failed = audited.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-      // The tasks are expired and refused regardless; the caller learns the audit fell behind.
+      const recorded = await Promise.allSettled(expired.map((task) => recordEnd(task, { id: task.identityId }, 'ttl elapsed')));
+      const failed = recorded.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      // The tasks are expired and refused regardless; their records are owed and flushed later.
       if (failed !== undefined) throw failed.reason;
       return expired.length;
+    },
+
+    async flushEndRecords() {
+      // Only ends older than a few seconds: a fresh one may still be recording on its own.
+      const owed = await store.listTasksAwaitingEndAudit(clock.now() - END_RECORD_GRACE_MS, 500);
+      for (const task of owed) await recordEnd(task, { id: task.identityId }, `recorded late: ${task.endReason ?? task.state}`);
+      return owed.length;
     },
   };
 }

@@ -15,6 +15,9 @@ dataDir: ./.writ
 database:
   # Set a PostgreSQL URL to run several Writ nodes on one database:
   # url: postgres://writ@db.internal:5432/writ
+  # SQLite durability: normal survives a crash of Writ; full also survives
+  # power loss, at the cost of a disk flush on every decision.
+  sqliteSynchronous: normal
 
 # The iss of task tokens. An identifier; it need not resolve.
 issuer: http://127.0.0.1:8750
@@ -39,6 +42,9 @@ policy:
 
 reaper:
   intervalMs: 5000             # how often tasks past their expiry are moved to expired
+
+revocation:
+  syncIntervalMs: 1000         # how often task ends made by other processes or nodes on the same store are picked up
 
 log:
   level: info                  # fatal | error | warn | info | debug | trace | silent

@@ -60,6 +60,12 @@ export const configSchema = z
       .object({
         /** `postgres://...` for a cluster; unset means SQLite in dataDir. */
         url: z.string().regex(/^postgres(ql)?:\/\//, 'a postgres:// URL').optional(),
+        /**
+         * SQLite durability. `normal` (WAL): a committed record survives a crash
+         * of Writ, but a power loss may drop the last commits. `full`: fsync on
+         * every commit, so also power loss, at the cost of a disk flush per decision.
+         */
+        sqliteSynchronous: z.enum(['normal', 'full']).default('normal'),
       })
       .strict()
       .prefault({}),
@@ -104,6 +110,17 @@ export const configSchema = z
     reaper: z
       .object({
         intervalMs: z.number().int().min(100).max(3_600_000).default(5000),
+      })
+      .strict()
+      .prefault({}),
+    revocation: z
+      .object({
+        /**
+         * How often this process reads task ends written by other processes or
+         * nodes sharing its store: the bound on how long a token ended elsewhere
+         * can still pass here. Ends in this process apply at once.
+         */
+        syncIntervalMs: z.number().int().min(100).max(60_000).default(1000),
       })
       .strict()
       .prefault({}),

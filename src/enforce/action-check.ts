@@ -10,7 +10,7 @@
  *
  * The first failing step decides, with a stable reason code. Nothing here
  * throws for a bad request; every error is a deny. An allow is returned only
- * after its audit record is durable.
+ * after its audit record is committed.
  */
 import { createHash } from 'node:crypto';
 import type { AuditLog } from '../audit/log.js';

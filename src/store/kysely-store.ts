@@ -51,6 +51,7 @@ interface TaskTable {
   expires_at: number;
   ended_at: number | null;
   end_reason: string | null;
+  end_audit_id: string | null;
 }
 
 interface SigningKeyTable {
@@ -90,6 +91,8 @@ const ROLLBACK = CompiledQuery.raw('rollback');
 export interface SqliteStoreOptions {
   /** Path of the database file, or ':memory:'. */
   readonly filename: string;
+  /** `normal` survives a crash of the process; `full` also survives power loss (a flush per commit). */
+  readonly synchronous?: 'normal' | 'full';
 }
 
 export interface PostgresStoreOptions {
@@ -102,7 +105,7 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
   if (options.filename !== ':memory:') mkdirSync(dirname(options.filename), { recursive: true, mode: 0o700 });
   const database = new Database(options.filename);
   database.pragma('journal_mode = WAL');
-  database.pragma('synchronous = NORMAL');
+  database.pragma(`synchronous = ${options.synchronous === 'full' ? 'FULL' : 'NORMAL'}`);
   database.pragma('busy_timeout = 5000');
   database.pragma('foreign_keys = ON');
   const db = new Kysely<Tables>({ dialect: new SqliteDialect({ database }) });
@@ -204,6 +207,7 @@ class KyselyStore implements Store {
         expires_at: task.expiresAt,
         ended_at: task.state === 'denied' ? task.createdAt : null,
         end_reason: task.state === 'denied' ? 'denied' : null,
+        end_audit_id: null,
       })
       .execute();
   }
@@ -247,6 +251,27 @@ class KyselyStore implements Store {
       .selectAll()
       .where('ended_at', 'is not', null)
       .where('expires_at', '>', now)
+      .execute();
+    return rows.map(toTask);
+  }
+
+  async listTasksEndedSince(since: number): Promise<{ id: string; expiresAt: number }[]> {
+    const rows = await this.db.selectFrom('tasks').select(['id', 'expires_at']).where('ended_at', '>=', since).execute();
+    return rows.map((r) => ({ id: r.id, expiresAt: r.expires_at }));
+  }
+
+  async markTaskEndAudited(id: string, auditId: string): Promise<void> {
+    await this.db.updateTable('tasks').set({ end_audit_id: auditId }).where('id', '=', id).execute();
+  }
+
+  async listTasksAwaitingEndAudit(endedBefore: number, limit: number): Promise<Task[]> {
+    const rows = await this.db
+      .selectFrom('tasks')
+      .selectAll()
+      .where('end_audit_id', 'is', null)
+      .where('ended_at', '<=', endedBefore)
+      .orderBy('ended_at')
+      .limit(limit)
       .execute();
     return rows.map(toTask);
   }

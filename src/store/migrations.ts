@@ -40,10 +40,13 @@ const migrations: Record<string, Migration> = {
         .addColumn('expires_at', 'bigint', (c) => c.notNull())
         .addColumn('ended_at', 'bigint')
         .addColumn('end_reason', 'text')
+        // The audit record of the task's end; null while that record is still owed.
+        .addColumn('end_audit_id', 'text')
         .execute();
       await db.schema.createIndex('tasks_state_expires').on('tasks').columns(['state', 'expires_at']).execute();
       await db.schema.createIndex('tasks_identity').on('tasks').column('identity_id').execute();
       await db.schema.createIndex('tasks_ended').on('tasks').columns(['ended_at', 'expires_at']).execute();
+      await db.schema.createIndex('tasks_end_unaudited').on('tasks').column('ended_at').where(sql.ref('end_audit_id'), 'is', null).execute();
 
       await db.schema
         .createTable('signing_keys')

@@ -8,12 +8,13 @@ export type { Store } from './store.js';
 export interface StoreLocation {
   readonly databaseUrl?: string | undefined;
   readonly dataDir: string;
+  readonly sqliteSynchronous?: 'normal' | 'full';
 }
 
 /** Opens and migrates the store the configuration names. */
 export function openStore(location: StoreLocation): Promise<Store> {
   if (location.databaseUrl !== undefined) return openPostgresStore({ url: location.databaseUrl });
-  return openSqliteStore({ filename: join(location.dataDir, 'writ.db') });
+  return openSqliteStore({ filename: join(location.dataDir, 'writ.db'), ...(location.sqliteSynchronous ? { synchronous: location.sqliteSynchronous } : {}) });
 }
 
 /** Human-readable location for logs; never includes a password. */

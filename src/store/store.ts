@@ -91,6 +91,12 @@ export interface Store {
   expireTasks(now: number): Promise<Task[]>;
   /** Tasks that ended but whose tokens would otherwise still be valid at `now`. */
   listEndedUnexpiredTasks(now: number): Promise<Task[]>;
+  /** Ids and expiries of tasks that ended at or after `since` (any node, any process). */
+  listTasksEndedSince(since: number): Promise<{ id: string; expiresAt: number }[]>;
+  /** Records that the task's end is on the audit chain as record `auditId`. */
+  markTaskEndAudited(id: string, auditId: string): Promise<void>;
+  /** Up to `limit` tasks that ended at or before `endedBefore` and whose end is not yet audited. */
+  listTasksAwaitingEndAudit(endedBefore: number, limit: number): Promise<Task[]>;
 
   /**
    * Inserts `key` unless an active key for the same use exists, then returns the
