@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { TASK_TRANSITIONS, canTransition, isTerminal, statesLeadingTo } from '../src/broker/task-states.js';
 import { createManualClock } from '../src/core/clock.js';
+import { createWrit } from '../src/writ.js';
 import { TASK_STATES } from '../src/core/types.js';
 import { startHarness, supportTask, type Harness } from './helpers/harness.js';
 import { execSql } from './helpers/sql.js';
@@ -110,29 +111,27 @@ describe('ending tasks over HTTP', () => {
     assert.equal(await h.writ.broker.reapExpired(), 0, 'a second pass finds nothing');
   });
 
-  test('a task that ended and expired moments ago stays refused across a restart, within the clock-skew window', async () => {
-    const task = await grant({ ttl: 60 });
-    await h.post(`/v1/tasks/${task.id}/complete`, {}, task.token);
-    clock.advance(65_000); // past exp, but inside the 30 s skew the token itself is still accepted
-    const { createWrit } = await import('../src/writ.js');
+  /** What a freshly started Writ on the same store answers for `token`. */
+  const reasonAfterRestart = async (token: string) => {
     const restarted = await createWrit({ config: h.writ.config, clock, env: {} });
     try {
-      assert.equal((await restarted.authorize(task.token!, { action: 'read', resource: 'db:orders/1' })).reason, 'ERR_TOKEN_REVOKED');
+      return (await restarted.authorize(token, { action: 'read', resource: 'db:orders/1' })).reason;
     } finally {
       await restarted.close();
     }
-  });
+  };
 
   test('ended tasks are refused after a restart too', async () => {
     const task = await grant();
     await h.post(`/v1/tasks/${task.id}/complete`, {}, task.token);
-    const { createWrit } = await import('../src/writ.js');
-    const restarted = await createWrit({ config: h.writ.config, clock, env: {} });
-    try {
-      assert.equal((await restarted.authorize(task.token!, { action: 'read', resource: 'db:orders/1' })).reason, 'ERR_TOKEN_REVOKED');
-    } finally {
-      await restarted.close();
-    }
+    assert.equal(await reasonAfterRestart(task.token!), 'ERR_TOKEN_REVOKED');
+  });
+
+  test('a task that ended and expired moments ago stays refused across a restart, within the clock-skew window', async () => {
+    const task = await grant({ ttl: 60 });
+    await h.post(`/v1/tasks/${task.id}/complete`, {}, task.token);
+    clock.advance(65_000); // past exp, but inside the 30 s skew the token itself is still accepted
+    assert.equal(await reasonAfterRestart(task.token!), 'ERR_TOKEN_REVOKED');
   });
 
   test('a check that fails while deciding is an audited deny, never a throw', async () => {
