@@ -9,23 +9,32 @@
  * the first request can be answered.
  */
 import type { Logger } from 'pino';
-import { createAuditLog, type AuditLog } from './audit/log.js';
+import { auditActor, createAuditLog, type AuditActor, type AuditEventType, type AuditLog } from './audit/log.js';
 import { createBroker, type Broker } from './broker/broker.js';
 import { systemClock, type Clock } from './core/clock.js';
-import { loadConfig, type WritConfig } from './core/config.js';
+import { loadConfig, resolveConfigPath, type WritConfig } from './core/config.js';
 import { WritError } from './core/errors.js';
-import type { Identity } from './core/types.js';
+import type { Identity, IdentityState } from './core/types.js';
 import { createActionCheck, type ActionCheck } from './enforce/action-check.js';
 import { createRevocationList, type RevocationList } from './enforce/revocation-list.js';
 import { createEventBus, type EventBus } from './events/bus.js';
-import { createIdentityAuthenticator } from './identity/authenticate.js';
+import {
+  createAdminTokens,
+  identityPrincipal,
+  looksLikeAdminToken,
+  type AdminPrincipal,
+  type AdminTokens,
+  type CreateAdminTokenInput,
+} from './identity/admin-tokens.js';
+import { createIdentityAuthenticator, type IdentityAuthenticator } from './identity/authenticate.js';
 import { devIssuerId, mintIdentityToken } from './identity/dev-issuer.js';
-import { createRegistry, type RegisterIdentityInput, type Registry } from './identity/registry.js';
+import { claimIdentitySchema, createRegistry, parseOrThrow, type ClaimIdentityInput, type RegisterIdentityInput, type Registry } from './identity/registry.js';
+import { createTrustSources, type TrustSources } from './identity/trust-sources.js';
 import { createPolicyEngine, type PolicyEngine } from './policy/engine.js';
 import { loadPolicySet } from './policy/policy-set.js';
 import { loadMasterKey } from './secrets/master-key.js';
 import { openStore } from './store/open.js';
-import type { Store } from './store/store.js';
+import type { AdminTokenRecord, Store } from './store/store.js';
 import { loadKeyRing, type KeyRing } from './tokens/key-ring.js';
 import { createTaskTokenVerifier } from './tokens/task-token.js';
 
@@ -41,6 +50,9 @@ export interface Writ {
   readonly taskKeys: KeyRing;
   /** Undefined when the dev issuer is disabled. */
   readonly devIssuer: { readonly ring: KeyRing; readonly issuer: string } | undefined;
+  readonly trustSources: TrustSources;
+  readonly authenticator: IdentityAuthenticator;
+  readonly adminTokens: AdminTokens;
   /** True when this start generated the master key file. */
   readonly masterKeyCreated: boolean;
   /**
@@ -54,7 +66,32 @@ export interface Writ {
    * Registers an identity and audits it.
    * @throws WritError ERR_VALIDATION, ERR_IDENTITY_EXISTS, ERR_AUDIT_UNAVAILABLE
    */
-  registerIdentity(input: RegisterIdentityInput): Promise<Identity>;
+  registerIdentity(input: RegisterIdentityInput, actor?: AuditActor): Promise<Identity>;
+  /**
+   * Gives a quarantined identity an accountable owner and makes it active.
+   * @throws WritError ERR_VALIDATION, ERR_IDENTITY_NOT_FOUND, ERR_IDENTITY_STATE_CONFLICT
+   */
+  claimIdentity(id: string, input: ClaimIdentityInput, actor: AuditActor): Promise<Identity>;
+  /**
+   * Suspends (reversible) or decommissions (final) an identity, or reactivates
+   * a suspended one. Suspending and decommissioning revoke its tasks at once.
+   * @throws WritError ERR_IDENTITY_NOT_FOUND, ERR_IDENTITY_STATE_CONFLICT
+   */
+  changeIdentityState(id: string, change: IdentityStateChange, actor: AuditActor, note?: string): Promise<{ identity: Identity; revokedTasks: number }>;
+  /**
+   * The admin principal behind a bearer credential: an admin token, or the
+   * identity token of an active human holding admin scopes. Undefined otherwise.
+   */
+  authenticateAdmin(bearer: string | undefined): Promise<AdminPrincipal | undefined>;
+  /**
+   * Mints an admin token and audits it; the token is in the result only.
+   * @throws WritError ERR_VALIDATION, ERR_AUDIT_UNAVAILABLE
+   */
+  createAdminToken(input: CreateAdminTokenInput, actor: AuditActor): Promise<{ token: string; record: AdminTokenRecord }>;
+  /** @throws WritError ERR_NOT_FOUND */
+  revokeAdminToken(id: string, actor: AuditActor): Promise<AdminTokenRecord>;
+  /** At the first start of a store: the bootstrap admin token, audited; undefined ever after. */
+  bootstrapAdminToken(): Promise<{ token: string; record: AdminTokenRecord } | undefined>;
   /**
    * Mints a dev-issuer identity token (JWT-SVID shape) for a registered, active identity.
    * @throws WritError ERR_IDENTITY_NOT_FOUND, ERR_IDENTITY_INACTIVE, ERR_CONFIG_INVALID (dev issuer off)
@@ -73,6 +110,19 @@ export interface Writ {
   startReaper(): void;
   /** Stops the reaper, flushes the audit log and closes the store. */
   close(): Promise<void>;
+}
+
+export type IdentityStateChange = 'suspend' | 'decommission' | 'reactivate';
+
+const STATE_CHANGES: Record<IdentityStateChange, { from: readonly IdentityState[]; to: IdentityState; event: AuditEventType }> = {
+  suspend: { from: ['active', 'quarantined'], to: 'suspended', event: 'identity.suspended' },
+  decommission: { from: ['active', 'quarantined', 'suspended'], to: 'decommissioned', event: 'identity.decommissioned' },
+  reactivate: { from: ['suspended'], to: 'active', event: 'identity.reactivated' },
+};
+
+/** An admin principal as the actor of an audit record. */
+export function adminActor(principal: AdminPrincipal): AuditActor {
+  return { id: principal.id, actorType: principal.kind === 'token' ? 'admin-token' : 'human' };
 }
 
 export interface CreateWritOptions {
@@ -116,13 +166,17 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     audience: config.tokens.audience,
     clockSkewSeconds: config.tokens.clockSkew,
   });
-  const authenticator = createIdentityAuthenticator({
+  const trustSources = createTrustSources({
+    sources: config.identity.sources,
     devIssuer: devIssuer && { ...devIssuer, maxTtlSeconds: config.identity.devIssuer.maxTtl },
     audience: config.identity.audience,
     clockSkewSeconds: config.tokens.clockSkew,
-    registry,
     clock,
+    resolvePath: (path) => resolveConfigPath(config, path),
+    onKeyRefreshError: (source, error) => logger?.warn({ source, err: error.message }, 'trust source keys could not be refreshed'),
   });
+  const authenticator = createIdentityAuthenticator({ sources: trustSources, registry, audit, clock });
+  const adminTokens = createAdminTokens({ store, clock });
   const policy = () => engine;
   const broker = createBroker({
     registry,
@@ -147,6 +201,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
   // Other nodes' clocks may lag ours: look back well past one sync interval.
   const syncWindowMs = 2 * config.revocation.syncIntervalMs + 60_000;
   const syncRevocations = async (): Promise<number> => {
+    await registry.sync();
     const now = clock.now();
     const ended = await store.listTasksEndedSince(now - syncWindowMs);
     let added = 0;
@@ -159,10 +214,22 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     return added;
   };
 
+  // Remote keys are fetched now so the first request does not wait; an issuer
+  // that is down is logged, and its tokens are refused until it answers.
+  for (const failure of await trustSources.warm()) logger?.warn({ source: failure.name, err: failure.error }, 'trust source unreachable at start');
+
   // Tasks that passed their expiry while Writ was down are expired, and records
   // owed from before, written, before anything is served.
   await broker.reapExpired();
   await broker.flushEndRecords();
+
+  const recordAdminToken = (record: AdminTokenRecord, actor: AuditActor) =>
+    audit.append({
+      type: 'admin.token_created',
+      decision: 'allow',
+      actor,
+      data: { tokenId: record.id, name: record.name, scopes: record.scopes, expiresAt: record.expiresAt },
+    });
 
   let reaper: NodeJS.Timeout | undefined;
   let revocationSync: NodeJS.Timeout | undefined;
@@ -178,24 +245,108 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     revocations,
     taskKeys,
     devIssuer,
+    trustSources,
+    authenticator,
+    adminTokens,
     masterKeyCreated: masterKey.created,
     authorize,
     policy,
-    async registerIdentity(input) {
-      const identity = await registry.register(input);
+    async registerIdentity(input, actor) {
+      const identity = await registry.register(input, actor === undefined ? 'cli' : 'api');
       try {
         await audit.append({
           type: 'identity.registered',
           decision: 'allow',
-          actor: { id: identity.id, actorType: identity.actorType, owner: identity.owner },
-          data: { environment: identity.environment, labels: identity.labels, expiresAt: identity.expiresAt },
+          actor: actor ?? auditActor(identity),
+          data: {
+            identity: auditActor(identity),
+            environment: identity.environment,
+            labels: identity.labels,
+            expiresAt: identity.expiresAt,
+            ...(identity.adminScopes.length > 0 ? { adminScopes: identity.adminScopes } : {}),
+          },
         });
       } catch (error) {
         // An identity whose registration is not on the record gets nothing.
-        await registry.setState(identity.id, 'suspended').catch(() => undefined);
+        await registry.transition(identity.id, ['active'], 'suspended').catch(() => undefined);
         throw error;
       }
       return identity;
+    },
+    async claimIdentity(id, input, actor) {
+      const value = parseOrThrow(claimIdentitySchema, input);
+      const current = await registry.get(id);
+      if (current === undefined) throw new WritError('ERR_IDENTITY_NOT_FOUND', { detail: `${id} is not registered` });
+      const actorType = value.actorType ?? current.actorType;
+      const claimed = await registry.transition(id, ['quarantined'], 'active', {
+        owner: value.owner,
+        actorType,
+        ...(value.environment === undefined ? {} : { environment: value.environment }),
+        ...(value.labels === undefined ? {} : { labels: value.labels }),
+        ...(value.expiresAt === undefined ? {} : { expiresAt: value.expiresAt }),
+      });
+      try {
+        await audit.append({ type: 'identity.claimed', decision: 'allow', actor, data: { identity: auditActor(claimed), environment: claimed.environment } });
+      } catch (error) {
+        // A claim that is not on the record does not stand.
+        await registry.transition(id, ['active'], 'quarantined').catch(() => undefined);
+        throw error;
+      }
+      return claimed;
+    },
+    async changeIdentityState(id, change, actor, note) {
+      const rule = STATE_CHANGES[change];
+      const identity = await registry.transition(id, rule.from, rule.to);
+      // INVARIANT: the identity is refused from here on; its tasks end before anything that can fail.
+      const revoked = rule.to === 'active' ? [] : await broker.revokeTasksOf(id, `identity ${rule.to}`);
+      try {
+        await audit.append({
+          type: rule.event,
+          decision: rule.to === 'active' ? 'allow' : 'deny',
+          actor,
+          ...(note === undefined ? {} : { detail: note }),
+          data: { identity: auditActor(identity), state: identity.state, revokedTasks: revoked.map((t) => t.id) },
+        });
+      } catch (error) {
+        // A reactivation that is not on the record does not stand; a suspension stands either way.
+        if (rule.to === 'active') await registry.transition(id, ['active'], 'suspended').catch(() => undefined);
+        throw error;
+      }
+      return { identity, revokedTasks: revoked.length };
+    },
+    async authenticateAdmin(bearer) {
+      if (bearer === undefined || bearer.length === 0) return undefined;
+      if (looksLikeAdminToken(bearer)) return adminTokens.authenticate(bearer);
+      const result = await authenticator.authenticate(bearer);
+      return result.ok ? identityPrincipal(result.identity) : undefined;
+    },
+    async createAdminToken(input, actor) {
+      const created = await adminTokens.create(input, actor.id);
+      try {
+        await recordAdminToken(created.record, actor);
+      } catch (error) {
+        // A credential whose creation is not on the record must not work.
+        await adminTokens.revoke(created.record.id).catch(() => undefined);
+        throw error;
+      }
+      return created;
+    },
+    async revokeAdminToken(id, actor) {
+      const record = await adminTokens.revoke(id);
+      await audit.append({ type: 'admin.token_revoked', decision: 'deny', actor, data: { tokenId: record.id, name: record.name } });
+      return record;
+    },
+    async bootstrapAdminToken() {
+      if (!config.admin.bootstrapToken) return undefined;
+      const minted = await adminTokens.bootstrap(config.admin.bootstrapTtl);
+      if (minted === undefined) return undefined;
+      try {
+        await recordAdminToken(minted.record, { id: 'bootstrap', actorType: 'writ' });
+      } catch (error) {
+        await adminTokens.revoke(minted.record.id).catch(() => undefined);
+        throw error;
+      }
+      return minted;
     },
     async issueIdentityToken(id, ttlSeconds) {
       if (devIssuer === undefined) throw new WritError('ERR_CONFIG_INVALID', { detail: 'the dev issuer is disabled (identity.devIssuer.enabled)' });
@@ -213,7 +364,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
       await audit.append({
         type: 'identity.token_issued',
         decision: 'allow',
-        actor: { id: identity.id, actorType: identity.actorType, owner: identity.owner },
+        actor: auditActor(identity),
         data: { issuer: devIssuer.issuer, expiresAt: minted.expiresAt },
       });
       return minted;

@@ -208,13 +208,14 @@ describe('writ serve', () => {
     return port;
   }
 
-  test('starts on the embedded default, logs where it listens, and stops cleanly on SIGTERM', async () => {
-    const cwd = tempDir();
-    const port = await freePort();
-    const child = spawn(process.execPath, [BIN, 'serve'], { cwd, env: cleanEnv({ WRIT_PORT: String(port) }), stdio: ['ignore', 'pipe', 'pipe'] });
+  /** Starts `writ serve` in `cwd`; resolves once it logs that it listens. */
+  async function startServe(cwd: string, port: number, args: string[] = []) {
+    const child = spawn(process.execPath, [BIN, 'serve', ...args], { cwd, env: cleanEnv({ WRIT_PORT: String(port) }), stdio: ['ignore', 'pipe', 'pipe'] });
     const logs: Record<string, unknown>[] = [];
+    let stderr = '';
+    child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString('utf8')));
     const listening = new Promise<Record<string, unknown>>((resolve, reject) => {
-      child.once('exit', (code) => reject(new Error(`exited ${code}`)));
+      child.once('exit', (code) => reject(new Error(`exited ${code}: ${stderr}`)));
       createInterface({ input: child.stdout! }).on('line', (line) => {
         const record = JSON.parse(line) as Record<string, unknown>;
         logs.push(record);
@@ -222,16 +223,47 @@ describe('writ serve', () => {
       });
     });
     const record = await listening;
-    assert.equal(record.url, `http://127.0.0.1:${port}`);
-    assert.match(String(record.store), /^sqlite:.*\.writ\/writ\.db$/);
-    assert.equal(statSync(join(cwd, '.writ', 'master.key')).mode & 0o777, 0o600, 'generated master key is private');
-    assert.ok(logs.some((l) => String(l.msg).startsWith('Try it')), 'tells the user how to try it');
-    const health = await fetch(`http://127.0.0.1:${port}/healthz`);
-    assert.equal(health.status, 200);
-    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
-    child.kill('SIGTERM');
-    assert.equal(await exited, 0);
-    assert.ok(!JSON.stringify(logs).includes(readFileSync(join(cwd, '.writ', 'master.key'), 'utf8').trim()), 'the master key is never logged');
+    const stop = async () => {
+      const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+      child.kill('SIGTERM');
+      return exited;
+    };
+    return { record, logs, stderr: () => stderr, stop };
+  }
+
+  test('starts on the embedded default, logs where it listens, prints the bootstrap admin token once, and stops cleanly on SIGTERM', async () => {
+    const cwd = tempDir();
+    const port = await freePort();
+    const first = await startServe(cwd, port, ['--dev']);
+    try {
+      assert.equal(first.record.url, `http://127.0.0.1:${port}`);
+      assert.match(String(first.record.store), /^sqlite:.*\.writ\/writ\.db$/);
+      assert.equal(statSync(join(cwd, '.writ', 'master.key')).mode & 0o777, 0o600, 'generated master key is private');
+      assert.ok(first.logs.some((l) => String(l.msg).startsWith('Try it')), 'tells the user how to try it');
+      assert.ok(first.logs.some((l) => String(l.msg).includes('dev issuer is on')), 'warns loudly that the dev issuer is on');
+      const health = await fetch(`http://127.0.0.1:${port}/healthz`);
+      assert.equal(health.status, 200);
+
+      const token = /writ_admin_[A-Za-z0-9_-]{43}/.exec(first.stderr())?.[0];
+      assert.ok(token !== undefined, 'the bootstrap admin token is printed on the terminal');
+      assert.ok(!JSON.stringify(first.logs).includes(token), 'and never logged');
+      const open = await fetch(`http://127.0.0.1:${port}/v1/identities`);
+      assert.equal(open.status, 401, 'no open admin endpoint');
+      const listed = await fetch(`http://127.0.0.1:${port}/v1/identities`, { headers: { authorization: `Bearer ${token}` } });
+      assert.equal(listed.status, 200);
+    } finally {
+      assert.equal(await first.stop(), 0);
+    }
+    assert.ok(!JSON.stringify(first.logs).includes(readFileSync(join(cwd, '.writ', 'master.key'), 'utf8').trim()), 'the master key is never logged');
+
+    const second = await startServe(cwd, port);
+    try {
+      assert.doesNotMatch(second.stderr(), /writ_admin_/, 'the bootstrap token is printed at the first start only');
+      assert.ok(second.logs.some((l) => String(l.msg).includes('no trust source is configured')), 'without --dev or a source, says nobody can authenticate');
+      assert.ok(!second.logs.some((l) => String(l.msg).startsWith('Try it')));
+    } finally {
+      assert.equal(await second.stop(), 0);
+    }
   });
 
   test('refuses to start when the master key file is readable by others', () => {

@@ -33,7 +33,10 @@ const agent: Identity = {
   environment: 'production',
   labels: {},
   state: 'active',
+  source: 'cli',
+  adminScopes: [],
   createdAt: 0,
+  updatedAt: 0,
   lastSeenAt: null,
   expiresAt: null,
 };

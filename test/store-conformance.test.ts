@@ -105,19 +105,64 @@ for (const [backend, setup] of Object.entries(backends)) {
         owner: 'alice@example.com',
         environment: 'production',
         labels: { team: 'support' },
+        state: 'active' as const,
+        source: 'cli',
+        adminScopes: [],
         createdAt: 1_700_000_000_000,
         expiresAt: null,
       };
       assert.equal(await store.createIdentity(identity), true);
       assert.equal(await store.createIdentity({ ...identity, owner: 'mallory@example.com' }), false);
       const read = await store.getIdentity(identity.id);
-      assert.deepEqual(read, { ...identity, state: 'active', lastSeenAt: null });
+      assert.deepEqual(read, { ...identity, updatedAt: identity.createdAt, lastSeenAt: null });
       await store.touchIdentity(identity.id, 1_700_000_000_500);
       assert.equal((await store.getIdentity(identity.id))?.lastSeenAt, 1_700_000_000_500);
-      assert.equal((await store.setIdentityState(identity.id, 'suspended'))?.state, 'suspended');
-      assert.equal(await store.setIdentityState('spiffe://demo.local/agent/nobody', 'suspended'), undefined);
+      assert.equal(await store.updateIdentity(identity.id, ['quarantined'], 'active', { at: 1_700_000_000_900 }), undefined, 'wrong from-state changes nothing');
+      const suspended = await store.updateIdentity(identity.id, ['active'], 'suspended', { at: 1_700_000_001_000 });
+      assert.equal(suspended?.state, 'suspended');
+      assert.equal(suspended?.updatedAt, 1_700_000_001_000);
+      assert.equal(await store.updateIdentity('spiffe://demo.local/agent/nobody', ['active'], 'suspended', { at: 1 }), undefined);
       assert.equal(await store.getIdentity('spiffe://demo.local/agent/nobody'), undefined);
       assert.deepEqual((await store.listIdentities()).map((i) => i.id), [identity.id]);
+      assert.deepEqual(await store.listIdentitiesChangedSince(1_700_000_001_000), [identity.id]);
+      assert.deepEqual(await store.listIdentitiesChangedSince(1_700_000_001_001), []);
+    });
+
+    maybe('identities: a quarantined one has no owner until claimed, and a claim sets owner and attributes at once', async () => {
+      const id = 'https://issuer.example#repo:acme/app:ref:refs/heads/main';
+      const base = { id, actorType: 'service' as const, owner: null, environment: 'development', labels: { repo: 'acme/app' }, state: 'quarantined' as const, source: 'github', adminScopes: [], createdAt: 10, expiresAt: null };
+      assert.equal(await store.createIdentity(base), true);
+      assert.equal((await store.getIdentity(id))?.owner, null);
+      const claimed = await store.updateIdentity(id, ['quarantined'], 'active', { at: 20, owner: 'platform@example.com', environment: 'production', labels: {}, adminScopes: [] });
+      assert.deepEqual(
+        { owner: claimed?.owner, state: claimed?.state, environment: claimed?.environment, labels: claimed?.labels, source: claimed?.source },
+        { owner: 'platform@example.com', state: 'active', environment: 'production', labels: {}, source: 'github' },
+      );
+      assert.equal(await store.updateIdentity(id, ['quarantined'], 'active', { at: 30, owner: 'mallory@example.com' }), undefined, 'a second claim loses');
+    });
+
+    maybe('identities: every non-terminal task of an identity ends in one call, exactly once', async () => {
+      const mine = ['task_id_a', 'task_id_b'].map((id) => ({ ...newTask(id), identityId: 'spiffe://demo.local/agent/x' }));
+      const other = { ...newTask('task_id_c'), identityId: 'spiffe://demo.local/agent/y' };
+      for (const task of [...mine, other]) await store.createTask(task);
+      await store.transitionTask('task_id_b', ['active'], 'completed', { at: 5 });
+      const ended = await store.endTasksOfIdentity('spiffe://demo.local/agent/x', 'revoked', { at: 50, endReason: 'revoked: identity suspended' });
+      assert.deepEqual(ended.map((t) => [t.id, t.state, t.endReason]), [['task_id_a', 'revoked', 'revoked: identity suspended']]);
+      assert.deepEqual(await store.endTasksOfIdentity('spiffe://demo.local/agent/x', 'revoked', { at: 60 }), [], 'nothing left to end');
+      assert.equal((await store.getTask('task_id_c'))?.state, 'active', 'another identity\'s task is untouched');
+    });
+
+    maybe('admin tokens: found by hash, revoked once; a one-time fact is claimed by one caller only', async () => {
+      const record = { id: 'adm_1', name: 'ci', tokenHash: 'a'.repeat(64), scopes: ['identities:read' as const], createdBy: 'cli:root', createdAt: 1, expiresAt: null, revokedAt: null, lastUsedAt: null };
+      await store.createAdminToken(record);
+      assert.deepEqual(await store.findAdminToken('a'.repeat(64)), record);
+      assert.equal(await store.findAdminToken('b'.repeat(64)), undefined);
+      await store.touchAdminToken('adm_1', 5);
+      assert.equal((await store.revokeAdminToken('adm_1', 9))?.revokedAt, 9);
+      assert.equal(await store.revokeAdminToken('adm_1', 10), undefined, 'already revoked');
+      assert.deepEqual((await store.listAdminTokens()).map((t) => [t.id, t.lastUsedAt, t.revokedAt]), [['adm_1', 5, 9]]);
+      const claims = await Promise.all([1, 2, 3].map((n) => store.claimFact('bootstrap_admin_token', `caller ${n}`, n)));
+      assert.deepEqual(claims.filter(Boolean).length, 1);
     });
 
     maybe('tasks: read back exactly; a transition only happens from an allowed state', async () => {

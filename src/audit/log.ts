@@ -16,13 +16,36 @@ import { createChainVerifier, linkEntry, type ChainBreak, type ChainEntry } from
 
 export type AuditEventType =
   | 'identity.registered'
+  | 'identity.quarantined'
+  | 'identity.claimed'
+  | 'identity.suspended'
+  | 'identity.reactivated'
+  | 'identity.decommissioned'
   | 'identity.token_issued'
+  | 'admin.token_created'
+  | 'admin.token_revoked'
+  | 'admin.denied'
   | 'authentication.failed'
   | 'task.decision'
   | 'task.ended'
   | 'action.check';
 
 export type AuditDecision = 'allow' | 'deny' | 'approval_required' | 'partial';
+
+export interface AuditActor {
+  readonly id: string;
+  readonly actorType?: string;
+  readonly owner?: string;
+}
+
+/** An identity as the actor of an audit record. */
+export function auditActor(identity: { readonly id: string; readonly actorType?: string; readonly owner?: string | null }): AuditActor {
+  return {
+    id: identity.id,
+    ...(identity.actorType === undefined ? {} : { actorType: identity.actorType }),
+    ...(identity.owner === undefined || identity.owner === null ? {} : { owner: identity.owner }),
+  };
+}
 
 /** One audit record's content: who, what, why, and the decision. */
 export interface AuditEvent {
@@ -33,7 +56,7 @@ export interface AuditEvent {
   /** The precise, operator-only explanation. */
   readonly detail?: string;
   /** Who: the identity acting, with its actor type and accountable owner. */
-  readonly actor?: { readonly id: string; readonly actorType?: string; readonly owner?: string };
+  readonly actor?: AuditActor;
   /** What. */
   readonly action?: string;
   readonly resource?: string;

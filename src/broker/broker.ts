@@ -5,9 +5,9 @@
  * expiry) refuses that token everywhere at once. Every step is audited, and a
  * step whose audit record cannot be written does not happen.
  */
-import { createHash } from 'node:crypto';
+import { createHash, type X509Certificate } from 'node:crypto';
 import { z } from 'zod';
-import type { AuditDecision, AuditLog } from '../audit/log.js';
+import { auditActor, type AuditDecision, type AuditLog } from '../audit/log.js';
 import type { Clock } from '../core/clock.js';
 import { parseDurationSeconds } from '../core/config.js';
 import { WritError, type WritErrorCode } from '../core/errors.js';
@@ -21,7 +21,7 @@ import type { PolicyEngine } from '../policy/engine.js';
 import type { Store } from '../store/store.js';
 import { MAX_TOKEN_LENGTH } from '../tokens/jwt.js';
 import type { KeyRing } from '../tokens/key-ring.js';
-import { mintTaskToken, TASK_TOKEN_TYP, type TaskTokenVerifier } from '../tokens/task-token.js';
+import { boundCertificate, mintTaskToken, TASK_TOKEN_TYP, type TaskTokenVerifier } from '../tokens/task-token.js';
 import { isTerminal, statesLeadingTo } from './task-states.js';
 
 /** How old an unrecorded task end must be before the flush records it (a fresh one may still be recording). */
@@ -64,6 +64,16 @@ export interface Caller {
   readonly identity: Identity;
   /** Set when the caller authenticated with a task token: the task it is bound to. */
   readonly taskId?: string;
+  /** `x5t#S256` of the verified X.509-SVID the caller presented over mTLS; task tokens are bound to it. */
+  readonly certificateThumbprint?: string;
+}
+
+/** What a request carried to prove who it is. */
+export interface Credentials {
+  /** The bearer token of the Authorization header. */
+  readonly bearer?: string | undefined;
+  /** The client certificate chain of an mTLS connection, leaf first; empty or absent without one. */
+  readonly certificateChain?: readonly X509Certificate[] | undefined;
 }
 
 export type TaskRequestResult =
@@ -80,7 +90,7 @@ export interface Broker {
    * precise reason and surface as one uniform error.
    * @throws WritError ERR_UNAUTHENTICATED
    */
-  authenticate(bearer: string | undefined, options: { allowTaskToken: boolean; endpoint: string }): Promise<Caller>;
+  authenticate(credentials: Credentials, options: { allowTaskToken: boolean; endpoint: string }): Promise<Caller>;
   /**
    * Decides a task request. Never throws for a policy outcome (see the result's
    * status); throws for bad input and for audit failure.
@@ -94,6 +104,11 @@ export interface Broker {
    * @throws WritError ERR_TASK_NOT_FOUND, ERR_TASK_STATE_CONFLICT, ERR_AUDIT_UNAVAILABLE
    */
   endTask(caller: Caller, taskId: string, to: EndState, note?: string): Promise<Task>;
+  /**
+   * Revokes every task of an identity that has not ended (it was suspended or
+   * decommissioned): refused in this process at once, elsewhere at the next sync.
+   */
+  revokeTasksOf(identityId: string, reason: string): Promise<Task[]>;
   /** Moves overdue tasks to `expired`, revokes and audits them. Returns how many. */
   reapExpired(): Promise<number>;
   /** Writes the audit records still owed for tasks that ended while the audit log was unavailable. Returns how many. */
@@ -161,7 +176,7 @@ export function createBroker(options: BrokerOptions): Broker {
       decision: 'deny',
       reason: task.state,
       ...(note === undefined ? {} : { detail: note }),
-      actor: { id: actor.id, ...(actor.actorType ? { actorType: actor.actorType } : {}), ...(actor.owner ? { owner: actor.owner } : {}) },
+      actor: auditActor(actor),
       task: { id: task.id, purpose: task.purpose, intent: task.intent, environment: task.environment },
       policyVersion: task.policyVersion,
       ...(task.endedAt === null ? {} : { data: { endedAt: task.endedAt } }),
@@ -170,14 +185,38 @@ export function createBroker(options: BrokerOptions): Broker {
   };
 
   return {
-    async authenticate(bearer, { allowTaskToken, endpoint }) {
-      if (bearer === undefined || bearer.length === 0) throw new WritError('ERR_UNAUTHENTICATED');
-      if (bearer.length > MAX_TOKEN_LENGTH) return unauthenticated(endpoint, 'ERR_TOKEN_MALFORMED', 'oversized bearer token');
+    async authenticate({ bearer, certificateChain }, { allowTaskToken, endpoint }) {
+      const hasCertificate = certificateChain !== undefined && certificateChain.length > 0;
+      if ((bearer === undefined || bearer.length === 0) && !hasCertificate) throw new WritError('ERR_UNAUTHENTICATED');
+      if (bearer !== undefined && bearer.length > MAX_TOKEN_LENGTH) return unauthenticated(endpoint, 'ERR_TOKEN_MALFORMED', 'oversized bearer token');
+
+      // A presented certificate must verify, even when a bearer token comes with it.
+      let certified: { identity: Identity; thumbprint: string } | undefined;
+      if (hasCertificate) {
+        const result = await options.authenticator.authenticateCertificate(certificateChain);
+        if (!result.ok) return unauthenticated(endpoint, result.code, result.detail, undefined, result.subject);
+        certified = { identity: result.identity, thumbprint: result.credential.certificateThumbprint ?? '' };
+      }
+      const sameIdentity = async (identity: Identity, token: string): Promise<void> => {
+        if (certified !== undefined && certified.identity.id !== identity.id) {
+          await unauthenticated(endpoint, 'ERR_IDENTITY_MISMATCH', `certificate is ${certified.identity.id}, token is ${identity.id}`, token, identity.id);
+        }
+      };
+
+      if (bearer === undefined || bearer.length === 0) {
+        if (certified === undefined) throw new WritError('ERR_UNAUTHENTICATED');
+        await registry.touch(certified.identity.id).catch(() => undefined);
+        return { identity: certified.identity, certificateThumbprint: certified.thumbprint };
+      }
       const now = clock.now();
       if (allowTaskToken && peekTyp(bearer) === TASK_TOKEN_TYP) {
         const checked = await options.taskTokens.verify(bearer, now);
         if (!checked.ok) return unauthenticated(endpoint, checked.code, checked.detail, bearer);
         const { claims } = checked.token;
+        const bound = boundCertificate(claims);
+        if (bound !== undefined && certified?.thumbprint !== bound) {
+          return unauthenticated(endpoint, 'ERR_TOKEN_BINDING', 'token is bound to a client certificate this request did not present', bearer, claims.sub);
+        }
         const task = await store.getTask(claims.task.id);
         if (task === undefined || isTerminal(task.state)) {
           return unauthenticated(endpoint, 'ERR_TOKEN_REVOKED', `task is ${task?.state ?? 'unknown'}`, bearer, claims.sub);
@@ -186,12 +225,14 @@ export function createBroker(options: BrokerOptions): Broker {
         if (identity === undefined) return unauthenticated(endpoint, 'ERR_IDENTITY_INACTIVE', 'identity is not registered', bearer, claims.sub);
         const inactive = identityInactiveReason(identity, now);
         if (inactive !== undefined) return unauthenticated(endpoint, 'ERR_IDENTITY_INACTIVE', inactive, bearer, claims.sub);
-        return { identity, taskId: task.id };
+        await sameIdentity(identity, bearer);
+        return { identity, taskId: task.id, ...(certified === undefined ? {} : { certificateThumbprint: certified.thumbprint }) };
       }
       const result = await options.authenticator.authenticate(bearer);
       if (!result.ok) return unauthenticated(endpoint, result.code, result.detail, bearer, result.subject);
+      await sameIdentity(result.identity, bearer);
       await registry.touch(result.identity.id).catch(() => undefined);
-      return { identity: result.identity };
+      return { identity: result.identity, ...(certified === undefined ? {} : { certificateThumbprint: certified.thumbprint }) };
     },
 
     async requestTask(caller, rawRequest) {
@@ -248,6 +289,7 @@ export function createBroker(options: BrokerOptions): Broker {
               environment: request.environment,
               issuedAt: now,
               expiresAt,
+              ...(caller.certificateThumbprint === undefined ? {} : { certificateThumbprint: caller.certificateThumbprint }),
             })
           : undefined;
       const task: Task = {
@@ -277,7 +319,7 @@ export function createBroker(options: BrokerOptions): Broker {
         ({ id: decisionRecord } = await audit.append({
           type: 'task.decision',
           decision: auditDecision,
-          actor: { id: identity.id, actorType: identity.actorType, owner: identity.owner },
+          actor: auditActor(identity),
           task: { id: taskId, purpose: request.purpose, intent: request.intent, environment: request.environment },
           policies: [...deciding].sort(),
           policyVersion: engine.version,
@@ -326,6 +368,17 @@ export function createBroker(options: BrokerOptions): Broker {
       // INVARIANT: revoke in memory before anything that can fail, so the token is refused from here on.
       announceEnd(ended);
       await recordEnd(ended, caller.identity, note);
+      return ended;
+    },
+
+    async revokeTasksOf(identityId, reason) {
+      const ended = await store.endTasksOfIdentity(identityId, 'revoked', { at: clock.now(), endReason: `revoked: ${reason}` });
+      // INVARIANT: revoke in memory before anything that can fail.
+      for (const task of ended) announceEnd(task);
+      const recorded = await Promise.allSettled(ended.map((task) => recordEnd(task, { id: identityId }, reason)));
+      const failed = recorded.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      // The tasks are revoked regardless; records that failed are owed and flushed later.
+      if (failed !== undefined) throw failed.reason;
       return ended;
     },
 

@@ -5,9 +5,16 @@ export const WRIT_YAML_TEMPLATE = `# writ.yaml: configuration for Writ, the zero
 #   WRIT_PORT, WRIT_HOST, WRIT_DATA_DIR, WRIT_DATABASE_URL, WRIT_LOG_LEVEL, WRIT_MASTER_KEY
 
 server:
-  host: 127.0.0.1        # listen on loopback only; put TLS in front before exposing Writ
+  host: 127.0.0.1        # listen on loopback only; configure tls before exposing Writ
   port: 8750
   bodyLimit: 65536       # bytes; larger request bodies get 413 ERR_BODY_TOO_LARGE
+  # Serve HTTPS; with clientCertificates, agents authenticate with X.509-SVIDs
+  # (checked against the spiffe sources' x509BundleFile) and their task tokens
+  # are bound to the certificate.
+  # tls:
+  #   certFile: ./tls/writ.crt
+  #   keyFile: ./tls/writ.key
+  #   clientCertificates: optional    # off | optional | required
 
 # SQLite database and master key file live here (relative to this file).
 dataDir: ./.writ
@@ -30,9 +37,25 @@ tokens:
 
 identity:
   audience: writ               # identity tokens must name this in aud
+  # Where identities are verified from; several at once. See docs/identity.md.
+  sources: []
+  #  - name: spire
+  #    type: spiffe
+  #    trustDomain: prod.example.org
+  #    jwtBundle: { url: https://spire-server.internal:8443 }   # or { file: ./bundle.json }
+  #    x509BundleFile: ./spire-bundle.pem
+  #  - name: k8s
+  #    type: oidc
+  #    issuer: https://kubernetes.default.svc.cluster.local
+  #    environment: { claim: /kubernetes.io/namespace, map: { payments: production } }
+  #    unregistered: quarantine   # deny (default) | quarantine
   devIssuer:
-    enabled: true              # Writ's local issuer for laptops and demos (writ identity token)
+    enabled: false             # Writ's local issuer for laptops and demos; writ serve --dev turns it on
     maxTtl: 5m
+
+admin:
+  bootstrapToken: true         # print an all-scopes admin token once, at the first start of a store
+  bootstrapTtl: 24h            # make lasting, narrower ones with writ admin token create
 
 policy:
   # Folder with schema.cedarschema, *.cedar policies and resources.yaml.

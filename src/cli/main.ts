@@ -3,17 +3,18 @@
  * `audit verify`: the chain is broken), 2 usage error.
  */
 import { existsSync, writeFileSync } from 'node:fs';
+import { userInfo } from 'node:os';
 import { resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { pino, type Logger } from 'pino';
-import { verifyAuditChain } from '../audit/log.js';
+import { verifyAuditChain, type AuditActor } from '../audit/log.js';
 import { loadConfig, parseDurationSeconds, type WritConfig } from '../core/config.js';
 import { isWritError } from '../core/errors.js';
 import { WRIT_VERSION } from '../core/version.js';
-import { ACTOR_TYPES, type ActorType } from '../core/types.js';
+import { ACTOR_TYPES, ADMIN_SCOPES, type ActorType, type AdminScope } from '../core/types.js';
 import { createServer } from '../server/app.js';
 import { describeStore, openStore } from '../store/open.js';
-import { createWrit } from '../writ.js';
+import { createWrit, type IdentityStateChange, type Writ } from '../writ.js';
 import { runDemo } from './demo.js';
 import { WRIT_YAML_TEMPLATE } from './init-template.js';
 
@@ -23,17 +24,33 @@ Usage: writ <command> [options]
 
 Commands:
   serve                      start the Writ server (default 127.0.0.1:8750)
+      --dev                    also run Writ's dev issuer (local identity tokens; never in production)
   init [--force]             write a commented writ.yaml in the current folder
   identity register          register an identity
-      --spiffe-id <id>         SPIFFE ID, e.g. spiffe://demo.local/agent/support (required)
+      --spiffe-id <id>         SPIFFE ID, e.g. spiffe://demo.local/agent/support
+      --id <id>                or any identity id, e.g. https://issuer.example#subject (one of the two)
       --owner <owner>          accountable owner (required for agents and services)
       --actor-type <type>      agent | service | human (default agent)
       --environment <env>      environment the identity acts in (default development)
       --label <key=value>      a label; repeat for more
+      --admin-scope <scope>    an admin API scope for a human; repeat for more
       --expires-in <duration>  identity lifetime, e.g. 90d, or never (default 90d)
-  identity list              list registered identities
+  identity list [--json]     list identities with their state and owner
+  identity claim <id>        give a quarantined identity an owner and make it active
+      --owner <owner>          accountable owner (required)
+  identity suspend <id>      suspend an identity and revoke its tasks at once
+  identity reactivate <id>   make a suspended identity active again
+  identity decommission <id> retire an identity for good and revoke its tasks
+      --note <text>            why (for suspend, reactivate, decommission; audited)
   identity token <id>        print a dev-issuer identity token (JWT-SVID shape)
       --ttl <duration>         lifetime, at most 5m (default 5m)
+  admin token create         mint an admin API token (printed once)
+      --name <name>            what it is for (required)
+      --scope <scope>          identities:read, identities:write, tasks:read,
+                               tasks:revoke or admin:tokens; repeat for more (required)
+      --ttl <duration>         lifetime, e.g. 30d (default: no expiry)
+  admin token list           list admin tokens (never the tokens themselves)
+  admin token revoke <id>    revoke an admin token
   audit verify               check the audit hash chain; exit 1 naming the first bad record
   demo                       run a scripted agent against a Writ it starts, and print the transcript
 
@@ -54,7 +71,13 @@ const OPTIONS = {
   port: { type: 'string' },
   host: { type: 'string' },
   force: { type: 'boolean' },
+  dev: { type: 'boolean' },
   'spiffe-id': { type: 'string' },
+  id: { type: 'string' },
+  'admin-scope': { type: 'string', multiple: true },
+  note: { type: 'string' },
+  name: { type: 'string' },
+  scope: { type: 'string', multiple: true },
   owner: { type: 'string' },
   'actor-type': { type: 'string' },
   environment: { type: 'string' },
@@ -96,6 +119,8 @@ export async function main(argv: readonly string[]): Promise<number> {
         return init(values);
       case 'identity':
         return await identity(sub, rest, values);
+      case 'admin':
+        return await adminCommand(sub, rest, values);
       case 'audit':
         if (sub !== 'verify') throw new UsageError('usage: writ audit verify');
         return await auditVerify(values);
@@ -124,7 +149,24 @@ function configFrom(values: Values): WritConfig {
     if (!/^\d{1,5}$/.test(values.port) || Number(values.port) > 65535) throw new UsageError(`--port: expected 0-65535, got ${values.port}`);
     port = Number(values.port);
   }
-  return loadConfig({ configFile: values.config, flags: { port, host: values.host, dataDir: values['data-dir'] } });
+  return loadConfig({ configFile: values.config, flags: { port, host: values.host, dataDir: values['data-dir'], dev: values.dev } });
+}
+
+/** The local operator running the CLI, as the actor of audit records. */
+function cliActor(): AuditActor {
+  let user = 'unknown';
+  try {
+    user = userInfo().username;
+  } catch {
+    // No passwd entry (a container): keep 'unknown'.
+  }
+  return { id: `cli:${user}`, actorType: 'local-operator' };
+}
+
+function parseDuration(flag: string, value: string): number {
+  const seconds = parseDurationSeconds(value);
+  if (seconds === undefined || seconds <= 0) throw new UsageError(`${flag}: a duration such as 300, 5m, 12h or 90d`);
+  return seconds;
 }
 
 function createLogger(config: WritConfig): Logger {
@@ -137,13 +179,15 @@ async function serve(values: Values): Promise<number> {
   const writ = await createWrit({ config, logger });
   const app = createServer(writ, { logger });
   if (writ.masterKeyCreated) logger.warn({ path: resolve(config.paths.dataDir, 'master.key') }, 'generated a new master key; back it up, or set WRIT_MASTER_KEY');
+  if (writ.devIssuer !== undefined) logger.warn({ issuer: writ.devIssuer.issuer }, 'the dev issuer is on: anyone who can run writ identity token here can mint identities; never in production');
+  await printBootstrapToken(writ);
   await app.listen({ host: config.server.host, port: config.server.port });
   const address = app.server.address();
   const port = typeof address === 'object' && address !== null ? address.port : config.server.port;
   const host = config.server.host.includes(':') ? `[${config.server.host}]` : config.server.host;
-  const url = `http://${host}:${port}`;
-  if (!['127.0.0.1', 'localhost', '::1'].includes(config.server.host)) {
-    logger.warn('listening beyond loopback over plain HTTP: put TLS in front of Writ before agents use it');
+  const url = `${config.server.tls === undefined ? 'http' : 'https'}://${host}:${port}`;
+  if (config.server.tls === undefined && !['127.0.0.1', 'localhost', '::1'].includes(config.server.host)) {
+    logger.warn('listening beyond loopback over plain HTTP: configure server.tls or put TLS in front of Writ before agents use it');
   }
   writ.startReaper();
   logger.info(
@@ -152,13 +196,19 @@ async function serve(values: Values): Promise<number> {
       store: describeStore({ databaseUrl: config.database.url, dataDir: config.paths.dataDir }),
       policyDir: config.paths.policyDir,
       policyVersion: writ.policy().version,
+      trustSources: writ.trustSources.names,
+      clientCertificates: config.server.tls?.clientCertificates ?? 'off',
     },
     `Writ listening on ${url}`,
   );
-  logger.info(
-    `Try it: writ identity register --spiffe-id spiffe://demo.local/agent/support --owner you@example.com --environment production` +
-      ` --data-dir ${config.paths.dataDir}; then writ identity token spiffe://demo.local/agent/support and POST ${url}/v1/tasks (see README), or run npm run demo`,
-  );
+  if (writ.devIssuer !== undefined) {
+    logger.info(
+      `Try it: writ identity register --spiffe-id spiffe://demo.local/agent/support --owner you@example.com --environment production` +
+        ` --data-dir ${config.paths.dataDir}; then writ identity token spiffe://demo.local/agent/support and POST ${url}/v1/tasks (see README), or run npm run demo`,
+    );
+  } else if (writ.trustSources.names.length === 0) {
+    logger.warn('no trust source is configured and the dev issuer is off: no identity can authenticate (see docs/identity.md, or run writ serve --dev)');
+  }
 
   await new Promise<void>((resolveStop) => {
     const stop = (signal: string) => {
@@ -173,6 +223,21 @@ async function serve(values: Values): Promise<number> {
   return 0;
 }
 
+/**
+ * At the first start of a store, mints the bootstrap admin token and prints it
+ * once, to the terminal and never to the log (logs are shipped and kept).
+ */
+async function printBootstrapToken(writ: Writ): Promise<void> {
+  const minted = await writ.bootstrapAdminToken();
+  if (minted === undefined) return;
+  const expires = minted.record.expiresAt === null ? 'never' : new Date(minted.record.expiresAt).toISOString();
+  process.stderr.write(
+    `\nBootstrap admin token (shown once; all admin scopes; expires ${expires}):\n\n  ${minted.token}\n\n` +
+      `Use it as 'Authorization: Bearer <token>' on /v1/identities and /v1/admin/tokens.\n` +
+      `Make lasting, narrower ones with: writ admin token create --name <name> --scope <scope>\n\n`,
+  );
+}
+
 function init(values: Values): number {
   const path = resolve(values.config ?? 'writ.yaml');
   if (existsSync(path) && values.force !== true) throw new UsageError(`${path} exists; pass --force to overwrite it`);
@@ -182,13 +247,20 @@ function init(values: Values): number {
 }
 
 async function identity(sub: string | undefined, rest: string[], values: Values): Promise<number> {
-  if (sub !== 'register' && sub !== 'list' && sub !== 'token') throw new UsageError('usage: writ identity register|list|token');
-  const config = configFrom(values);
+  const subcommands = ['register', 'list', 'token', 'claim', 'suspend', 'reactivate', 'decommission'];
+  if (sub === undefined || !subcommands.includes(sub)) throw new UsageError(`usage: writ identity ${subcommands.join('|')}`);
+  // Minting dev identity tokens needs the dev issuer's key ring, whatever the server runs with.
+  const config = configFrom(sub === 'token' ? { ...values, dev: true } : values);
   const writ = await createWrit({ config });
   try {
     if (sub === 'register') {
-      const spiffeId = values['spiffe-id'];
-      if (spiffeId === undefined) throw new UsageError('identity register needs --spiffe-id');
+      if (values['spiffe-id'] !== undefined && values.id !== undefined) throw new UsageError('give --spiffe-id or --id, not both');
+      const spiffeId = values['spiffe-id'] ?? values.id;
+      if (spiffeId === undefined) throw new UsageError('identity register needs --spiffe-id (or --id)');
+      const adminScopes = values['admin-scope'] ?? [];
+      for (const scope of adminScopes) {
+        if (!(ADMIN_SCOPES as readonly string[]).includes(scope)) throw new UsageError(`--admin-scope: one of ${ADMIN_SCOPES.join(', ')}`);
+      }
       const actorType = values['actor-type'] ?? 'agent';
       if (!(ACTOR_TYPES as readonly string[]).includes(actorType)) throw new UsageError(`--actor-type: one of ${ACTOR_TYPES.join(', ')}`);
       const expiresIn = values['expires-in'] ?? '90d';
@@ -211,6 +283,7 @@ async function identity(sub: string | undefined, rest: string[], values: Values)
         ...(values.environment === undefined ? {} : { environment: values.environment }),
         labels,
         expiresAt,
+        adminScopes: adminScopes as AdminScope[],
       });
       process.stdout.write(
         `registered ${registered.id} (${registered.actorType}, owner ${registered.owner}, environment ${registered.environment}, ` +
@@ -227,9 +300,33 @@ async function identity(sub: string | undefined, rest: string[], values: Values)
       if (identities.length === 0) process.stdout.write('no identities registered\n');
       for (const i of identities) {
         process.stdout.write(
-          `${i.id}  ${i.actorType}  owner=${i.owner}  env=${i.environment}  ${i.state}  expires=${i.expiresAt === null ? 'never' : new Date(i.expiresAt).toISOString()}\n`,
+          `${i.id}  ${i.actorType}  owner=${i.owner ?? '(unclaimed)'}  env=${i.environment}  ${i.state}  source=${i.source}  ` +
+            `expires=${i.expiresAt === null ? 'never' : new Date(i.expiresAt).toISOString()}\n`,
         );
       }
+      return 0;
+    }
+    if (sub !== 'token') {
+      const id = rest[0];
+      if (id === undefined || rest.length > 1) throw new UsageError(`usage: writ identity ${sub} <id>`);
+      if (sub === 'claim') {
+        if (values.owner === undefined) throw new UsageError('identity claim needs --owner');
+        const actorType = values['actor-type'];
+        if (actorType !== undefined && !(ACTOR_TYPES as readonly string[]).includes(actorType)) throw new UsageError(`--actor-type: one of ${ACTOR_TYPES.join(', ')}`);
+        const claimed = await writ.claimIdentity(
+          id,
+          {
+            owner: values.owner,
+            ...(actorType === undefined ? {} : { actorType: actorType as ActorType }),
+            ...(values.environment === undefined ? {} : { environment: values.environment }),
+          },
+          cliActor(),
+        );
+        process.stdout.write(`claimed ${claimed.id} (${claimed.actorType}, owner ${claimed.owner}, environment ${claimed.environment}): active\n`);
+        return 0;
+      }
+      const result = await writ.changeIdentityState(id, sub as IdentityStateChange, cliActor(), values.note);
+      process.stdout.write(`${result.identity.id} is ${result.identity.state}; ${result.revokedTasks} active task(s) revoked\n`);
       return 0;
     }
     const id = rest[0];
@@ -241,6 +338,48 @@ async function identity(sub: string | undefined, rest: string[], values: Values)
     }
     const minted = await writ.issueIdentityToken(id, ttl);
     process.stdout.write(`${minted.token}\n`);
+    return 0;
+  } finally {
+    await writ.close();
+  }
+}
+
+async function adminCommand(sub: string | undefined, rest: string[], values: Values): Promise<number> {
+  const [verb, ...args] = rest;
+  if (sub !== 'token' || (verb !== 'create' && verb !== 'list' && verb !== 'revoke')) throw new UsageError('usage: writ admin token create|list|revoke');
+  const config = configFrom(values);
+  const writ = await createWrit({ config });
+  try {
+    if (verb === 'create') {
+      if (values.name === undefined) throw new UsageError('admin token create needs --name');
+      const scopes = values.scope ?? [];
+      if (scopes.length === 0) throw new UsageError(`admin token create needs --scope (${ADMIN_SCOPES.join(', ')})`);
+      const created = await writ.createAdminToken(
+        { name: values.name, scopes: scopes as AdminScope[], ...(values.ttl === undefined ? {} : { ttlSeconds: parseDuration('--ttl', values.ttl) }) },
+        cliActor(),
+      );
+      process.stderr.write(`admin token ${created.record.id} (${created.record.scopes.join(' ')}); shown once:\n`);
+      process.stdout.write(`${created.token}\n`);
+      return 0;
+    }
+    if (verb === 'list') {
+      const tokens = await writ.adminTokens.list();
+      if (values.json === true) {
+        process.stdout.write(`${JSON.stringify(tokens.map(({ tokenHash: _hash, ...rest }) => rest), null, 2)}\n`);
+        return 0;
+      }
+      if (tokens.length === 0) process.stdout.write('no admin tokens\n');
+      const iso = (ms: number | null) => (ms === null ? 'never' : new Date(ms).toISOString());
+      for (const t of tokens) {
+        const state = t.revokedAt !== null ? 'revoked' : t.expiresAt !== null && t.expiresAt <= writ.clock.now() ? 'expired' : 'active';
+        process.stdout.write(`${t.id}  ${JSON.stringify(t.name)}  ${t.scopes.join(',')}  ${state}  expires=${iso(t.expiresAt)}  lastUsed=${iso(t.lastUsedAt)}\n`);
+      }
+      return 0;
+    }
+    const id = args[0];
+    if (id === undefined || args.length > 1) throw new UsageError('usage: writ admin token revoke <id>');
+    const record = await writ.revokeAdminToken(id, cliActor());
+    process.stdout.write(`revoked ${record.id}\n`);
     return 0;
   } finally {
     await writ.close();

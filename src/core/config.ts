@@ -43,6 +43,104 @@ const duration = (fallback: number) =>
 
 const slug = z.string().regex(/^[a-z][a-z0-9-]{0,63}$/, 'lowercase letters, digits and dashes');
 
+/** Asymmetric JWS algorithms only: never `none`, never HMAC (a public key must never act as a shared secret). */
+export const ASYMMETRIC_ALGS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA'] as const;
+
+const LOOPBACK_HOSTS = new Set(['127.0.0.1', 'localhost', '[::1]']);
+
+/** An https URL, or http on loopback only (tests, a sidecar on the same host). */
+const fetchUrl = z
+  .string()
+  .url()
+  .refine((value) => {
+    const url = new URL(value);
+    if (url.username !== '' || url.password !== '' || url.hash !== '') return false;
+    return url.protocol === 'https:' || (url.protocol === 'http:' && LOOPBACK_HOSTS.has(url.hostname));
+  }, 'an https:// URL (http:// only on loopback), without credentials or fragment');
+
+/** A claim: a top-level name (`sub`) or a JSON Pointer into the claims (`/kubernetes.io/namespace`). */
+const claimRef = z.string().min(1).max(256).regex(/^(\/|[A-Za-z_])/, 'a claim name or a JSON Pointer starting with /');
+
+const sourceCommon = {
+  /** Names the source in logs and audit records. */
+  name: slug,
+  /** What happens to an authenticated identity nobody registered: refuse it, or record it as quarantined (no grants until an owner claims it). */
+  unregistered: z.enum(['deny', 'quarantine']).default('deny'),
+  /** actorType given to identities quarantined from this source. */
+  actorType: z.enum(['agent', 'service', 'human']).default('agent'),
+  /** Where an identity's environment comes from in its token: a claim, optionally mapped (a Kubernetes namespace → an environment). */
+  environment: z
+    .object({
+      claim: claimRef,
+      map: z.record(z.string(), slug).optional(),
+      /** Used when the claim is absent or (with a map) not in it; without a default such a token is refused. */
+      default: slug.optional(),
+    })
+    .strict()
+    .optional(),
+  /** Labels read from token claims: label name → claim. */
+  labels: z.record(z.string().regex(/^[a-z][a-z0-9_.-]{0,63}$/, 'label keys are lowercase'), claimRef).default({}),
+  /** How keys are fetched. */
+  fetch: z
+    .object({
+      timeoutMs: z.number().int().min(100).max(60_000).default(5000),
+      maxBytes: z.number().int().min(1024).max(4 * 1024 * 1024).default(512 * 1024),
+      /** PEM file of CA certificates for https fetches to a private endpoint. */
+      caFile: z.string().min(1).optional(),
+      /** Refresh keys at least this often. */
+      refreshInterval: duration(300),
+      /** At most one refresh per this interval caused by an unknown kid. */
+      minRefreshInterval: duration(30),
+    })
+    .strict()
+    .prefault({}),
+};
+
+const oidcSourceSchema = z
+  .object({
+    type: z.literal('oidc'),
+    ...sourceCommon,
+    /** Pinned `iss`; keys come from its discovery document unless jwksUri is given. */
+    issuer: fetchUrl,
+    /** Skip discovery and read keys here. */
+    jwksUri: fetchUrl.optional(),
+    /** Pinned `aud`; default identity.audience. */
+    audience: z.string().min(1).optional(),
+    algorithms: z.array(z.enum(ASYMMETRIC_ALGS)).min(1).default(['RS256', 'ES256', 'PS256', 'EdDSA']),
+    /** The identity's name under the issuer: `{claim}` or `{/json/pointer}` placeholders. The identity id is `<issuer>#<subject>`. */
+    subject: z
+      .string()
+      .min(1)
+      .max(256)
+      .regex(/^(?:[A-Za-z0-9._:@\/-]|\{[^{}]+\})+$/, 'literal characters A-Z a-z 0-9 . _ : @ / - and {claim} placeholders')
+      .default('{sub}'),
+    /** Refuse tokens whose exp - iat is longer; 0 accepts any lifetime the issuer chose. */
+    maxTokenLifetime: duration(0),
+  })
+  .strict();
+
+const spiffeSourceSchema = z
+  .object({
+    type: z.literal('spiffe'),
+    ...sourceCommon,
+    trustDomain: z.string().regex(/^[a-z0-9._-]{1,255}$/, 'a SPIFFE trust domain such as prod.example.org'),
+    /** Keys for JWT-SVIDs: a SPIFFE bundle endpoint (https_web) or a JWKS / SPIFFE bundle file. */
+    jwtBundle: z
+      .object({ url: fetchUrl.optional(), file: z.string().min(1).optional() })
+      .strict()
+      .refine((b) => (b.url === undefined) !== (b.file === undefined), 'give exactly one of url or file')
+      .optional(),
+    /** CA certificates for X.509-SVIDs: a PEM file (`spire-server bundle show -format pem`). */
+    x509BundleFile: z.string().min(1).optional(),
+    algorithms: z.array(z.enum(ASYMMETRIC_ALGS)).min(1).default(['ES256', 'ES384', 'RS256', 'PS256']),
+  })
+  .strict()
+  .refine((s) => s.jwtBundle !== undefined || s.x509BundleFile !== undefined, 'a spiffe source needs jwtBundle, x509BundleFile or both');
+
+export type OidcSourceConfig = z.output<typeof oidcSourceSchema>;
+export type SpiffeSourceConfig = z.output<typeof spiffeSourceSchema>;
+export type TrustSourceConfig = OidcSourceConfig | SpiffeSourceConfig;
+
 export const configSchema = z
   .object({
     server: z
@@ -51,6 +149,16 @@ export const configSchema = z
         port: z.number().int().min(0).max(65535).default(8750),
         /** Largest request body accepted, in bytes. */
         bodyLimit: z.number().int().min(1024).max(10 * 1024 * 1024).default(64 * 1024),
+        /** Serve HTTPS. With clientCertificates, clients present X.509-SVIDs checked against the spiffe sources' x509 bundles. */
+        tls: z
+          .object({
+            certFile: z.string().min(1),
+            keyFile: z.string().min(1),
+            /** `optional`: a presented SVID authenticates the caller; `required`: every /v1 request must present a valid one. */
+            clientCertificates: z.enum(['off', 'optional', 'required']).default('off'),
+          })
+          .strict()
+          .optional(),
       })
       .strict()
       .prefault({}),
@@ -87,14 +195,26 @@ export const configSchema = z
       .object({
         /** What identity tokens must name in `aud` to be accepted by Writ. */
         audience: z.string().min(1).default('writ'),
+        /** Where identities are verified from; several at once. */
+        sources: z.array(z.discriminatedUnion('type', [oidcSourceSchema, spiffeSourceSchema])).max(32).default([]),
+        /** Writ's own issuer for laptops and demos; `writ serve --dev` turns it on. */
         devIssuer: z
           .object({
-            enabled: z.boolean().default(true),
+            enabled: z.boolean().default(false),
             /** Longest identity token the dev issuer mints (JWT-SVIDs are short-lived). */
             maxTtl: duration(300),
           })
           .strict()
           .prefault({}),
+      })
+      .strict()
+      .prefault({}),
+    admin: z
+      .object({
+        /** Mint an all-scopes admin token at the first start of a store and print it once. */
+        bootstrapToken: z.boolean().default(true),
+        /** How long the bootstrap token lives; make lasting ones with `writ admin token create`. */
+        bootstrapTtl: duration(86_400),
       })
       .strict()
       .prefault({}),
@@ -142,6 +262,24 @@ export const configSchema = z
     if (config.tokens.clockSkew > 300 || config.tokens.clockSkew > config.tokens.maxTtl) {
       ctx.addIssue({ code: 'custom', path: ['tokens', 'clockSkew'], message: 'at most 5m and at most tokens.maxTtl (skew extends every token)' });
     }
+    const names = new Set<string>();
+    const issuers = new Set<string>();
+    const domains = new Set<string>();
+    config.identity.sources.forEach((source, index) => {
+      const at = ['identity', 'sources', index];
+      if (names.has(source.name)) ctx.addIssue({ code: 'custom', path: [...at, 'name'], message: `two sources are named ${source.name}` });
+      names.add(source.name);
+      if (source.type === 'oidc') {
+        if (issuers.has(source.issuer)) ctx.addIssue({ code: 'custom', path: [...at, 'issuer'], message: 'two sources pin the same issuer' });
+        issuers.add(source.issuer);
+      } else {
+        if (domains.has(source.trustDomain)) ctx.addIssue({ code: 'custom', path: [...at, 'trustDomain'], message: 'two sources name the same trust domain' });
+        domains.add(source.trustDomain);
+      }
+    });
+    if (config.server.tls !== undefined && config.server.tls.clientCertificates !== 'off' && !config.identity.sources.some((s) => s.type === 'spiffe' && s.x509BundleFile !== undefined)) {
+      ctx.addIssue({ code: 'custom', path: ['server', 'tls', 'clientCertificates'], message: 'needs a spiffe source with x509BundleFile to check client certificates against' });
+    }
     if (config.identity.devIssuer.maxTtl > 300) {
       ctx.addIssue({ code: 'custom', path: ['identity', 'devIssuer', 'maxTtl'], message: 'identity tokens live at most 5 minutes' });
     }
@@ -149,7 +287,7 @@ export const configSchema = z
 
 export type WritConfig = z.output<typeof configSchema> & {
   /** Absolute paths, resolved at load time. */
-  readonly paths: { readonly dataDir: string; readonly policyDir: string; readonly configFile: string | null };
+  readonly paths: { readonly dataDir: string; readonly policyDir: string; readonly configFile: string | null; readonly base: string };
 };
 
 /** The folder this package is installed in (holds `policies/`). */
@@ -159,7 +297,7 @@ export interface LoadConfigOptions {
   /** Path given with `--config`; missing file is an error. */
   readonly configFile?: string | undefined;
   /** Overrides from command-line flags, in config shape. */
-  readonly flags?: { port?: number | undefined; host?: string | undefined; dataDir?: string | undefined };
+  readonly flags?: { port?: number | undefined; host?: string | undefined; dataDir?: string | undefined; dev?: boolean | undefined };
   readonly env?: NodeJS.ProcessEnv;
   readonly cwd?: string;
   /** Skip looking for ./writ.yaml (tests). */
@@ -211,6 +349,12 @@ export function loadConfig(options: LoadConfigOptions = {}): WritConfig {
   if (options.flags?.port !== undefined) section('server').port = options.flags.port;
   if (options.flags?.host !== undefined) section('server').host = options.flags.host;
   if (options.flags?.dataDir !== undefined) (merged as Record<string, unknown>).dataDir = options.flags.dataDir;
+  if (options.flags?.dev === true) {
+    const identity = section('identity');
+    const dev = identity.devIssuer;
+    if (dev !== undefined && (typeof dev !== 'object' || dev === null)) throw configError('identity.devIssuer: expected a mapping');
+    identity.devIssuer = { ...(dev as Record<string, unknown> | undefined), enabled: true };
+  }
 
   const result = configSchema.safeParse(merged);
   if (!result.success) {
@@ -227,7 +371,12 @@ export function loadConfig(options: LoadConfigOptions = {}): WritConfig {
       : isAbsolute(result.data.policy.dir)
         ? result.data.policy.dir
         : resolve(base, result.data.policy.dir);
-  return deepFreeze({ ...result.data, paths: { dataDir, policyDir, configFile } });
+  return deepFreeze({ ...result.data, paths: { dataDir, policyDir, configFile, base } });
+}
+
+/** A path from the configuration, resolved against the config file's folder (or the working folder). */
+export function resolveConfigPath(config: WritConfig, path: string): string {
+  return isAbsolute(path) ? path : resolve(config.paths.base, path);
 }
 
 function parseIntStrict(value: string, name: string): number {

@@ -84,6 +84,11 @@ export const errorCatalog = {
     title: 'Identity already registered',
     description: 'An identity with this id is already in the registry.',
   },
+  ERR_IDENTITY_STATE_CONFLICT: {
+    status: 409,
+    title: 'Identity state conflict',
+    description: 'The identity is not in a state that allows this change (a decommissioned identity stays decommissioned; only a quarantined one can be claimed).',
+  },
   ERR_IDENTITY_NOT_FOUND: {
     status: 404,
     title: 'Identity not found',
@@ -92,7 +97,7 @@ export const errorCatalog = {
   ERR_IDENTITY_INACTIVE: {
     status: 403,
     title: 'Identity not active',
-    description: 'The identity is expired, suspended or decommissioned and gets nothing.',
+    description: 'The identity is expired, quarantined, suspended or decommissioned and gets nothing.',
   },
   ERR_TOKEN_MALFORMED: {
     status: 401,
@@ -113,6 +118,61 @@ export const errorCatalog = {
     status: 401,
     title: 'Wrong audience',
     description: 'Authorize reason: the token was issued for another audience.',
+  },
+  ERR_TOKEN_ISSUER: {
+    status: 401,
+    title: 'Unknown issuer',
+    description: 'Authentication reason: `iss` is not the issuer pinned for the trust source whose key signed the token.',
+  },
+  ERR_TOKEN_NOT_YET_VALID: {
+    status: 401,
+    title: 'Token not yet valid',
+    description: 'Authentication reason: `nbf` or `iat` is in the future beyond the allowed clock skew.',
+  },
+  ERR_TOKEN_UNKNOWN_KEY: {
+    status: 401,
+    title: 'Unknown signing key',
+    description: 'Authentication reason: no trust source holds a key with the token\'s `kid`, even after refreshing (rate-limited).',
+  },
+  ERR_TOKEN_ALGORITHM: {
+    status: 401,
+    title: 'Algorithm not allowed',
+    description: 'Authentication reason: the token\'s `alg` is not on the trust source\'s allowlist (`none` and HMAC never are).',
+  },
+  ERR_TOKEN_TRUST_DOMAIN: {
+    status: 401,
+    title: 'Wrong trust domain',
+    description: 'Authentication reason: the JWT-SVID\'s `sub` is not a SPIFFE ID in the trust domain whose bundle signed it.',
+  },
+  ERR_TOKEN_BINDING: {
+    status: 401,
+    title: 'Token bound to another certificate',
+    description: 'Authentication reason: the task token is bound to a client certificate (`cnf.x5t#S256`) that this request did not present.',
+  },
+  ERR_ISSUER_UNREACHABLE: {
+    status: 401,
+    title: 'Issuer unreachable',
+    description: 'Authentication reason: the trust source\'s keys could not be fetched and no cached key applies; Writ fails closed.',
+  },
+  ERR_CERT_INVALID: {
+    status: 401,
+    title: 'Invalid client certificate',
+    description: 'Authentication reason: no client certificate, or it is not an X.509-SVID (one SPIFFE URI SAN, not a CA).',
+  },
+  ERR_CERT_UNTRUSTED: {
+    status: 401,
+    title: 'Untrusted client certificate',
+    description: 'Authentication reason: the client certificate does not chain to the bundle of its SPIFFE ID\'s trust domain.',
+  },
+  ERR_CERT_EXPIRED: {
+    status: 401,
+    title: 'Client certificate expired',
+    description: 'Authentication reason: a certificate on the client\'s chain is expired or not yet valid.',
+  },
+  ERR_IDENTITY_MISMATCH: {
+    status: 401,
+    title: 'Identities disagree',
+    description: 'Authentication reason: the client certificate and the bearer token name different identities, or the token\'s mapped environment differs from the registry\'s.',
   },
   ERR_TOKEN_REVOKED: {
     status: 401,

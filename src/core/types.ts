@@ -25,20 +25,34 @@ export function sensitivityRank(value: Sensitivity): number {
   return SENSITIVITIES.indexOf(value);
 }
 
-export const IDENTITY_STATES = ['active', 'suspended', 'decommissioned'] as const;
+/**
+ * `quarantined`: authenticated by a trust source but never registered; gets
+ * nothing until an owner claims it. `decommissioned` is final.
+ */
+export const IDENTITY_STATES = ['active', 'quarantined', 'suspended', 'decommissioned'] as const;
 export type IdentityState = (typeof IDENTITY_STATES)[number];
+
+/** What an operator credential may do on the admin API. */
+export const ADMIN_SCOPES = ['identities:read', 'identities:write', 'tasks:read', 'tasks:revoke', 'admin:tokens'] as const;
+export type AdminScope = (typeof ADMIN_SCOPES)[number];
 
 /** A verified workload identity: the only standing thing. */
 export interface Identity {
   /** SPIFFE ID (`spiffe://td/path`) or `iss#sub` for OIDC identities. */
   readonly id: string;
   readonly actorType: ActorType;
-  /** Accountable human or team; required for agents and services. */
-  readonly owner: string;
+  /** Accountable human or team; required for agents and services; null only while quarantined. */
+  readonly owner: string | null;
   readonly environment: string;
   readonly labels: Readonly<Record<string, string>>;
   readonly state: IdentityState;
+  /** The trust source it was first seen through (`cli`/`api` when registered by hand). */
+  readonly source: string;
+  /** Admin API operations this identity may perform (humans only). */
+  readonly adminScopes: readonly AdminScope[];
   readonly createdAt: number;
+  /** When state, owner or attributes last changed (epoch ms). */
+  readonly updatedAt: number;
   readonly lastSeenAt: number | null;
   /** Epoch ms after which the identity gets nothing; null = no expiry. */
   readonly expiresAt: number | null;

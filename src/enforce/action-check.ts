@@ -1,7 +1,8 @@
 /**
  * The action check every enforcement point runs before a call goes through:
  *
- *   1. token     signature, expiry, audience (signature cached per token)
+ *   1. token     signature, expiry, audience (signature cached per token);
+ *                a certificate-bound token only with that certificate
  *   2. revoked   the task has not ended (in-memory revocation list)
  *   3. identity  the identity is still registered and active
  *   4. scope     a granted scope covers (action, resource)
@@ -13,7 +14,7 @@
  * after its audit record is committed.
  */
 import { createHash } from 'node:crypto';
-import type { AuditLog } from '../audit/log.js';
+import { auditActor, type AuditLog } from '../audit/log.js';
 import { canonicalize } from '../core/canonical-json.js';
 import type { Clock } from '../core/clock.js';
 import type { WritErrorCode } from '../core/errors.js';
@@ -22,7 +23,8 @@ import type { Identity, Tier } from '../core/types.js';
 import type { Registry } from '../identity/registry.js';
 import { identityInactiveReason } from '../identity/registry.js';
 import type { PolicyEngine } from '../policy/engine.js';
-import type { TaskTokenVerifier, VerifiedTaskToken } from '../tokens/task-token.js';
+import type { TokenFailureCode } from '../tokens/jwt.js';
+import { boundCertificate, type TaskTokenVerifier, type VerifiedTaskToken } from '../tokens/task-token.js';
 import type { RevocationList } from './revocation-list.js';
 
 export interface ActionRequest {
@@ -33,12 +35,11 @@ export interface ActionRequest {
   readonly context?: Readonly<Record<string, unknown>>;
 }
 
-export type ActionReason = Extract<
+export type ActionReason =
+  | TokenFailureCode
+  | Extract<
   WritErrorCode,
-  | 'ERR_TOKEN_MALFORMED'
-  | 'ERR_TOKEN_SIGNATURE'
-  | 'ERR_TOKEN_EXPIRED'
-  | 'ERR_TOKEN_AUDIENCE'
+  | 'ERR_TOKEN_BINDING'
   | 'ERR_TOKEN_REVOKED'
   | 'ERR_IDENTITY_INACTIVE'
   | 'ERR_VALIDATION'
@@ -49,6 +50,12 @@ export type ActionReason = Extract<
   | 'ERR_AUDIT_UNAVAILABLE'
   | 'ERR_INTERNAL'
 >;
+
+/** Who presented the token, as the enforcement point saw it. */
+export interface Presenter {
+  /** `x5t#S256` of the verified mTLS client certificate, if the caller presented one. */
+  readonly certificateThumbprint?: string | undefined;
+}
 
 export interface ActionDecision {
   readonly allowed: boolean;
@@ -65,7 +72,7 @@ export interface ActionDecision {
   readonly auditId: string | null;
 }
 
-export type ActionCheck = (token: string, request: ActionRequest) => Promise<ActionDecision>;
+export type ActionCheck = (token: string, request: ActionRequest, presenter?: Presenter) => Promise<ActionDecision>;
 
 export interface ActionCheckOptions {
   readonly verifier: TaskTokenVerifier;
@@ -95,11 +102,15 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
 
   const deny = (reason: ActionReason, detail: string, partial: Partial<Outcome> = {}): Outcome => ({ decision: 'deny', reason, detail, ...partial });
 
-  const decide = async (token: string, request: ActionRequest, now: number): Promise<Outcome> => {
+  const decide = async (token: string, request: ActionRequest, presenter: Presenter | undefined, now: number): Promise<Outcome> => {
     const checked = verifier.verifyCached(token, now) ?? (await verifier.verify(token, now));
     if (!checked.ok) return deny(checked.code, checked.detail);
     const verified = checked.token;
     const taskId = verified.claims.task.id;
+    const bound = boundCertificate(verified.claims);
+    if (bound !== undefined && presenter?.certificateThumbprint !== bound) {
+      return deny('ERR_TOKEN_BINDING', presenter?.certificateThumbprint === undefined ? 'token is bound to a client certificate; none was presented' : 'token is bound to another client certificate', { token: verified });
+    }
 
     if (revocations.isRevoked(taskId)) return deny('ERR_TOKEN_REVOKED', 'task has ended', { token: verified });
 
@@ -135,7 +146,7 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
     return deny('ERR_POLICY_DENIED', decision.errors.length > 0 ? `policy errors: ${decision.errors.join('; ')}` : 'policy denied', decided);
   };
 
-  return async (token, request) => {
+  return async (token, request, presenter) => {
     const now = clock.now();
     const shapeOk =
       typeof token === 'string' &&
@@ -148,7 +159,7 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
     if (!shapeOk || argsDigest === null) outcome = deny('ERR_VALIDATION', 'request is not {action, resource, context?}');
     else {
       try {
-        outcome = await decide(token, request, now);
+        outcome = await decide(token, request, presenter, now);
       } catch (error) {
         // A failure while deciding (the store unreachable, say) is a deny, audited like any other.
         outcome = deny('ERR_INTERNAL', `check failed: ${(error as Error)?.message ?? String(error)}`);
@@ -172,7 +183,7 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
         ...(claims === undefined
           ? {}
           : {
-              actor: { id: claims.sub, ...(outcome.identity ? { actorType: outcome.identity.actorType, owner: outcome.identity.owner } : {}) },
+              actor: auditActor(outcome.identity ?? { id: claims.sub }),
               task: { id: claims.task.id, purpose: claims.task.purpose, intent: claims.task.intent, environment: claims.env },
             }),
         ...(shapeOk ? { action: request.action.slice(0, 128), resource: request.resource.slice(0, 300) } : {}),

@@ -1,67 +1,90 @@
 /**
- * Identity authentication: a bearer identity token in, a registered and active
- * identity out, or a precise reason for the audit log. Trust sources are tried
- * by issuer; today the only one is Writ's dev issuer (real sources come with
- * OIDC and SPIFFE support).
+ * Identity authentication: a credential in (a bearer identity token, or a
+ * client certificate over mTLS), a registered and active identity out, or a
+ * precise reason for the audit log.
+ *
+ * Steps: the trust sources verify the credential → the registry knows the
+ * identity (an unknown one is refused, or quarantined where its source says
+ * so) → it is active and unexpired → the environment its token maps to, if
+ * any, is the one it is registered in.
  */
+import type { X509Certificate } from 'node:crypto';
+import type { AuditLog } from '../audit/log.js';
 import type { Clock } from '../core/clock.js';
 import type { WritErrorCode } from '../core/errors.js';
 import type { Identity } from '../core/types.js';
-import type { KeyRing } from '../tokens/key-ring.js';
-import { verifyJwt } from '../tokens/jwt.js';
 import { identityInactiveReason, type Registry } from './registry.js';
-import { isSpiffeId } from './spiffe-id.js';
+import type { CredentialResult, TrustSources, VerifiedCredential } from './trust-sources.js';
 
 export type AuthenticationResult =
-  | { readonly ok: true; readonly identity: Identity }
+  | { readonly ok: true; readonly identity: Identity; readonly credential: VerifiedCredential }
   | { readonly ok: false; readonly code: WritErrorCode; readonly detail: string; readonly subject?: string };
 
 export interface IdentityAuthenticator {
   /** Never throws for a bad token; returns why it was refused. */
   authenticate(token: string): Promise<AuthenticationResult>;
-}
-
-export interface DevIssuerTrust {
-  readonly ring: KeyRing;
-  /** Expected `iss`. */
-  readonly issuer: string;
-  readonly maxTtlSeconds: number;
+  /** The same for a client certificate chain (leaf first). */
+  authenticateCertificate(chain: readonly X509Certificate[]): Promise<AuthenticationResult>;
 }
 
 export interface IdentityAuthenticatorOptions {
-  /** Undefined when the dev issuer is disabled. */
-  readonly devIssuer: DevIssuerTrust | undefined;
-  /** What identity tokens must name in `aud`. */
-  readonly audience: string;
-  readonly clockSkewSeconds: number;
+  readonly sources: TrustSources;
   readonly registry: Registry;
+  readonly audit: AuditLog;
   readonly clock: Clock;
 }
 
 export function createIdentityAuthenticator(options: IdentityAuthenticatorOptions): IdentityAuthenticator {
+  const { registry, clock } = options;
+
+  const quarantine = async (credential: VerifiedCredential): Promise<AuthenticationResult> => {
+    const { identity, created } = await registry.quarantine({
+      id: credential.identityId,
+      actorType: credential.source.actorType,
+      environment: credential.environment,
+      labels: credential.labels,
+      source: credential.source.name,
+    });
+    if (created) {
+      await options.audit
+        .append({
+          type: 'identity.quarantined',
+          decision: 'deny',
+          reason: 'ERR_IDENTITY_INACTIVE',
+          actor: { id: identity.id, actorType: identity.actorType },
+          data: { source: credential.source.name, environment: identity.environment, labels: identity.labels },
+        })
+        .catch(() => undefined);
+    }
+    return admit(identity, credential);
+  };
+
+  const admit = (identity: Identity, credential: VerifiedCredential): AuthenticationResult => {
+    const subject = identity.id;
+    const inactive = identityInactiveReason(identity, clock.now());
+    if (inactive !== undefined) return { ok: false, code: 'ERR_IDENTITY_INACTIVE', detail: inactive, subject };
+    if (credential.environment !== undefined && credential.environment !== identity.environment) {
+      return {
+        ok: false,
+        code: 'ERR_IDENTITY_MISMATCH',
+        detail: `token maps to environment ${credential.environment}, the identity is registered in ${identity.environment}`,
+        subject,
+      };
+    }
+    return { ok: true, identity, credential };
+  };
+
+  const resolve = async (verified: CredentialResult): Promise<AuthenticationResult> => {
+    if (!verified.ok) return verified;
+    const { credential } = verified;
+    const identity = await registry.get(credential.identityId);
+    if (identity !== undefined) return admit(identity, credential);
+    if (credential.source.unregistered === 'quarantine') return quarantine(credential);
+    return { ok: false, code: 'ERR_IDENTITY_NOT_FOUND', detail: `identity is not registered (source ${credential.source.name})`, subject: credential.identityId };
+  };
+
   return {
-    async authenticate(token) {
-      const dev = options.devIssuer;
-      if (dev === undefined) return { ok: false, code: 'ERR_TOKEN_SIGNATURE', detail: 'no trust source is configured for this token' };
-      const now = options.clock.now();
-      const result = await verifyJwt(token, {
-        ring: dev.ring,
-        algorithms: ['ES256'],
-        issuer: dev.issuer,
-        audience: options.audience,
-        now,
-        clockSkewSeconds: options.clockSkewSeconds,
-        requiredClaims: ['sub', 'exp', 'iat'],
-        maxLifetimeSeconds: dev.maxTtlSeconds,
-      });
-      if (!result.ok) return result;
-      const subject = result.payload.sub;
-      if (typeof subject !== 'string' || !isSpiffeId(subject)) return { ok: false, code: 'ERR_TOKEN_MALFORMED', detail: 'sub is not a SPIFFE ID' };
-      const identity = await options.registry.get(subject);
-      if (identity === undefined) return { ok: false, code: 'ERR_IDENTITY_NOT_FOUND', detail: 'identity is not registered', subject };
-      const inactive = identityInactiveReason(identity, now);
-      if (inactive !== undefined) return { ok: false, code: 'ERR_IDENTITY_INACTIVE', detail: inactive, subject };
-      return { ok: true, identity };
-    },
+    authenticate: async (token) => resolve(await options.sources.verifyToken(token)),
+    authenticateCertificate: async (chain) => resolve(options.sources.verifyCertificate(chain)),
   };
 }

@@ -4,15 +4,21 @@
  * RFC 9457 problem+json with a stable code; anything unexpected is a generic
  * 500 with a correlation id that finds it in the log.
  */
-import { randomUUID } from 'node:crypto';
+import { randomUUID, type X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { TLSSocket } from 'node:tls';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import { z } from 'zod';
+import { resolveConfigPath } from '../core/config.js';
 import { WritError, toProblem } from '../core/errors.js';
 import { WRIT_VERSION } from '../core/version.js';
-import type { Task } from '../core/types.js';
-import type { EndState } from '../broker/broker.js';
-import type { Writ } from '../writ.js';
+import type { AdminScope, Identity, Task } from '../core/types.js';
+import type { Credentials, EndState } from '../broker/broker.js';
+import { requireScope, type AdminPrincipal } from '../identity/admin-tokens.js';
+import { peerCertificateChain } from '../identity/x509-svid.js';
+import type { AdminTokenRecord } from '../store/store.js';
+import { adminActor, type IdentityStateChange, type Writ } from '../writ.js';
 
 // Only the shape is checked here; sizes and syntax are the action check's to
 // judge, so the answer over HTTP is the answer in process (server.bodyLimit caps the body).
@@ -28,6 +34,40 @@ const authorizeBodySchema = z
 const endBodySchema = z
   .object({ note: z.string().max(500).regex(/^[^\p{Cc}\p{Cf}]*$/u, 'no control characters').optional() })
   .strict();
+
+/** The JSON shape of an identity in API responses. */
+export function identityView(identity: Identity) {
+  const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
+  return {
+    id: identity.id,
+    actorType: identity.actorType,
+    owner: identity.owner,
+    environment: identity.environment,
+    labels: identity.labels,
+    state: identity.state,
+    source: identity.source,
+    adminScopes: identity.adminScopes,
+    createdAt: iso(identity.createdAt),
+    updatedAt: iso(identity.updatedAt),
+    lastSeenAt: iso(identity.lastSeenAt),
+    expiresAt: iso(identity.expiresAt),
+  };
+}
+
+/** An admin token as the API shows it: never its hash. */
+export function adminTokenView(record: AdminTokenRecord) {
+  const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
+  return {
+    id: record.id,
+    name: record.name,
+    scopes: record.scopes,
+    createdBy: record.createdBy,
+    createdAt: iso(record.createdAt),
+    expiresAt: iso(record.expiresAt),
+    revokedAt: iso(record.revokedAt),
+    lastUsedAt: iso(record.lastUsedAt),
+  };
+}
 
 /** The JSON shape of a task in API responses. */
 export function taskView(task: Task) {
@@ -54,7 +94,10 @@ export interface ServerOptions {
 }
 
 export function createServer(writ: Writ, options: ServerOptions): FastifyInstance {
+  const tls = writ.config.server.tls;
+  const clientCertificates = tls?.clientCertificates ?? 'off';
   const app = Fastify({
+    ...(tls === undefined ? {} : { https: httpsOptions(writ) }),
     loggerInstance: options.logger as FastifyBaseLogger,
     bodyLimit: writ.config.server.bodyLimit,
     onProtoPoisoning: 'error',
@@ -76,6 +119,35 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
   });
 
   app.setErrorHandler((error, request, reply) => sendProblem(request, reply, asWritError(error, request)));
+
+  /** What the request carries to prove who it is: its bearer token and its client certificate chain. */
+  const credentialsOf = (request: FastifyRequest): Credentials => ({ bearer: bearerOf(request), certificateChain: certificateChainOf(request) });
+
+  if (clientCertificates === 'required') {
+    app.addHook('onRequest', async (request) => {
+      if (!request.url.startsWith('/v1/') || certificateChainOf(request).length > 0) return;
+      await writ.audit
+        .append({ type: 'authentication.failed', decision: 'deny', reason: 'ERR_CERT_INVALID', detail: 'no client certificate', data: { endpoint: `${request.method} ${request.routeOptions.url ?? request.url.slice(0, 100)}` } })
+        .catch(() => undefined);
+      throw new WritError('ERR_UNAUTHENTICATED', { internal: 'ERR_CERT_INVALID: no client certificate' });
+    });
+  }
+
+  /** The admin principal of a request, or a refusal (401 without one, 403 without the scope), audited. */
+  const admin = async (request: FastifyRequest, scope: AdminScope, endpoint: string): Promise<AdminPrincipal> => {
+    const principal = await writ.authenticateAdmin(bearerOf(request));
+    if (principal === undefined) {
+      await writ.audit.append({ type: 'authentication.failed', decision: 'deny', reason: 'ERR_UNAUTHENTICATED', detail: 'no valid admin credential', data: { endpoint } }).catch(() => undefined);
+      throw new WritError('ERR_UNAUTHENTICATED', { internal: 'no valid admin credential' });
+    }
+    try {
+      requireScope(principal, scope);
+    } catch (error) {
+      await writ.audit.append({ type: 'admin.denied', decision: 'deny', reason: 'ERR_FORBIDDEN', actor: adminActor(principal), detail: `needs ${scope}`, data: { endpoint } }).catch(() => undefined);
+      throw error;
+    }
+    return principal;
+  };
   app.setNotFoundHandler((request, reply) => sendProblem(request, reply, new WritError('ERR_NOT_FOUND')));
 
   app.get('/', async () => ({
@@ -89,6 +161,16 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
       'POST /v1/tasks/{id}/fail',
       'POST /v1/tasks/{id}/revoke',
       'POST /v1/authorize',
+      'GET /v1/identities',
+      'POST /v1/identities',
+      'GET /v1/identities/{id}',
+      'POST /v1/identities/{id}/claim',
+      'POST /v1/identities/{id}/suspend',
+      'POST /v1/identities/{id}/reactivate',
+      'POST /v1/identities/{id}/decommission',
+      'GET /v1/admin/tokens',
+      'POST /v1/admin/tokens',
+      'POST /v1/admin/tokens/{id}/revoke',
       'GET /.well-known/jwks.json',
       ...(writ.devIssuer ? ['GET /dev-issuer/jwks.json'] : []),
       'GET /healthz',
@@ -108,7 +190,7 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
   }
 
   app.post('/v1/tasks', async (request, reply) => {
-    const caller = await writ.broker.authenticate(bearerOf(request), { allowTaskToken: false, endpoint: 'POST /v1/tasks' });
+    const caller = await writ.broker.authenticate(credentialsOf(request), { allowTaskToken: false, endpoint: 'POST /v1/tasks' });
     const result = await writ.broker.requestTask(caller, request.body);
     switch (result.status) {
       case 'granted':
@@ -132,13 +214,13 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
   });
 
   app.get<{ Params: { id: string } }>('/v1/tasks/:id', async (request) => {
-    const caller = await writ.broker.authenticate(bearerOf(request), { allowTaskToken: true, endpoint: 'GET /v1/tasks/{id}' });
+    const caller = await writ.broker.authenticate(credentialsOf(request), { allowTaskToken: true, endpoint: 'GET /v1/tasks/{id}' });
     return { task: taskView(await writ.broker.getTask(caller, request.params.id)) };
   });
 
   const endRoute = (verb: 'complete' | 'fail' | 'revoke', state: EndState) => {
     app.post<{ Params: { id: string } }>(`/v1/tasks/:id/${verb}`, async (request) => {
-      const caller = await writ.broker.authenticate(bearerOf(request), { allowTaskToken: true, endpoint: `POST /v1/tasks/{id}/${verb}` });
+      const caller = await writ.broker.authenticate(credentialsOf(request), { allowTaskToken: true, endpoint: `POST /v1/tasks/{id}/${verb}` });
       const body = endBodySchema.safeParse(request.body ?? {});
       if (!body.success) throw new WritError('ERR_VALIDATION', { detail: body.error.issues.map((i) => i.message).join('; ') });
       return { task: taskView(await writ.broker.endTask(caller, request.params.id, state, body.data.note)) };
@@ -155,7 +237,63 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
       throw new WritError('ERR_VALIDATION', { detail: errors.map((e) => `${e.field || '(body)'}: ${e.message}`).join('; '), extensions: { errors } });
     }
     const { token, ...call } = body.data;
-    return writ.authorize(token, call);
+    // A certificate-bound token passes only over a connection presenting that (verified) certificate.
+    const chain = certificateChainOf(request);
+    const verified = chain.length > 0 ? writ.trustSources.verifyCertificate(chain) : undefined;
+    return writ.authorize(token, call, { certificateThumbprint: verified?.ok === true ? verified.credential.certificateThumbprint : undefined });
+  });
+
+  app.get('/v1/identities', async (request) => {
+    await admin(request, 'identities:read', 'GET /v1/identities');
+    return { identities: (await writ.registry.list()).map(identityView) };
+  });
+
+  app.post('/v1/identities', async (request, reply) => {
+    const principal = await admin(request, 'identities:write', 'POST /v1/identities');
+    const identity = await writ.registerIdentity(request.body as never, adminActor(principal));
+    return reply.code(201).send({ identity: identityView(identity) });
+  });
+
+  app.get<{ Params: { id: string } }>('/v1/identities/:id', async (request) => {
+    await admin(request, 'identities:read', 'GET /v1/identities/{id}');
+    const identity = await writ.registry.get(request.params.id);
+    if (identity === undefined) throw new WritError('ERR_IDENTITY_NOT_FOUND');
+    return { identity: identityView(identity) };
+  });
+
+  app.post<{ Params: { id: string } }>('/v1/identities/:id/claim', async (request) => {
+    const principal = await admin(request, 'identities:write', 'POST /v1/identities/{id}/claim');
+    return { identity: identityView(await writ.claimIdentity(request.params.id, (request.body ?? {}) as never, adminActor(principal))) };
+  });
+
+  const stateRoute = (verb: IdentityStateChange) => {
+    app.post<{ Params: { id: string } }>(`/v1/identities/:id/${verb}`, async (request) => {
+      const principal = await admin(request, 'identities:write', `POST /v1/identities/{id}/${verb}`);
+      const body = endBodySchema.safeParse(request.body ?? {});
+      if (!body.success) throw new WritError('ERR_VALIDATION', { detail: body.error.issues.map((i) => i.message).join('; ') });
+      const result = await writ.changeIdentityState(request.params.id, verb, adminActor(principal), body.data.note);
+      return { identity: identityView(result.identity), revokedTasks: result.revokedTasks };
+    });
+  };
+  stateRoute('suspend');
+  stateRoute('reactivate');
+  stateRoute('decommission');
+
+  app.get('/v1/admin/tokens', async (request) => {
+    await admin(request, 'admin:tokens', 'GET /v1/admin/tokens');
+    return { tokens: (await writ.adminTokens.list()).map(adminTokenView) };
+  });
+
+  app.post('/v1/admin/tokens', async (request, reply) => {
+    const principal = await admin(request, 'admin:tokens', 'POST /v1/admin/tokens');
+    const created = await writ.createAdminToken(request.body as never, adminActor(principal));
+    return reply.code(201).send({ token: created.token, adminToken: adminTokenView(created.record) });
+  });
+
+  app.post<{ Params: { id: string } }>('/v1/admin/tokens/:id/revoke', async (request) => {
+    const principal = await admin(request, 'admin:tokens', 'POST /v1/admin/tokens/{id}/revoke');
+    const record = await writ.revokeAdminToken(request.params.id, adminActor(principal));
+    return { adminToken: adminTokenView(record) };
   });
 
   return app;
@@ -168,6 +306,40 @@ function bearerOf(request: FastifyRequest): string | undefined {
   const header = request.headers.authorization;
   if (typeof header !== 'string') return undefined;
   return BEARER_RE.exec(header)?.[1];
+}
+
+/** The verified-or-not client certificate chain of an mTLS request, leaf first; [] without one. */
+function certificateChainOf(request: FastifyRequest): X509Certificate[] {
+  const socket = request.raw.socket;
+  if (!(socket instanceof TLSSocket)) return [];
+  const cached = socketChains.get(socket);
+  if (cached !== undefined) return cached;
+  const chain = peerCertificateChain(socket);
+  socketChains.set(socket, chain);
+  return chain;
+}
+
+// A TLS connection's peer chain does not change: parse it once per connection.
+const socketChains = new WeakMap<TLSSocket, X509Certificate[]>();
+
+/**
+ * HTTPS options. Client certificates are requested but not rejected during the
+ * handshake: a bad one is refused with the uniform 401 and its precise reason
+ * audited, after Writ's own per-trust-domain chain check.
+ */
+function httpsOptions(writ: Writ) {
+  const tls = writ.config.server.tls;
+  if (tls === undefined) throw new Error('no TLS configuration');
+  const read = (path: string) => readFileSync(resolveConfigPath(writ.config, path));
+  const requestCert = tls.clientCertificates !== 'off';
+  return {
+    cert: read(tls.certFile),
+    key: read(tls.keyFile),
+    minVersion: 'TLSv1.2' as const,
+    requestCert,
+    rejectUnauthorized: false,
+    ...(requestCert ? { ca: writ.trustSources.x509Roots().map((c) => c.toString()) } : {}),
+  };
 }
 
 function asWritError(error: unknown, request: FastifyRequest): WritError {

@@ -8,12 +8,14 @@ import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { CompiledQuery, Kysely, Migrator, PostgresDialect, SqliteDialect, sql, type Transaction } from 'kysely';
 import pg from 'pg';
-import type { Identity, IdentityState, RefusedScope, Scope, Task, TaskState } from '../core/types.js';
+import type { AdminScope, Identity, IdentityState, RefusedScope, Scope, Task, TaskState } from '../core/types.js';
 import { migrationProvider } from './migrations.js';
 import type {
+  AdminTokenRecord,
   AuditRow,
   ChainHead,
   ChainLinker,
+  IdentityChange,
   NewIdentity,
   NewTask,
   SigningKeyUse,
@@ -29,9 +31,30 @@ interface IdentityTable {
   environment: string;
   labels: string;
   state: string;
+  source: string;
+  admin_scopes: string;
   created_at: number;
+  updated_at: number;
   last_seen_at: number | null;
   expires_at: number | null;
+}
+
+interface AdminTokenTable {
+  id: string;
+  name: string;
+  token_hash: string;
+  scopes: string;
+  created_by: string;
+  created_at: number;
+  expires_at: number | null;
+  revoked_at: number | null;
+  last_used_at: number | null;
+}
+
+interface StoreFactTable {
+  name: string;
+  value: string;
+  at: number;
 }
 
 interface TaskTable {
@@ -79,6 +102,8 @@ interface Tables {
   tasks: TaskTable;
   signing_keys: SigningKeyTable;
   audit_records: AuditTable;
+  admin_tokens: AdminTokenTable;
+  store_facts: StoreFactTable;
 }
 
 const NON_TERMINAL: readonly TaskState[] = ['active', 'pending_approval'];
@@ -154,11 +179,14 @@ class KyselyStore implements Store {
       .values({
         id: identity.id,
         actor_type: identity.actorType,
-        owner: identity.owner,
+        owner: identity.owner ?? '',
         environment: identity.environment,
         labels: JSON.stringify(identity.labels),
-        state: 'active',
+        state: identity.state,
+        source: identity.source,
+        admin_scopes: JSON.stringify(identity.adminScopes),
         created_at: identity.createdAt,
+        updated_at: identity.createdAt,
         last_seen_at: null,
         expires_at: identity.expiresAt,
       })
@@ -178,9 +206,30 @@ class KyselyStore implements Store {
     return rows.map(toIdentity);
   }
 
-  async setIdentityState(id: string, state: IdentityState): Promise<Identity | undefined> {
-    const row = await this.db.updateTable('identities').set({ state }).where('id', '=', id).returningAll().executeTakeFirst();
+  async updateIdentity(id: string, from: readonly IdentityState[], to: IdentityState, change: IdentityChange): Promise<Identity | undefined> {
+    if (from.length === 0) return undefined;
+    const row = await this.db
+      .updateTable('identities')
+      .set({
+        state: to,
+        updated_at: change.at,
+        ...(change.owner === undefined ? {} : { owner: change.owner }),
+        ...(change.actorType === undefined ? {} : { actor_type: change.actorType }),
+        ...(change.environment === undefined ? {} : { environment: change.environment }),
+        ...(change.labels === undefined ? {} : { labels: JSON.stringify(change.labels) }),
+        ...(change.adminScopes === undefined ? {} : { admin_scopes: JSON.stringify(change.adminScopes) }),
+        ...(change.expiresAt === undefined ? {} : { expires_at: change.expiresAt }),
+      })
+      .where('id', '=', id)
+      .where('state', 'in', [...from])
+      .returningAll()
+      .executeTakeFirst();
     return row && toIdentity(row);
+  }
+
+  async listIdentitiesChangedSince(since: number): Promise<string[]> {
+    const rows = await this.db.selectFrom('identities').select('id').where('updated_at', '>=', since).execute();
+    return rows.map((r) => r.id);
   }
 
   async touchIdentity(id: string, at: number): Promise<void> {
@@ -245,6 +294,17 @@ class KyselyStore implements Store {
     return rows.map(toTask);
   }
 
+  async endTasksOfIdentity(identityId: string, to: TaskState, change: TaskTransition): Promise<Task[]> {
+    const rows = await this.db
+      .updateTable('tasks')
+      .set({ state: to, ended_at: change.at, end_reason: change.endReason ?? to })
+      .where('identity_id', '=', identityId)
+      .where('state', 'in', [...NON_TERMINAL])
+      .returningAll()
+      .execute();
+    return rows.map(toTask);
+  }
+
   async listEndedUnexpiredTasks(now: number): Promise<Task[]> {
     const rows = await this.db
       .selectFrom('tasks')
@@ -274,6 +334,58 @@ class KyselyStore implements Store {
       .limit(limit)
       .execute();
     return rows.map(toTask);
+  }
+
+  async createAdminToken(token: AdminTokenRecord): Promise<void> {
+    await this.db
+      .insertInto('admin_tokens')
+      .values({
+        id: token.id,
+        name: token.name,
+        token_hash: token.tokenHash,
+        scopes: JSON.stringify(token.scopes),
+        created_by: token.createdBy,
+        created_at: token.createdAt,
+        expires_at: token.expiresAt,
+        revoked_at: token.revokedAt,
+        last_used_at: token.lastUsedAt,
+      })
+      .execute();
+  }
+
+  async findAdminToken(tokenHash: string): Promise<AdminTokenRecord | undefined> {
+    const row = await this.db.selectFrom('admin_tokens').selectAll().where('token_hash', '=', tokenHash).executeTakeFirst();
+    return row && toAdminToken(row);
+  }
+
+  async listAdminTokens(): Promise<AdminTokenRecord[]> {
+    const rows = await this.db.selectFrom('admin_tokens').selectAll().orderBy('created_at').orderBy('id').execute();
+    return rows.map(toAdminToken);
+  }
+
+  async revokeAdminToken(id: string, at: number): Promise<AdminTokenRecord | undefined> {
+    const row = await this.db
+      .updateTable('admin_tokens')
+      .set({ revoked_at: at })
+      .where('id', '=', id)
+      .where('revoked_at', 'is', null)
+      .returningAll()
+      .executeTakeFirst();
+    return row && toAdminToken(row);
+  }
+
+  async touchAdminToken(id: string, at: number): Promise<void> {
+    await this.db.updateTable('admin_tokens').set({ last_used_at: at }).where('id', '=', id).execute();
+  }
+
+  async claimFact(name: string, value: string, at: number): Promise<boolean> {
+    const inserted = await this.db
+      .insertInto('store_facts')
+      .values({ name, value, at })
+      .onConflict((oc) => oc.doNothing())
+      .returning('name')
+      .executeTakeFirst();
+    return inserted !== undefined;
   }
 
   async ensureActiveSigningKey(key: StoredSigningKey): Promise<StoredSigningKey> {
@@ -420,13 +532,30 @@ function toIdentity(row: IdentityTable): Identity {
   return {
     id: row.id,
     actorType: row.actor_type as Identity['actorType'],
-    owner: row.owner,
+    owner: row.owner === '' ? null : row.owner,
     environment: row.environment,
     labels: JSON.parse(row.labels) as Record<string, string>,
     state: row.state as IdentityState,
+    source: row.source,
+    adminScopes: JSON.parse(row.admin_scopes) as AdminScope[],
     createdAt: row.created_at,
+    updatedAt: row.updated_at,
     lastSeenAt: row.last_seen_at,
     expiresAt: row.expires_at,
+  };
+}
+
+function toAdminToken(row: AdminTokenTable): AdminTokenRecord {
+  return {
+    id: row.id,
+    name: row.name,
+    tokenHash: row.token_hash,
+    scopes: JSON.parse(row.scopes) as AdminScope[],
+    createdBy: row.created_by,
+    createdAt: row.created_at,
+    expiresAt: row.expires_at,
+    revokedAt: row.revoked_at,
+    lastUsedAt: row.last_used_at,
   };
 }
 

@@ -79,6 +79,40 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+
+  '0002_identity_sources': {
+    async up(db: Kysely<unknown>) {
+      // An unclaimed (quarantined) identity has no owner: stored as '' because
+      // SQLite cannot drop NOT NULL in place; the store maps '' to null.
+      await db.schema.alterTable('identities').addColumn('source', 'text', (c) => c.notNull().defaultTo('cli')).execute();
+      await db.schema.alterTable('identities').addColumn('admin_scopes', 'text', (c) => c.notNull().defaultTo('[]')).execute();
+      await db.schema.alterTable('identities').addColumn('updated_at', 'bigint', (c) => c.notNull().defaultTo(0)).execute();
+      await sql`update identities set updated_at = created_at`.execute(db);
+      await db.schema.createIndex('identities_updated').on('identities').column('updated_at').execute();
+
+      // Operator credentials for the admin API. Only a hash of each token is kept.
+      await db.schema
+        .createTable('admin_tokens')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('token_hash', 'text', (c) => c.notNull().unique())
+        .addColumn('scopes', 'text', (c) => c.notNull())
+        .addColumn('created_by', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('expires_at', 'bigint')
+        .addColumn('revoked_at', 'bigint')
+        .addColumn('last_used_at', 'bigint')
+        .execute();
+
+      // One-time facts, claimed atomically (the bootstrap admin token is issued once per store).
+      await db.schema
+        .createTable('store_facts')
+        .addColumn('name', 'text', (c) => c.primaryKey())
+        .addColumn('value', 'text', (c) => c.notNull())
+        .addColumn('at', 'bigint', (c) => c.notNull())
+        .execute();
+    },
+  },
 };
 
 export const migrationProvider: MigrationProvider = {

@@ -5,17 +5,46 @@
  * One conformance suite (test/store-conformance.test.ts) runs against every
  * implementation; SQLite (default) and PostgreSQL (clusters) both pass it.
  */
-import type { Identity, IdentityState, Task, TaskState } from '../core/types.js';
+import type { AdminScope, Identity, IdentityState, Task, TaskState } from '../core/types.js';
 
-/** What a new identity needs; state starts `active`. */
+/** What a new identity needs. */
 export interface NewIdentity {
   readonly id: string;
   readonly actorType: Identity['actorType'];
-  readonly owner: string;
+  /** null only for a quarantined identity. */
+  readonly owner: string | null;
   readonly environment: string;
   readonly labels: Readonly<Record<string, string>>;
+  readonly state: Extract<IdentityState, 'active' | 'quarantined'>;
+  readonly source: string;
+  readonly adminScopes: readonly AdminScope[];
   readonly createdAt: number;
   readonly expiresAt: number | null;
+}
+
+/** Fields an identity update may change besides the state. */
+export interface IdentityChange {
+  readonly at: number;
+  readonly owner?: string;
+  readonly actorType?: Identity['actorType'];
+  readonly environment?: string;
+  readonly labels?: Readonly<Record<string, string>>;
+  readonly adminScopes?: readonly AdminScope[];
+  readonly expiresAt?: number | null;
+}
+
+/** An operator credential as stored: never the token, only its SHA-256. */
+export interface AdminTokenRecord {
+  readonly id: string;
+  readonly name: string;
+  readonly tokenHash: string;
+  readonly scopes: readonly AdminScope[];
+  /** Who created it: an admin token id, a human identity, `bootstrap` or `cli`. */
+  readonly createdBy: string;
+  readonly createdAt: number;
+  readonly expiresAt: number | null;
+  readonly revokedAt: number | null;
+  readonly lastUsedAt: number | null;
 }
 
 /** A task as first written. */
@@ -70,8 +99,14 @@ export interface Store {
   createIdentity(identity: NewIdentity): Promise<boolean>;
   getIdentity(id: string): Promise<Identity | undefined>;
   listIdentities(): Promise<Identity[]>;
-  /** Moves an identity to `state`; returns the updated identity, or undefined when absent. */
-  setIdentityState(id: string, state: IdentityState): Promise<Identity | undefined>;
+  /**
+   * Atomic compare-and-set: moves the identity to `to` (applying `change`) only
+   * if its state is one of `from`. Returns the updated identity, or undefined
+   * when it is absent or in another state.
+   */
+  updateIdentity(id: string, from: readonly IdentityState[], to: IdentityState, change: IdentityChange): Promise<Identity | undefined>;
+  /** Ids of identities changed at or after `since` (any process or node). */
+  listIdentitiesChangedSince(since: number): Promise<string[]>;
   /** Records that the identity authenticated at `at`. */
   touchIdentity(id: string, at: number): Promise<void>;
 
@@ -91,6 +126,11 @@ export interface Store {
   expireTasks(now: number): Promise<Task[]>;
   /** Tasks that ended but whose tokens would otherwise still be valid at `now`. */
   listEndedUnexpiredTasks(now: number): Promise<Task[]>;
+  /**
+   * Atomically ends every non-terminal task of `identityId` as `to` and returns
+   * exactly the tasks this call moved.
+   */
+  endTasksOfIdentity(identityId: string, to: TaskState, change: TaskTransition): Promise<Task[]>;
   /** Ids and expiries of tasks that ended at or after `since` (any node, any process). */
   listTasksEndedSince(since: number): Promise<{ id: string; expiresAt: number }[]>;
   /** Records that the task's end is on the audit chain as record `auditId`. */
@@ -105,6 +145,19 @@ export interface Store {
   ensureActiveSigningKey(key: StoredSigningKey): Promise<StoredSigningKey>;
   /** Every key for `use`, active and retired (retired keys still verify). */
   listSigningKeys(use: SigningKeyUse): Promise<StoredSigningKey[]>;
+
+  createAdminToken(token: AdminTokenRecord): Promise<void>;
+  /** The token whose hash is `tokenHash`, revoked or not; undefined when none. */
+  findAdminToken(tokenHash: string): Promise<AdminTokenRecord | undefined>;
+  listAdminTokens(): Promise<AdminTokenRecord[]>;
+  /** Revokes a token; returns it, or undefined when absent or already revoked. */
+  revokeAdminToken(id: string, at: number): Promise<AdminTokenRecord | undefined>;
+  touchAdminToken(id: string, at: number): Promise<void>;
+  /**
+   * Records a one-time fact (`name` → `value`) unless it is already recorded.
+   * Returns true only for the one caller, in any process or node, that recorded it.
+   */
+  claimFact(name: string, value: string, at: number): Promise<boolean>;
 
   /**
    * Appends records to the hash chain atomically: under a lock that serializes

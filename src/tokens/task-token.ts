@@ -11,7 +11,7 @@ import { newId } from '../core/ids.js';
 import { formatScopeClaim, parseScopeClaim } from '../core/scope.js';
 import type { Scope } from '../core/types.js';
 import type { KeyRing } from './key-ring.js';
-import { mintJwt, verifyJwt, type TokenFailureCode } from './jwt.js';
+import { mintJwt, ringKeys, verifyJwt, type TokenFailureCode } from './jwt.js';
 
 export const TASK_TOKEN_TYP = 'task+jwt';
 
@@ -28,6 +28,8 @@ export interface TaskTokenClaims {
   /** Space-separated `action:resource` entries (RFC 8693 §4.2 shape). */
   readonly scope: string;
   readonly env: string;
+  /** Sender constraint (RFC 8705 §3.1): the client certificate the token is bound to. */
+  readonly cnf?: { readonly 'x5t#S256': string };
 }
 
 /** A task token that verified, with its scopes parsed once. */
@@ -47,6 +49,8 @@ export interface MintTaskTokenInput {
   readonly environment: string;
   readonly issuedAt: number;
   readonly expiresAt: number;
+  /** `x5t#S256` of the mTLS client certificate the task was asked for over; binds the token to it. */
+  readonly certificateThumbprint?: string;
 }
 
 export interface MintedTaskToken {
@@ -69,6 +73,7 @@ export function mintTaskToken(ring: KeyRing, input: MintTaskTokenInput): MintedT
     task: input.task,
     scope: formatScopeClaim(input.scopes),
     env: input.environment,
+    ...(input.certificateThumbprint === undefined ? {} : { cnf: { 'x5t#S256': input.certificateThumbprint } }),
   };
   return { token: mintJwt(ring.active, TASK_TOKEN_TYP, { ...claims }), jti: claims.jti, claims };
 }
@@ -93,7 +98,21 @@ export interface TaskTokenVerifierOptions {
   readonly cacheSize?: number;
 }
 
+/** The certificate a token is bound to, or undefined for a bearer token. */
+export function boundCertificate(claims: TaskTokenClaims): string | undefined {
+  return claims.cnf?.['x5t#S256'];
+}
+
+function validConfirmation(cnf: unknown): boolean {
+  if (cnf === undefined) return true;
+  if (typeof cnf !== 'object' || cnf === null || Array.isArray(cnf)) return false;
+  const keys = Object.keys(cnf);
+  // A confirmation method Writ does not know is refused rather than ignored.
+  return keys.length === 1 && keys[0] === 'x5t#S256' && typeof (cnf as Record<string, unknown>)['x5t#S256'] === 'string';
+}
+
 export function createTaskTokenVerifier(options: TaskTokenVerifierOptions): TaskTokenVerifier {
+  const keys = ringKeys(options.ring);
   const cache = new Map<string, VerifiedTaskToken>();
   const cacheSize = options.cacheSize ?? 10_000;
   const skewMs = options.clockSkewSeconds * 1000;
@@ -101,7 +120,7 @@ export function createTaskTokenVerifier(options: TaskTokenVerifierOptions): Task
   // exp and nbf are time-dependent, so they are checked on every call, cached or not.
   const checkTime = (verified: VerifiedTaskToken, now: number): TaskTokenCheck => {
     if (now >= verified.expiresAt + skewMs) return { ok: false, code: 'ERR_TOKEN_EXPIRED', detail: 'exp has passed' };
-    if (verified.claims.nbf * 1000 > now + skewMs) return { ok: false, code: 'ERR_TOKEN_EXPIRED', detail: 'nbf is in the future' };
+    if (verified.claims.nbf * 1000 > now + skewMs) return { ok: false, code: 'ERR_TOKEN_NOT_YET_VALID', detail: 'nbf is in the future' };
     return { ok: true, token: verified };
   };
 
@@ -119,7 +138,7 @@ export function createTaskTokenVerifier(options: TaskTokenVerifierOptions): Task
       const cached = verifyCached(token, now);
       if (cached !== undefined) return cached;
       const result = await verifyJwt<TaskTokenClaims & Record<string, unknown>>(token, {
-        ring: options.ring,
+        keys,
         algorithms: ['EdDSA'],
         typ: TASK_TOKEN_TYP,
         issuer: options.issuer,
@@ -138,7 +157,8 @@ export function createTaskTokenVerifier(options: TaskTokenVerifierOptions): Task
         task === null ||
         typeof (task as { id?: unknown }).id !== 'string' ||
         typeof claims.env !== 'string' ||
-        typeof claims.jti !== 'string'
+        typeof claims.jti !== 'string' ||
+        !validConfirmation(claims.cnf)
       ) {
         return { ok: false, code: 'ERR_TOKEN_MALFORMED', detail: 'task token claims have the wrong shape' };
       }

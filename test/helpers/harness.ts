@@ -11,7 +11,7 @@ import { pino } from 'pino';
 import { stringify as toYaml } from 'yaml';
 import type { Clock } from '../../src/core/clock.js';
 import { loadConfig } from '../../src/core/config.js';
-import type { Identity } from '../../src/core/types.js';
+import { ADMIN_SCOPES, type AdminScope, type Identity } from '../../src/core/types.js';
 import { createServer } from '../../src/server/app.js';
 import type { AuditRow } from '../../src/store/store.js';
 import { mintJwt } from '../../src/tokens/jwt.js';
@@ -30,6 +30,8 @@ export interface Harness {
   get(path: string, bearer?: string): Promise<HttpAnswer>;
   registerAgent(id?: string, overrides?: Partial<Parameters<Writ['registerIdentity']>[0]>): Promise<Identity>;
   identityToken(id?: string): Promise<string>;
+  /** A fresh admin token with `scopes` (default all). */
+  adminToken(scopes?: readonly AdminScope[]): Promise<string>;
   /** Every audit record, parsed. */
   auditRecords(): Promise<(Record<string, unknown> & { seq: number; type: string })[]>;
   auditRows(): Promise<AuditRow[]>;
@@ -49,6 +51,8 @@ export interface HarnessOptions {
   readonly backend?: 'sqlite' | 'postgres';
   /** For postgres: a fresh database to use (dropped on close) instead of creating one. */
   readonly database?: TestDatabase;
+  /** Run the dev issuer (`writ serve --dev`); default true. */
+  readonly dev?: boolean;
 }
 
 export async function startHarness(options: HarnessOptions = {}): Promise<Harness> {
@@ -62,7 +66,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
   }
   const configFile = join(dataDir, 'writ.yaml');
   writeFileSync(configFile, toYaml(yaml));
-  const config = loadConfig({ configFile, env: {}, flags: { dataDir } });
+  const config = loadConfig({ configFile, env: {}, flags: { dataDir, dev: options.dev ?? true } });
   const logger = pino({ level: 'silent' });
   const writ = await createWrit({ config, logger, env: {}, ...(options.clock ? { clock: options.clock } : {}) });
   const app = createServer(writ, { logger });
@@ -102,6 +106,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
     registerAgent: (id = AGENT, overrides = {}) =>
       writ.registerIdentity({ id, actorType: 'agent', owner: 'alice@example.com', environment: 'production', ...overrides }),
     identityToken: async (id = AGENT) => (await writ.issueIdentityToken(id)).token,
+    adminToken: async (scopes = ADMIN_SCOPES) => (await writ.createAdminToken({ name: 'test', scopes: [...scopes] }, { id: 'test' })).token,
     auditRows,
     auditRecords: async () => {
       await writ.audit.flush();
