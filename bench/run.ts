@@ -6,17 +6,19 @@
  *
  *   npm run bench              all benchmarks, SQLite
  *   npm run bench -- --quick   fewer iterations (a smoke run)
- *   npm run bench -- --only authorize,grant,audit,http
+ *   npm run bench -- --only authorize,grant,audit,http,identity
  */
-import { generateKeyPairSync, verify } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { createHash, generateKeyPairSync, verify, type KeyObject } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer as createHttpServer, type Server } from 'node:http';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import * as cedar from '@cedar-policy/cedar-wasm/nodejs';
 import Database from 'better-sqlite3';
 import Fastify from 'fastify';
-import { importJWK, SignJWT } from 'jose';
+import { importJWK, jwtVerify, SignJWT } from 'jose';
+import { stringify as toYaml } from 'yaml';
 import { pino } from 'pino';
 import { loadConfig } from '../src/core/config.js';
 import { createServer } from '../src/server/app.js';
@@ -81,12 +83,18 @@ function report(name: string, result: { subject: Stats; baseline: Stats }, basel
 
 async function main(): Promise<void> {
   const dataDir = mkdtempSync(join(tmpdir(), 'writ-bench-'));
-  const config = loadConfig({ env: {}, ignoreDefaultFile: true, flags: { dataDir, port: 0 } });
+  // Two real trust sources: a SPIFFE JWT bundle file (ES256 JWT-SVIDs) and an
+  // OIDC issuer on loopback (discovery + JWKS over HTTP, RS256 tokens).
+  const trust = await startTrustFixtures(dataDir);
+  const configFile = join(dataDir, 'writ.yaml');
+  writeFileSync(configFile, toYaml({ identity: { sources: trust.sources } }));
+  const config = loadConfig({ configFile, env: {}, flags: { dataDir, port: 0, dev: true } });
   const logger = pino({ level: 'silent' });
   const writ: Writ = await createWrit({ config, logger, env: {} });
   process.stdout.write(`writ bench: node ${process.version}, ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, SQLite in ${dataDir}${quick ? ' (quick)' : ''}\n`);
 
   const identity = await writ.registerIdentity({ id: 'spiffe://bench.local/agent/a', actorType: 'agent', owner: 'bench@example.com', environment: 'production' });
+  await writ.registerIdentity({ id: `${trust.issuer}#bench-client`, actorType: 'service', owner: 'bench@example.com', environment: 'production' });
   const caller = { identity };
   const taskRequest = {
     purpose: 'benchmark',
@@ -235,11 +243,137 @@ async function main(): Promise<void> {
   await app.close();
   await plain.close();
   }
+  if (runs('identity')) {
+    process.stdout.write('\nidentity token verification, warm key sets (each token new to Writ unless said)\n');
+    const n = Math.round(3000 * scale);
+    const svid = (i: number) =>
+      new SignJWT({ sub: 'spiffe://bench.local/agent/a', aud: ['writ'], n: i })
+        .setProtectedHeader({ alg: 'ES256', kid: 'bench-ec', typ: 'JWT' })
+        .setIssuedAt()
+        .setExpirationTime('5m')
+        .sign(trust.ec);
+    const oidc = (i: number) =>
+      new SignJWT({ sub: 'bench-client', aud: 'writ', n: i })
+        .setProtectedHeader({ alg: 'RS256', kid: 'bench-rsa', typ: 'at+jwt' })
+        .setIssuer(trust.issuer)
+        .setIssuedAt()
+        .setExpirationTime('5m')
+        .sign(trust.rsa);
+    const many = async (count: number, make: (i: number) => Promise<string>) => Promise.all(Array.from({ length: count }, (_, i) => make(i)));
+    const warmups = Math.min(2000, Math.ceil(n / 5));
+    const total = n + warmups;
+    for (const [label, make, key, alg] of [
+      ['JWT-SVID ES256 (SPIFFE bundle)', svid, trust.ecPublic, 'ES256'],
+      ['OIDC RS256 (JWKS over HTTP)', oidc, trust.rsaPublic, 'RS256'],
+    ] as const) {
+      const ours = await many(total, make);
+      const theirs = await many(total, (i) => make(i + total));
+      const jose = await many(total, (i) => make(i + 2 * total));
+      const ours2 = await many(total, (i) => make(i + 3 * total));
+      let a = 0;
+      let b = 0;
+      let c = 0;
+      let tokens = ours;
+      const writVerify = async () => {
+        const result = await writ.trustSources.verifyToken(tokens[a++]!);
+        if (!result.ok) throw new Error(`bench token refused: ${result.code}`);
+      };
+      // The floor: the signature check alone, node:crypto, key in hand.
+      const signatureOnly = () => {
+        const token = theirs[b++]!;
+        const dot = token.lastIndexOf('.');
+        const options = alg === 'ES256' ? { key, dsaEncoding: 'ieee-p1363' as const } : key;
+        if (!verify('sha256', Buffer.from(token.slice(0, dot)), options, Buffer.from(token.slice(dot + 1), 'base64url'))) throw new Error('bad bench signature');
+      };
+      report(`verify identity token, ${label}`, await sideBySide(writVerify, signatureOnly, n), 'node:crypto verify of the signature alone', 'target ≤ 100 µs p50');
+      // Fresh tokens again: every one is new to Writ's verified-token cache.
+      tokens = ours2;
+      a = 0;
+      report(
+        `verify identity token, ${label} (again, other baseline)`,
+        await sideBySide(writVerify, () => jwtVerify(jose[c++]!, key, { algorithms: [alg], audience: 'writ' }), Math.floor(n / 2)),
+        'jose jwtVerify, key in hand',
+      );
+    }
+    const repeated = await svid(0);
+    report(
+      'verify identity token, cache hit (same token again)',
+      await sideBySide(
+        async () => {
+          const result = await writ.trustSources.verifyToken(repeated);
+          if (!result.ok) throw new Error('bench token refused');
+        },
+        () => createHash('sha256').update(repeated).digest('base64url'),
+        Math.round(20000 * scale),
+      ),
+      'SHA-256 of the token',
+      'target ≤ 5 µs p50',
+    );
+    const fresh = await many(total, svid);
+    const fresh2 = await many(total, svid);
+    let c = 0;
+    let d = 0;
+    report(
+      'authenticate (verify + registry), JWT-SVID ES256',
+      await sideBySide(
+        async () => {
+          const result = await writ.authenticator.authenticate(fresh[c++]!);
+          if (!result.ok) throw new Error(`bench authentication refused: ${result.code}`);
+        },
+        () => jwtVerify(fresh2[d++]!, trust.ecPublic, { algorithms: ['ES256'], audience: 'writ' }),
+        n,
+      ),
+      'jose jwtVerify, key in hand',
+    );
+  }
+
   await writ.close();
+  await new Promise((resolve) => trust.server.close(resolve));
   rmSync(dataDir, { recursive: true, force: true });
 
   process.stdout.write('\n| what | p50 | p99 | per second | baseline (same run) | baseline p50 | ratio | target |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n');
   for (const row of rows) process.stdout.write(`| ${row.join(' | ')} |\n`);
+}
+
+/** A SPIFFE JWT bundle file and a loopback OIDC issuer serving discovery and JWKS. */
+async function startTrustFixtures(dir: string): Promise<{
+  sources: unknown[];
+  issuer: string;
+  server: Server;
+  ec: KeyObject;
+  ecPublic: KeyObject;
+  rsa: KeyObject;
+  rsaPublic: KeyObject;
+}> {
+  const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const bundleFile = join(dir, 'bench-bundle.json');
+  writeFileSync(bundleFile, JSON.stringify({ keys: [{ ...ec.publicKey.export({ format: 'jwk' }), kid: 'bench-ec', use: 'jwt-svid' }], spiffe_refresh_hint: 300 }));
+  let issuer = '';
+  const server = createHttpServer((request, response) => {
+    const body =
+      request.url === '/.well-known/openid-configuration'
+        ? { issuer, jwks_uri: `${issuer}/jwks` }
+        : request.url === '/jwks'
+          ? { keys: [{ ...rsa.publicKey.export({ format: 'jwk' }), kid: 'bench-rsa', use: 'sig', alg: 'RS256' }] }
+          : undefined;
+    response.writeHead(body === undefined ? 404 : 200, { 'content-type': 'application/json' });
+    response.end(JSON.stringify(body ?? {}));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  issuer = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+  return {
+    sources: [
+      { type: 'spiffe', name: 'bench-spire', trustDomain: 'bench.local', jwtBundle: { file: bundleFile } },
+      { type: 'oidc', name: 'bench-oidc', issuer, algorithms: ['RS256'] },
+    ],
+    issuer,
+    server,
+    ec: ec.privateKey,
+    ecPublic: ec.publicKey,
+    rsa: rsa.privateKey,
+    rsaPublic: rsa.publicKey,
+  };
 }
 
 await main();

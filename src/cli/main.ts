@@ -46,8 +46,8 @@ Commands:
       --ttl <duration>         lifetime, at most 5m (default 5m)
   admin token create         mint an admin API token (printed once)
       --name <name>            what it is for (required)
-      --scope <scope>          identities:read, identities:write, tasks:read,
-                               tasks:revoke or admin:tokens; repeat for more (required)
+      --scope <scope>          identities:read, identities:write or admin:tokens;
+                               repeat for more (required)
       --ttl <duration>         lifetime, e.g. 30d (default: no expiry)
   admin token list           list admin tokens (never the tokens themselves)
   admin token revoke <id>    revoke an admin token

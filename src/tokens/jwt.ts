@@ -1,15 +1,15 @@
 /**
- * Compact JWTs: minting with cached node:crypto keys, verifying with jose.
+ * Compact JWTs: minting and verifying with node:crypto keys.
  *
  * Verification order is fixed and security-relevant: size limit, then the
- * signature (jose verifies it before reading any claim), then claims. Each
+ * signature (nothing in the payload is read before it verifies), then claims. Each
  * failure maps to one of a few stable reasons; the free-text detail is for the
  * audit log only.
  */
 import type { KeyObject } from 'node:crypto';
-import { errors as joseErrors, jwtVerify, type JWTPayload } from 'jose';
 import type { WritErrorCode } from '../core/errors.js';
 import { findDuplicateKey } from '../core/strict-json.js';
+import { checkSignature, isSupportedAlgorithm } from './jws-signature.js';
 import { signBytes, type KeyRing, type SigningKey } from './key-ring.js';
 
 /** Longest token Writ will look at. Checked before any parsing. */
@@ -37,6 +37,8 @@ export interface JwsHeader {
   readonly alg: string;
   readonly kid: string | undefined;
   readonly typ: string | undefined;
+  /** True when the header lists critical extensions (`crit`). */
+  readonly crit: boolean;
 }
 
 export type KeyResolution =
@@ -108,84 +110,87 @@ export function readJwsHeader(token: string): { ok: true; header: JwsHeader } | 
   if (typeof header !== 'object' || header === null || Array.isArray(header)) return fail('ERR_TOKEN_MALFORMED', 'header is not a JSON object');
   const duplicate = findDuplicateKey(text);
   if (duplicate !== undefined) return fail('ERR_TOKEN_MALFORMED', `header names ${printable(duplicate)} twice`);
-  const { alg, kid, typ } = header as Record<string, unknown>;
+  const { alg, kid, typ, crit } = header as Record<string, unknown>;
   if (typeof alg !== 'string') return fail('ERR_TOKEN_MALFORMED', 'header has no alg');
   if (kid !== undefined && (typeof kid !== 'string' || kid.length === 0 || kid.length > 256)) return fail('ERR_TOKEN_MALFORMED', 'kid is not a short string');
   if (typ !== undefined && typeof typ !== 'string') return fail('ERR_TOKEN_MALFORMED', 'typ is not a string');
-  return { ok: true, header: { alg, kid, typ } };
+  return { ok: true, header: { alg, kid, typ, crit: crit !== undefined } };
 }
 
-class KeyRefused extends Error {
-  constructor(readonly failure: Extract<KeyResolution, { ok: false }>) {
-    super(failure.detail);
-  }
+/** The claims Writ reads; anything else passes through untyped. */
+export interface JwtPayload {
+  readonly iss?: string;
+  readonly sub?: string;
+  readonly aud?: string | string[];
+  readonly exp?: number;
+  readonly nbf?: number;
+  readonly iat?: number;
+  readonly jti?: string;
+  readonly [claim: string]: unknown;
 }
 
 /**
  * Verifies a compact JWT. Never throws for a bad token; returns the reason.
- * Order: header (size, shape, alg allowlist, kid) → key → signature (jose
- * verifies it before reading any claim) → claims → duplicate claim names.
+ * Order: header (size, shape, alg allowlist, kid, no `crit`) → key → signature
+ * → only then the payload is decoded → duplicate names → claims (typ, iss,
+ * aud, exp, nbf, iat, required, lifetime).
  */
-export async function verifyJwt<P extends JWTPayload>(token: string, options: VerifyJwtOptions): Promise<VerifyResult<P>> {
+export async function verifyJwt<P extends JwtPayload>(token: string, options: VerifyJwtOptions): Promise<VerifyResult<P>> {
   const read = readJwsHeader(token);
   if (!read.ok) return read;
   const { header } = read;
-  if (!options.algorithms.includes(header.alg)) return fail('ERR_TOKEN_ALGORITHM', `alg ${printable(header.alg)} is not allowed`);
+  if (!options.algorithms.includes(header.alg) || !isSupportedAlgorithm(header.alg)) return fail('ERR_TOKEN_ALGORITHM', `alg ${printable(header.alg)} is not allowed`);
   if (header.kid === undefined) return fail('ERR_TOKEN_UNKNOWN_KEY', 'header has no kid');
-  const headerWithKid = { ...header, kid: header.kid };
-  let kid = '';
+  if (header.crit) return fail('ERR_TOKEN_MALFORMED', 'header has crit extensions Writ does not understand');
+  if (options.typ !== undefined && header.typ !== options.typ) return fail('ERR_TOKEN_MALFORMED', `typ is ${printable(header.typ ?? '(none)')}, expected ${options.typ}`);
+
+  const resolved = await options.keys({ ...header, kid: header.kid });
+  if (!resolved.ok) return resolved;
+  const lastDot = token.lastIndexOf('.');
+  const signature = Buffer.from(token.slice(lastDot + 1), 'base64url');
+  const checked = checkSignature(header.alg, resolved.key, Buffer.from(token.slice(0, lastDot)), signature);
+  if (checked === 'key_mismatch') return fail('ERR_TOKEN_ALGORITHM', `key ${printable(resolved.kid)} does not fit alg ${header.alg}`);
+  if (checked !== 'valid') return fail('ERR_TOKEN_SIGNATURE', 'signature does not verify');
+
+  // The signature verified: the payload may now be read.
+  const payloadText = Buffer.from(token.slice(token.indexOf('.') + 1, lastDot), 'base64url').toString('utf8');
+  let payload: unknown;
   try {
-    const result = await jwtVerify<P>(
-      token,
-      async () => {
-        const resolved = await options.keys(headerWithKid);
-        if (!resolved.ok) throw new KeyRefused(resolved);
-        kid = resolved.kid;
-        return resolved.key;
-      },
-      {
-        algorithms: [...options.algorithms],
-        ...(options.typ === undefined ? {} : { typ: options.typ }),
-        ...(options.issuer === undefined ? {} : { issuer: options.issuer }),
-        audience: options.audience,
-        currentDate: new Date(options.now),
-        clockTolerance: options.clockSkewSeconds,
-        requiredClaims: [...options.requiredClaims],
-      },
-    );
-    const { exp, iat } = result.payload;
-    if (options.maxLifetimeSeconds !== undefined && typeof exp === 'number' && typeof iat === 'number' && exp - iat > options.maxLifetimeSeconds) {
-      return fail('ERR_TOKEN_MALFORMED', `lifetime ${exp - iat}s exceeds ${options.maxLifetimeSeconds}s`);
-    }
-    if (typeof iat === 'number' && iat * 1000 > options.now + options.clockSkewSeconds * 1000) {
-      return fail('ERR_TOKEN_NOT_YET_VALID', 'iat is in the future');
-    }
-    if (options.rejectDuplicateClaims === true) {
-      const payloadText = Buffer.from(token.slice(token.indexOf('.') + 1, token.lastIndexOf('.')), 'base64url').toString('utf8');
-      const duplicate = findDuplicateKey(payloadText);
-      if (duplicate !== undefined) return fail('ERR_TOKEN_MALFORMED', `payload names ${printable(duplicate)} twice`);
-    }
-    return { ok: true, payload: result.payload, kid };
-  } catch (error) {
-    return classify(error);
+    payload = JSON.parse(payloadText);
+  } catch {
+    return fail('ERR_TOKEN_MALFORMED', 'payload is not JSON');
   }
+  if (typeof payload !== 'object' || payload === null || Array.isArray(payload)) return fail('ERR_TOKEN_MALFORMED', 'payload is not a JSON object');
+  if (options.rejectDuplicateClaims === true) {
+    const duplicate = findDuplicateKey(payloadText);
+    if (duplicate !== undefined) return fail('ERR_TOKEN_MALFORMED', `payload names ${printable(duplicate)} twice`);
+  }
+  const claims = payload as JwtPayload;
+  const problem = checkClaims(claims, options);
+  if (problem !== undefined) return problem;
+  return { ok: true, payload: claims as P, kid: resolved.kid };
 }
 
-function classify(error: unknown): VerifyResult<never> {
-  if (error instanceof KeyRefused) return error.failure;
-  if (error instanceof joseErrors.JWTExpired) return fail('ERR_TOKEN_EXPIRED', 'exp has passed');
-  if (error instanceof joseErrors.JWTClaimValidationFailed) {
-    if (error.reason === 'missing') return fail('ERR_TOKEN_MALFORMED', `claim ${error.claim} is missing`);
-    if (error.claim === 'aud') return fail('ERR_TOKEN_AUDIENCE', 'aud does not name this audience');
-    if (error.claim === 'iss') return fail('ERR_TOKEN_ISSUER', 'iss is not the pinned issuer');
-    if (error.claim === 'nbf') return fail('ERR_TOKEN_NOT_YET_VALID', 'nbf is in the future');
-    return fail('ERR_TOKEN_MALFORMED', `claim ${error.claim}: ${error.reason}`);
+/** The registered claims (RFC 7519 §4.1) against the options; undefined when they hold. */
+function checkClaims(claims: JwtPayload, options: VerifyJwtOptions): { ok: false; code: TokenFailureCode; detail: string } | undefined {
+  for (const name of options.requiredClaims) {
+    if (!Object.hasOwn(claims, name)) return fail('ERR_TOKEN_MALFORMED', `claim ${name} is missing`);
   }
-  if (error instanceof joseErrors.JOSEAlgNotAllowed) return fail('ERR_TOKEN_ALGORITHM', error.message);
-  if (error instanceof joseErrors.JWSSignatureVerificationFailed) return fail('ERR_TOKEN_SIGNATURE', 'signature does not verify');
-  if (error instanceof joseErrors.JOSEError) return fail('ERR_TOKEN_MALFORMED', `${error.code}: ${error.message}`);
-  // Key type mismatches and the like surface as TypeError from the crypto layer: still a bad token.
-  return fail('ERR_TOKEN_SIGNATURE', error instanceof Error ? error.message : 'verification failed');
+  const { iss, aud, exp, nbf, iat } = claims;
+  for (const [name, value] of [['exp', exp], ['nbf', nbf], ['iat', iat]] as const) {
+    if (value !== undefined && (typeof value !== 'number' || !Number.isFinite(value))) return fail('ERR_TOKEN_MALFORMED', `claim ${name} is not a number`);
+  }
+  if (options.issuer !== undefined && iss !== options.issuer) return fail('ERR_TOKEN_ISSUER', 'iss is not the pinned issuer');
+  const audiences = typeof aud === 'string' ? [aud] : Array.isArray(aud) ? aud : undefined;
+  if (audiences === undefined || !audiences.includes(options.audience)) return fail('ERR_TOKEN_AUDIENCE', 'aud does not name this audience');
+  const skewMs = options.clockSkewSeconds * 1000;
+  if (typeof exp === 'number' && options.now >= exp * 1000 + skewMs) return fail('ERR_TOKEN_EXPIRED', 'exp has passed');
+  if (typeof nbf === 'number' && nbf * 1000 > options.now + skewMs) return fail('ERR_TOKEN_NOT_YET_VALID', 'nbf is in the future');
+  if (typeof iat === 'number' && iat * 1000 > options.now + skewMs) return fail('ERR_TOKEN_NOT_YET_VALID', 'iat is in the future');
+  if (options.maxLifetimeSeconds !== undefined && typeof exp === 'number' && typeof iat === 'number' && exp - iat > options.maxLifetimeSeconds) {
+    return fail('ERR_TOKEN_MALFORMED', `lifetime ${exp - iat}s exceeds ${options.maxLifetimeSeconds}s`);
+  }
+  return undefined;
 }
 
 function fail(code: TokenFailureCode, detail: string): { ok: false; code: TokenFailureCode; detail: string } {
