@@ -30,7 +30,7 @@ export function isIdentityId(value: string): boolean {
   if (hash <= 0 || hash === value.length - 1) return false;
   try {
     const issuer = new URL(value.slice(0, hash));
-    return issuer.protocol === 'https:' || issuer.protocol === 'http:';
+    return issuer.protocol === 'https:' || (issuer.protocol === 'http:' && ['127.0.0.1', 'localhost', '[::1]'].includes(issuer.hostname));
   } catch {
     return false;
   }

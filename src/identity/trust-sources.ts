@@ -177,11 +177,14 @@ export function createTrustSources(options: TrustSourcesOptions): TrustSources {
       const header = { ...read.header, kid };
 
       // Route by the signing key: the sources already holding this kid, else
-      // each source refreshes (rate-limited) and looks again.
-      let candidates = jwtSources.flatMap((source) => {
-        const key = source.cached(header);
-        return key === undefined ? [] : [{ source, key }];
-      });
+      // each source refreshes (rate-limited) and looks again. A holder still
+      // looks the kid up, so a key set past its max age is refreshed
+      // (rate-limited; the cached key answers while the issuer is down) and a
+      // key the issuer removed stops verifying.
+      const holders = jwtSources.filter((source) => source.cached(header) !== undefined);
+      let candidates = (await Promise.all(holders.map(async (source) => ({ source, key: await source.keys(header) })))).filter(
+        (c) => c.key.ok || c.key.code === 'ERR_TOKEN_ALGORITHM',
+      );
       if (candidates.length === 0) {
         const looked = await Promise.all(jwtSources.map(async (source) => ({ source, key: await source.keys(header) })));
         candidates = looked.filter((c) => c.key.ok);
@@ -200,9 +203,13 @@ export function createTrustSources(options: TrustSourcesOptions): TrustSources {
           cache.set(digest, result.credential, now);
           return result;
         }
+        // Another source with the same kid may hold the right key; any other
+        // failure is final, and it is the precise reason: that source's key verified the signature.
+        if (result.code !== 'ERR_TOKEN_SIGNATURE' && result.code !== 'ERR_TOKEN_ALGORITHM') {
+          first = result;
+          break;
+        }
         first ??= result;
-        // Another source with the same kid may hold the right key; any other failure is final.
-        if (result.code !== 'ERR_TOKEN_SIGNATURE' && result.code !== 'ERR_TOKEN_ALGORITHM') break;
       }
       return first ?? { ok: false, code: 'ERR_TOKEN_UNKNOWN_KEY', detail: 'no trust source verified the token' };
     },
