@@ -13,7 +13,7 @@ import { auditActor, createAuditLog, type AuditActor, type AuditEventType, type 
 import { createBroker, type Broker } from './broker/broker.js';
 import { systemClock, type Clock } from './core/clock.js';
 import { loadConfig, resolveConfigPath, type WritConfig } from './core/config.js';
-import { WritError } from './core/errors.js';
+import { WritError, type WritErrorCode } from './core/errors.js';
 import type { Identity, IdentityState } from './core/types.js';
 import { createActionCheck, type ActionCheck } from './enforce/action-check.js';
 import { createRevocationList, type RevocationList } from './enforce/revocation-list.js';
@@ -80,9 +80,10 @@ export interface Writ {
   changeIdentityState(id: string, change: IdentityStateChange, actor: AuditActor, note?: string): Promise<{ identity: Identity; revokedTasks: number }>;
   /**
    * The admin principal behind a bearer credential: an admin token, or the
-   * identity token of an active human holding admin scopes. Undefined otherwise.
+   * identity token of an active human holding admin scopes. Otherwise the
+   * precise reason, for the audit log.
    */
-  authenticateAdmin(bearer: string | undefined): Promise<AdminPrincipal | undefined>;
+  authenticateAdmin(bearer: string | undefined): Promise<AdminAuthentication>;
   /**
    * Mints an admin token and audits it; the token is in the result only.
    * @throws WritError ERR_VALIDATION, ERR_AUDIT_UNAVAILABLE
@@ -113,6 +114,10 @@ export interface Writ {
 }
 
 export type IdentityStateChange = 'suspend' | 'decommission' | 'reactivate';
+
+export type AdminAuthentication =
+  | { readonly ok: true; readonly principal: AdminPrincipal }
+  | { readonly ok: false; readonly code: WritErrorCode; readonly detail: string; readonly subject?: string };
 
 const STATE_CHANGES: Record<IdentityStateChange, { from: readonly IdentityState[]; to: IdentityState; event: AuditEventType }> = {
   suspend: { from: ['active', 'quarantined'], to: 'suspended', event: 'identity.suspended' },
@@ -315,10 +320,17 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
       return { identity, revokedTasks: revoked.length };
     },
     async authenticateAdmin(bearer) {
-      if (bearer === undefined || bearer.length === 0) return undefined;
-      if (looksLikeAdminToken(bearer)) return adminTokens.authenticate(bearer);
+      if (bearer === undefined || bearer.length === 0) return { ok: false, code: 'ERR_UNAUTHENTICATED', detail: 'no admin credential' };
+      if (looksLikeAdminToken(bearer)) {
+        const result = await adminTokens.authenticate(bearer);
+        return 'refused' in result ? { ok: false, code: result.refused, detail: 'admin token refused' } : { ok: true, principal: result };
+      }
       const result = await authenticator.authenticate(bearer);
-      return result.ok ? identityPrincipal(result.identity) : undefined;
+      if (!result.ok) return result;
+      const principal = identityPrincipal(result.identity);
+      return principal === undefined
+        ? { ok: false, code: 'ERR_FORBIDDEN', detail: 'identity is not a human holding admin scopes', subject: result.identity.id }
+        : { ok: true, principal };
     },
     async createAdminToken(input, actor) {
       const created = await adminTokens.create(input, actor.id);

@@ -135,3 +135,35 @@ describe('discovery', () => {
     assert.equal(dev.body.keys[0].d, undefined);
   });
 });
+
+describe('refused credentials are audited with their precise reason', () => {
+  const lastFailure = async () => (await h.auditRecords()).filter((r) => r.type === 'authentication.failed').at(-1);
+
+  test('an Authorization header that is not a Bearer token is a malformed credential, not a missing one', async () => {
+    for (const header of ['Basic YWxpY2U6aHVudGVyMg==', 'Bearer a!b', 'Bearer']) {
+      const answer = await h.post('/v1/tasks', supportTask(), undefined, { authorization: header });
+      assert.equal(answer.status, 401, header);
+      assert.equal(answer.body.code, 'ERR_UNAUTHENTICATED');
+      assert.equal((await lastFailure())?.reason, 'ERR_TOKEN_MALFORMED', header);
+    }
+  });
+
+  test('the admin API says why an admin credential was refused: unknown, revoked, expired, malformed, or not an admin', async () => {
+    const unknown = `writ_admin_${'A'.repeat(43)}`;
+    const created = await h.writ.createAdminToken({ name: 'short', scopes: ['identities:read'], ttlSeconds: 60 }, { id: 'test' });
+    const revoked = await h.writ.createAdminToken({ name: 'revoked', scopes: ['identities:read'] }, { id: 'test' });
+    await h.writ.revokeAdminToken(revoked.record.id, { id: 'test' });
+    const cases: [string, string][] = [
+      [unknown, 'ERR_UNAUTHENTICATED'],
+      [revoked.token, 'ERR_TOKEN_REVOKED'],
+      ['writ_admin_short', 'ERR_TOKEN_MALFORMED'],
+      [identityToken, 'ERR_FORBIDDEN'],
+    ];
+    for (const [credential, reason] of cases) {
+      const answer = await h.get('/v1/identities', credential);
+      assert.equal(answer.status, 401, reason);
+      assert.equal((await lastFailure())?.reason, reason);
+    }
+    assert.equal((await h.get('/v1/identities', created.token)).status, 200);
+  });
+});

@@ -8,7 +8,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { z } from 'zod';
 import type { Clock } from '../core/clock.js';
-import { WritError } from '../core/errors.js';
+import { WritError, type WritErrorCode } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import { ADMIN_SCOPES, type AdminScope, type Identity } from '../core/types.js';
 import type { AdminTokenRecord, Store } from '../store/store.js';
@@ -16,6 +16,9 @@ import { parseOrThrow } from './registry.js';
 
 const TOKEN_PREFIX = 'writ_admin_';
 const TOKEN_RE = /^writ_admin_[A-Za-z0-9_-]{43}$/;
+
+/** Why an admin token was refused, as an audit reason code. */
+export type AdminTokenRefusal = Extract<WritErrorCode, 'ERR_TOKEN_MALFORMED' | 'ERR_UNAUTHENTICATED' | 'ERR_TOKEN_REVOKED' | 'ERR_TOKEN_EXPIRED'>;
 
 /** Who is calling the admin API. */
 export interface AdminPrincipal {
@@ -46,8 +49,8 @@ export interface AdminTokens {
    * @throws WritError ERR_VALIDATION
    */
   create(input: CreateAdminTokenInput, createdBy: string): Promise<{ token: string; record: AdminTokenRecord }>;
-  /** The principal for a bearer admin token, or undefined (unknown, revoked, expired, malformed). */
-  authenticate(bearer: string): Promise<AdminPrincipal | undefined>;
+  /** The principal for a bearer admin token, or why there is none. */
+  authenticate(bearer: string): Promise<AdminPrincipal | { refused: AdminTokenRefusal }>;
   list(): Promise<AdminTokenRecord[]>;
   /** @throws WritError ERR_NOT_FOUND when absent or already revoked. */
   revoke(id: string): Promise<AdminTokenRecord>;
@@ -103,10 +106,12 @@ export function createAdminTokens(options: { store: Store; clock: Clock }): Admi
     },
     async authenticate(bearer) {
       // The lookup is by hash: no comparison ever touches the secret itself.
-      if (!TOKEN_RE.test(bearer)) return undefined;
+      if (!TOKEN_RE.test(bearer)) return { refused: 'ERR_TOKEN_MALFORMED' };
       const record = await store.findAdminToken(hash(bearer));
       const now = clock.now();
-      if (record === undefined || record.revokedAt !== null || (record.expiresAt !== null && record.expiresAt <= now)) return undefined;
+      if (record === undefined) return { refused: 'ERR_UNAUTHENTICATED' };
+      if (record.revokedAt !== null) return { refused: 'ERR_TOKEN_REVOKED' };
+      if (record.expiresAt !== null && record.expiresAt <= now) return { refused: 'ERR_TOKEN_EXPIRED' };
       await store.touchAdminToken(record.id, now).catch(() => undefined);
       return { kind: 'token', id: record.id, scopes: record.scopes };
     },

@@ -4,7 +4,7 @@
  * RFC 9457 problem+json with a stable code; anything unexpected is a generic
  * 500 with a correlation id that finds it in the log.
  */
-import { randomUUID, type X509Certificate } from 'node:crypto';
+import { constants, randomUUID, type X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { TLSSocket } from 'node:tls';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
@@ -16,6 +16,7 @@ import { WRIT_VERSION } from '../core/version.js';
 import type { AdminScope, Identity, Task } from '../core/types.js';
 import type { Credentials, EndState } from '../broker/broker.js';
 import { requireScope, type AdminPrincipal } from '../identity/admin-tokens.js';
+import type { CredentialResult } from '../identity/trust-sources.js';
 import { peerCertificateChain } from '../identity/x509-svid.js';
 import type { AdminTokenRecord } from '../store/store.js';
 import { adminActor, type IdentityStateChange, type Writ } from '../writ.js';
@@ -120,26 +121,61 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
 
   app.setErrorHandler((error, request, reply) => sendProblem(request, reply, asWritError(error, request)));
 
+  // A request's certificate is verified at most once, however many steps ask.
+  const certificateChecks = new WeakMap<FastifyRequest, CredentialResult | undefined>();
+  /** The trust sources' verdict on the request's client certificate; undefined without one. */
+  const verifiedCertificateOf = (request: FastifyRequest): CredentialResult | undefined => {
+    if (certificateChecks.has(request)) return certificateChecks.get(request);
+    const chain = certificateChainOf(request);
+    const verified = chain.length === 0 ? undefined : writ.trustSources.verifyCertificate(chain);
+    certificateChecks.set(request, verified);
+    return verified;
+  };
+
   /** What the request carries to prove who it is: its bearer token and its client certificate chain. */
   const credentialsOf = (request: FastifyRequest): Credentials => ({ bearer: bearerOf(request), certificateChain: certificateChainOf(request) });
 
   if (clientCertificates === 'required') {
     app.addHook('onRequest', async (request) => {
-      if (!request.url.startsWith('/v1/') || certificateChainOf(request).length > 0) return;
+      // Gate on the matched route, not the raw target: `/%761/tasks` and the
+      // absolute form `https://host/v1/tasks` route to /v1 too.
+      if (!(request.routeOptions.url ?? request.url).startsWith('/v1/')) return;
+      // `required` means a valid X.509-SVID, not just any certificate.
+      const verified = verifiedCertificateOf(request);
+      if (verified?.ok === true) return;
+      const reason = verified === undefined ? 'ERR_CERT_INVALID' : verified.code;
+      const detail = verified === undefined ? 'no client certificate' : verified.detail;
       await writ.audit
-        .append({ type: 'authentication.failed', decision: 'deny', reason: 'ERR_CERT_INVALID', detail: 'no client certificate', data: { endpoint: `${request.method} ${request.routeOptions.url ?? request.url.slice(0, 100)}` } })
+        .append({
+          type: 'authentication.failed',
+          decision: 'deny',
+          reason,
+          detail,
+          ...(verified?.subject === undefined ? {} : { actor: { id: verified.subject } }),
+          data: { endpoint: `${request.method} ${request.routeOptions.url ?? request.url.slice(0, 100)}` },
+        })
         .catch(() => undefined);
-      throw new WritError('ERR_UNAUTHENTICATED', { internal: 'ERR_CERT_INVALID: no client certificate' });
+      throw new WritError('ERR_UNAUTHENTICATED', { internal: `${reason}: ${detail}` });
     });
   }
 
   /** The admin principal of a request, or a refusal (401 without one, 403 without the scope), audited. */
   const admin = async (request: FastifyRequest, scope: AdminScope, endpoint: string): Promise<AdminPrincipal> => {
-    const principal = await writ.authenticateAdmin(bearerOf(request));
-    if (principal === undefined) {
-      await writ.audit.append({ type: 'authentication.failed', decision: 'deny', reason: 'ERR_UNAUTHENTICATED', detail: 'no valid admin credential', data: { endpoint } }).catch(() => undefined);
-      throw new WritError('ERR_UNAUTHENTICATED', { internal: 'no valid admin credential' });
+    const authentication = await writ.authenticateAdmin(bearerOf(request));
+    if (!authentication.ok) {
+      await writ.audit
+        .append({
+          type: 'authentication.failed',
+          decision: 'deny',
+          reason: authentication.code,
+          detail: `admin API: ${authentication.detail}`,
+          ...(authentication.subject === undefined ? {} : { actor: { id: authentication.subject } }),
+          data: { endpoint },
+        })
+        .catch(() => undefined);
+      throw new WritError('ERR_UNAUTHENTICATED', { internal: `${authentication.code}: ${authentication.detail}` });
     }
+    const { principal } = authentication;
     try {
       requireScope(principal, scope);
     } catch (error) {
@@ -238,8 +274,7 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
     }
     const { token, ...call } = body.data;
     // A certificate-bound token passes only over a connection presenting that (verified) certificate.
-    const chain = certificateChainOf(request);
-    const verified = chain.length > 0 ? writ.trustSources.verifyCertificate(chain) : undefined;
+    const verified = verifiedCertificateOf(request);
     return writ.authorize(token, call, { certificateThumbprint: verified?.ok === true ? verified.credential.certificateThumbprint : undefined });
   });
 
@@ -301,11 +336,15 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
 
 const BEARER_RE = /^Bearer ([A-Za-z0-9._~+/-]+=*)$/i;
 
-/** The bearer token of a request, or undefined when absent or not in Bearer form. */
+/**
+ * The bearer token of a request, or undefined without an Authorization header.
+ * A header not in Bearer form is passed on whole, so it is refused (and
+ * audited) as a malformed credential rather than treated as none.
+ */
 function bearerOf(request: FastifyRequest): string | undefined {
   const header = request.headers.authorization;
-  if (typeof header !== 'string') return undefined;
-  return BEARER_RE.exec(header)?.[1];
+  if (typeof header !== 'string' || header.length === 0) return undefined;
+  return BEARER_RE.exec(header)?.[1] ?? header;
 }
 
 /** The verified-or-not client certificate chain of an mTLS request, leaf first; [] without one. */
@@ -326,6 +365,12 @@ const socketChains = new WeakMap<TLSSocket, X509Certificate[]>();
  * HTTPS options. Client certificates are requested but not rejected during the
  * handshake: a bad one is refused with the uniform 401 and its precise reason
  * audited, after Writ's own per-trust-domain chain check.
+ *
+ * With client certificates, TLS session resumption is off: a resumed session
+ * yields the peer's leaf without the intermediates it sent, so an SVID issued
+ * by an intermediate would fail the chain check on every resumed connection
+ * (Node's https agents resume by default). Every connection thus presents,
+ * and Writ checks, the client's current certificate.
  */
 function httpsOptions(writ: Writ) {
   const tls = writ.config.server.tls;
@@ -338,7 +383,7 @@ function httpsOptions(writ: Writ) {
     minVersion: 'TLSv1.2' as const,
     requestCert,
     rejectUnauthorized: false,
-    ...(requestCert ? { ca: writ.trustSources.x509Roots().map((c) => c.toString()) } : {}),
+    ...(requestCert ? { ca: writ.trustSources.x509Roots().map((c) => c.toString()), secureOptions: constants.SSL_OP_NO_TICKET } : {}),
   };
 }
 
