@@ -430,9 +430,11 @@ function createVerifiedTokenCache(maxEntries: number) {
     set(digest: string, credential: VerifiedCredential, now: number): void {
       if (credential.expiresAt <= now) return;
       if (entries.size >= maxEntries) {
-        for (const [key, value] of entries) {
-          if (value.expiresAt <= now || entries.size >= maxEntries) entries.delete(key);
-          if (entries.size < maxEntries * 0.9) break;
+        // Oldest first (insertion order); drop a tenth at once so eviction is rare.
+        const keep = Math.floor(maxEntries * 0.9);
+        for (const key of entries.keys()) {
+          if (entries.size <= keep) break;
+          entries.delete(key);
         }
       }
       entries.set(digest, credential);
