@@ -10,14 +10,16 @@
  * request (`agent: false`), Writ's own HTTPS listener.
  */
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
+import { createHash, X509Certificate } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
+import tls from 'node:tls';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { createManualClock } from '../src/core/clock.js';
+import { refreshTlsMaterial } from '../src/server/app.js';
 import { claimsOf, startHarness, supportTask, type Harness } from './helpers/harness.js';
 import { createCa, issueServerCert, issueSvid, type IssuedCert, type TestCa } from './helpers/pki.js';
 
@@ -408,5 +410,59 @@ describe('mTLS with clientCertificates: required', () => {
     const { answer, added } = await auditedDuring(h, () => request(port, 'POST', '/v1/tasks', { body: supportTask(), client: pki.rogueA }));
     assert.deepEqual(assertUniform401(answer), reference);
     assert.equal(added.filter((r) => r.type === 'authentication.failed').at(-1)?.reason, 'ERR_CERT_UNTRUSTED');
+  });
+});
+
+describe('TLS material rotates without a restart', () => {
+  test('a renewed server certificate and a rotated client trust bundle are taken up by new connections', async () => {
+    const rotationDir = mkdtempSync(join(tmpdir(), 'writ-mtls-rotate-'));
+    try {
+      const now = clock.now();
+      const validity = { notBefore: new Date(now - HOUR), notAfter: new Date(now + 24 * HOUR) };
+      const first = await issueServerCert(pki.serverCa, ['127.0.0.1']);
+      const oldRoot = await createCa({ name: 'prod.example old root', ...validity });
+      const newRoot = await createCa({ name: 'prod.example new root', ...validity });
+      const svidFromNewRoot = await issueSvid(newRoot, AGENT_A);
+      writeFileSync(join(rotationDir, 'server.crt'), first.chainPem);
+      writeFileSync(join(rotationDir, 'server.key'), first.keyPem);
+      writeFileSync(join(rotationDir, 'bundle.pem'), oldRoot.certPem);
+      const h = await startHarness({
+        clock,
+        config: {
+          server: { tls: { certFile: join(rotationDir, 'server.crt'), keyFile: join(rotationDir, 'server.key'), clientCertificates: 'optional' } },
+          identity: { sources: [{ type: 'spiffe', name: 'prod', trustDomain: 'prod.example', x509BundleFile: join(rotationDir, 'bundle.pem') }] },
+        },
+      });
+      try {
+        await h.registerAgent(AGENT_A);
+        const port = (h.app.server.address() as AddressInfo).port;
+        const servedCertificate = () =>
+          new Promise<string>((resolve, reject) => {
+            const socket = tls.connect({ host: '127.0.0.1', port, ca: pki.serverCa.certPem }, () => {
+              resolve(socket.getPeerCertificate().fingerprint256);
+              socket.end();
+            });
+            socket.on('error', reject);
+          });
+        const fingerprint = (pem: string) => new X509Certificate(pem).fingerprint256;
+        assert.equal(await servedCertificate(), fingerprint(first.certPem));
+        assertUniform401(await request(port, 'POST', '/v1/tasks', { body: supportTask(), client: svidFromNewRoot }));
+        assert.equal(refreshTlsMaterial(h.app), false, 'nothing changed yet');
+
+        const renewed = await issueServerCert(pki.serverCa, ['127.0.0.1']);
+        writeFileSync(join(rotationDir, 'server.crt'), renewed.chainPem);
+        writeFileSync(join(rotationDir, 'server.key'), renewed.keyPem);
+        writeFileSync(join(rotationDir, 'bundle.pem'), `${oldRoot.certPem}${newRoot.certPem}`);
+        clock.advance(11_000); // the bundle file is re-checked at most every 10 s
+        assert.equal(refreshTlsMaterial(h.app), true);
+        assert.equal(await servedCertificate(), fingerprint(renewed.certPem), 'new connections get the renewed certificate');
+        const granted = await request(port, 'POST', '/v1/tasks', { body: supportTask(), client: svidFromNewRoot });
+        assert.equal(granted.status, 201, 'an SVID from the rotated-in root is trusted');
+      } finally {
+        await h.close();
+      }
+    } finally {
+      rmSync(rotationDir, { recursive: true, force: true });
+    }
   });
 });

@@ -5,7 +5,8 @@
  * 500 with a correlation id that finds it in the log.
  */
 import { constants, randomUUID, type X509Certificate } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
+import type { Server as HttpsServer } from 'node:https';
 import { TLSSocket } from 'node:tls';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
@@ -331,7 +332,39 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
     return { adminToken: adminTokenView(record) };
   });
 
+  if (tls !== undefined) {
+    let stamp = tlsMaterialStamp(writ);
+    const refreshTls = (): boolean => {
+      const next = tlsMaterialStamp(writ);
+      if (next === stamp) return false;
+      try {
+        (app.server as HttpsServer).setSecureContext(httpsOptions(writ));
+        stamp = next;
+        app.log.info('TLS certificate or client trust bundle changed; new connections use the new one');
+        return true;
+      } catch (error) {
+        // A half-written file: keep serving with the old context and try again next time.
+        app.log.warn({ err: error }, 'TLS material changed but could not be loaded; keeping the previous one');
+        return false;
+      }
+    };
+    tlsRefreshers.set(app, refreshTls);
+    const refresh = setInterval(refreshTls, TLS_REFRESH_MS);
+    refresh.unref();
+    app.addHook('onClose', async () => clearInterval(refresh));
+  }
+
   return app;
+}
+
+/** How often the TLS files and trust bundles are checked for changes. */
+const TLS_REFRESH_MS = 15_000;
+
+const tlsRefreshers = new WeakMap<FastifyInstance, () => boolean>();
+
+/** Checks the TLS files and trust bundles now (as the timer does); true when the listener took new ones. */
+export function refreshTlsMaterial(app: FastifyInstance): boolean {
+  return tlsRefreshers.get(app)?.() ?? false;
 }
 
 const BEARER_RE = /^Bearer ([A-Za-z0-9._~+/-]+=*)$/i;
@@ -383,8 +416,30 @@ function httpsOptions(writ: Writ) {
     minVersion: 'TLSv1.2' as const,
     requestCert,
     rejectUnauthorized: false,
-    ...(requestCert ? { ca: writ.trustSources.x509Roots().map((c) => c.toString()), secureOptions: constants.SSL_OP_NO_TICKET } : {}),
+    // No renegotiation either: the chain checked is the one the connection began with.
+    ...(requestCert
+      ? { ca: writ.trustSources.x509Roots().map((c) => c.toString()), secureOptions: constants.SSL_OP_NO_TICKET | constants.SSL_OP_NO_RENEGOTIATION }
+      : {}),
   };
+}
+
+/**
+ * What the TLS context is built from: the server certificate and key files
+ * and the trust bundles' roots. When it changes (cert-manager renews the
+ * certificate, SPIRE rotates its CA), the listener takes a new context.
+ */
+function tlsMaterialStamp(writ: Writ): string {
+  const tls = writ.config.server.tls;
+  if (tls === undefined) return '';
+  const mtime = (path: string) => {
+    try {
+      return statSync(resolveConfigPath(writ.config, path)).mtimeMs;
+    } catch {
+      return -1;
+    }
+  };
+  const roots = tls.clientCertificates === 'off' ? [] : writ.trustSources.x509Roots().map((c) => c.fingerprint256);
+  return JSON.stringify([mtime(tls.certFile), mtime(tls.keyFile), roots]);
 }
 
 function asWritError(error: unknown, request: FastifyRequest): WritError {
