@@ -320,10 +320,13 @@ async function main(): Promise<void> {
           const result = await writ.authenticator.authenticate(fresh[c++]!);
           if (!result.ok) throw new Error(`bench authentication refused: ${result.code}`);
         },
-        () => jwtVerify(fresh2[d++]!, trust.ecPublic, { algorithms: ['ES256'], audience: 'writ' }),
+        async () => {
+          const result = await writ.trustSources.verifyToken(fresh2[d++]!);
+          if (!result.ok) throw new Error(`bench token refused: ${result.code}`);
+        },
         n,
       ),
-      'jose jwtVerify, key in hand',
+      'Writ verify alone (trust sources)',
     );
   }
 

@@ -30,10 +30,14 @@ export function findDuplicateKey(text: string): string | undefined {
       if (expectingKey) {
         const names = stack[stack.length - 1];
         let name: string;
-        try {
-          name = JSON.parse(text.slice(i, end + 1)) as string;
-        } catch {
-          return undefined;
+        const raw = text.slice(i + 1, end);
+        if (!raw.includes('\\')) name = raw;
+        else {
+          try {
+            name = JSON.parse(text.slice(i, end + 1)) as string;
+          } catch {
+            return undefined;
+          }
         }
         if (names instanceof Set) {
           if (names.has(name)) return name;
