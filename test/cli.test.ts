@@ -199,6 +199,77 @@ describe('writ audit verify', () => {
   });
 });
 
+describe('writ identity lifecycle and writ admin token', () => {
+  const dataDir = tempDir();
+  const run = (...args: string[]) => writ([...args, '--data-dir', dataDir]);
+  const stateOf = (id: string) => (JSON.parse(run('identity', 'list', '--json').stdout) as { id: string; state: string }[]).find((i) => i.id === id)?.state;
+
+  test('suspend, reactivate and decommission move the state, say how many tasks were revoked, and decommission is final', () => {
+    const agent = 'spiffe://demo.local/agent/lifecycle';
+    assert.equal(register(dataDir, agent).code, 0);
+    const suspended = run('identity', 'suspend', agent, '--note', 'investigating');
+    assert.equal(suspended.code, 0, suspended.stderr);
+    assert.match(suspended.stdout, /is suspended; 0 active task\(s\) revoked/);
+    assert.equal(stateOf(agent), 'suspended');
+    assert.equal(run('identity', 'reactivate', agent).code, 0);
+    assert.equal(stateOf(agent), 'active');
+    assert.equal(run('identity', 'decommission', agent).code, 0);
+    const again = run('identity', 'reactivate', agent);
+    assert.equal(again.code, 1);
+    assert.match(again.stderr, /ERR_IDENTITY_STATE_CONFLICT/);
+    assert.equal(stateOf(agent), 'decommissioned');
+    const nobody = run('identity', 'suspend', 'spiffe://demo.local/agent/nobody');
+    assert.match(nobody.stderr, /ERR_IDENTITY_NOT_FOUND/);
+    assert.equal(run('identity', 'suspend').code, 2, 'usage error without an id');
+  });
+
+  test('only a quarantined identity can be claimed; OIDC-style ids register with --id; only humans hold admin scopes', () => {
+    const claim = run('identity', 'claim', 'spiffe://demo.local/agent/lifecycle', '--owner', 'bob@example.com');
+    assert.equal(claim.code, 1);
+    assert.match(claim.stderr, /ERR_IDENTITY_STATE_CONFLICT/);
+    assert.equal(run('identity', 'claim', 'spiffe://demo.local/agent/x').code, 2, 'claim needs --owner');
+    const ci = run('identity', 'register', '--id', 'https://token.actions.githubusercontent.com#acme/deployer@refs/heads/main', '--actor-type', 'service', '--owner', 'platform@example.com');
+    assert.equal(ci.code, 0, ci.stderr);
+    const agentAdmin = run('identity', 'register', '--spiffe-id', 'spiffe://demo.local/agent/sneaky', '--owner', 'x@example.com', '--admin-scope', 'admin:tokens');
+    assert.equal(agentAdmin.code, 1);
+    assert.match(agentAdmin.stderr, /ERR_VALIDATION/);
+    assert.equal(run('identity', 'register', '--id', 'https://login.example.com#alice', '--actor-type', 'human', '--admin-scope', 'identities:read').code, 0);
+    assert.equal(run('identity', 'register', '--id', 'https://login.example.com#bob', '--actor-type', 'human', '--admin-scope', 'root').code, 2);
+  });
+
+  test('admin token create prints the token once; list never shows it; revoke ends it', () => {
+    const created = run('admin', 'token', 'create', '--name', 'ci reader', '--scope', 'identities:read', '--ttl', '30d');
+    assert.equal(created.code, 0, created.stderr);
+    const token = created.stdout.trim();
+    assert.match(token, /^writ_admin_[A-Za-z0-9_-]{43}$/);
+    const listed = run('admin', 'token', 'list', '--json');
+    assert.ok(!listed.stdout.includes(token), 'the token is never listed');
+    const [record] = JSON.parse(listed.stdout) as { id: string; name: string; scopes: string[]; tokenHash?: string }[];
+    assert.deepEqual([record?.name, record?.scopes, record?.tokenHash], ['ci reader', ['identities:read'], undefined]);
+    assert.match(run('admin', 'token', 'list').stdout, /active/);
+    assert.equal(run('admin', 'token', 'revoke', record!.id).code, 0);
+    assert.match(run('admin', 'token', 'list').stdout, /revoked/);
+    assert.match(run('admin', 'token', 'revoke', record!.id).stderr, /ERR_NOT_FOUND/);
+    assert.equal(run('admin', 'token', 'create', '--name', 'x').code, 2, 'needs --scope');
+    assert.equal(run('admin', 'token', 'create', '--name', 'x', '--scope', 'everything').code, 1);
+    assert.equal(run('admin', 'nope').code, 2);
+  });
+
+  test('every change is on the audit chain with the local operator as actor', () => {
+    const verified = run('audit', 'verify');
+    assert.equal(verified.code, 0, verified.stderr);
+  });
+});
+
+describe('writ demo', () => {
+  test('runs the whole loop against a Writ it starts, and says Demo OK', () => {
+    const result = spawnSync(process.execPath, [BIN, 'demo'], { cwd: tempDir(), env: cleanEnv(), encoding: 'utf8', timeout: 60_000 });
+    assert.equal(result.status, 0, result.stdout + result.stderr);
+    assert.match(result.stdout, /Demo OK\./);
+    assert.match(result.stdout, /is suspended; 1 active task\(s\) revoked/);
+  });
+});
+
 describe('writ serve', () => {
   async function freePort(): Promise<number> {
     const server = createNetServer();

@@ -103,7 +103,47 @@ export async function runDemo(): Promise<number> {
       out(`  and as a credential: ${(error as WritApiError).status} ${(error as WritApiError).code} (the reason is in the audit log only)`);
     }
 
-    out('\n9. The audit chain proves every step');
+    out('\n9. A second task; then its owner suspends the agent (writ identity suspend, another process)');
+    const second = await writ.requestTask(identityToken, {
+      purpose: 'Follow up on ticket T-1042',
+      intent: 'customer-support',
+      environment: 'production',
+      ttl: '5m',
+      scopes: [{ action: 'read', resource: 'db:orders/*' }],
+    });
+    expect('token' in second, `expected a second grant, got ${second.status}`);
+    const secondToken = 'token' in second ? second.token : '';
+    expect((await writ.authorize(secondToken, { action: 'read', resource: 'db:orders/1042' })).allowed, 'the second task token should work before the suspension');
+    out(`  task ${second.task.id} granted; its token works`);
+    const suspended = cli(['identity', 'suspend', AGENT, '--note', 'demo: the agent is acting strangely']);
+    expect(suspended.code === 0, `identity suspend failed: ${suspended.stderr}`);
+    out(`  ${suspended.stdout}`);
+    // The server learns of changes made by other processes from the store, every revocation.syncIntervalMs (1 s).
+    const since = Date.now();
+    let refusal: AuthorizeAnswer | undefined;
+    while (Date.now() - since < 10_000) {
+      const answer = await writ.authorize(secondToken, { action: 'read', resource: 'db:orders/1042' });
+      if (!answer.allowed) {
+        refusal = answer;
+        break;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    // Revoked task, or inactive identity: whichever of the two the server learned first.
+    expect(
+      refusal?.reason === 'ERR_TOKEN_REVOKED' || refusal?.reason === 'ERR_IDENTITY_INACTIVE',
+      `expected the suspended agent's token to be refused, got ${refusal?.reason ?? 'allowed for 10 s'}`,
+    );
+    out(`  -> the server refuses that token ${Date.now() - since} ms later: ${refusal?.reason ?? ''}`);
+    try {
+      await writ.requestTask(identityToken, { purpose: 'One more', intent: 'customer-support', environment: 'production', scopes: [{ action: 'read', resource: 'db:orders/*' }] });
+      expect(false, 'a suspended identity got a task');
+    } catch (error) {
+      expect(error instanceof WritApiError && error.status === 401, 'expected 401 for the suspended identity');
+      out(`  and the agent can ask for nothing: ${(error as WritApiError).status} ${(error as WritApiError).code}`);
+    }
+
+    out('\n10. The audit chain proves every step');
     const verified = cli(['audit', 'verify']);
     expect(verified.code === 0, `audit verify failed: ${verified.stderr}`);
     out(`  ${verified.stdout}`);
