@@ -9,12 +9,12 @@
  * the first request can be answered.
  */
 import type { Logger } from 'pino';
-import { auditActor, createAuditLog, type AuditActor, type AuditEventType, type AuditLog } from './audit/log.js';
+import { auditActor, createAuditLog, type AuditActor, type AuditEvent, type AuditEventType, type AuditLog } from './audit/log.js';
 import { createBroker, type Broker } from './broker/broker.js';
 import { systemClock, type Clock } from './core/clock.js';
 import { loadConfig, resolveConfigPath, type WritConfig } from './core/config.js';
 import { WritError, type WritErrorCode } from './core/errors.js';
-import type { Identity, IdentityState } from './core/types.js';
+import type { AdminScope, Identity, IdentityState, Task } from './core/types.js';
 import { createActionCheck, type ActionCheck } from './enforce/action-check.js';
 import { createRevocationList, type RevocationList } from './enforce/revocation-list.js';
 import { createEventBus, type EventBus } from './events/bus.js';
@@ -23,12 +23,14 @@ import {
   identityPrincipal,
   looksLikeAdminToken,
   type AdminPrincipal,
+  requireGrantable,
+  createAdminTokenSchema,
   type AdminTokens,
   type CreateAdminTokenInput,
 } from './identity/admin-tokens.js';
 import { createIdentityAuthenticator, type IdentityAuthenticator } from './identity/authenticate.js';
 import { devIssuerId, mintIdentityToken } from './identity/dev-issuer.js';
-import { claimIdentitySchema, createRegistry, parseOrThrow, type ClaimIdentityInput, type RegisterIdentityInput, type Registry } from './identity/registry.js';
+import { claimIdentitySchema, createRegistry, parseOrThrow, registerIdentitySchema, type ClaimIdentityInput, type RegisterIdentityInput, type Registry } from './identity/registry.js';
 import { createTrustSources, type TrustSources } from './identity/trust-sources.js';
 import { createPolicyEngine, type PolicyEngine } from './policy/engine.js';
 import { loadPolicySet } from './policy/policy-set.js';
@@ -63,10 +65,11 @@ export interface Writ {
   /** The policy engine currently deciding. */
   policy(): PolicyEngine;
   /**
-   * Registers an identity and audits it.
-   * @throws WritError ERR_VALIDATION, ERR_IDENTITY_EXISTS, ERR_AUDIT_UNAVAILABLE
+   * Registers an identity and audits it. Admin scopes for a human need a
+   * `grantor` holding them and `admin:tokens` (undefined: a local operator).
+   * @throws WritError ERR_VALIDATION, ERR_IDENTITY_EXISTS, ERR_FORBIDDEN, ERR_AUDIT_UNAVAILABLE
    */
-  registerIdentity(input: RegisterIdentityInput, actor?: AuditActor): Promise<Identity>;
+  registerIdentity(input: RegisterIdentityInput, actor?: AuditActor, grantor?: AdminPrincipal): Promise<Identity>;
   /**
    * Gives a quarantined identity an accountable owner and makes it active.
    * @throws WritError ERR_VALIDATION, ERR_IDENTITY_NOT_FOUND, ERR_IDENTITY_STATE_CONFLICT
@@ -85,10 +88,11 @@ export interface Writ {
    */
   authenticateAdmin(bearer: string | undefined): Promise<AdminAuthentication>;
   /**
-   * Mints an admin token and audits it; the token is in the result only.
-   * @throws WritError ERR_VALIDATION, ERR_AUDIT_UNAVAILABLE
+   * Mints an admin token and audits it; the token is in the result only. Its
+   * scopes must be among the `grantor`'s (undefined: a local operator).
+   * @throws WritError ERR_VALIDATION, ERR_FORBIDDEN, ERR_AUDIT_UNAVAILABLE
    */
-  createAdminToken(input: CreateAdminTokenInput, actor: AuditActor): Promise<{ token: string; record: AdminTokenRecord }>;
+  createAdminToken(input: CreateAdminTokenInput, actor: AuditActor, grantor?: AdminPrincipal): Promise<{ token: string; record: AdminTokenRecord }>;
   /** @throws WritError ERR_NOT_FOUND */
   revokeAdminToken(id: string, actor: AuditActor): Promise<AdminTokenRecord>;
   /** At the first start of a store: the bootstrap admin token, audited; undefined ever after. */
@@ -104,6 +108,11 @@ export interface Writ {
    * once started; callable directly.
    */
   syncRevocations(): Promise<number>;
+  /**
+   * Writes the audit records still owed (task ends and identity changes whose
+   * record could not be written when they happened). The reaper runs this; returns how many.
+   */
+  flushOwedRecords(): Promise<number>;
   /**
    * Starts the background work: the reaper (every `reaper.intervalMs`, also
    * writing audit records owed for task ends) and the revocation sync.
@@ -129,6 +138,9 @@ const STATE_CHANGES: Record<IdentityStateChange, { from: readonly IdentityState[
 export function adminActor(principal: AdminPrincipal): AuditActor {
   return { id: principal.id, actorType: principal.kind === 'token' ? 'admin-token' : 'human' };
 }
+
+/** How old an unrecorded identity change must be before the flush records it (a fresh one may still be recording). */
+const OWED_RECORD_GRACE_MS = 5000;
 
 export interface CreateWritOptions {
   readonly config?: WritConfig;
@@ -160,6 +172,32 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
   const bus = createEventBus((error, event) => logger?.error({ err: error, event: event.type }, 'event handler failed'));
   const audit = createAuditLog({ store, clock, onError: (error) => logger?.error({ err: error }, 'audit append failed') });
   const registry = createRegistry({ store, clock });
+
+  /**
+   * Appends the record of an identity's current state and marks it recorded.
+   * If the append fails, the state stands and its record is owed: the reaper
+   * writes it late (`flushIdentityRecords`), so no change goes unrecorded.
+   */
+  const recordIdentity = async (identity: Identity, event: AuditEvent): Promise<void> => {
+    const receipt = await audit.append(event);
+    await store.markIdentityAudited(identity.id, receipt.id, identity.updatedAt);
+  };
+
+  const flushIdentityRecords = async (): Promise<number> => {
+    const owed = await store.listIdentitiesAwaitingAudit(clock.now() - OWED_RECORD_GRACE_MS, 500);
+    for (const identity of owed) {
+      await recordIdentity(identity, {
+        type: 'identity.changed',
+        decision: identity.state === 'active' ? 'allow' : 'deny',
+        reason: identity.state,
+        detail: 'recorded late: the record of this change could not be written when it happened',
+        actor: auditActor(identity),
+        data: { identity: auditActor(identity), state: identity.state, environment: identity.environment, updatedAt: identity.updatedAt },
+      });
+    }
+    return owed.length;
+  };
+
   const skewMs = config.tokens.clockSkew * 1000;
   const revocations = createRevocationList({ bus, clockSkewMs: skewMs });
   // Tokens are accepted until exp + skew, so ended tasks are remembered that long too.
@@ -180,7 +218,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     resolvePath: (path) => resolveConfigPath(config, path),
     onKeyRefreshError: (source, error) => logger?.warn({ source, err: error.message }, 'trust source keys could not be refreshed'),
   });
-  const authenticator = createIdentityAuthenticator({ sources: trustSources, registry, audit, clock });
+  const authenticator = createIdentityAuthenticator({ sources: trustSources, registry, audit, store, clock });
   const adminTokens = createAdminTokens({ store, clock });
   const policy = () => engine;
   const broker = createBroker({
@@ -227,6 +265,17 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
   // owed from before, written, before anything is served.
   await broker.reapExpired();
   await broker.flushEndRecords();
+  await flushIdentityRecords();
+
+  /** Refuses, on the record, an admin handing out scopes it does not hold. */
+  const grantOrDeny = async (grantor: AdminPrincipal | undefined, actor: AuditActor | undefined, scopes: readonly AdminScope[], what: string): Promise<void> => {
+    try {
+      requireGrantable(grantor, scopes);
+    } catch (error) {
+      await audit.append({ type: 'admin.denied', decision: 'deny', reason: 'ERR_FORBIDDEN', ...(actor === undefined ? {} : { actor }), detail: `${what}: ${(error as WritError).detail}` }).catch(() => undefined);
+      throw error;
+    }
+  };
 
   const recordAdminToken = (record: AdminTokenRecord, actor: AuditActor) =>
     audit.append({
@@ -256,10 +305,12 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     masterKeyCreated: masterKey.created,
     authorize,
     policy,
-    async registerIdentity(input, actor) {
-      const identity = await registry.register(input, actor === undefined ? 'cli' : 'api');
+    async registerIdentity(input, actor, grantor) {
+      const value = parseOrThrow(registerIdentitySchema, input);
+      if (value.adminScopes.length > 0) await grantOrDeny(grantor, actor, [...value.adminScopes, 'admin:tokens'], `register ${value.id}`);
+      const identity = await registry.register(value, actor === undefined ? 'cli' : 'api');
       try {
-        await audit.append({
+        await recordIdentity(identity, {
           type: 'identity.registered',
           decision: 'allow',
           actor: actor ?? auditActor(identity),
@@ -291,7 +342,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
         ...(value.expiresAt === undefined ? {} : { expiresAt: value.expiresAt }),
       });
       try {
-        await audit.append({ type: 'identity.claimed', decision: 'allow', actor, data: { identity: auditActor(claimed), environment: claimed.environment } });
+        await recordIdentity(claimed, { type: 'identity.claimed', decision: 'allow', actor, data: { identity: auditActor(claimed), environment: claimed.environment } });
       } catch (error) {
         // A claim that is not on the record does not stand.
         await registry.transition(id, ['active'], 'quarantined').catch(() => undefined);
@@ -301,22 +352,34 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     },
     async changeIdentityState(id, change, actor, note) {
       const rule = STATE_CHANGES[change];
-      const identity = await registry.transition(id, rule.from, rule.to);
+      // An identity nobody has claimed goes back to quarantine, never straight to active.
+      const before = change === 'reactivate' ? await registry.get(id) : undefined;
+      const to: IdentityState = before !== undefined && before.owner === null ? 'quarantined' : rule.to;
+      const identity = await registry.transition(id, rule.from, to);
       // INVARIANT: the identity is refused from here on; its tasks end before anything that can fail.
-      const revoked = rule.to === 'active' ? [] : await broker.revokeTasksOf(id, `identity ${rule.to}`);
+      // On reactivation too: a task granted while a suspension raced it must not come back.
+      let revoked: Task[] = [];
+      let revokeError: unknown;
       try {
-        await audit.append({
+        revoked = await broker.revokeTasksOf(id, `identity ${change === 'reactivate' ? 'reactivated (tasks from before do not survive)' : to}`);
+      } catch (error) {
+        // The tasks are ended regardless (their records are owed); the identity's own record is still written.
+        revokeError = error;
+      }
+      try {
+        await recordIdentity(identity, {
           type: rule.event,
-          decision: rule.to === 'active' ? 'allow' : 'deny',
+          decision: to === 'active' ? 'allow' : 'deny',
           actor,
           ...(note === undefined ? {} : { detail: note }),
           data: { identity: auditActor(identity), state: identity.state, revokedTasks: revoked.map((t) => t.id) },
         });
       } catch (error) {
         // A reactivation that is not on the record does not stand; a suspension stands either way.
-        if (rule.to === 'active') await registry.transition(id, ['active'], 'suspended').catch(() => undefined);
+        if (change === 'reactivate') await registry.transition(id, [to], 'suspended').catch(() => undefined);
         throw error;
       }
+      if (revokeError !== undefined) throw revokeError;
       return { identity, revokedTasks: revoked.length };
     },
     async authenticateAdmin(bearer) {
@@ -332,8 +395,10 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
         ? { ok: false, code: 'ERR_FORBIDDEN', detail: 'identity is not a human holding admin scopes', subject: result.identity.id }
         : { ok: true, principal };
     },
-    async createAdminToken(input, actor) {
-      const created = await adminTokens.create(input, actor.id);
+    async createAdminToken(input, actor, grantor) {
+      const value = parseOrThrow(createAdminTokenSchema, input);
+      await grantOrDeny(grantor, actor, value.scopes, `create admin token ${JSON.stringify(value.name)}`);
+      const created = await adminTokens.create(value, actor.id);
       try {
         await recordAdminToken(created.record, actor);
       } catch (error) {
@@ -382,6 +447,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
       return minted;
     },
     syncRevocations,
+    flushOwedRecords: async () => (await broker.flushEndRecords()) + (await flushIdentityRecords()),
     startReaper() {
       if (reaper !== undefined || closed) return;
       reaper = setInterval(() => {
@@ -389,6 +455,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
         broker
           .reapExpired()
           .then(() => broker.flushEndRecords())
+          .then(() => flushIdentityRecords())
           .catch((error: unknown) => logger?.error({ err: error }, 'reaper failed'));
       }, config.reaper.intervalMs);
       reaper.unref();

@@ -141,6 +141,23 @@ for (const [backend, setup] of Object.entries(backends)) {
       assert.equal(await store.updateIdentity(id, ['quarantined'], 'active', { at: 30, owner: 'mallory@example.com' }), undefined, 'a second claim loses');
     });
 
+    maybe('identities: every change owes its audit record until marked, and changes in one millisecond stay distinct', async () => {
+      const id = 'spiffe://demo.local/agent/owed';
+      await store.createIdentity({ id, actorType: 'agent', owner: 'a@example.com', environment: 'production', labels: {}, state: 'active', source: 'cli', adminScopes: [], createdAt: 100, expiresAt: null });
+      const owed = async (before: number) => (await store.listIdentitiesAwaitingAudit(before, 100)).map((i) => i.id).filter((i) => i === id);
+      assert.deepEqual(await owed(100), [id], 'a new identity owes its record');
+      await store.markIdentityAudited(id, 'rec_1', 100);
+      assert.deepEqual(await owed(1000), []);
+      const suspended = await store.updateIdentity(id, ['active'], 'suspended', { at: 100 });
+      assert.equal(suspended?.updatedAt, 101, 'a change in the same millisecond as the last moves updated_at forward');
+      const reactivated = await store.updateIdentity(id, ['suspended'], 'active', { at: 100 });
+      assert.equal(reactivated?.updatedAt, 102);
+      await store.markIdentityAudited(id, 'rec_2', 101);
+      assert.deepEqual(await owed(1000), [id], 'the record of an older change does not settle a newer one');
+      await store.markIdentityAudited(id, 'rec_3', 102);
+      assert.deepEqual(await owed(1000), []);
+    });
+
     maybe('identities: every non-terminal task of an identity ends in one call, exactly once', async () => {
       const mine = ['task_id_a', 'task_id_b'].map((id) => ({ ...newTask(id), identityId: 'spiffe://demo.local/agent/x' }));
       const other = { ...newTask('task_id_c'), identityId: 'spiffe://demo.local/agent/y' };

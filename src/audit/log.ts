@@ -21,6 +21,7 @@ export type AuditEventType =
   | 'identity.suspended'
   | 'identity.reactivated'
   | 'identity.decommissioned'
+  | 'identity.changed'
   | 'identity.token_issued'
   | 'admin.token_created'
   | 'admin.token_revoked'

@@ -311,6 +311,18 @@ export function createBroker(options: BrokerOptions): Broker {
         endReason: state === 'denied' ? 'denied' : null,
       };
       await store.createTask(task);
+      if (state !== 'denied') {
+        // INVARIANT: no grant outlives a suspension that raced it. The identity is
+        // read again, uncached, after the task row exists: a suspension committed
+        // before this read is seen here, and one committed after it ends this task.
+        const current = await store.getIdentity(identity.id);
+        const inactive = current === undefined ? 'identity is no longer registered' : identityInactiveReason(current, clock.now());
+        if (inactive !== undefined) {
+          const ended = await store.transitionTask(taskId, ['active', 'pending_approval'], 'revoked', { at: clock.now(), endReason: `revoked: ${inactive}` });
+          if (ended) announceEnd(ended);
+          throw new WritError('ERR_UNAUTHENTICATED', { internal: `ERR_IDENTITY_INACTIVE: ${inactive} (changed while the task was being granted)` });
+        }
+      }
 
       const auditDecision: AuditDecision =
         state === 'denied' ? 'deny' : state === 'pending_approval' ? 'approval_required' : refused.length > 0 ? 'partial' : 'allow';

@@ -78,6 +78,13 @@ const sourceCommon = {
     })
     .strict()
     .optional(),
+  /**
+   * Claims a token must carry with exactly these values (claim → value), checked
+   * right after the signature: on a shared issuer such as GitHub's, pin it to your
+   * organisation (`repository_owner: acme`) so strangers' tokens are refused,
+   * never quarantined.
+   */
+  require: z.record(claimRef, z.string().min(1).max(256)).default({}),
   /** Labels read from token claims: label name → claim. */
   labels: z.record(z.string().regex(/^[a-z][a-z0-9_.-]{0,63}$/, 'label keys are lowercase'), claimRef).default({}),
   /** How keys are fetched. */

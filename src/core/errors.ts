@@ -144,6 +144,11 @@ export const errorCatalog = {
     title: 'Wrong trust domain',
     description: 'Authentication reason: the JWT-SVID\'s `sub` is not a SPIFFE ID in the trust domain whose bundle signed it.',
   },
+  ERR_TOKEN_CLAIMS: {
+    status: 401,
+    title: 'Required claim missing',
+    description: 'Authentication reason: a claim the trust source requires (`require`) is missing or has another value.',
+  },
   ERR_TOKEN_BINDING: {
     status: 401,
     title: 'Token bound to another certificate',

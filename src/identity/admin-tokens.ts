@@ -77,6 +77,18 @@ export function requireScope(principal: AdminPrincipal, scope: AdminScope): void
   if (!principal.scopes.includes(scope)) throw new WritError('ERR_FORBIDDEN', { detail: `needs the ${scope} admin scope` });
 }
 
+/**
+ * An admin can hand out only what it holds: the scopes of a new admin token, or
+ * the admin scopes of a human it registers, must be among its own. A local
+ * operator (undefined: the CLI against the store) holds every scope.
+ * @throws WritError ERR_FORBIDDEN
+ */
+export function requireGrantable(grantor: AdminPrincipal | undefined, scopes: readonly AdminScope[]): void {
+  if (grantor === undefined) return;
+  const missing = scopes.filter((scope) => !grantor.scopes.includes(scope));
+  if (missing.length > 0) throw new WritError('ERR_FORBIDDEN', { detail: `cannot hand out admin scopes it does not hold: ${missing.join(', ')}` });
+}
+
 export function createAdminTokens(options: { store: Store; clock: Clock }): AdminTokens {
   const { store, clock } = options;
   const hash = (token: string) => createHash('sha256').update(token).digest('hex');

@@ -13,6 +13,7 @@ import type { AuditLog } from '../audit/log.js';
 import type { Clock } from '../core/clock.js';
 import type { WritErrorCode } from '../core/errors.js';
 import type { Identity } from '../core/types.js';
+import type { Store } from '../store/store.js';
 import { identityInactiveReason, type Registry } from './registry.js';
 import type { CredentialResult, TrustSources, VerifiedCredential } from './trust-sources.js';
 
@@ -31,6 +32,7 @@ export interface IdentityAuthenticatorOptions {
   readonly sources: TrustSources;
   readonly registry: Registry;
   readonly audit: AuditLog;
+  readonly store: Pick<Store, 'markIdentityAudited'>;
   readonly clock: Clock;
 }
 
@@ -46,6 +48,7 @@ export function createIdentityAuthenticator(options: IdentityAuthenticatorOption
       source: credential.source.name,
     });
     if (created) {
+      // If this record cannot be written now, the identity's state stays owed and the reaper records it.
       await options.audit
         .append({
           type: 'identity.quarantined',
@@ -54,6 +57,7 @@ export function createIdentityAuthenticator(options: IdentityAuthenticatorOption
           actor: { id: identity.id, actorType: identity.actorType },
           data: { source: credential.source.name, environment: identity.environment, labels: identity.labels },
         })
+        .then((receipt) => options.store.markIdentityAudited(identity.id, receipt.id, identity.updatedAt))
         .catch(() => undefined);
     }
     return admit(identity, credential);

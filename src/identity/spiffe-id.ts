@@ -13,7 +13,8 @@ export interface SpiffeId {
 
 /** Parses a SPIFFE ID with a non-empty path (a workload, not a bare trust domain). */
 export function parseSpiffeId(value: string): SpiffeId | undefined {
-  if (value.length > 2048) return undefined;
+  // Claims are untyped JSON: an array holding one ID must not pass as the ID.
+  if (typeof value !== 'string' || value.length > 2048) return undefined;
   const match = SPIFFE_RE.exec(value);
   if (!match) return undefined;
   const path = match[2] ?? '';
@@ -21,6 +22,6 @@ export function parseSpiffeId(value: string): SpiffeId | undefined {
   return { trustDomain: match[1] ?? '', path };
 }
 
-export function isSpiffeId(value: string): boolean {
-  return parseSpiffeId(value) !== undefined;
+export function isSpiffeId(value: unknown): boolean {
+  return typeof value === 'string' && parseSpiffeId(value) !== undefined;
 }

@@ -47,7 +47,7 @@ export interface VerifiedCredential {
   readonly certificateThumbprint?: string;
 }
 
-export type CredentialFailureCode = TokenFailureCode | Extract<WritErrorCode, 'ERR_TOKEN_TRUST_DOMAIN' | 'ERR_CERT_INVALID' | 'ERR_CERT_UNTRUSTED' | 'ERR_CERT_EXPIRED'>;
+export type CredentialFailureCode = TokenFailureCode | Extract<WritErrorCode, 'ERR_TOKEN_TRUST_DOMAIN' | 'ERR_TOKEN_CLAIMS' | 'ERR_CERT_INVALID' | 'ERR_CERT_UNTRUSTED' | 'ERR_CERT_EXPIRED'>;
 
 export type CredentialResult =
   | { readonly ok: true; readonly credential: VerifiedCredential }
@@ -108,7 +108,9 @@ export function createTrustSources(options: TrustSourcesOptions): TrustSources {
   const jwtSources: JwtSource[] = [];
   const x509Bundles = new Map<string, { info: SourceInfo; bundle: ReloadingBundle }>();
 
-  if (options.devIssuer !== undefined) jwtSources.push(devSource(options.devIssuer, options.audience));
+  // The dev issuer never vouches for a trust domain a real source owns.
+  const ownedDomains = new Set(options.sources.flatMap((s) => (s.type === 'spiffe' ? [s.trustDomain] : [])));
+  if (options.devIssuer !== undefined) jwtSources.push(devSource(options.devIssuer, options.audience, ownedDomains));
   for (const config of options.sources) {
     const info: SourceInfo = { name: config.name, type: config.type, unregistered: config.unregistered, actorType: config.actorType };
     const fetch: FetchJsonOptions = {
@@ -176,42 +178,48 @@ export function createTrustSources(options: TrustSourcesOptions): TrustSources {
       if (kid === undefined) return { ok: false, code: 'ERR_TOKEN_UNKNOWN_KEY', detail: 'header has no kid' };
       const header = { ...read.header, kid };
 
-      // Route by the signing key: the sources already holding this kid, else
-      // each source refreshes (rate-limited) and looks again. A holder still
-      // looks the kid up, so a key set past its max age is refreshed
-      // (rate-limited; the cached key answers while the issuer is down) and a
-      // key the issuer removed stops verifying.
+      /** Verifies with each candidate; the first success, or the most precise failure. */
+      const tryCandidates = async (candidates: readonly { source: JwtSource; key: KeyResolution }[]): Promise<CredentialResult | undefined> => {
+        let first: CredentialResult | undefined;
+        for (const { source, key } of candidates) {
+          const result = await verifyWith(source, token, key);
+          if (result.ok) {
+            // Remembered only while the key that verified it is still trusted.
+            cache.set(digest, result.credential, now, () => source.cached(header)?.ok === true);
+            return result;
+          }
+          // Another source with the same kid may hold the right key; any other
+          // failure is final, and it is the precise reason: that source's key verified the signature.
+          if (result.code !== 'ERR_TOKEN_SIGNATURE' && result.code !== 'ERR_TOKEN_ALGORITHM') return result;
+          first ??= result;
+        }
+        return first;
+      };
+
+      // Route by the signing key: first the sources already holding this kid. A
+      // holder still looks the kid up, so a key set past its max age is refreshed
+      // (rate-limited; the cached key answers while the issuer is down) and a key
+      // the issuer removed stops verifying.
       const holders = jwtSources.filter((source) => source.cached(header) !== undefined);
-      let candidates = (await Promise.all(holders.map(async (source) => ({ source, key: await source.keys(header) })))).filter(
+      const held = (await Promise.all(holders.map(async (source) => ({ source, key: await source.keys(header) })))).filter(
         (c) => c.key.ok || c.key.code === 'ERR_TOKEN_ALGORITHM',
       );
-      if (candidates.length === 0) {
-        const looked = await Promise.all(jwtSources.map(async (source) => ({ source, key: await source.keys(header) })));
-        candidates = looked.filter((c) => c.key.ok);
-        if (candidates.length === 0) {
-          const remote = looked.filter((c) => c.source.keySet !== undefined);
-          const unreachable = remote.length > 0 && remote.every((c) => !c.key.ok && c.key.code === 'ERR_ISSUER_UNREACHABLE');
-          return unreachable
-            ? { ok: false, code: 'ERR_ISSUER_UNREACHABLE', detail: `no cached key ${printable(kid)} and no trust source could be reached` }
-            : { ok: false, code: 'ERR_TOKEN_UNKNOWN_KEY', detail: `no trust source has a key ${printable(kid)}` };
-        }
+      const fromHolders = await tryCandidates(held);
+      if (fromHolders?.ok === true || (fromHolders !== undefined && fromHolders.code !== 'ERR_TOKEN_SIGNATURE' && fromHolders.code !== 'ERR_TOKEN_ALGORITHM')) {
+        return fromHolders;
       }
-      let first: CredentialResult | undefined;
-      for (const { source, key } of candidates) {
-        const result = await verifyWith(source, token, key);
-        if (result.ok) {
-          cache.set(digest, result.credential, now);
-          return result;
-        }
-        // Another source with the same kid may hold the right key; any other
-        // failure is final, and it is the precise reason: that source's key verified the signature.
-        if (result.code !== 'ERR_TOKEN_SIGNATURE' && result.code !== 'ERR_TOKEN_ALGORITHM') {
-          first = result;
-          break;
-        }
-        first ??= result;
-      }
-      return first ?? { ok: false, code: 'ERR_TOKEN_UNKNOWN_KEY', detail: 'no trust source verified the token' };
+      // No holder verified it: the other sources refresh (rate-limited) and look
+      // again; two issuers may publish the same kid.
+      const others = jwtSources.filter((source) => !holders.includes(source));
+      const looked = await Promise.all(others.map(async (source) => ({ source, key: await source.keys(header) })));
+      const fromOthers = await tryCandidates(looked.filter((c) => c.key.ok));
+      if (fromOthers !== undefined && (fromOthers.ok || fromHolders === undefined)) return fromOthers;
+      if (fromHolders !== undefined) return fromHolders;
+      const remote = looked.filter((c) => c.source.keySet !== undefined);
+      const unreachable = remote.length > 0 && remote.every((c) => !c.key.ok && c.key.code === 'ERR_ISSUER_UNREACHABLE');
+      return unreachable
+        ? { ok: false, code: 'ERR_ISSUER_UNREACHABLE', detail: `no cached key ${printable(kid)} and no trust source could be reached` }
+        : { ok: false, code: 'ERR_TOKEN_UNKNOWN_KEY', detail: `no trust source has a key ${printable(kid)}` };
     },
 
     verifyCertificate(chain) {
@@ -274,7 +282,7 @@ function keySetResolver(keySet: KeySet, sourceName: string): { cached: JwtSource
   };
 }
 
-function devSource(dev: DevIssuerSource, audience: string): JwtSource {
+function devSource(dev: DevIssuerSource, audience: string, ownedDomains: ReadonlySet<string>): JwtSource {
   const info: SourceInfo = { name: 'dev-issuer', type: 'dev', unregistered: 'deny', actorType: 'agent' };
   const keys = ringKeys(dev.ring);
   return {
@@ -289,7 +297,11 @@ function devSource(dev: DevIssuerSource, audience: string): JwtSource {
     maxLifetimeSeconds: dev.maxTtlSeconds,
     identify(payload) {
       const sub = payload.sub ?? '';
-      if (parseSpiffeId(sub) === undefined) return { ok: false, code: 'ERR_TOKEN_MALFORMED', detail: 'sub is not a SPIFFE ID' };
+      const id = parseSpiffeId(sub);
+      if (id === undefined) return { ok: false, code: 'ERR_TOKEN_MALFORMED', detail: 'sub is not a SPIFFE ID' };
+      if (ownedDomains.has(id.trustDomain)) {
+        return { ok: false, code: 'ERR_TOKEN_TRUST_DOMAIN', detail: `the dev issuer does not vouch for ${id.trustDomain}, which a configured source owns`, subject: sub };
+      }
       return { ok: true, credential: { source: info, identityId: sub, environment: undefined, labels: {}, expiresAt: (payload.exp ?? 0) * 1000 } };
     },
   };
@@ -340,8 +352,13 @@ function spiffeSource(config: SpiffeSourceConfig, info: SourceInfo, keySet: KeyS
   };
 }
 
-/** Applies the source's environment and label mapping. */
+/** Applies the source's required claims, then its environment and label mapping. */
 function mapped(info: SourceInfo, config: TrustSourceConfig, identityId: string, payload: JWTPayload): CredentialResult {
+  for (const [claim, expected] of Object.entries(config.require)) {
+    if (claimString(payload, claim) !== expected) {
+      return { ok: false, code: 'ERR_TOKEN_CLAIMS', detail: `claim ${claim} is not ${JSON.stringify(expected)}`, subject: identityId };
+    }
+  }
   let environment: string | undefined;
   if (config.environment !== undefined) {
     const value = claimString(payload, config.environment.claim);
@@ -413,22 +430,28 @@ function reloadingBundle(path: string, clock: Clock): ReloadingBundle {
   };
 }
 
-/** Verified credentials by SHA-256 of the token, until they expire; oldest evicted first. */
+/**
+ * Verified credentials by SHA-256 of the token, oldest evicted first. An entry
+ * answers until the token expires, for at most a minute (then the token is
+ * verified again, which also lets its key set refresh), and only while the key
+ * that verified it is still in its source's set.
+ */
 function createVerifiedTokenCache(maxEntries: number) {
-  const entries = new Map<string, VerifiedCredential>();
+  const entries = new Map<string, { credential: VerifiedCredential; until: number; keyTrusted: () => boolean }>();
   return {
     digest: (token: string) => createHash('sha256').update(token).digest('base64url'),
     get(digest: string, now: number): VerifiedCredential | undefined {
       const hit = entries.get(digest);
       if (hit === undefined) return undefined;
-      if (hit.expiresAt <= now) {
+      if (hit.until <= now || !hit.keyTrusted()) {
         entries.delete(digest);
         return undefined;
       }
-      return hit;
+      return hit.credential;
     },
-    set(digest: string, credential: VerifiedCredential, now: number): void {
-      if (credential.expiresAt <= now) return;
+    set(digest: string, credential: VerifiedCredential, now: number, keyTrusted: () => boolean): void {
+      const until = Math.min(credential.expiresAt, now + VERIFIED_TOKEN_TTL_MS);
+      if (until <= now) return;
       if (entries.size >= maxEntries) {
         // Oldest first (insertion order); drop a tenth at once so eviction is rare.
         const keep = Math.floor(maxEntries * 0.9);
@@ -437,7 +460,10 @@ function createVerifiedTokenCache(maxEntries: number) {
           entries.delete(key);
         }
       }
-      entries.set(digest, credential);
+      entries.set(digest, { credential, until, keyTrusted });
     },
   };
 }
+
+/** Longest a verified token is trusted without verifying it again. */
+const VERIFIED_TOKEN_TTL_MS = 60_000;

@@ -286,7 +286,7 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
 
   app.post('/v1/identities', async (request, reply) => {
     const principal = await admin(request, 'identities:write', 'POST /v1/identities');
-    const identity = await writ.registerIdentity(request.body as never, adminActor(principal));
+    const identity = await writ.registerIdentity(request.body as never, adminActor(principal), principal);
     return reply.code(201).send({ identity: identityView(identity) });
   });
 
@@ -322,7 +322,7 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
 
   app.post('/v1/admin/tokens', async (request, reply) => {
     const principal = await admin(request, 'admin:tokens', 'POST /v1/admin/tokens');
-    const created = await writ.createAdminToken(request.body as never, adminActor(principal));
+    const created = await writ.createAdminToken(request.body as never, adminActor(principal), principal);
     return reply.code(201).send({ token: created.token, adminToken: adminTokenView(created.record) });
   });
 

@@ -33,6 +33,7 @@ interface IdentityTable {
   state: string;
   source: string;
   admin_scopes: string;
+  state_audit_id: string | null;
   created_at: number;
   updated_at: number;
   last_seen_at: number | null;
@@ -185,6 +186,7 @@ class KyselyStore implements Store {
         state: identity.state,
         source: identity.source,
         admin_scopes: JSON.stringify(identity.adminScopes),
+        state_audit_id: null,
         created_at: identity.createdAt,
         updated_at: identity.createdAt,
         last_seen_at: null,
@@ -212,7 +214,9 @@ class KyselyStore implements Store {
       .updateTable('identities')
       .set({
         state: to,
-        updated_at: change.at,
+        // Strictly increasing, so each change (and its owed record) is told apart from the last.
+        updated_at: sql<number>`case when updated_at >= ${change.at} then updated_at + 1 else ${change.at} end`,
+        state_audit_id: null,
         ...(change.owner === undefined ? {} : { owner: change.owner }),
         ...(change.actorType === undefined ? {} : { actor_type: change.actorType }),
         ...(change.environment === undefined ? {} : { environment: change.environment }),
@@ -225,6 +229,22 @@ class KyselyStore implements Store {
       .returningAll()
       .executeTakeFirst();
     return row && toIdentity(row);
+  }
+
+  async markIdentityAudited(id: string, auditId: string, updatedAt: number): Promise<void> {
+    await this.db.updateTable('identities').set({ state_audit_id: auditId }).where('id', '=', id).where('updated_at', '=', updatedAt).execute();
+  }
+
+  async listIdentitiesAwaitingAudit(changedBefore: number, limit: number): Promise<Identity[]> {
+    const rows = await this.db
+      .selectFrom('identities')
+      .selectAll()
+      .where('state_audit_id', 'is', null)
+      .where('updated_at', '<=', changedBefore)
+      .orderBy('updated_at')
+      .limit(limit)
+      .execute();
+    return rows.map(toIdentity);
   }
 
   async listIdentitiesChangedSince(since: number): Promise<string[]> {

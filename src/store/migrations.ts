@@ -87,7 +87,11 @@ const migrations: Record<string, Migration> = {
       await db.schema.alterTable('identities').addColumn('source', 'text', (c) => c.notNull().defaultTo('cli')).execute();
       await db.schema.alterTable('identities').addColumn('admin_scopes', 'text', (c) => c.notNull().defaultTo('[]')).execute();
       await db.schema.alterTable('identities').addColumn('updated_at', 'bigint', (c) => c.notNull().defaultTo(0)).execute();
-      await sql`update identities set updated_at = created_at`.execute(db);
+      // The audit record of the identity's current state; null while that record is
+      // still owed (written late by the reaper). Identities from before were recorded.
+      await db.schema.alterTable('identities').addColumn('state_audit_id', 'text').execute();
+      await sql`update identities set updated_at = created_at, state_audit_id = 'recorded-before-0002'`.execute(db);
+      await db.schema.createIndex('identities_state_unaudited').on('identities').column('updated_at').where(sql.ref('state_audit_id'), 'is', null).execute();
       await db.schema.createIndex('identities_updated').on('identities').column('updated_at').execute();
 
       // Operator credentials for the admin API. Only a hash of each token is kept.

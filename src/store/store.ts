@@ -101,10 +101,17 @@ export interface Store {
   listIdentities(): Promise<Identity[]>;
   /**
    * Atomic compare-and-set: moves the identity to `to` (applying `change`) only
-   * if its state is one of `from`. Returns the updated identity, or undefined
-   * when it is absent or in another state.
+   * if its state is one of `from`, and marks the new state's audit record owed.
+   * Returns the updated identity, or undefined when it is absent or in another state.
    */
   updateIdentity(id: string, from: readonly IdentityState[], to: IdentityState, change: IdentityChange): Promise<Identity | undefined>;
+  /**
+   * Records that the identity's state as of `updatedAt` is on the audit chain as
+   * record `auditId`. A later change (another `updatedAt`) stays owed.
+   */
+  markIdentityAudited(id: string, auditId: string, updatedAt: number): Promise<void>;
+  /** Up to `limit` identities changed at or before `changedBefore` whose current state is not yet audited. */
+  listIdentitiesAwaitingAudit(changedBefore: number, limit: number): Promise<Identity[]>;
   /** Ids of identities changed at or after `since` (any process or node). */
   listIdentitiesChangedSince(since: number): Promise<string[]>;
   /** Records that the identity authenticated at `at`. */
