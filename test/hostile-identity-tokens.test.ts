@@ -25,6 +25,9 @@ const PROD_BILLING = 'spiffe://prod.example/agent/billing';
 const PROD_SUSPENDED = 'spiffe://prod.example/agent/suspended';
 const PROD_STRANGER = 'spiffe://prod.example/agent/stranger';
 const OTHER_AGENT = 'spiffe://other.example/agent/support';
+// The dev issuer never vouches for a trust domain a configured source owns: its identities live elsewhere.
+const DEV_AGENT = 'spiffe://demo.local/agent/support';
+const DEV_SUSPENDED = 'spiffe://demo.local/agent/suspended';
 
 /** The configured clock skew (tokens.clockSkew default), in seconds. */
 const SKEW = 30;
@@ -110,9 +113,10 @@ before(async () => {
       },
     },
   });
-  for (const id of [PROD_AGENT, PROD_BILLING, PROD_SUSPENDED, OTHER_AGENT]) await h.registerAgent(id);
+  for (const id of [PROD_AGENT, PROD_BILLING, PROD_SUSPENDED, OTHER_AGENT, DEV_AGENT, DEV_SUSPENDED]) await h.registerAgent(id);
   await h.writ.registry.transition(PROD_SUSPENDED, ['active'], 'suspended');
-  const granted = await h.post('/v1/tasks', supportTask(), await h.identityToken(PROD_AGENT));
+  await h.writ.registry.transition(DEV_SUSPENDED, ['active'], 'suspended');
+  const granted = await h.post('/v1/tasks', supportTask(), await h.identityToken(DEV_AGENT));
   assert.equal(granted.status, 201, 'setup: the dev issuer gets a task');
   taskToken = granted.body.token;
 });
@@ -130,7 +134,7 @@ const prodEs256 = (payload: Record<string, unknown> | string, header: Record<str
 const prodRs256 = (payload: Record<string, unknown>) => signJws({ alg: 'RS256', kid: prodRsa.kid, typ: 'JWT' }, payload, 'RS256', prodRsa.privateKey);
 const otherEs256 = (payload: Record<string, unknown>, kid = otherEc.kid) => signJws({ alg: 'ES256', kid, typ: 'JWT' }, payload, 'ES256', otherEc.privateKey);
 const devToken = (overrides: Record<string, unknown> = {}) =>
-  mintJwt(h.writ.devIssuer!.ring.active, 'JWT', { iss: h.writ.devIssuer!.issuer, ...svid(), ...overrides });
+  mintJwt(h.writ.devIssuer!.ring.active, 'JWT', { iss: h.writ.devIssuer!.issuer, ...svid({ sub: DEV_AGENT }), ...overrides });
 
 /** Replaces one segment of a compact JWS. */
 const withSegment = (token: string, index: 0 | 1 | 2, segment: string) => {
@@ -276,7 +280,8 @@ const rows: readonly Row[] = [
   ['a trusted token for an unregistered identity', () => prodEs256(svid({ sub: PROD_STRANGER })), 'ERR_IDENTITY_NOT_FOUND'],
   ['a trusted RSA token for an unregistered identity', () => prodRs256(svid({ sub: PROD_STRANGER })), 'ERR_IDENTITY_NOT_FOUND'],
   ['a trusted token for a suspended identity', () => prodEs256(svid({ sub: PROD_SUSPENDED })), 'ERR_IDENTITY_INACTIVE'],
-  ['a dev-issuer token for a suspended identity', () => devToken({ sub: PROD_SUSPENDED }), 'ERR_IDENTITY_INACTIVE'],
+  ['a dev-issuer token for a suspended identity', () => devToken({ sub: DEV_SUSPENDED }), 'ERR_IDENTITY_INACTIVE'],
+  ['a dev-issuer token for a trust domain a configured source owns', () => devToken({ sub: PROD_AGENT }), 'ERR_TOKEN_TRUST_DOMAIN'],
   // --- the wrong kind of token ---
   ['a task token where an identity token is required', () => taskToken, 'ERR_TOKEN_UNKNOWN_KEY'],
   ['garbage', () => 'not-a-token', 'ERR_TOKEN_MALFORMED'],
@@ -301,7 +306,7 @@ describe('hostile identity tokens at POST /v1/tasks', () => {
       const answer = await h.post('/v1/tasks', supportTask(), build());
       assert.equal(answer.status, 201, `${source}: ${JSON.stringify(answer.body)}`);
       assert.equal(answer.body.status, 'granted', source);
-      assert.match(claimsOf(answer.body.token).sub, /^spiffe:\/\/(prod|other)\.example\//, source);
+      assert.match(claimsOf(answer.body.token).sub, /^spiffe:\/\/(prod\.example|other\.example|demo\.local)\//, source);
     }
   });
 

@@ -10,7 +10,7 @@
  * request (`agent: false`), Writ's own HTTPS listener.
  */
 import assert from 'node:assert/strict';
-import { createHash, X509Certificate } from 'node:crypto';
+import { createHash, generateKeyPairSync, X509Certificate } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
@@ -18,6 +18,7 @@ import { tmpdir } from 'node:os';
 import tls from 'node:tls';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { SignJWT } from 'jose';
 import { createManualClock } from '../src/core/clock.js';
 import { refreshTlsMaterial } from '../src/server/app.js';
 import { claimsOf, startHarness, supportTask, type Harness } from './helpers/harness.js';
@@ -59,6 +60,15 @@ interface Pki {
 const clock = createManualClock();
 let pki: Pki;
 let dir: string;
+
+// Bearer identities for prod.example come from its own JWT bundle: Writ's dev
+// issuer never vouches for a trust domain a configured source owns.
+const jwtSigner = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+/** A JWT-SVID for `id` from prod.example's JWT signing key. */
+function svidToken(id: string): Promise<string> {
+  const iat = Math.floor(clock.now() / 1000);
+  return new SignJWT({ sub: id, aud: ['writ'] }).setProtectedHeader({ alg: 'ES256', kid: 'prod-jwt-1', typ: 'JWT' }).setIssuedAt(iat).setExpirationTime(iat + 300).sign(jwtSigner.privateKey);
+}
 
 /** The `x5t#S256` of a PEM certificate, from its DER, without Writ's code. */
 function thumbprintOf(certPem: string): string {
@@ -116,7 +126,17 @@ async function startTlsWrit(mode: 'optional' | 'required'): Promise<{ h: Harness
     clock,
     config: {
       server: { tls: { certFile: join(dir, 'server.crt'), keyFile: join(dir, 'server.key'), clientCertificates: mode } },
-      identity: { sources: [{ type: 'spiffe', name: 'prod', trustDomain: 'prod.example', x509BundleFile: join(dir, 'prod.example.bundle.pem') }] },
+      identity: {
+        sources: [
+          {
+            type: 'spiffe',
+            name: 'prod',
+            trustDomain: 'prod.example',
+            x509BundleFile: join(dir, 'prod.example.bundle.pem'),
+            jwtBundle: { file: join(dir, 'prod.example.jwt-bundle.json') },
+          },
+        ],
+      },
     },
   });
   await h.registerAgent(AGENT_A);
@@ -149,6 +169,7 @@ before(async () => {
   writeFileSync(join(dir, 'server.crt'), server.chainPem);
   writeFileSync(join(dir, 'server.key'), server.keyPem);
   writeFileSync(join(dir, 'prod.example.bundle.pem'), root.certPem);
+  writeFileSync(join(dir, 'prod.example.jwt-bundle.json'), JSON.stringify({ keys: [{ ...jwtSigner.publicKey.export({ format: 'jwk' }), kid: 'prod-jwt-1', use: 'jwt-svid' }] }));
 });
 
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -243,13 +264,13 @@ describe('mTLS with clientCertificates: optional', () => {
 
   const hostile: readonly (readonly [name: string, client: () => ClientCert, bearer: (() => Promise<string>) | undefined, reason: string])[] = [
     ['a certificate that does not chain to the bundle (another CA)', () => pki.rogueA, undefined, 'ERR_CERT_UNTRUSTED'],
-    ['an untrusted certificate even with a valid bearer for the same identity', () => pki.rogueA, () => h.identityToken(AGENT_A), 'ERR_CERT_UNTRUSTED'],
+    ['an untrusted certificate even with a valid bearer for the same identity', () => pki.rogueA, () => svidToken(AGENT_A), 'ERR_CERT_UNTRUSTED'],
     ['an expired certificate', () => pki.expiredA, undefined, 'ERR_CERT_EXPIRED'],
     ['an SVID of a trust domain without a bundle', () => pki.foreign, undefined, 'ERR_CERT_UNTRUSTED'],
     ['a certificate that is not an X.509-SVID', () => pki.notAnSvid, undefined, 'ERR_CERT_INVALID'],
     ['the SVID of an unregistered identity', () => pki.svidStranger, undefined, 'ERR_IDENTITY_NOT_FOUND'],
     ['the SVID of a suspended identity', () => pki.svidSuspended, undefined, 'ERR_IDENTITY_INACTIVE'],
-    ["A's certificate with a dev-issuer bearer for B", () => pki.svidA, () => h.identityToken(AGENT_B), 'ERR_IDENTITY_MISMATCH'],
+    ["A's certificate with a JWT-SVID bearer for B", () => pki.svidA, () => svidToken(AGENT_B), 'ERR_IDENTITY_MISMATCH'],
   ];
 
   for (const [name, client, bearer, reason] of hostile) {
@@ -271,7 +292,7 @@ describe('mTLS with clientCertificates: optional', () => {
   }
 
   test("A's certificate with B's task token is refused at GET /v1/tasks/{id} (ERR_IDENTITY_MISMATCH)", async () => {
-    const granted = await request(port, 'POST', '/v1/tasks', { body: supportTask(), bearer: await h.identityToken(AGENT_B) });
+    const granted = await request(port, 'POST', '/v1/tasks', { body: supportTask(), bearer: await svidToken(AGENT_B) });
     assert.equal(granted.status, 201, JSON.stringify(granted.body));
     const path = `/v1/tasks/${granted.body.task.id}`;
     assert.equal((await request(port, 'GET', path, { bearer: granted.body.token })).status, 200, 'B reads its task without a certificate');
@@ -297,13 +318,13 @@ describe('mTLS with clientCertificates: optional', () => {
   });
 
   test('a certificate and a bearer token naming the same identity get a task bound to the certificate', async () => {
-    const answer = await request(port, 'POST', '/v1/tasks', { body: supportTask(), bearer: await h.identityToken(AGENT_A), client: pki.svidA });
+    const answer = await request(port, 'POST', '/v1/tasks', { body: supportTask(), bearer: await svidToken(AGENT_A), client: pki.svidA });
     assert.equal(answer.status, 201, JSON.stringify(answer.body));
     assert.deepEqual(claimsOf(answer.body.token).cnf, { 'x5t#S256': thumbprintOf(pki.svidA.chainPem) });
   });
 
   test('a token issued for a bearer without a certificate is not bound, and keeps working without one', async () => {
-    const granted = await request(port, 'POST', '/v1/tasks', { body: supportTask(), bearer: await h.identityToken(AGENT_A) });
+    const granted = await request(port, 'POST', '/v1/tasks', { body: supportTask(), bearer: await svidToken(AGENT_A) });
     assert.equal(granted.status, 201, JSON.stringify(granted.body));
     const token: string = granted.body.token;
     assert.equal(claimsOf(token).cnf, undefined, 'no confirmation claim without a certificate');
@@ -330,7 +351,7 @@ describe('mTLS with clientCertificates: required', () => {
   after(() => h.close());
 
   test('a valid bearer without a client certificate is refused: uniform 401, ERR_CERT_INVALID in the audit log', async () => {
-    const { answer, added } = await auditedDuring(h, async () => request(port, 'POST', '/v1/tasks', { body: supportTask(), bearer: await h.identityToken(AGENT_A) }));
+    const { answer, added } = await auditedDuring(h, async () => request(port, 'POST', '/v1/tasks', { body: supportTask(), bearer: await svidToken(AGENT_A) }));
     assert.deepEqual(assertUniform401(answer), reference);
     const failures = added.filter((r) => r.type === 'authentication.failed');
     assert.equal(failures.length, 1, JSON.stringify(added));
@@ -388,7 +409,7 @@ describe('mTLS with clientCertificates: required', () => {
       assert.deepEqual(assertUniform401(answer), reference);
       assert.equal(added.filter((r) => r.type === 'authentication.failed').at(-1)?.reason, 'ERR_CERT_INVALID', path);
     }
-    const { answer, added } = await auditedDuring(h, async () => request(port, 'POST', '/%761/tasks', { body: supportTask(), bearer: await h.identityToken(AGENT_A) }));
+    const { answer, added } = await auditedDuring(h, async () => request(port, 'POST', '/%761/tasks', { body: supportTask(), bearer: await svidToken(AGENT_A) }));
     assert.deepEqual(assertUniform401(answer), reference);
     assert.equal(added.filter((r) => r.type === 'authentication.failed').at(-1)?.reason, 'ERR_CERT_INVALID');
     assert.equal(added.some((r) => r.type.startsWith('task.')), false, 'no task was decided');
