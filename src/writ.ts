@@ -344,8 +344,9 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
       try {
         await recordIdentity(claimed, { type: 'identity.claimed', decision: 'allow', actor, data: { identity: auditActor(claimed), environment: claimed.environment } });
       } catch (error) {
-        // A claim that is not on the record does not stand.
+        // A claim that is not on the record does not stand, nor does anything granted in the meantime.
         await registry.transition(id, ['active'], 'quarantined').catch(() => undefined);
+        await broker.revokeTasksOf(id, 'claim not recorded').catch(() => undefined);
         throw error;
       }
       return claimed;

@@ -240,3 +240,28 @@ describe('a source can require claims (pin a shared issuer to your organisation)
     }
   });
 });
+
+describe('quarantine is bounded per source', () => {
+  test('past quarantineLimit, an unknown identity is refused and not recorded', async () => {
+    const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const bundle = join(dir, 'quarantine-bundle.json');
+    writeFileSync(bundle, JSON.stringify({ keys: [{ ...publicKey.export({ format: 'jwk' }), kid: 'q-1', use: 'jwt-svid' }] }));
+    const h = await startHarness({
+      config: { identity: { sources: [{ type: 'spiffe', name: 'open', trustDomain: 'open.example', jwtBundle: { file: bundle }, unregistered: 'quarantine', quarantineLimit: 2 }] } },
+    });
+    try {
+      const token = (n: number) =>
+        new SignJWT({ sub: `spiffe://open.example/agent/${n}`, aud: 'writ' }).setProtectedHeader({ alg: 'ES256', kid: 'q-1' }).setIssuedAt().setExpirationTime('5m').sign(privateKey);
+      for (const n of [1, 2, 3]) assert.equal((await h.post('/v1/tasks', supportTask(), await token(n))).status, 401);
+      const states = (await h.writ.registry.list()).filter((i) => i.source === 'open').map((i) => [i.id, i.state]);
+      assert.deepEqual(states, [
+        ['spiffe://open.example/agent/1', 'quarantined'],
+        ['spiffe://open.example/agent/2', 'quarantined'],
+      ]);
+      const reasons = (await h.auditRecords()).filter((r) => r.type === 'authentication.failed').map((r) => r.reason);
+      assert.deepEqual(reasons.slice(-3), ['ERR_IDENTITY_INACTIVE', 'ERR_IDENTITY_INACTIVE', 'ERR_IDENTITY_NOT_FOUND']);
+    } finally {
+      await h.close();
+    }
+  });
+});

@@ -133,6 +133,8 @@ for (const [backend, setup] of Object.entries(backends)) {
       const base = { id, actorType: 'service' as const, owner: null, environment: 'development', labels: { repo: 'acme/app' }, state: 'quarantined' as const, source: 'github', adminScopes: [], createdAt: 10, expiresAt: null };
       assert.equal(await store.createIdentity(base), true);
       assert.equal((await store.getIdentity(id))?.owner, null);
+      assert.equal(await store.countQuarantined('github'), 1);
+      assert.equal(await store.countQuarantined('gitlab'), 0);
       const claimed = await store.updateIdentity(id, ['quarantined'], 'active', { at: 20, owner: 'platform@example.com', environment: 'production', labels: {}, adminScopes: [] });
       assert.deepEqual(
         { owner: claimed?.owner, state: claimed?.state, environment: claimed?.environment, labels: claimed?.labels, source: claimed?.source },

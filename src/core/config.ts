@@ -66,6 +66,8 @@ const sourceCommon = {
   name: slug,
   /** What happens to an authenticated identity nobody registered: refuse it, or record it as quarantined (no grants until an owner claims it). */
   unregistered: z.enum(['deny', 'quarantine']).default('deny'),
+  /** Most identities this source may hold in quarantine; past it, unknown identities are refused, not recorded (a soft cap). */
+  quarantineLimit: z.number().int().min(1).max(100_000).default(1000),
   /** actorType given to identities quarantined from this source. */
   actorType: z.enum(['agent', 'service', 'human']).default('agent'),
   /** Where an identity's environment comes from in its token: a claim, optionally mapped (a Kubernetes namespace → an environment). */

@@ -32,7 +32,7 @@ export interface IdentityAuthenticatorOptions {
   readonly sources: TrustSources;
   readonly registry: Registry;
   readonly audit: AuditLog;
-  readonly store: Pick<Store, 'markIdentityAudited'>;
+  readonly store: Pick<Store, 'markIdentityAudited' | 'countQuarantined'>;
   readonly clock: Clock;
 }
 
@@ -40,6 +40,16 @@ export function createIdentityAuthenticator(options: IdentityAuthenticatorOption
   const { registry, clock } = options;
 
   const quarantine = async (credential: VerifiedCredential): Promise<AuthenticationResult> => {
+    // An issuer anyone can get tokens from must not grow the registry without bound.
+    const held = await options.store.countQuarantined(credential.source.name);
+    if (held >= credential.source.quarantineLimit) {
+      return {
+        ok: false,
+        code: 'ERR_IDENTITY_NOT_FOUND',
+        detail: `not registered, and source ${credential.source.name} already holds ${held} quarantined identities (quarantineLimit)`,
+        subject: credential.identityId,
+      };
+    }
     const { identity, created } = await registry.quarantine({
       id: credential.identityId,
       actorType: credential.source.actorType,

@@ -31,6 +31,7 @@ export interface SourceInfo {
   readonly name: string;
   readonly type: 'oidc' | 'spiffe' | 'dev';
   readonly unregistered: 'deny' | 'quarantine';
+  readonly quarantineLimit: number;
   readonly actorType: ActorType;
 }
 
@@ -112,7 +113,7 @@ export function createTrustSources(options: TrustSourcesOptions): TrustSources {
   const ownedDomains = new Set(options.sources.flatMap((s) => (s.type === 'spiffe' ? [s.trustDomain] : [])));
   if (options.devIssuer !== undefined) jwtSources.push(devSource(options.devIssuer, options.audience, ownedDomains));
   for (const config of options.sources) {
-    const info: SourceInfo = { name: config.name, type: config.type, unregistered: config.unregistered, actorType: config.actorType };
+    const info: SourceInfo = { name: config.name, type: config.type, unregistered: config.unregistered, quarantineLimit: config.quarantineLimit, actorType: config.actorType };
     const fetch: FetchJsonOptions = {
       timeoutMs: config.fetch.timeoutMs,
       maxBytes: config.fetch.maxBytes,
@@ -283,7 +284,7 @@ function keySetResolver(keySet: KeySet, sourceName: string): { cached: JwtSource
 }
 
 function devSource(dev: DevIssuerSource, audience: string, ownedDomains: ReadonlySet<string>): JwtSource {
-  const info: SourceInfo = { name: 'dev-issuer', type: 'dev', unregistered: 'deny', actorType: 'agent' };
+  const info: SourceInfo = { name: 'dev-issuer', type: 'dev', unregistered: 'deny', quarantineLimit: 0, actorType: 'agent' };
   const keys = ringKeys(dev.ring);
   return {
     info,

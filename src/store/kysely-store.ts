@@ -231,6 +231,16 @@ class KyselyStore implements Store {
     return row && toIdentity(row);
   }
 
+  async countQuarantined(source: string): Promise<number> {
+    const row = await this.db
+      .selectFrom('identities')
+      .select((eb) => eb.fn.countAll<number | string>().as('n'))
+      .where('source', '=', source)
+      .where('state', '=', 'quarantined')
+      .executeTakeFirstOrThrow();
+    return Number(row.n);
+  }
+
   async markIdentityAudited(id: string, auditId: string, updatedAt: number): Promise<void> {
     await this.db.updateTable('identities').set({ state_audit_id: auditId }).where('id', '=', id).where('updated_at', '=', updatedAt).execute();
   }

@@ -112,6 +112,8 @@ export interface Store {
   markIdentityAudited(id: string, auditId: string, updatedAt: number): Promise<void>;
   /** Up to `limit` identities changed at or before `changedBefore` whose current state is not yet audited. */
   listIdentitiesAwaitingAudit(changedBefore: number, limit: number): Promise<Identity[]>;
+  /** How many identities first seen through `source` are still quarantined. */
+  countQuarantined(source: string): Promise<number>;
   /** Ids of identities changed at or after `since` (any process or node). */
   listIdentitiesChangedSince(since: number): Promise<string[]>;
   /** Records that the identity authenticated at `at`. */
