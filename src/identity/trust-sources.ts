@@ -308,38 +308,34 @@ function devSource(dev: DevIssuerSource, audience: string, ownedDomains: Readonl
   };
 }
 
+/** A source whose keys come from a key set: the parts every OIDC and SPIFFE source shares. */
+function remoteSource(
+  config: TrustSourceConfig,
+  info: SourceInfo,
+  keySet: KeySet,
+  rules: Pick<JwtSource, 'issuer' | 'audience' | 'maxLifetimeSeconds' | 'identify'>,
+): JwtSource {
+  return { info, algorithms: config.algorithms, ...keySetResolver(keySet, config.name), keySet, requiredClaims: ['sub', 'exp'], ...rules };
+}
+
 function oidcSource(config: OidcSourceConfig, info: SourceInfo, keySet: KeySet, audience: string): JwtSource {
-  const { cached, keys } = keySetResolver(keySet, config.name);
-  return {
-    info,
-    algorithms: config.algorithms,
-    cached,
-    keys,
-    keySet,
+  return remoteSource(config, info, keySet, {
     issuer: config.issuer,
     audience: config.audience ?? audience,
-    requiredClaims: ['sub', 'exp'],
     maxLifetimeSeconds: config.maxTokenLifetime === 0 ? undefined : config.maxTokenLifetime,
     identify(payload) {
       const subject = renderTemplate(config.subject, payload);
       if (subject === undefined) return { ok: false, code: 'ERR_TOKEN_MALFORMED', detail: `claims do not fill the subject template ${config.subject}` };
       return mapped(info, config, `${config.issuer}#${subject}`, payload);
     },
-  };
+  });
 }
 
 function spiffeSource(config: SpiffeSourceConfig, info: SourceInfo, keySet: KeySet, audience: string): JwtSource {
-  const { cached, keys } = keySetResolver(keySet, config.name);
-  return {
-    info,
-    algorithms: config.algorithms,
-    cached,
-    keys,
-    keySet,
+  return remoteSource(config, info, keySet, {
     // JWT-SVIDs need not carry iss: the trust domain is pinned by the bundle and by sub.
     issuer: undefined,
     audience,
-    requiredClaims: ['sub', 'exp'],
     maxLifetimeSeconds: undefined,
     identify(payload) {
       const sub = payload.sub ?? '';
@@ -350,7 +346,7 @@ function spiffeSource(config: SpiffeSourceConfig, info: SourceInfo, keySet: KeyS
       }
       return mapped(info, config, sub, payload);
     },
-  };
+  });
 }
 
 /** Applies the source's required claims, then its environment and label mapping. */
