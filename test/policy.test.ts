@@ -172,3 +172,44 @@ describe('loading refuses an invalid set whole', () => {
     assert.equal(problemsOf(dir)[0]?.file, 'schema.cedarschema');
   });
 });
+
+describe('the decision cache', () => {
+  test('a cached decision is the decision: the same answers as an engine without a cache, over the example table and repeats', () => {
+    const cached = createPolicyEngine(loadPolicySet(EXAMPLES));
+    const uncached = createPolicyEngine(loadPolicySet(EXAMPLES), { cacheEntries: 0 });
+    const requests: Partial<DecisionInput>[] = [
+      {},
+      { resource: 'db:customers/pii/9' },
+      { action: 'export', resource: 'db:customers/*' },
+      { action: 'refund', resource: 'payments:refund/1042' },
+      { action: 'write', resource: 'tickets:T-1' },
+      { intent: 'other' },
+      { principal: { ...agent, actorType: 'service' } },
+      { environment: 'sandbox' },
+    ];
+    for (let round = 0; round < 3; round++) {
+      for (const request of requests) {
+        const a = cached.decide(input(request));
+        const b = uncached.decide(input(request));
+        assert.deepEqual({ outcome: a.outcome, policies: a.policies, errors: a.errors }, { outcome: b.outcome, policies: b.policies, errors: b.errors }, JSON.stringify(request));
+      }
+    }
+  });
+
+  test('the key holds every input that reaches Cedar: another hour, weekday, owner or principal environment is decided afresh', () => {
+    const dir = policyDir({
+      'office-hours.cedar': `@id("office-hours-only")
+forbid (principal, action, resource) when { context.hour < 8 || context.hour >= 18 || context.weekday == 0 || context.weekday == 6 };
+@id("no-owner-mallory")
+forbid (principal, action, resource) when { principal.owner == "mallory@example.com" };`,
+    });
+    const engine = createPolicyEngine(loadPolicySet(dir));
+    const monday = (hour: number) => Date.parse(`2026-11-23T${String(hour).padStart(2, '0')}:30:00Z`);
+    assert.equal(engine.decide(input({ now: monday(12) })).outcome, 'allow');
+    assert.equal(engine.decide(input({ now: monday(12) + 60_000 })).outcome, 'allow', 'same hour: served from the cache');
+    assert.equal(engine.decide(input({ now: monday(19) })).outcome, 'deny', 'another hour is decided afresh');
+    assert.equal(engine.decide(input({ now: monday(12) + 5 * 86_400_000 })).outcome, 'deny', 'Saturday noon: another weekday');
+    assert.equal(engine.decide(input({ now: monday(12), principal: { ...agent, owner: 'mallory@example.com' } })).outcome, 'deny', 'another owner');
+    assert.equal(engine.decide(input({ now: monday(12) })).outcome, 'allow');
+  });
+});

@@ -58,19 +58,66 @@ const PRINCIPAL_TYPES: Record<Identity['actorType'], string> = {
 const ACTION_TYPE = `${CEDAR_NAMESPACE}::Action`;
 const RESOURCE_TYPE = `${CEDAR_NAMESPACE}::Resource`;
 
-export function createPolicyEngine(set: PolicySet): PolicyEngine {
+export interface PolicyEngineOptions {
+  /** Decisions remembered (0 turns the cache off). Default 10 000. */
+  readonly cacheEntries?: number;
+}
+
+/**
+ * The decision cache. An engine is one policy version, so a cached decision
+ * never outlives its policies. The key is every input that reaches Cedar: the
+ * principal's id, actor type, owner and environment; the action; the resource;
+ * the task's environment and intent; and the UTC hour and weekday (so a
+ * time-of-day policy is decided afresh each hour). It may not reuse anything
+ * decided from inputs outside that key (call rate, approvals, request
+ * arguments): those never reach Cedar here. A decision where Cedar itself threw
+ * is never cached.
+ */
+function decisionKey(input: DecisionInput, date: Date): string {
+  const p = input.principal;
+  return JSON.stringify([p.id, p.actorType, p.owner, p.environment, input.action, input.resource, input.environment, input.intent, date.getUTCHours(), date.getUTCDay()]);
+}
+
+export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions = {}): PolicyEngine {
+  const cacheEntries = options.cacheEntries ?? 10_000;
+  const cache = new Map<string, PolicyDecision>();
   const requiresApproval = new Set<string>();
   for (const policy of set.policies.values()) {
     if (policy.effect === 'permit' && policy.annotations.approval === 'required') requiresApproval.add(policy.id);
   }
 
   const decide = (input: DecisionInput): PolicyDecision => {
+    if (cacheEntries === 0) return decideNow(input, new Date(input.now)).decision;
+    const date = new Date(input.now);
+    const key = decisionKey(input, date);
+    const hit = cache.get(key);
+    if (hit !== undefined) return hit;
+    const { decision, cacheable } = decideNow(input, date);
+    if (cacheable) {
+      if (cache.size >= cacheEntries) {
+        // Oldest first; drop a tenth at once so eviction is rare.
+        const keep = Math.floor(cacheEntries * 0.9);
+        for (const k of cache.keys()) {
+          if (cache.size <= keep) break;
+          cache.delete(k);
+        }
+      }
+      cache.set(key, decision);
+    }
+    return decision;
+  };
+
+  const decideNow = (input: DecisionInput, date: Date): { decision: PolicyDecision; cacheable: boolean } => {
+    const decision = evaluate(input, date);
+    return { decision, cacheable: !decision.errors.some((e) => e.startsWith('cedar threw')) };
+  };
+
+  const evaluate = (input: DecisionInput, date: Date): PolicyDecision => {
     const tier = set.actionTiers.get(input.action);
     const sensitivity = set.catalog.sensitivityOf(input.resource);
     const base = { policyVersion: set.version, sensitivity, tier: tier ?? 'admin' };
     if (tier === undefined) return { ...base, outcome: 'deny', policies: [], errors: [`action ${input.action} is not in a tier group`] };
 
-    const date = new Date(input.now);
     const principal = { type: PRINCIPAL_TYPES[input.principal.actorType], id: input.principal.id };
     const resource = { type: RESOURCE_TYPE, id: input.resource };
     let answer: cedar.AuthorizationAnswer;
