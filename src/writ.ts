@@ -8,12 +8,13 @@
  * loaded into the revocation list, and overdue tasks are expired, all before
  * the first request can be answered.
  */
+import { watch, type FSWatcher } from 'node:fs';
 import type { Logger } from 'pino';
 import { auditActor, createAuditLog, type AuditActor, type AuditEvent, type AuditEventType, type AuditLog } from './audit/log.js';
 import { createBroker, type Broker } from './broker/broker.js';
 import { systemClock, type Clock } from './core/clock.js';
 import { loadConfig, resolveConfigPath, type WritConfig } from './core/config.js';
-import { WritError, type WritErrorCode } from './core/errors.js';
+import { isWritError, WritError, type WritErrorCode } from './core/errors.js';
 import type { AdminScope, Identity, IdentityState, Task } from './core/types.js';
 import { createActionCheck, type ActionCheck } from './enforce/action-check.js';
 import { createRevocationList, type RevocationList } from './enforce/revocation-list.js';
@@ -33,7 +34,7 @@ import { devIssuerId, mintIdentityToken } from './identity/dev-issuer.js';
 import { claimIdentitySchema, createRegistry, parseOrThrow, registerIdentitySchema, type ClaimIdentityInput, type RegisterIdentityInput, type Registry } from './identity/registry.js';
 import { createTrustSources, type TrustSources } from './identity/trust-sources.js';
 import { createPolicyEngine, type PolicyEngine } from './policy/engine.js';
-import { loadPolicySet } from './policy/policy-set.js';
+import { loadPolicySet, type PolicyProblem, type PolicySet } from './policy/policy-set.js';
 import { loadMasterKey } from './secrets/master-key.js';
 import { openStore } from './store/open.js';
 import type { AdminTokenRecord, Store } from './store/store.js';
@@ -64,6 +65,12 @@ export interface Writ {
   readonly authorize: ActionCheck;
   /** The policy engine currently deciding. */
   policy(): PolicyEngine;
+  /**
+   * Loads the policy folder again. A valid set with a new version replaces the
+   * one deciding (at once, for every later decision); an invalid set is refused
+   * and the old one keeps serving. Both are audited. Reloads run one at a time.
+   */
+  reloadPolicy(trigger: string): Promise<PolicyReload>;
   /**
    * Registers an identity and audits it. Admin scopes for a human need a
    * `grantor` holding them and `admin:tokens` (undefined: a local operator).
@@ -124,6 +131,13 @@ export interface Writ {
 
 export type IdentityStateChange = 'suspend' | 'decommission' | 'reactivate';
 
+export type PolicyReload =
+  | { readonly ok: true; readonly changed: boolean; readonly version: string; readonly previous: string }
+  | { readonly ok: false; readonly version: string; readonly problems: readonly PolicyProblem[] };
+
+/** Quiet time after the last change in the policy folder before it is reloaded (editors write in bursts). */
+const POLICY_RELOAD_DEBOUNCE_MS = 300;
+
 export type AdminAuthentication =
   | { readonly ok: true; readonly principal: AdminPrincipal }
   | { readonly ok: false; readonly code: WritErrorCode; readonly detail: string; readonly subject?: string };
@@ -168,7 +182,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
   const devRing = config.identity.devIssuer.enabled ? await loadKeyRing(store, masterKey.bytes, 'identity-dev', clock.now()) : undefined;
   const devIssuer = devRing && { ring: devRing, issuer: devIssuerId(config.issuer) };
 
-  const engine = createPolicyEngine(loadPolicySet(config.paths.policyDir));
+  let engine = createPolicyEngine(loadPolicySet(config.paths.policyDir));
   const bus = createEventBus((error, event) => logger?.error({ err: error, event: event.type }, 'event handler failed'));
   const audit = createAuditLog({ store, clock, onError: (error) => logger?.error({ err: error }, 'audit append failed') });
   const registry = createRegistry({ store, clock });
@@ -221,6 +235,44 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
   const authenticator = createIdentityAuthenticator({ sources: trustSources, registry, audit, store, clock });
   const adminTokens = createAdminTokens({ store, clock });
   const policy = () => engine;
+
+  const loadAndSwap = async (trigger: string): Promise<PolicyReload> => {
+    const previous = engine.version;
+    let set: PolicySet;
+    try {
+      set = loadPolicySet(config.paths.policyDir);
+    } catch (error) {
+      const problems: PolicyProblem[] = isWritError(error, 'ERR_POLICY_INVALID')
+        ? ((error.extensions.problems as PolicyProblem[] | undefined) ?? [])
+        : [{ file: config.paths.policyDir, message: (error as Error)?.message ?? String(error) }];
+      logger?.error({ trigger, problems: problems.slice(0, 20), serving: previous }, 'policy reload refused: the set is invalid; the previous one keeps serving');
+      await audit
+        .append({
+          type: 'policy.reload_refused',
+          decision: 'deny',
+          reason: 'ERR_POLICY_INVALID',
+          detail: `${problems.length} problem(s); still serving ${previous}`,
+          policyVersion: previous,
+          data: { trigger, problems: problems.slice(0, 20) },
+        })
+        .catch(() => undefined);
+      return { ok: false, version: previous, problems };
+    }
+    if (set.version === previous) return { ok: true, changed: false, version: previous, previous };
+    engine = createPolicyEngine(set);
+    logger?.info({ trigger, from: previous, to: set.version }, 'policy set reloaded');
+    await audit
+      .append({ type: 'policy.reloaded', decision: 'allow', policyVersion: set.version, data: { trigger, previous, policies: set.policies.size } })
+      .catch((error: unknown) => logger?.error({ err: error }, 'the record of a policy reload could not be written'));
+    return { ok: true, changed: true, version: set.version, previous };
+  };
+  // One reload at a time: a burst of triggers never interleaves two swaps.
+  let reloading: Promise<unknown> = Promise.resolve();
+  const reloadPolicy = (trigger: string): Promise<PolicyReload> => {
+    const next = reloading.then(() => loadAndSwap(trigger));
+    reloading = next.catch(() => undefined);
+    return next;
+  };
   const broker = createBroker({
     registry,
     authenticator,
@@ -287,6 +339,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
 
   let reaper: NodeJS.Timeout | undefined;
   let revocationSync: NodeJS.Timeout | undefined;
+  let policyWatcher: FSWatcher | undefined;
   let closed = false;
   return {
     config,
@@ -305,6 +358,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     masterKeyCreated: masterKey.created,
     authorize,
     policy,
+    reloadPolicy,
     async registerIdentity(input, actor, grantor) {
       const value = parseOrThrow(registerIdentitySchema, input);
       if (value.adminScopes.length > 0) await grantOrDeny(grantor, actor, [...value.adminScopes, 'admin:tokens'], `register ${value.id}`);
@@ -464,12 +518,28 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
         syncRevocations().catch((error: unknown) => logger?.error({ err: error }, 'revocation sync failed'));
       }, config.revocation.syncIntervalMs);
       revocationSync.unref();
+      // Policy files changed on disk are reloaded (valid sets only) after a short quiet time.
+      try {
+        let debounce: NodeJS.Timeout | undefined;
+        policyWatcher = watch(config.paths.policyDir, () => {
+          if (debounce !== undefined) clearTimeout(debounce);
+          debounce = setTimeout(() => {
+            reloadPolicy('file change').catch((error: unknown) => logger?.error({ err: error }, 'policy reload failed'));
+          }, POLICY_RELOAD_DEBOUNCE_MS);
+          debounce.unref();
+        });
+        policyWatcher.on('error', (error) => logger?.warn({ err: error }, 'watching the policy folder failed; reload through the admin API'));
+        policyWatcher.unref();
+      } catch (error) {
+        logger?.warn({ err: error, dir: config.paths.policyDir }, 'cannot watch the policy folder; reload through the admin API');
+      }
     },
     async close() {
       if (closed) return;
       closed = true;
       if (reaper !== undefined) clearInterval(reaper);
       if (revocationSync !== undefined) clearInterval(revocationSync);
+      policyWatcher?.close();
       await audit.flush();
       await store.close();
     },

@@ -22,6 +22,8 @@ export type AuditEventType =
   | 'identity.reactivated'
   | 'identity.decommissioned'
   | 'identity.changed'
+  | 'policy.reloaded'
+  | 'policy.reload_refused'
   | 'identity.token_issued'
   | 'admin.token_created'
   | 'admin.token_revoked'

@@ -200,7 +200,7 @@ export const errorCatalog = {
     description: 'writ.yaml, an environment variable or a flag is invalid; the message names the field.',
   },
   ERR_POLICY_INVALID: {
-    status: 500,
+    status: 422,
     title: 'Invalid policy set',
     description: 'The Cedar policies or schema do not parse or validate; the set is refused.',
   },

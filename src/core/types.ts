@@ -33,7 +33,7 @@ export const IDENTITY_STATES = ['active', 'quarantined', 'suspended', 'decommiss
 export type IdentityState = (typeof IDENTITY_STATES)[number];
 
 /** What an operator credential may do on the admin API. */
-export const ADMIN_SCOPES = ['identities:read', 'identities:write', 'admin:tokens'] as const;
+export const ADMIN_SCOPES = ['identities:read', 'identities:write', 'policy:write', 'admin:tokens'] as const;
 export type AdminScope = (typeof ADMIN_SCOPES)[number];
 
 /** A verified workload identity: the only standing thing. */

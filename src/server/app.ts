@@ -205,6 +205,7 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
       'POST /v1/identities/{id}/suspend',
       'POST /v1/identities/{id}/reactivate',
       'POST /v1/identities/{id}/decommission',
+      'POST /v1/admin/policy/reload',
       'GET /v1/admin/tokens',
       'POST /v1/admin/tokens',
       'POST /v1/admin/tokens/{id}/revoke',
@@ -314,6 +315,15 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
   stateRoute('suspend');
   stateRoute('reactivate');
   stateRoute('decommission');
+
+  app.post('/v1/admin/policy/reload', async (request) => {
+    const principal = await admin(request, 'policy:write', 'POST /v1/admin/policy/reload');
+    const result = await writ.reloadPolicy(`api: ${principal.id}`);
+    if (!result.ok) {
+      throw new WritError('ERR_POLICY_INVALID', { detail: `the policy set is invalid; ${result.version} keeps serving`, extensions: { problems: result.problems, version: result.version } });
+    }
+    return { version: result.version, previous: result.previous, changed: result.changed };
+  });
 
   app.get('/v1/admin/tokens', async (request) => {
     await admin(request, 'admin:tokens', 'GET /v1/admin/tokens');
