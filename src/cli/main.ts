@@ -1,6 +1,7 @@
 /**
  * The `writ` command. Exit codes: 0 success, 1 the command failed (for
- * `audit verify`: the chain is broken), 2 usage error.
+ * `audit verify`: the chain is broken), 2 usage error (and for `policy test`:
+ * a case did not get its expected outcome), 3 the policy set is invalid.
  */
 import { existsSync, writeFileSync } from 'node:fs';
 import { userInfo } from 'node:os';
@@ -17,6 +18,7 @@ import { describeStore, openStore } from '../store/open.js';
 import { createWrit, type IdentityStateChange, type Writ } from '../writ.js';
 import { runDemo } from './demo.js';
 import { WRIT_YAML_TEMPLATE } from './init-template.js';
+import { runPolicyCommand } from './policy-command.js';
 
 export const HELP = `writ ${WRIT_VERSION}: zero-standing-privilege access broker for AI agents
 
@@ -46,12 +48,28 @@ Commands:
       --ttl <duration>         lifetime, at most 5m (default 5m)
   admin token create         mint an admin API token (printed once)
       --name <name>            what it is for (required)
-      --scope <scope>          identities:read, identities:write or admin:tokens;
-                               repeat for more (required)
+      --scope <scope>          identities:read, identities:write, policy:write or
+                               admin:tokens; repeat for more (required)
       --ttl <duration>         lifetime, e.g. 30d (default: no expiry)
   admin token list           list admin tokens (never the tokens themselves)
   admin token revoke <id>    revoke an admin token
   audit verify               check the audit hash chain; exit 1 naming the first bad record
+  policy validate            parse the policy set and check it against its schema;
+                             exit 3 with one file:line:column: problem line each
+  policy test                run the cases of every *.tests.yaml beside the policies;
+                             exit 2 on a mismatch, 1 on a malformed test file, 3 on an invalid set
+  policy explain             decide one request: outcome, deciding policies, tier, sensitivity
+      --principal <id>         the principal's identity id (required)
+      --actor-type <type>      agent | service | human (required)
+      --owner <owner>          the principal's owner (default unspecified)
+      --principal-env <env>    the principal's registered environment (default: --environment)
+      --label <key=value>      a principal label; repeat for more
+      --action <action>        e.g. read or refund (required)
+      --resource <resource>    e.g. db:orders/42, or a pattern db:orders/* (required)
+      --environment <env>      the task's environment (required)
+      --intent <intent>        the task's declared intent, e.g. customer-support (required)
+      --at <time>              decision time, ISO 8601 (default now)
+      --json                   print the decision as JSON
   demo                       run a scripted agent against a Writ it starts, and print the transcript
 
 Options for every command:
@@ -63,6 +81,9 @@ Options for every command:
 Options for serve:
   --port <port>              listen port (env WRIT_PORT; 0 picks a free port)
   --host <host>              listen address (env WRIT_HOST)
+
+Options for policy:
+  --policy-dir <dir>         the policy folder (default: policy.dir from the configuration)
 `;
 
 const OPTIONS = {
@@ -85,6 +106,13 @@ const OPTIONS = {
   'expires-in': { type: 'string' },
   ttl: { type: 'string' },
   json: { type: 'boolean' },
+  'policy-dir': { type: 'string' },
+  principal: { type: 'string' },
+  'principal-env': { type: 'string' },
+  action: { type: 'string' },
+  resource: { type: 'string' },
+  intent: { type: 'string' },
+  at: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
   version: { type: 'boolean', short: 'v' },
 } as const satisfies ParseArgsConfig['options'];
@@ -126,6 +154,8 @@ export async function main(argv: readonly string[]): Promise<number> {
         return await auditVerify(values);
       case 'demo':
         return await runDemo();
+      case 'policy':
+        return runPolicyCommand(sub, rest, values);
       default:
         throw new UsageError(`unknown command ${JSON.stringify(command)}`);
     }

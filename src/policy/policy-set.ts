@@ -13,7 +13,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { cedar } from './cedar.js';
-import { parse as parseYaml } from 'yaml';
+import { LineCounter, parseDocument, isNode } from 'yaml';
 import { WritError } from '../core/errors.js';
 import { isValidAction } from '../core/scope.js';
 import { isTier, tierRank, type Tier } from '../core/types.js';
@@ -42,11 +42,14 @@ export interface PolicySet {
   readonly catalog: ResourceCatalog;
 }
 
-/** A problem in one file, with a 1-based line when known. */
+/** A problem in one file, with a 1-based line and column (in characters) when known. */
 export interface PolicyProblem {
   readonly file: string;
   readonly line?: number;
+  readonly column?: number;
   readonly message: string;
+  /** Cedar's suggestion, when it has one (`did you mean ...?`). */
+  readonly help?: string;
 }
 
 /**
@@ -58,13 +61,20 @@ export function loadPolicySet(dir: string): PolicySet {
   const schemaPath = join(dir, SCHEMA_FILE);
   if (!existsSync(schemaPath)) throw invalid([{ file: SCHEMA_FILE, message: `missing ${schemaPath}` }]);
   const schemaText = readFileSync(schemaPath, 'utf8');
+  // checkParseSchema places errors in the schema text; schemaToJson's may point at offset 0.
+  const schemaCheck = cedar.checkParseSchema(schemaText);
+  if (schemaCheck.type === 'failure') {
+    throw invalid(schemaCheck.errors.map((e) => ({ file: SCHEMA_FILE, ...positionAtByte(schemaText, e.sourceLocations?.[0]?.start), ...describe(e) })));
+  }
   const schemaJson = cedar.schemaToJson(schemaText);
   if (schemaJson.type === 'failure') {
-    throw invalid(schemaJson.errors.map((e) => ({ file: SCHEMA_FILE, ...lineOf(schemaText, e.sourceLocations?.[0]?.start), message: e.message })));
+    throw invalid(schemaJson.errors.map((e) => ({ file: SCHEMA_FILE, ...positionAtByte(schemaText, e.sourceLocations?.[0]?.start), ...describe(e) })));
   }
 
   const files = readdirSync(dir).filter((f) => f.endsWith('.cedar')).sort();
   const policies = new Map<string, LoadedPolicy>();
+  // Where each policy starts in its file (a character index), to place validation errors.
+  const starts = new Map<string, number>();
   const hash = createHash('sha256');
   hash.update(`${SCHEMA_FILE}\0${schemaText}\0`);
   for (const file of files) {
@@ -72,53 +82,64 @@ export function loadPolicySet(dir: string): PolicySet {
     hash.update(`${file}\0${text}\0`);
     const parts = cedar.policySetTextToParts(text);
     if (parts.type === 'failure') {
-      for (const e of parts.errors) problems.push({ file, ...lineOf(text, e.sourceLocations?.[0]?.start), message: e.message });
+      for (const e of parts.errors) problems.push({ file, ...positionAtByte(text, e.sourceLocations?.[0]?.start), ...describe(e) });
       continue;
     }
     if (parts.policy_templates.length > 0) problems.push({ file, message: 'templates are not supported; write static policies' });
+    let cursor = 0;
     parts.policies.forEach((policyText, index) => {
+      // Cedar hands back each policy as a slice of the file, in order.
+      const found = text.indexOf(policyText, cursor);
+      const start = found < 0 ? undefined : found;
+      if (start !== undefined) cursor = start + policyText.length;
+      const at = positionAtIndex(text, start);
       const json = cedar.policyToJson(policyText);
       if (json.type === 'failure') {
-        problems.push({ file, message: json.errors.map((e) => e.message).join('; ') });
+        problems.push({ file, ...at, message: json.errors.map((e) => e.message).join('; ') });
         return;
       }
       const annotations = json.json.annotations ?? {};
       const id = annotations.id ?? `${file}#${index + 1}`;
       const approvalProblem = checkApprovalAnnotation(json.json.effect, annotations);
-      if (approvalProblem !== undefined) problems.push({ file, message: `${id}: ${approvalProblem}` });
+      if (approvalProblem !== undefined) problems.push({ file, ...at, message: `${id}: ${approvalProblem}` });
       if (policies.has(id)) {
-        problems.push({ file, ...lineOf(text, text.indexOf(policyText.slice(0, 40))), message: `duplicate policy id ${JSON.stringify(id)}` });
+        problems.push({ file, ...at, message: `duplicate policy id ${JSON.stringify(id)}` });
         return;
       }
       policies.set(id, { id, file, text: policyText, effect: json.json.effect, annotations });
+      if (start !== undefined) starts.set(id, start);
     });
   }
 
   const catalogPath = join(dir, CATALOG_FILE);
   let catalogDocument: unknown = {};
+  let catalogYaml: YamlWithPositions | undefined;
   if (existsSync(catalogPath)) {
     const text = readFileSync(catalogPath, 'utf8');
     hash.update(`${CATALOG_FILE}\0${text}\0`);
-    try {
-      catalogDocument = parseYaml(text, { schema: 'core', maxAliasCount: 10 }) ?? {};
-    } catch (error) {
-      problems.push({ file: CATALOG_FILE, message: (error as Error).message });
-    }
+    catalogYaml = parseYamlWithPositions(text);
+    if (catalogYaml.problems.length > 0) problems.push(...catalogYaml.problems.map((p) => ({ file: CATALOG_FILE, ...p })));
+    else catalogDocument = catalogYaml.value ?? {};
   }
   const catalog = catalogSchema.safeParse(catalogDocument);
   if (!catalog.success) {
-    for (const issue of catalog.error.issues) problems.push({ file: CATALOG_FILE, message: `${issue.path.join('.')}: ${issue.message}` });
+    for (const issue of catalog.error.issues) {
+      problems.push({ file: CATALOG_FILE, ...catalogYaml?.positionOf(issue.path), message: `${issue.path.join('.')}: ${issue.message}` });
+    }
   }
   if (problems.length > 0) throw invalid(problems);
 
   const staticPolicies = Object.fromEntries([...policies.values()].map((p) => [p.id, p.text]));
   const validation = cedar.validate({ schema: schemaText, policies: { staticPolicies }, validationSettings: { mode: 'strict' } });
-  if (validation.type === 'failure') throw invalid(validation.errors.map((e) => ({ file: SCHEMA_FILE, message: e.message })));
+  if (validation.type === 'failure') {
+    throw invalid(validation.errors.map((e) => ({ file: SCHEMA_FILE, ...positionAtByte(schemaText, e.sourceLocations?.[0]?.start), ...describe(e) })));
+  }
   for (const e of validation.validationErrors) {
     const policy = policies.get(e.policyId);
     problems.push({
       file: policy?.file ?? '?',
-      ...(policy ? lineOf(readFileSync(join(dir, policy.file), 'utf8'), locate(dir, policy, e.error.sourceLocations?.[0]?.start)) : {}),
+      ...(policy ? locate(dir, policy, starts.get(policy.id), e.error.sourceLocations?.[0]?.start) : {}),
+      ...describe(e.error),
       message: `${e.policyId}: ${e.error.message}`,
     });
   }
@@ -173,20 +194,88 @@ function checkApprovalAnnotation(effect: 'permit' | 'forbid', annotations: Reado
   return undefined;
 }
 
-function lineOf(text: string, offset: number | undefined): { line?: number } {
-  if (offset === undefined || offset < 0) return {};
-  return { line: text.slice(0, offset).split('\n').length };
+/** The message and Cedar's help of an error, without empty help. */
+function describe(error: { message: string; help: string | null }): { message: string; help?: string } {
+  return error.help === null || error.help === '' ? { message: error.message } : { message: error.message, help: error.help };
+}
+
+/** 1-based line and column (in characters) of a character index into `text`. */
+function positionAtIndex(text: string, index: number | undefined): SourcePosition {
+  if (index === undefined || index < 0 || index > text.length) return {};
+  const before = text.slice(0, index);
+  const lineStart = before.lastIndexOf('\n') + 1;
+  return { line: before.split('\n').length, column: [...before.slice(lineStart)].length + 1 };
+}
+
+// Cedar's source locations are UTF-8 byte offsets, not JavaScript string indexes.
+function positionAtByte(text: string, byteOffset: number | undefined): SourcePosition {
+  if (byteOffset === undefined || byteOffset < 0) return {};
+  const bytes = Buffer.from(text, 'utf8');
+  if (byteOffset > bytes.length) return {};
+  return positionAtIndex(text, bytes.subarray(0, byteOffset).toString('utf8').length);
 }
 
 // Validation offsets are relative to the policy's own text; map them into its file.
-function locate(dir: string, policy: LoadedPolicy, offset: number | undefined): number | undefined {
+function locate(dir: string, policy: LoadedPolicy, start: number | undefined, byteOffset: number | undefined): SourcePosition {
   const fileText = readFileSync(join(dir, policy.file), 'utf8');
-  const start = fileText.indexOf(policy.text);
-  if (start < 0) return offset;
-  return start + (offset ?? 0);
+  const policyStart = start ?? fileText.indexOf(policy.text);
+  if (policyStart < 0) return {};
+  const inPolicy = byteOffset === undefined ? 0 : Buffer.from(policy.text, 'utf8').subarray(0, byteOffset).toString('utf8').length;
+  return positionAtIndex(fileText, policyStart + inPolicy);
+}
+
+/** A 1-based line and column (in characters); absent when unknown. */
+export interface SourcePosition {
+  readonly line?: number;
+  readonly column?: number;
+}
+
+export interface YamlWithPositions {
+  /** The document as plain data; undefined when `problems` is not empty. */
+  readonly value: unknown;
+  /** Syntax errors (duplicate keys included), each with its position. */
+  readonly problems: readonly (SourcePosition & { readonly message: string })[];
+  /** Where the node at `path` starts, or its nearest existing ancestor (a missing key points at its parent). */
+  positionOf(path: readonly PropertyKey[]): SourcePosition;
+}
+
+/**
+ * Parses a YAML file of the policy folder (core schema, so no custom tags; at
+ * most 10 aliases, against alias bombs) keeping positions, so that a schema
+ * issue at a path can name its line. Never throws: errors come back as problems.
+ */
+export function parseYamlWithPositions(text: string): YamlWithPositions {
+  const lineCounter = new LineCounter();
+  const document = parseDocument(text, { schema: 'core', lineCounter, uniqueKeys: true });
+  const toPosition = (offset: number): SourcePosition => {
+    const { line, col } = lineCounter.linePos(offset);
+    return { line, column: col };
+  };
+  const problems: (SourcePosition & { message: string })[] = document.errors.map((e) => ({
+    ...toPosition(e.pos[0]),
+    // The rest of yaml's message repeats the position and quotes the source.
+    message: (e.message.split('\n')[0] ?? e.message).replace(/ at line \d+, column \d+:?$/, ''),
+  }));
+  let value: unknown;
+  if (problems.length === 0) {
+    try {
+      value = document.toJS({ maxAliasCount: 10 });
+    } catch (error) {
+      problems.push({ message: (error as Error).message });
+    }
+  }
+  const positionOf = (path: readonly PropertyKey[]): SourcePosition => {
+    // The deepest node the path reaches: a missing key points at its parent.
+    for (let length = path.length; length >= 0; length--) {
+      const node = document.getIn(path.slice(0, length) as unknown[], true);
+      if (isNode(node) && node.range) return toPosition(node.range[0]);
+    }
+    return {};
+  };
+  return { value, problems, positionOf };
 }
 
 function invalid(problems: PolicyProblem[]): WritError {
-  const detail = problems.map((p) => `${p.file}${p.line === undefined ? '' : `:${p.line}`}: ${p.message}`).join('\n');
+  const detail = problems.map((p) => `${p.file}${p.line === undefined ? '' : `:${p.line}`}${p.column === undefined ? '' : `:${p.column}`}: ${p.message}`).join('\n');
   return new WritError('ERR_POLICY_INVALID', { detail, extensions: { problems } });
 }
