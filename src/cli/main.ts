@@ -1,7 +1,8 @@
 /**
  * The `writ` command. Exit codes: 0 success, 1 the command failed (for
  * `audit verify`: the chain is broken), 2 usage error (and for `policy test`:
- * a case did not get its expected outcome), 3 the policy set is invalid.
+ * a case did not get its expected outcome), 3 the policy set is invalid, 4
+ * `policy lint` found something at or above `--fail-on`.
  */
 import { existsSync, writeFileSync } from 'node:fs';
 import { userInfo } from 'node:os';
@@ -58,6 +59,13 @@ Commands:
                              exit 3 with one file:line:column: problem line each
   policy test                run the cases of every *.tests.yaml beside the policies;
                              exit 2 on a mismatch, 1 on a malformed test file, 3 on an invalid set
+  policy lint                find standing privilege: permits with no environment, time or
+                             task constraint; write, delete, export or admin without approval,
+                             wildcard principals or resources, in production; tokens.maxTtl
+                             over 1h. One line per finding with its OWASP NHI / Agentic
+                             Top 10 references; exit 4 on a finding at or above --fail-on
+      --fail-on <severity>     low | medium | high (default high)
+      --json                   print the findings as JSON
   policy explain             decide one request: outcome, deciding policies, tier, sensitivity
       --principal <id>         the principal's identity id (required)
       --actor-type <type>      agent | service | human (required)
@@ -106,6 +114,7 @@ const OPTIONS = {
   'expires-in': { type: 'string' },
   ttl: { type: 'string' },
   json: { type: 'boolean' },
+  'fail-on': { type: 'string' },
   'policy-dir': { type: 'string' },
   principal: { type: 'string' },
   'principal-env': { type: 'string' },

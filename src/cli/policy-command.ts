@@ -1,6 +1,6 @@
 /**
- * `writ policy validate|test|explain`: the policy lifecycle before a change
- * ships. Nothing here opens the store or needs a running Writ; the commands
+ * `writ policy validate|test|explain|lint`: the policy lifecycle before a
+ * change ships. Nothing here opens the store or needs a running Writ; the commands
  * read the policy folder (`--policy-dir`, else `policy.dir` from the
  * configuration) and decide with the same engine the server uses.
  *
@@ -8,8 +8,9 @@
  * (test: a malformed test file, or no cases at all), 2 usage error or, for
  * `policy test`, a case whose outcome differs from its expectation, 3 the
  * policy set is invalid (one `file:line:column: message` line per problem on
- * stderr).
+ * stderr), 4 (`policy lint`) a finding at or above `--fail-on`.
  */
+import { readFileSync } from 'node:fs';
 import { isAbsolute, join, relative, resolve } from 'node:path';
 import { z } from 'zod';
 import { loadConfig } from '../core/config.js';
@@ -18,6 +19,7 @@ import { isValidAction, isValidResource } from '../core/scope.js';
 import { ACTOR_TYPES, type ActorType } from '../core/types.js';
 import { createPolicyEngine, type PolicyEngine } from '../policy/engine.js';
 import { loadPolicySet, type PolicyProblem } from '../policy/policy-set.js';
+import { isLintSeverity, lintPolicySet, LINT_SEVERITIES, severityRank, type LintFinding, type LintSeverity } from '../policy/lint.js';
 import { formatPosition, loadPolicyTests, POLICY_TESTS_SUFFIX, runPolicyTests, toPrincipal, type PolicyTestResult } from '../policy/policy-tests.js';
 
 export const EXIT_OK = 0;
@@ -25,6 +27,7 @@ export const EXIT_FAILED = 1;
 export const EXIT_USAGE = 2;
 export const EXIT_TEST_MISMATCH = 2;
 export const EXIT_POLICY_INVALID = 3;
+export const EXIT_LINT_FINDINGS = 4;
 
 /** The flags the policy commands read, as main's parseArgs table yields them. */
 export interface PolicyCommandOptions {
@@ -41,11 +44,12 @@ export interface PolicyCommandOptions {
   readonly intent?: string | undefined;
   readonly at?: string | undefined;
   readonly json?: boolean | undefined;
+  readonly 'fail-on'?: string | undefined;
 }
 
 class UsageError extends Error {}
 
-const SUBCOMMANDS = ['validate', 'test', 'explain'] as const;
+const SUBCOMMANDS = ['validate', 'test', 'explain', 'lint'] as const;
 const isoTime = z.iso.datetime({ offset: true });
 
 /**
@@ -58,6 +62,7 @@ export function runPolicyCommand(sub: string | undefined, rest: readonly string[
     if (sub === undefined || !(SUBCOMMANDS as readonly string[]).includes(sub)) throw new UsageError(`usage: writ policy ${SUBCOMMANDS.join('|')}`);
     if (rest.length > 0) throw new UsageError(`writ policy ${sub} takes no arguments, got ${JSON.stringify(rest[0])}`);
     if (sub === 'explain') return explain(options);
+    if (sub === 'lint') return lint(options);
     const dir = policyDirOf(options);
     return sub === 'validate' ? validate(dir) : test(dir);
   } catch (error) {
@@ -214,6 +219,59 @@ function explain(options: PolicyCommandOptions): number {
   ] as const;
   for (const [label, value] of lines) process.stdout.write(`${label.padEnd(12)} ${value}\n`);
   return EXIT_OK;
+}
+
+/**
+ * Lints the set against standing privilege. Needs the configuration too:
+ * the TTL rule reads its tokens.maxTtl.
+ */
+function lint(options: PolicyCommandOptions): number {
+  const failOn = options['fail-on'] ?? 'high';
+  if (!isLintSeverity(failOn)) throw new UsageError(`--fail-on: one of ${LINT_SEVERITIES.join(', ')}, got ${failOn}`);
+  const config = loadConfig({ configFile: options.config });
+  const dir = options['policy-dir'] === undefined ? config.paths.policyDir : resolve(options['policy-dir']);
+  const engine = loadEngine(dir);
+  if (typeof engine === 'number') return engine;
+  const { set } = engine;
+  const findings = lintPolicySet(set, {
+    tokenMaxTtlSeconds: config.tokens.maxTtl,
+    configFile: config.paths.configFile,
+    sources: readPolicySources(dir, set.policies.values()),
+  });
+  const failing = findings.filter((f) => severityRank(f.severity) >= severityRank(failOn));
+  const code = failing.length === 0 ? EXIT_OK : EXIT_LINT_FINDINGS;
+  if (options.json === true) {
+    process.stdout.write(`${JSON.stringify(findings, null, 2)}\n`);
+    return code;
+  }
+  for (const f of findings) process.stdout.write(`${formatFinding(dir, f)}\n`);
+  const count = (severity: LintSeverity) => findings.filter((f) => f.severity === severity).length;
+  const summary =
+    findings.length === 0
+      ? 'no findings'
+      : `${plural(findings.length, 'finding')}: ${count('high')} high, ${count('medium')} medium, ${count('low')} low`;
+  process.stdout.write(`${findings.length === 0 ? '' : '\n'}${summary} (policy set ${set.version}); ${failing.length} at or above --fail-on ${failOn}\n`);
+  return code;
+}
+
+/** `severity rule-id policy-id file:line: message [refs]`; `-` for what a finding has none of. */
+function formatFinding(dir: string, f: LintFinding): string {
+  const where = f.file === null ? '(configuration)' : `${displayPath(dir, f.file)}${f.line === null ? '' : `:${f.line}`}`;
+  return `${f.severity} ${f.rule} ${f.policy ?? '-'} ${where}: ${f.message} [${f.references.map((r) => r.id).join(', ')}]`;
+}
+
+/** The text of every policy file, for finding lines; a file that cannot be read again just gets no line. */
+function readPolicySources(dir: string, policies: Iterable<{ readonly file: string }>): Record<string, string> {
+  const sources: Record<string, string> = Object.create(null) as Record<string, string>;
+  for (const { file } of policies) {
+    if (Object.hasOwn(sources, file)) continue;
+    try {
+      sources[file] = readFileSync(join(dir, file), 'utf8');
+    } catch {
+      // Removed or unreadable since loading: findings of its policies carry no line.
+    }
+  }
+  return sources;
 }
 
 /** A path to show the operator: relative to the working folder when under it. */
