@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
@@ -194,7 +194,7 @@ describe('writ policy test', async () => {
     assert.equal(invalid.code, 3);
     assert.equal(invalid.stdout, '');
     const empty = policyDir();
-    for (const file of ['support-agent.tests.yaml', 'baseline.tests.yaml']) rmSync(join(empty, file));
+    for (const file of readdirSync(empty).filter((name) => name.endsWith('.tests.yaml'))) rmSync(join(empty, file));
     const none = await writ(['policy', 'test', '--policy-dir', empty]);
     assert.equal(none.code, 1);
     assert.match(none.stderr, /nothing to test/);
