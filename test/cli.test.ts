@@ -6,34 +6,19 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { createServer as createNetServer } from 'node:net';
 import { createHash } from 'node:crypto';
-import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { after, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import Database from 'better-sqlite3';
 import { HELP } from '../src/cli/main.js';
 import { WRIT_YAML_TEMPLATE } from '../src/cli/init-template.js';
 import { loadConfig } from '../src/core/config.js';
+import { BIN, cleanEnv, tempDirs } from './helpers/cli.js';
 import { claimsOf } from './helpers/harness.js';
 
-const BIN = new URL('../bin/writ.js', import.meta.url).pathname;
 const README = new URL('../README.md', import.meta.url).pathname;
-const dirs: string[] = [];
-after(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
-
-function tempDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'writ-cli-'));
-  dirs.push(dir);
-  return dir;
-}
-
-/** A clean environment: no WRIT_* settings leak in from the machine. */
-function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('WRIT_')) env[k] = v;
-  return { ...env, ...extra };
-}
+const tempDir = tempDirs('writ-cli-');
 
 function writ(args: string[], options: { cwd?: string; env?: Record<string, string> } = {}) {
   const result = spawnSync(process.execPath, [BIN, ...args], { cwd: options.cwd ?? tempDir(), env: cleanEnv(options.env), encoding: 'utf8' });

@@ -4,27 +4,18 @@
  * runner and loader underneath, in process.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { PACKAGE_ROOT } from '../src/core/config.js';
 import { isWritError } from '../src/core/errors.js';
 import { createPolicyEngine } from '../src/policy/engine.js';
 import { loadPolicySet } from '../src/policy/policy-set.js';
 import { loadPolicyTests, parsePolicyTests, runPolicyTests, toPrincipal, type PolicyTestCase, type PolicyTestProblem } from '../src/policy/policy-tests.js';
+import { runWrit, tempDirs } from './helpers/cli.js';
 
-const BIN = new URL('../bin/writ.js', import.meta.url).pathname;
 const EXAMPLES = join(PACKAGE_ROOT, 'policies');
-const dirs: string[] = [];
-after(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
-
-function tempDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'writ-policy-cli-'));
-  dirs.push(dir);
-  return dir;
-}
+const tempDir = tempDirs('writ-policy-cli-');
 
 /** A copy of the example set with `extra` files added or replaced. */
 function policyDir(extra: Record<string, string> = {}): string {
@@ -34,25 +25,7 @@ function policyDir(extra: Record<string, string> = {}): string {
   return dir;
 }
 
-/** A clean environment: no WRIT_* settings leak in from the machine. */
-function cleanEnv(): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('WRIT_')) env[k] = v;
-  return env;
-}
-
-/** Runs the built CLI; asynchronous so that the tests of a suite can run side by side. */
-function writ(args: string[], options: { cwd?: string } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { cwd: options.cwd ?? tempDir(), env: cleanEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const writ = (args: string[], options: { cwd?: string } = {}) => runWrit(args, options.cwd ?? tempDir());
 
 async function exitCodeOf(args: string[], options: { cwd?: string } = {}): Promise<number | null> {
   return (await writ(args, options)).code;

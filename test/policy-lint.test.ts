@@ -5,25 +5,16 @@
  * built CLI as an operator runs it.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { copyFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { PACKAGE_ROOT } from '../src/core/config.js';
 import { lintPolicySet, type LintFinding, type LintOptions } from '../src/policy/lint.js';
 import { loadPolicySet } from '../src/policy/policy-set.js';
+import { runWrit, tempDirs } from './helpers/cli.js';
 
-const BIN = new URL('../bin/writ.js', import.meta.url).pathname;
 const EXAMPLES = join(PACKAGE_ROOT, 'policies');
-const dirs: string[] = [];
-after(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
-
-function tempDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'writ-policy-lint-'));
-  dirs.push(dir);
-  return dir;
-}
+const tempDir = tempDirs('writ-policy-lint-');
 
 /** The bundled schema and catalog with `policies` as the only policy file. */
 function policyDir(policies: string): string {
@@ -206,19 +197,7 @@ describe('lintPolicySet: positions', () => {
 });
 
 /** Runs the built CLI in a clean environment. */
-function writ(args: string[], cwd = tempDir()): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('WRIT_')) env[k] = v;
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const writ = (args: string[], cwd = tempDir()) => runWrit(args, cwd);
 
 describe('writ policy lint', async () => {
   const CLEAN = `@id("clean")\npermit (${AGENT}, ${READ}, resource) when { resource.kind == "tickets" && context.intent == "customer-support" };\n`;
