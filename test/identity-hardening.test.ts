@@ -13,6 +13,9 @@ import { pino } from 'pino';
 import { createManualClock } from '../src/core/clock.js';
 import { configSchema, loadConfig } from '../src/core/config.js';
 import { createTrustSources } from '../src/identity/trust-sources.js';
+import { loadMasterKey } from '../src/secrets/master-key.js';
+import { mintJwt } from '../src/tokens/jwt.js';
+import { loadKeyRing } from '../src/tokens/key-ring.js';
 import { createWrit } from '../src/writ.js';
 import { AGENT, startHarness, supportTask } from './helpers/harness.js';
 import { breakAuditWrites, repairAuditWrites } from './helpers/sql.js';
@@ -260,6 +263,40 @@ describe('quarantine is bounded per source', () => {
       ]);
       const reasons = (await h.auditRecords()).filter((r) => r.type === 'authentication.failed').map((r) => r.reason);
       assert.deepEqual(reasons.slice(-3), ['ERR_IDENTITY_INACTIVE', 'ERR_IDENTITY_INACTIVE', 'ERR_IDENTITY_NOT_FOUND']);
+    } finally {
+      await h.close();
+    }
+  });
+});
+
+describe('credentials that lapse', () => {
+  test('an expired admin token is refused on the admin API, with ERR_TOKEN_EXPIRED on the record', async () => {
+    const clock = createManualClock();
+    const h = await startHarness({ clock });
+    try {
+      const { token } = await h.writ.createAdminToken({ name: 'short', scopes: ['identities:read'], ttlSeconds: 60 }, { id: 'test' });
+      assert.equal((await h.get('/v1/identities', token)).status, 200);
+      clock.advance(61_000);
+      assert.equal((await h.get('/v1/identities', token)).status, 401);
+      assert.equal((await h.auditRecords()).filter((r) => r.type === 'authentication.failed').at(-1)?.reason, 'ERR_TOKEN_EXPIRED');
+    } finally {
+      await h.close();
+    }
+  });
+
+  test('without --dev, a token signed by this installation\'s own dev-issuer key is refused', async () => {
+    const h = await startHarness({ dev: false });
+    try {
+      assert.equal(h.writ.devIssuer, undefined);
+      assert.equal((await h.get('/dev-issuer/jwks.json')).status, 404);
+      await h.registerAgent();
+      // The key exists in the store (as after an earlier `serve --dev`); the server must not trust it.
+      const ring = await loadKeyRing(h.writ.store, loadMasterKey({ env: {}, dataDir: h.dataDir }).bytes, 'identity-dev', Date.now());
+      const now = Math.floor(Date.now() / 1000);
+      const token = mintJwt(ring.active, 'JWT', { iss: 'http://127.0.0.1:8750/dev-issuer', sub: AGENT, aud: ['writ'], iat: now, exp: now + 120 });
+      assert.equal((await h.post('/v1/tasks', supportTask(), token)).status, 401);
+      const reason = (await h.auditRecords()).filter((r) => r.type === 'authentication.failed').at(-1)?.reason;
+      assert.ok(reason === 'ERR_TOKEN_ALGORITHM' || reason === 'ERR_TOKEN_UNKNOWN_KEY', String(reason));
     } finally {
       await h.close();
     }
