@@ -34,6 +34,7 @@ import { devIssuerId, mintIdentityToken } from './identity/dev-issuer.js';
 import { claimIdentitySchema, createRegistry, parseOrThrow, registerIdentitySchema, type ClaimIdentityInput, type RegisterIdentityInput, type Registry } from './identity/registry.js';
 import { createTrustSources, type TrustSources } from './identity/trust-sources.js';
 import { createPolicyEngine, type PolicyEngine } from './policy/engine.js';
+import { createObservations } from './policy/observations.js';
 import { loadPolicySet, type PolicyProblem, type PolicySet } from './policy/policy-set.js';
 import { loadMasterKey } from './secrets/master-key.js';
 import { openStore } from './store/open.js';
@@ -135,6 +136,22 @@ export type PolicyReload =
   | { readonly ok: true; readonly changed: boolean; readonly version: string; readonly previous: string }
   | { readonly ok: false; readonly version: string; readonly problems: readonly PolicyProblem[] };
 
+function problemsOf(error: unknown, dir: string): PolicyProblem[] {
+  return isWritError(error, 'ERR_POLICY_INVALID')
+    ? ((error.extensions.problems as PolicyProblem[] | undefined) ?? [])
+    : [{ file: dir, message: (error as Error)?.message ?? String(error) }];
+}
+
+/** The shadow engine at start-up, or none (logged) when its folder does not load yet. */
+function loadShadow(dir: string, engineOf: (set: PolicySet) => PolicyEngine, logger: Logger | undefined): PolicyEngine | undefined {
+  try {
+    return engineOf(loadPolicySet(dir));
+  } catch (error) {
+    logger?.error({ dir, problems: problemsOf(error, dir).slice(0, 20) }, 'shadow policy set refused: it is invalid; nothing is trialled until it loads');
+    return undefined;
+  }
+}
+
 /** Quiet time after the last change in the policy folder before it is reloaded (editors write in bursts). */
 const POLICY_RELOAD_DEBOUNCE_MS = 300;
 
@@ -182,7 +199,12 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
   const devRing = config.identity.devIssuer.enabled ? await loadKeyRing(store, masterKey.bytes, 'identity-dev', clock.now()) : undefined;
   const devIssuer = devRing && { ring: devRing, issuer: devIssuerId(config.issuer) };
 
-  let engine = createPolicyEngine(loadPolicySet(config.paths.policyDir));
+  const engineOf = (set: PolicySet): PolicyEngine => createPolicyEngine(set, { risk: config.policy.risk });
+  let engine = engineOf(loadPolicySet(config.paths.policyDir));
+  const shadowDir = config.policy.shadow === undefined ? undefined : resolveConfigPath(config, config.policy.shadow.dir);
+  const shadowEnvironments = config.policy.shadow?.environments;
+  // An invalid shadow set never stops Writ: it is trialled once it loads.
+  let shadowEngine = shadowDir === undefined ? undefined : loadShadow(shadowDir, engineOf, logger);
   const bus = createEventBus((error, event) => logger?.error({ err: error, event: event.type }, 'event handler failed'));
   const audit = createAuditLog({ store, clock, onError: (error) => logger?.error({ err: error }, 'audit append failed') });
   const registry = createRegistry({ store, clock });
@@ -235,16 +257,35 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
   const authenticator = createIdentityAuthenticator({ sources: trustSources, registry, audit, store, clock });
   const adminTokens = createAdminTokens({ store, clock });
   const policy = () => engine;
+  const shadow = (environment: string): PolicyEngine | undefined =>
+    shadowEnvironments === undefined || shadowEnvironments.includes(environment) ? shadowEngine : undefined;
+  const observations = createObservations({ history: (id, limit) => store.listGrantedScopesOf(id, limit) });
+
+  const reloadShadow = async (trigger: string): Promise<void> => {
+    if (shadowDir === undefined) return;
+    try {
+      const set = loadPolicySet(shadowDir);
+      if (set.version === shadowEngine?.version) return;
+      shadowEngine = engineOf(set);
+      logger?.info({ trigger, shadow: set.version }, 'shadow policy set loaded; its decisions are recorded, not enforced');
+      await audit.append({ type: 'policy.reloaded', decision: 'allow', policyVersion: set.version, data: { trigger, shadow: true, policies: set.policies.size } }).catch(() => undefined);
+    } catch (error) {
+      const problems = problemsOf(error, shadowDir);
+      logger?.error({ trigger, problems: problems.slice(0, 20) }, 'shadow policy set refused: it is invalid; the previous shadow set (if any) stays');
+      await audit
+        .append({ type: 'policy.reload_refused', decision: 'deny', reason: 'ERR_POLICY_INVALID', detail: `shadow set: ${problems.length} problem(s)`, data: { trigger, shadow: true, problems: problems.slice(0, 20) } })
+        .catch(() => undefined);
+    }
+  };
 
   const loadAndSwap = async (trigger: string): Promise<PolicyReload> => {
+    await reloadShadow(trigger);
     const previous = engine.version;
     let set: PolicySet;
     try {
       set = loadPolicySet(config.paths.policyDir);
     } catch (error) {
-      const problems: PolicyProblem[] = isWritError(error, 'ERR_POLICY_INVALID')
-        ? ((error.extensions.problems as PolicyProblem[] | undefined) ?? [])
-        : [{ file: config.paths.policyDir, message: (error as Error)?.message ?? String(error) }];
+      const problems = problemsOf(error, config.paths.policyDir);
       logger?.error({ trigger, problems: problems.slice(0, 20), serving: previous }, 'policy reload refused: the set is invalid; the previous one keeps serving');
       await audit
         .append({
@@ -259,7 +300,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
       return { ok: false, version: previous, problems };
     }
     if (set.version === previous) return { ok: true, changed: false, version: previous, previous };
-    engine = createPolicyEngine(set);
+    engine = engineOf(set);
     logger?.info({ trigger, from: previous, to: set.version }, 'policy set reloaded');
     await audit
       .append({ type: 'policy.reloaded', decision: 'allow', policyVersion: set.version, data: { trigger, previous, policies: set.policies.size } })
@@ -277,6 +318,8 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     registry,
     authenticator,
     policy,
+    shadow,
+    observations,
     taskKeys,
     taskTokens,
     store,
@@ -291,7 +334,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
       environments: config.policy.environments,
     },
   });
-  const authorize = createActionCheck({ verifier: taskTokens, revocations, registry, policy, audit, clock });
+  const authorize = createActionCheck({ verifier: taskTokens, revocations, registry, policy, shadow, observations, audit, clock });
 
   // Other nodes' clocks may lag ours: look back well past one sync interval.
   const syncWindowMs = 2 * config.revocation.syncIntervalMs + 60_000;
@@ -339,7 +382,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
 
   let reaper: NodeJS.Timeout | undefined;
   let revocationSync: NodeJS.Timeout | undefined;
-  let policyWatcher: FSWatcher | undefined;
+  const policyWatchers: FSWatcher[] = [];
   let closed = false;
   return {
     config,
@@ -521,15 +564,20 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
       // Policy files changed on disk are reloaded (valid sets only) after a short quiet time.
       try {
         let debounce: NodeJS.Timeout | undefined;
-        policyWatcher = watch(config.paths.policyDir, () => {
+        const changed = (): void => {
           if (debounce !== undefined) clearTimeout(debounce);
           debounce = setTimeout(() => {
             reloadPolicy('file change').catch((error: unknown) => logger?.error({ err: error }, 'policy reload failed'));
           }, POLICY_RELOAD_DEBOUNCE_MS);
           debounce.unref();
-        });
-        policyWatcher.on('error', (error) => logger?.warn({ err: error }, 'watching the policy folder failed; reload through the admin API'));
-        policyWatcher.unref();
+        };
+        // Recursive: environments/<env>/ holds policies too.
+        for (const dir of shadowDir === undefined ? [config.paths.policyDir] : [config.paths.policyDir, shadowDir]) {
+          const watcher = watch(dir, { recursive: true }, changed);
+          watcher.on('error', (error) => logger?.warn({ err: error, dir }, 'watching a policy folder failed; reload through the admin API'));
+          watcher.unref();
+          policyWatchers.push(watcher);
+        }
       } catch (error) {
         logger?.warn({ err: error, dir: config.paths.policyDir }, 'cannot watch the policy folder; reload through the admin API');
       }
@@ -539,7 +587,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
       closed = true;
       if (reaper !== undefined) clearInterval(reaper);
       if (revocationSync !== undefined) clearInterval(revocationSync);
-      policyWatcher?.close();
+      for (const watcher of policyWatchers) watcher.close();
       await audit.flush();
       await store.close();
     },

@@ -17,7 +17,8 @@ import type { Identity, RefusedScope, Scope, Task, TaskState } from '../core/typ
 import type { EventBus } from '../events/bus.js';
 import type { IdentityAuthenticator } from '../identity/authenticate.js';
 import { identityInactiveReason, type Registry } from '../identity/registry.js';
-import type { PolicyEngine } from '../policy/engine.js';
+import { decideShadow, riskRecord, type PolicyEngine, type ShadowDecision } from '../policy/engine.js';
+import type { Observations } from '../policy/observations.js';
 import type { Store } from '../store/store.js';
 import { MAX_TOKEN_LENGTH } from '../tokens/jwt.js';
 import type { KeyRing } from '../tokens/key-ring.js';
@@ -119,6 +120,10 @@ export interface BrokerOptions {
   readonly registry: Registry;
   readonly authenticator: IdentityAuthenticator;
   readonly policy: () => PolicyEngine;
+  /** The shadow (candidate) engine trialled for tasks in `environment`, if any: decided and recorded, never enforced. */
+  readonly shadow?: (environment: string) => PolicyEngine | undefined;
+  /** Call rates and resource history, for the risk score. */
+  readonly observations: Observations;
   readonly taskKeys: KeyRing;
   readonly taskTokens: TaskTokenVerifier;
   readonly store: Store;
@@ -245,9 +250,11 @@ export function createBroker(options: BrokerOptions): Broker {
       if (caller.taskId !== undefined) throw new WritError('ERR_FORBIDDEN', { detail: 'ask for a task with an identity token, not a task token' });
 
       const engine = options.policy();
+      const shadow = options.shadow?.(request.environment);
       const now = clock.now();
       const identity = caller.identity;
       const warnings: string[] = [];
+      options.observations.recordCall(identity.id, now);
       let ttl = request.ttl === undefined ? settings.defaultTtlSeconds : (parseDurationSeconds(request.ttl) ?? settings.defaultTtlSeconds);
       if (ttl > settings.maxTtlSeconds) {
         warnings.push(`ttl reduced from ${ttl}s to the maximum of ${settings.maxTtlSeconds}s`);
@@ -260,12 +267,27 @@ export function createBroker(options: BrokerOptions): Broker {
       const refused: RefusedScope[] = [];
       const deciding = new Set<string>();
       const policyErrors: string[] = [];
+      const decisions: Record<string, unknown>[] = [];
+      const shadowed: (ShadowDecision & { scope: string })[] = [];
       for (const scope of scopes) {
         if (engine.tierOf(scope.action) === undefined) {
           refused.push({ ...scope, outcome: 'deny', policies: [], reason: 'ERR_UNKNOWN_ACTION' });
           continue;
         }
-        const decision = engine.decide({ principal: identity, ...scope, environment: request.environment, intent: request.intent, now });
+        const input = {
+          principal: identity,
+          ...scope,
+          environment: request.environment,
+          intent: request.intent,
+          purpose: request.purpose,
+          stage: 'grant' as const,
+          now,
+          observed: await options.observations.observe(identity.id, scope.resource, now),
+        };
+        const decision = engine.decide(input);
+        decisions.push({ scope: formatScope(scope), outcome: decision.outcome, tier: decision.tier, sensitivity: decision.sensitivity, risk: riskRecord(decision.risk) });
+        const would = decideShadow(shadow, input, decision);
+        if (would !== undefined) shadowed.push({ scope: formatScope(scope), ...would });
         decision.policies.forEach((p) => deciding.add(p));
         policyErrors.push(...decision.errors);
         if (decision.outcome === 'allow') granted.push(scope);
@@ -343,6 +365,8 @@ export function createBroker(options: BrokerOptions): Broker {
             expiresAt,
             ...(minted ? { jti: minted.jti } : {}),
             ...(policyErrors.length > 0 ? { policyErrors } : {}),
+            decisions,
+            ...(shadowed.length > 0 ? { shadow: shadowed } : {}),
           },
         }));
       } catch (error) {
@@ -352,6 +376,7 @@ export function createBroker(options: BrokerOptions): Broker {
         throw error;
       }
 
+      if (state === 'active') options.observations.recordGrant(identity.id, granted);
       if (state === 'denied') {
         // A denied task is born ended; its decision record is the record of that end.
         await store.markTaskEndAudited(taskId, decisionRecord);

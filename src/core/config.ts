@@ -10,6 +10,7 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
+import { riskSettingsSchema } from '../policy/risk.js';
 import { WritError } from './errors.js';
 
 const DURATION_RE = /^(\d+)(ms|s|m|h|d)$/;
@@ -233,6 +234,21 @@ export const configSchema = z
         dir: z.string().min(1).optional(),
         /** Environments a task may name. */
         environments: z.array(slug).min(1).default(['development', 'sandbox', 'staging', 'production']),
+        /** The risk score: signal weights, environment factors, business hours, level thresholds. */
+        risk: riskSettingsSchema.prefault({}),
+        /**
+         * A candidate policy folder decided beside the enforced one and never
+         * enforced: its decisions are recorded ("would allow/deny") in every
+         * audit record of a decision, to trial a change on real traffic.
+         */
+        shadow: z
+          .object({
+            dir: z.string().min(1),
+            /** Trial it only for tasks in these environments (default: all). */
+            environments: z.array(slug).min(1).optional(),
+          })
+          .strict()
+          .optional(),
       })
       .strict()
       .prefault({}),

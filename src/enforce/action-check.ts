@@ -6,7 +6,9 @@
  *   2. revoked   the task has not ended (in-memory revocation list)
  *   3. identity  the identity is still registered and active
  *   4. scope     a granted scope covers (action, resource)
- *   5. policy    above `read`, policy is decided again with fresh context
+ *   5. policy    above `read` (the action's tier, raised by the resource's
+ *                tier floor), policy is decided again with fresh context: the
+ *                call's arguments, its risk score, the time
  *   6. audit     the decision is appended to the audit chain
  *
  * The first failing step decides, with a stable reason code. Nothing here
@@ -22,7 +24,9 @@ import { findCoveringScope, isValidAction, isValidResource } from '../core/scope
 import type { Identity, Tier } from '../core/types.js';
 import type { Registry } from '../identity/registry.js';
 import { identityInactiveReason } from '../identity/registry.js';
-import type { PolicyEngine } from '../policy/engine.js';
+import { decideShadow, riskRecord, type PolicyEngine, type ShadowDecision } from '../policy/engine.js';
+import type { Observations } from '../policy/observations.js';
+import type { RiskScore } from '../policy/risk.js';
 import type { TokenFailureCode } from '../tokens/jwt.js';
 import { boundCertificate, type TaskTokenVerifier, type VerifiedTaskToken } from '../tokens/task-token.js';
 import type { RevocationList } from './revocation-list.js';
@@ -80,6 +84,10 @@ export interface ActionCheckOptions {
   readonly registry: Registry;
   /** The current policy engine; read per call so reloads apply at once. */
   readonly policy: () => PolicyEngine;
+  /** The shadow (candidate) engine for tasks in `environment`, if any: decided and recorded, never enforced. */
+  readonly shadow?: (environment: string) => PolicyEngine | undefined;
+  /** Call rates and resource history, for the risk score. */
+  readonly observations: Observations;
   readonly audit: AuditLog;
   readonly clock: Clock;
 }
@@ -95,6 +103,8 @@ interface Outcome {
   readonly tier?: Tier;
   readonly policies?: readonly string[];
   readonly policyVersion?: string;
+  readonly risk?: RiskScore;
+  readonly shadow?: ShadowDecision;
 }
 
 export function createActionCheck(options: ActionCheckOptions): ActionCheck {
@@ -114,6 +124,7 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
 
     if (revocations.isRevoked(taskId)) return deny('ERR_TOKEN_REVOKED', 'task has ended', { token: verified });
 
+    options.observations.recordCall(verified.claims.sub, now);
     const identity = registry.getCached(verified.claims.sub) ?? (await registry.get(verified.claims.sub));
     if (identity === undefined) return deny('ERR_IDENTITY_INACTIVE', 'identity is no longer registered', { token: verified });
     const inactive = identityInactiveReason(identity, now);
@@ -123,22 +134,28 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
       return deny('ERR_VALIDATION', 'action or resource is not well formed', { token: verified, identity });
     }
     const engine = options.policy();
-    const tier = engine.tierOf(request.action);
+    const tier = engine.tierFor(request.action, request.resource);
     if (tier === undefined) return deny('ERR_UNKNOWN_ACTION', `action ${request.action} is not in the schema`, { token: verified, identity });
     if (findCoveringScope(verified.scopes, request) === undefined) {
       return deny('ERR_SCOPE_NOT_GRANTED', 'no granted scope covers this action and resource', { token: verified, identity, tier });
     }
     if (tier === 'read') return { decision: 'allow', reason: null, token: verified, identity, tier };
 
-    const decision = engine.decide({
+    const input = {
       principal: identity,
       action: request.action,
       resource: request.resource,
       environment: verified.claims.env,
       intent: verified.claims.task.intent,
+      purpose: verified.claims.task.purpose,
+      stage: 'call' as const,
       now,
-    });
-    const decided = { token: verified, identity, tier, policies: decision.policies, policyVersion: decision.policyVersion };
+      ...(request.context === undefined ? {} : { args: request.context }),
+      observed: await options.observations.observe(identity.id, request.resource, now),
+    };
+    const decision = engine.decide(input);
+    const shadow = decideShadow(options.shadow?.(verified.claims.env), input, decision);
+    const decided = { token: verified, identity, tier, policies: decision.policies, policyVersion: decision.policyVersion, risk: decision.risk, ...(shadow === undefined ? {} : { shadow }) };
     if (decision.outcome === 'allow') return { decision: 'allow', reason: null, ...decided };
     if (decision.outcome === 'approval_required') {
       return { decision: 'approval_required', reason: 'ERR_APPROVAL_REQUIRED', detail: 'policy requires a human approval', ...decided };
@@ -190,7 +207,15 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
         ...(outcome.tier === undefined ? {} : { tier: outcome.tier }),
         policies: base.policies,
         ...(outcome.policyVersion === undefined ? {} : { policyVersion: outcome.policyVersion }),
-        ...(argsDigest ? { data: { argsDigest } } : {}),
+        ...(argsDigest || outcome.risk || outcome.shadow
+          ? {
+              data: {
+                ...(argsDigest ? { argsDigest } : {}),
+                ...(outcome.risk ? { risk: riskRecord(outcome.risk) } : {}),
+                ...(outcome.shadow ? { shadow: outcome.shadow } : {}),
+              },
+            }
+          : {}),
       });
       return { allowed: outcome.decision === 'allow', decision: outcome.decision, reason: outcome.reason, ...base, auditId: receipt.id };
     } catch {

@@ -1,18 +1,31 @@
 /**
- * The resource catalog: what Writ knows about resources (their sensitivity),
- * kept beside the policies as `resources.yaml` and versioned with them. Policy
- * reads resource attributes from here, never from the agent's request.
+ * The resource catalog: what Writ knows about resources, kept beside the
+ * policies as `resources.yaml` and versioned with them. Policy reads resource
+ * attributes from here, never from the agent's request:
+ *
+ *   kinds        resource kind (the name before the first colon) → entity type
+ *                (Tool, Dataset, Api, Database); an untyped kind is `Resource`
+ *   sensitivity  per pattern; public < internal < confidential < restricted
+ *   tier         per pattern, optional: the lowest tier any action on the
+ *                resource counts as (a `call` of a shell tool counts as admin)
  *
  * Fail closed: a resource no entry covers gets the default sensitivity
  * (`restricted` unless the catalog says otherwise), and a pattern gets the
- * highest sensitivity of anything it could match.
+ * highest sensitivity and tier of anything it could match.
  */
 import { z } from 'zod';
 import { isPattern, isValidResource, resourceCovers, resourcesIntersect } from '../core/scope.js';
-import { SENSITIVITIES, sensitivityRank, type Sensitivity } from '../core/types.js';
+import { SENSITIVITIES, TIERS, sensitivityRank, tierRank, type Sensitivity, type Tier } from '../core/types.js';
+
+/** The entity type of a resource whose kind the catalog does not type. */
+export const UNTYPED_RESOURCE = 'Resource';
 
 export const catalogSchema = z
   .object({
+    /** Resource kind → Cedar entity type (declared in the schema, checked when the set loads). */
+    kinds: z
+      .record(z.string().regex(/^[a-z][a-z0-9_-]{0,63}$/, 'a resource kind such as db or tickets'), z.string().regex(/^[A-Z][A-Za-z0-9_]{0,63}$/, 'an entity type such as Database'))
+      .default(() => ({})),
     default: z.object({ sensitivity: z.enum(SENSITIVITIES).default('restricted') }).strict().prefault({}),
     resources: z
       .array(
@@ -20,6 +33,7 @@ export const catalogSchema = z
           .object({
             pattern: z.string().refine(isValidResource, 'a resource like db:orders/1 or a pattern like db:orders/*'),
             sensitivity: z.enum(SENSITIVITIES),
+            tier: z.enum(TIERS).optional(),
             description: z.string().max(500).optional(),
           })
           .strict(),
@@ -33,6 +47,12 @@ export type CatalogDocument = z.output<typeof catalogSchema>;
 export interface ResourceCatalog {
   /** Sensitivity of a resource or of everything a pattern may match. */
   sensitivityOf(resource: string): Sensitivity;
+  /** The lowest tier an action on the resource counts as (the highest of anything a pattern may match); read when none is set. */
+  tierFloorOf(resource: string): Tier;
+  /** The Cedar entity type (without namespace) of a resource kind. */
+  entityTypeOf(kind: string): string;
+  /** The entity types `kinds` names, to check against the schema. */
+  readonly entityTypes: ReadonlySet<string>;
 }
 
 export function createResourceCatalog(document: CatalogDocument): ResourceCatalog {
@@ -40,6 +60,19 @@ export function createResourceCatalog(document: CatalogDocument): ResourceCatalo
   const fallback = document.default.sensitivity;
   const memo = new Map<string, Sensitivity>();
   const max = (a: Sensitivity, b: Sensitivity): Sensitivity => (sensitivityRank(a) >= sensitivityRank(b) ? a : b);
+
+  const tierMemo = new Map<string, Tier>();
+  const maxTier = (a: Tier, b: Tier): Tier => (tierRank(a) >= tierRank(b) ? a : b);
+  const computeTier = (resource: string): Tier => {
+    let result: Tier = 'read';
+    for (const entry of entries) {
+      if (entry.tier === undefined) continue;
+      const relevant = isPattern(resource) ? resourcesIntersect(entry.pattern, resource) : resourceCovers(entry.pattern, resource);
+      if (relevant) result = maxTier(result, entry.tier);
+    }
+    return result;
+  };
+  const kinds = new Map(Object.entries(document.kinds));
 
   const compute = (resource: string): Sensitivity => {
     let result: Sensitivity | undefined;
@@ -65,5 +98,16 @@ export function createResourceCatalog(document: CatalogDocument): ResourceCatalo
       }
       return value;
     },
+    tierFloorOf(resource) {
+      let value = tierMemo.get(resource);
+      if (value === undefined) {
+        value = computeTier(resource);
+        if (tierMemo.size > 50_000) tierMemo.clear();
+        tierMemo.set(resource, value);
+      }
+      return value;
+    },
+    entityTypeOf: (kind) => kinds.get(kind) ?? UNTYPED_RESOURCE,
+    entityTypes: new Set([...kinds.values(), UNTYPED_RESOURCE]),
   };
 }

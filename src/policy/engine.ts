@@ -9,15 +9,26 @@
  *   forbid into no forbid at all, so an error anywhere denies; a failed call
  *   (bad request shape) is a deny too, never an allow.
  *
- * Only the entities a request needs cross into wasm (the principal and the
- * resource); the policy set and schema are preparsed once per version.
+ * Every decision sees the request's context fresh: the task (environment,
+ * intent, purpose, delegation depth, break-glass), the resource as the catalog
+ * knows it (entity type, sensitivity, tier), the risk score of this very
+ * request, the approval state, the UTC time and, at a call, the arguments the
+ * schema declares. Only the entities a request needs cross into wasm (the
+ * principal and the resource); the policy set and schema are preparsed once
+ * per version, one set per environment with policies of its own.
  */
 import { cedar } from './cedar.js';
 import { resourceKind } from '../core/scope.js';
-import type { Identity, Sensitivity, Tier } from '../core/types.js';
+import { tierRank, type Identity, type Sensitivity, type Tier } from '../core/types.js';
 import { CEDAR_NAMESPACE, type PolicySet } from './policy-set.js';
+import { riskSettingsSchema, scoreRisk, type RiskScore, type RiskSettings } from './risk.js';
 
 export type PolicyOutcome = 'allow' | 'deny' | 'approval_required';
+
+/** Where a decision is made: a task asking for a scope, or one call under a granted scope. */
+export type DecisionStage = 'grant' | 'call';
+export const APPROVAL_STATES = ['none', 'approved'] as const;
+export type ApprovalState = (typeof APPROVAL_STATES)[number];
 
 export interface PolicyDecision {
   readonly outcome: PolicyOutcome;
@@ -26,8 +37,19 @@ export interface PolicyDecision {
   /** Evaluation errors, for the audit log. Non-empty errors never turn a deny into an allow. */
   readonly errors: readonly string[];
   readonly policyVersion: string;
+  /** The action's tier, raised to the resource's tier floor from the catalog. */
   readonly tier: Tier;
   readonly sensitivity: Sensitivity;
+  /** The risk score this request was decided with, and the signals that made it. */
+  readonly risk: RiskScore;
+}
+
+/** What the engine cannot see for itself: this identity's recent behaviour. */
+export interface RiskObservations {
+  /** This identity's calls in the last minute (this process's count). */
+  readonly callsLastMinute: number;
+  /** True when this identity has not been granted this kind of resource before. */
+  readonly unusualResource: boolean;
 }
 
 export interface DecisionInput {
@@ -37,8 +59,21 @@ export interface DecisionInput {
   readonly resource: string;
   readonly environment: string;
   readonly intent: string;
+  /** The task's purpose (free text). Default empty. */
+  readonly purpose?: string;
+  /** Default `grant`. */
+  readonly stage?: DecisionStage;
   /** Decision time in epoch ms; gives `context.hour` and `context.weekday` (UTC). */
   readonly now: number;
+  /** 0 when acting directly (default), 1 for a task delegated once, and so on. */
+  readonly delegationDepth?: number;
+  readonly breakGlass?: boolean;
+  /** Default `none`. */
+  readonly approval?: ApprovalState;
+  /** The call's arguments, where the enforcement point has them; only those the schema declares reach policy. */
+  readonly args?: Readonly<Record<string, unknown>>;
+  /** Risk inputs from outside the request. Absent ones count as the riskiest (an unknown history is a first use). */
+  readonly observed?: RiskObservations;
 }
 
 export interface PolicyEngine {
@@ -46,6 +81,8 @@ export interface PolicyEngine {
   readonly set: PolicySet;
   /** The action's tier, or undefined when the schema does not declare it in a tier group. */
   tierOf(action: string): Tier | undefined;
+  /** The tier an action on this resource counts as: the action's, raised to the catalog's tier floor. */
+  tierFor(action: string, resource: string): Tier | undefined;
   /** Decides one request. Never throws: an error is a deny with `errors` filled in. */
   decide(input: DecisionInput): PolicyDecision;
 }
@@ -56,43 +93,86 @@ const PRINCIPAL_TYPES: Record<Identity['actorType'], string> = {
   human: `${CEDAR_NAMESPACE}::Human`,
 };
 const ACTION_TYPE = `${CEDAR_NAMESPACE}::Action`;
-const RESOURCE_TYPE = `${CEDAR_NAMESPACE}::Resource`;
 
 export interface PolicyEngineOptions {
   /** Decisions remembered (0 turns the cache off). Default 10 000. */
   readonly cacheEntries?: number;
+  /** Risk score settings (`policy.risk` in the configuration). Default: the defaults. */
+  readonly risk?: RiskSettings;
 }
+
+/** Longest string argument that reaches policy; a longer one denies the call. */
+const MAX_ARG_STRING = 1024;
 
 /**
  * The decision cache. An engine is one policy version, so a cached decision
  * never outlives its policies. The key is every input that reaches Cedar: the
- * principal's id, actor type, owner and environment; the action; the resource;
- * the task's environment and intent; and the UTC hour and weekday (so a
- * time-of-day policy is decided afresh each hour). It may not reuse anything
- * decided from inputs outside that key (call rate, approvals, request
- * arguments): those never reach Cedar here. A decision where Cedar itself threw
- * is never cached.
+ * principal (id, actor type, owner, environment, labels); the action; the
+ * resource; the task's environment, intent, purpose, delegation depth and
+ * break-glass flag; the stage; the approval state; the risk score (an integer:
+ * the signals behind it are recomputed for every request, so a rising call
+ * rate reaches policy at once); the arguments the schema declares; and the UTC
+ * hour and weekday (so a time-of-day policy is decided afresh each hour). It
+ * may reuse nothing else: the identity's state, the task's liveness, the grant
+ * and the token are checked outside the engine on every call, never cached
+ * here. A decision where Cedar itself threw is never cached.
  */
-function decisionKey(input: DecisionInput, date: Date): string {
+function decisionKey(input: DecisionInput, args: Readonly<Record<string, unknown>>, risk: number, date: Date): string {
   const p = input.principal;
-  return JSON.stringify([p.id, p.actorType, p.owner, p.environment, input.action, input.resource, input.environment, input.intent, date.getUTCHours(), date.getUTCDay()]);
+  const labels = Object.keys(p.labels).length === 0 ? 0 : Object.entries(p.labels).sort(([a], [b]) => (a < b ? -1 : 1));
+  return JSON.stringify([
+    p.id, p.actorType, p.owner, p.environment, labels,
+    input.action, input.resource, input.environment, input.intent, input.purpose ?? '',
+    input.stage ?? 'grant', input.delegationDepth ?? 0, input.breakGlass === true, input.approval ?? 'none',
+    risk, args, date.getUTCHours(), date.getUTCDay(),
+  ]);
 }
 
 export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions = {}): PolicyEngine {
   const cacheEntries = options.cacheEntries ?? 10_000;
+  const riskSettings = options.risk ?? riskSettingsSchema.parse({});
   const cache = new Map<string, PolicyDecision>();
   const requiresApproval = new Set<string>();
   for (const policy of set.policies.values()) {
     if (policy.effect === 'permit' && policy.annotations.approval === 'required') requiresApproval.add(policy.id);
   }
 
+  const tierFor = (action: string, resource: string): Tier | undefined => {
+    const tier = set.actionTiers.get(action);
+    if (tier === undefined) return undefined;
+    const floor = set.catalog.tierFloorOf(resource);
+    return tierRank(floor) > tierRank(tier) ? floor : tier;
+  };
+
   const decide = (input: DecisionInput): PolicyDecision => {
-    if (cacheEntries === 0) return decideNow(input, new Date(input.now)).decision;
     const date = new Date(input.now);
-    const key = decisionKey(input, date);
+    const tier = tierFor(input.action, input.resource);
+    const sensitivity = set.catalog.sensitivityOf(input.resource);
+    const risk = scoreRisk(
+      {
+        environment: input.environment,
+        tier: tier ?? 'admin',
+        sensitivity,
+        identityCreatedAt: input.principal.createdAt,
+        now: input.now,
+        unusualResource: input.observed?.unusualResource ?? true,
+        callsLastMinute: input.observed?.callsLastMinute ?? Number.NaN,
+        delegationDepth: input.delegationDepth ?? 0,
+        breakGlass: input.breakGlass === true,
+      },
+      riskSettings,
+    );
+    const base = { policyVersion: set.version, sensitivity, tier: tier ?? 'admin', risk } as const;
+    if (tier === undefined) return { ...base, outcome: 'deny', policies: [], errors: [`action ${input.action} is not in a tier group`] };
+    const args = declaredArgs(input.args ?? {});
+    if (typeof args === 'string') return { ...base, outcome: 'deny', policies: [], errors: [args] };
+
+    if (cacheEntries === 0) return evaluate(input, date, base, args).decision;
+    const key = decisionKey(input, args, risk.score, date);
     const hit = cache.get(key);
-    if (hit !== undefined) return hit;
-    const { decision, cacheable } = decideNow(input, date);
+    // A hit shares the Cedar answer; the risk signals are this request's own.
+    if (hit !== undefined) return hit.risk === risk ? hit : { ...hit, risk };
+    const { decision, cacheable } = evaluate(input, date, base, args);
     if (cacheable) {
       if (cache.size >= cacheEntries) {
         // Oldest first; drop a tenth at once so eviction is rare.
@@ -107,19 +187,30 @@ export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions 
     return decision;
   };
 
-  const decideNow = (input: DecisionInput, date: Date): { decision: PolicyDecision; cacheable: boolean } => {
-    const decision = evaluate(input, date);
-    return { decision, cacheable: !decision.errors.some((e) => e.startsWith('cedar threw')) };
+  /** The arguments the schema declares, type-checked; a message when one has the wrong type. */
+  const declaredArgs = (given: Readonly<Record<string, unknown>>): Record<string, unknown> | string => {
+    const args: Record<string, unknown> = {};
+    if (typeof given !== 'object' || given === null || Array.isArray(given)) return 'args must be an object';
+    for (const [name, type] of set.argTypes) {
+      if (!Object.hasOwn(given, name)) continue;
+      const value = given[name];
+      if (value === undefined || value === null) continue;
+      const ok =
+        type === 'Long' ? Number.isSafeInteger(value)
+          : type === 'String' ? typeof value === 'string' && value.length <= MAX_ARG_STRING
+            : type === 'Bool' ? typeof value === 'boolean'
+              : true; // other types: Cedar's request validation checks them
+      if (!ok) return `args.${name} must be a ${type}${type === 'String' ? ` of at most ${MAX_ARG_STRING} characters` : type === 'Long' ? ' (a whole number)' : ''}`;
+      args[name] = value;
+    }
+    return args;
   };
 
-  const evaluate = (input: DecisionInput, date: Date): PolicyDecision => {
-    const tier = set.actionTiers.get(input.action);
-    const sensitivity = set.catalog.sensitivityOf(input.resource);
-    const base = { policyVersion: set.version, sensitivity, tier: tier ?? 'admin' };
-    if (tier === undefined) return { ...base, outcome: 'deny', policies: [], errors: [`action ${input.action} is not in a tier group`] };
-
+  type Base = Pick<PolicyDecision, 'policyVersion' | 'sensitivity' | 'tier' | 'risk'>;
+  const evaluate = (input: DecisionInput, date: Date, base: Base, args: Record<string, unknown>): { decision: PolicyDecision; cacheable: boolean } => {
     const principal = { type: PRINCIPAL_TYPES[input.principal.actorType], id: input.principal.id };
-    const resource = { type: RESOURCE_TYPE, id: input.resource };
+    const kind = resourceKind(input.resource);
+    const resource = { type: `${CEDAR_NAMESPACE}::${set.catalog.entityTypeOf(kind)}`, id: input.resource };
     let answer: cedar.AuthorizationAnswer;
     try {
       answer = cedar.statefulIsAuthorized({
@@ -127,40 +218,79 @@ export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions 
         action: { type: ACTION_TYPE, id: input.action },
         resource,
         context: {
+          stage: input.stage ?? 'grant',
           environment: input.environment,
           actorType: input.principal.actorType,
           intent: input.intent,
-          sensitivity,
-          tier,
+          purpose: input.purpose ?? '',
+          sensitivity: base.sensitivity,
+          tier: base.tier,
+          risk: base.risk.score,
+          riskLevel: base.risk.level,
+          delegationDepth: input.delegationDepth ?? 0,
+          breakGlass: input.breakGlass === true,
+          approval: input.approval ?? 'none',
           hour: date.getUTCHours(),
           weekday: date.getUTCDay(),
+          args: args as Record<string, cedar.CedarValueJson>,
         },
         entities: [
           {
             uid: principal,
-            attrs: { owner: input.principal.owner, environment: input.principal.environment, actorType: input.principal.actorType },
+            attrs: { owner: input.principal.owner ?? '', environment: input.principal.environment, actorType: input.principal.actorType },
             parents: [],
+            tags: { ...input.principal.labels },
           },
-          { uid: resource, attrs: { kind: resourceKind(input.resource), sensitivity }, parents: [] },
+          { uid: resource, attrs: { kind, sensitivity: base.sensitivity, tier: set.catalog.tierFloorOf(input.resource) }, parents: [] },
         ],
-        preparsedPolicySetId: set.version,
+        preparsedPolicySetId: set.preparsedIdFor(input.environment),
         preparsedSchemaName: set.version,
         validateRequest: true,
       });
     } catch (error) {
-      return { ...base, outcome: 'deny', policies: [], errors: [`cedar threw: ${(error as Error).message}`] };
+      return { decision: { ...base, outcome: 'deny', policies: [], errors: [`cedar threw: ${(error as Error).message}`] }, cacheable: false };
     }
-    if (answer.type === 'failure') return { ...base, outcome: 'deny', policies: [], errors: answer.errors.map((e) => e.message) };
+    if (answer.type === 'failure') return { decision: { ...base, outcome: 'deny', policies: [], errors: answer.errors.map((e) => e.message) }, cacheable: true };
 
     const { decision, diagnostics } = answer.response;
     const errors = diagnostics.errors.map((e) => `${e.policyId}: ${e.error.message}`);
     // INVARIANT: Cedar skips a policy whose evaluation errors, so an erroring forbid
     // would silently stop forbidding. Any evaluation error denies, naming the policies.
-    if (errors.length > 0) return { ...base, outcome: 'deny', policies: diagnostics.errors.map((e) => e.policyId), errors };
-    if (decision === 'deny') return { ...base, outcome: 'deny', policies: diagnostics.reason, errors };
-    const unconditional = diagnostics.reason.some((id) => !requiresApproval.has(id));
-    return { ...base, outcome: unconditional ? 'allow' : 'approval_required', policies: diagnostics.reason, errors };
+    if (errors.length > 0) return { decision: { ...base, outcome: 'deny', policies: diagnostics.errors.map((e) => e.policyId), errors }, cacheable: true };
+    if (decision === 'deny') return { decision: { ...base, outcome: 'deny', policies: diagnostics.reason, errors }, cacheable: true };
+    // Approval outranks nothing: any unconditional permit allows outright. An
+    // approved action (context.approval) is allowed by its approval permit.
+    const unconditional = input.approval === 'approved' || diagnostics.reason.some((id) => !requiresApproval.has(id));
+    return { decision: { ...base, outcome: unconditional ? 'allow' : 'approval_required', policies: diagnostics.reason, errors }, cacheable: true };
   };
 
-  return { version: set.version, set, tierOf: (action) => set.actionTiers.get(action), decide };
+  return { version: set.version, set, tierOf: (action) => set.actionTiers.get(action), tierFor, decide };
+}
+
+/** What a shadow (candidate) policy set would have decided, recorded beside the enforced decision. */
+export interface ShadowDecision {
+  readonly policyVersion: string;
+  readonly outcome: PolicyOutcome;
+  readonly policies: readonly string[];
+  /** True when the shadow set would have decided differently from the enforced one. */
+  readonly differs: boolean;
+  readonly errors?: readonly string[];
+}
+
+/** Decides `input` with the shadow engine, if any, for the record. Never enforced, never throws. */
+export function decideShadow(shadow: PolicyEngine | undefined, input: DecisionInput, enforced: PolicyDecision): ShadowDecision | undefined {
+  if (shadow === undefined) return undefined;
+  const would = shadow.decide(input);
+  return {
+    policyVersion: would.policyVersion,
+    outcome: would.outcome,
+    policies: would.policies,
+    differs: would.outcome !== enforced.outcome,
+    ...(would.errors.length > 0 ? { errors: would.errors } : {}),
+  };
+}
+
+/** A risk score as audit records carry it: score, level and each contributing signal's points. */
+export function riskRecord(risk: RiskScore): { score: number; level: string; signals: Record<string, number> } {
+  return { score: risk.score, level: risk.level, signals: Object.fromEntries(risk.signals.map((s) => [s.name, s.points])) };
 }

@@ -1,13 +1,18 @@
 /**
  * Loading a policy set from a folder kept in git:
  *
- *   schema.cedarschema   Cedar schema: entity types, actions grouped by tier
- *   *.cedar              policies; `@id("...")` names a policy, else `file.cedar#N`
- *   resources.yaml       the resource catalog (sensitivity by pattern)
+ *   schema.cedarschema           Cedar schema: entity types, actions grouped by tier
+ *   *.cedar                      policies for every environment; `@id("...")`
+ *                                names a policy, else `file.cedar#N`
+ *   environments/<env>/*.cedar   policies only for tasks in <env> (production
+ *                                stricter than sandbox), added to the ones above
+ *   resources.yaml               the resource catalog (kinds, sensitivity, tier)
  *
  * The set is parsed, validated against the schema (strict mode) and given a
  * version: a hash over every file, so each grant and audit record can name
- * the exact policy that decided it. An invalid set is refused whole.
+ * the exact policies that decided it. An invalid set is refused whole. Policy
+ * ids are unique across the whole folder, so an id in an audit record names
+ * one policy whatever the environment.
  */
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
@@ -17,11 +22,12 @@ import { LineCounter, parseDocument, isNode } from 'yaml';
 import { WritError } from '../core/errors.js';
 import { isValidAction } from '../core/scope.js';
 import { isTier, tierRank, type Tier } from '../core/types.js';
-import { catalogSchema, createResourceCatalog, type ResourceCatalog } from './catalog.js';
+import { catalogSchema, createResourceCatalog, UNTYPED_RESOURCE, type ResourceCatalog } from './catalog.js';
 
 export const CEDAR_NAMESPACE = 'Writ';
 export const SCHEMA_FILE = 'schema.cedarschema';
 export const CATALOG_FILE = 'resources.yaml';
+export const ENVIRONMENTS_DIR = 'environments';
 
 export interface LoadedPolicy {
   readonly id: string;
@@ -29,6 +35,8 @@ export interface LoadedPolicy {
   readonly text: string;
   readonly effect: 'permit' | 'forbid';
   readonly annotations: Readonly<Record<string, string>>;
+  /** Set for a policy under `environments/<env>/`: it applies only to tasks in that environment. */
+  readonly environment?: string;
 }
 
 export interface PolicySet {
@@ -40,6 +48,16 @@ export interface PolicySet {
   /** Tier of every action a scope may name (actions reachable from a tier group). */
   readonly actionTiers: ReadonlyMap<string, Tier>;
   readonly catalog: ResourceCatalog;
+  /**
+   * The call arguments the schema declares (`context.args`), name → Cedar type
+   * (`Long`, `String`, `Bool`, or another type Cedar checks itself). Only these
+   * reach policy; empty when the schema declares no `args`.
+   */
+  readonly argTypes: ReadonlyMap<string, string>;
+  /** Environments with policies of their own (a folder under `environments/`). */
+  readonly environments: readonly string[];
+  /** The preparsed Cedar policy set that decides for tasks in `environment`. */
+  preparsedIdFor(environment: string): string;
 }
 
 /** A problem in one file, with a 1-based line and column (in characters) when known. */
@@ -71,13 +89,13 @@ export function loadPolicySet(dir: string): PolicySet {
     throw invalid(schemaJson.errors.map((e) => ({ file: SCHEMA_FILE, ...positionAtByte(schemaText, e.sourceLocations?.[0]?.start), ...describe(e) })));
   }
 
-  const files = readdirSync(dir).filter((f) => f.endsWith('.cedar')).sort();
+  const files = policyFiles(dir, problems);
   const policies = new Map<string, LoadedPolicy>();
   // Where each policy starts in its file (a character index), to place validation errors.
   const starts = new Map<string, number>();
   const hash = createHash('sha256');
   hash.update(`${SCHEMA_FILE}\0${schemaText}\0`);
-  for (const file of files) {
+  for (const { file, environment } of files) {
     const text = readFileSync(join(dir, file), 'utf8');
     hash.update(`${file}\0${text}\0`);
     const parts = cedar.policySetTextToParts(text);
@@ -106,7 +124,7 @@ export function loadPolicySet(dir: string): PolicySet {
         problems.push({ file, ...at, message: `duplicate policy id ${JSON.stringify(id)}` });
         return;
       }
-      policies.set(id, { id, file, text: policyText, effect: json.json.effect, annotations });
+      policies.set(id, { id, file, text: policyText, effect: json.json.effect, annotations, ...(environment === undefined ? {} : { environment }) });
       if (start !== undefined) starts.set(id, start);
     });
   }
@@ -126,6 +144,13 @@ export function loadPolicySet(dir: string): PolicySet {
     for (const issue of catalog.error.issues) {
       problems.push({ file: CATALOG_FILE, ...catalogYaml?.positionOf(issue.path), message: `${issue.path.join('.')}: ${issue.message}` });
     }
+  }
+  if (catalog.success) {
+    const schemaEntityTypes = new Set(Object.keys(schemaJson.json[CEDAR_NAMESPACE]?.entityTypes ?? {}));
+    for (const [kind, type] of Object.entries(catalog.data.kinds)) {
+      if (!schemaEntityTypes.has(type)) problems.push({ file: CATALOG_FILE, ...catalogYaml?.positionOf(['kinds', kind]), message: `kinds.${kind}: ${type} is not an entity type of the schema` });
+    }
+    if (!schemaEntityTypes.has(UNTYPED_RESOURCE)) problems.push({ file: SCHEMA_FILE, message: `the schema must declare entity ${UNTYPED_RESOURCE}, the type of resources whose kind the catalog does not type` });
   }
   if (problems.length > 0) throw invalid(problems);
 
@@ -147,13 +172,84 @@ export function loadPolicySet(dir: string): PolicySet {
 
   const version = `sha256:${hash.digest('hex').slice(0, 16)}`;
   const actionTiers = deriveActionTiers(schemaJson.json[CEDAR_NAMESPACE]?.actions ?? {});
-  // INVARIANT: the preparsed ids are the version, so an engine can only evaluate the set it was built for.
-  const preparsed = cedar.preparsePolicySet(version, { staticPolicies });
-  if (preparsed.type === 'failure') throw invalid(preparsed.errors.map((e) => ({ file: '?', message: e.message })));
+  // INVARIANT: the preparsed ids start with the version, so an engine can only evaluate the set it was built for.
+  const environments = [...new Set(files.flatMap((f) => (f.environment === undefined ? [] : [f.environment])))].sort();
+  const everywhere = [...policies.values()].filter((p) => p.environment === undefined);
+  const preparse = (id: string, members: readonly LoadedPolicy[]): void => {
+    const preparsed = cedar.preparsePolicySet(id, { staticPolicies: Object.fromEntries(members.map((p) => [p.id, p.text])) });
+    if (preparsed.type === 'failure') throw invalid(preparsed.errors.map((e) => ({ file: '?', message: e.message })));
+  };
+  preparse(version, everywhere);
+  for (const environment of environments) {
+    preparse(`${version}/${environment}`, [...everywhere, ...[...policies.values()].filter((p) => p.environment === environment)]);
+  }
   const preparsedSchema = cedar.preparseSchema(version, schemaText);
   if (preparsedSchema.type === 'failure') throw invalid(preparsedSchema.errors.map((e) => ({ file: SCHEMA_FILE, message: e.message })));
+  const ownSet = new Set(environments);
 
-  return { version, dir, schemaText, policies, actionTiers, catalog: createResourceCatalog(catalog.data as NonNullable<typeof catalog.data>) };
+  return {
+    version,
+    dir,
+    schemaText,
+    policies,
+    actionTiers,
+    catalog: createResourceCatalog(catalog.data as NonNullable<typeof catalog.data>),
+    argTypes: declaredArgs(schemaJson.json[CEDAR_NAMESPACE]),
+    environments,
+    preparsedIdFor: (environment) => (ownSet.has(environment) ? `${version}/${environment}` : version),
+  };
+}
+
+type SchemaType = { type: string; name?: string; attributes?: Record<string, SchemaType & { required?: boolean }> };
+interface NamespaceJson {
+  commonTypes?: Record<string, SchemaType>;
+  actions?: Record<string, { appliesTo?: { context?: SchemaType } }>;
+}
+
+/** The attributes of `context.args` in the read action's context, with their types. */
+function declaredArgs(namespace: NamespaceJson | undefined): Map<string, string> {
+  const resolve = (type: SchemaType | undefined, depth = 0): SchemaType | undefined => {
+    if (type === undefined || depth > 8) return undefined;
+    if ((type.type === 'EntityOrCommon' || type.type === 'CommonType') && type.name !== undefined) {
+      const common = namespace?.commonTypes?.[type.name];
+      return common === undefined ? { type: type.name } : resolve(common, depth + 1);
+    }
+    return type;
+  };
+  const context = resolve(namespace?.actions?.read?.appliesTo?.context);
+  const args = resolve(context?.attributes?.args);
+  const result = new Map<string, string>();
+  for (const [name, type] of Object.entries(args?.attributes ?? {})) result.set(name, resolve(type)?.type ?? 'unknown');
+  return result;
+}
+
+/**
+ * The policy files of a folder: `*.cedar` at the top (every environment) and
+ * under `environments/<env>/` (that environment only), sorted so that the
+ * version hash does not depend on the order the file system lists them in.
+ */
+function policyFiles(dir: string, problems: PolicyProblem[]): { file: string; environment?: string }[] {
+  const files: { file: string; environment?: string }[] = readdirSync(dir)
+    .filter((f) => f.endsWith('.cedar'))
+    .sort()
+    .map((file) => ({ file }));
+  const environmentsDir = join(dir, ENVIRONMENTS_DIR);
+  if (!existsSync(environmentsDir)) return files;
+  for (const entry of readdirSync(environmentsDir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1))) {
+    const where = `${ENVIRONMENTS_DIR}/${entry.name}`;
+    if (!entry.isDirectory()) {
+      if (entry.name.endsWith('.cedar')) problems.push({ file: where, message: `a policy file directly under ${ENVIRONMENTS_DIR}/ belongs to no environment; put it in ${ENVIRONMENTS_DIR}/<environment>/` });
+      continue;
+    }
+    if (!/^[a-z][a-z0-9-]{0,63}$/.test(entry.name)) {
+      problems.push({ file: where, message: 'an environment folder is named like an environment: lowercase letters, digits and dashes' });
+      continue;
+    }
+    for (const file of readdirSync(join(environmentsDir, entry.name)).filter((f) => f.endsWith('.cedar')).sort()) {
+      files.push({ file: `${where}/${file}`, environment: entry.name });
+    }
+  }
+  return files;
 }
 
 /**

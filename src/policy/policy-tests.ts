@@ -14,21 +14,34 @@
  *       principal: { owner: alice@example.com }   # id, actorType, environment; owner, labels optional
  *       action: read                              # any action name; one outside the schema is denied
  *       resource: db:orders/42                    # a resource or a pattern (db:orders/*)
- *       context: { intent: customer-support }     # environment, intent, at (ISO 8601 with offset)
+ *       context: { intent: customer-support }     # environment, intent, at (ISO 8601 with offset); see below
  *       expect: allow                             # allow | deny | approval_required
  *       policies: [agents-read-non-restricted]    # optional: the deciding policies, in any order
  *
  * `at` is required (from the case or the defaults) so that a case decides the
  * same way every day: it gives the policies `context.hour` and `context.weekday`.
+ * The rest of `context` is optional:
+ *
+ *   stage: call                 grant (default) | call
+ *   purpose: refund order 42    default empty
+ *   args: { amountCents: 5000 } the call's arguments (stage call)
+ *   delegationDepth: 1          default 0
+ *   breakGlass: true            default false
+ *   approval: approved          none (default) | approved
+ *   callsLastMinute: 120        the identity's call rate, for the risk score (default 0)
+ *   firstUse: true              first time the identity touches this kind (default false)
+ *
+ * and the principal may say when it was `registered` (ISO 8601; default long
+ * ago, so identity age adds no risk).
  */
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { WritError } from '../core/errors.js';
 import { isValidAction, isValidResource } from '../core/scope.js';
 import { ACTOR_TYPES, type ActorType, type Identity } from '../core/types.js';
-import type { DecisionInput, PolicyDecision, PolicyEngine, PolicyOutcome } from './engine.js';
-import { parseYamlWithPositions, type SourcePosition } from './policy-set.js';
+import { APPROVAL_STATES, type DecisionInput, type PolicyDecision, type PolicyEngine, type PolicyOutcome } from './engine.js';
+import { ENVIRONMENTS_DIR, parseYamlWithPositions, type SourcePosition } from './policy-set.js';
 
 export const POLICY_TESTS_SUFFIX = '.tests.yaml';
 export const POLICY_OUTCOMES = ['allow', 'deny', 'approval_required'] as const satisfies readonly PolicyOutcome[];
@@ -43,20 +56,32 @@ const principalFields = {
   environment: z.string().min(1).max(64),
   owner: z.string().min(1).max(256),
   labels: z.record(z.string().min(1).max(64), z.string().max(256)),
+  registered: z.iso.datetime({ offset: true, error: 'an ISO 8601 time with a zone' }),
 };
 const contextFields = {
   environment: z.string().min(1).max(64),
   intent: z.string().min(1).max(128),
   at: z.iso.datetime({ offset: true, error: 'an ISO 8601 time with a zone, e.g. 2026-11-23T10:00:00Z' }),
+  stage: z.enum(['grant', 'call']),
+  purpose: z.string().max(500),
+  args: z.record(z.string().min(1).max(64), z.unknown()),
+  delegationDepth: z.number().int().min(0).max(32),
+  breakGlass: z.boolean(),
+  approval: z.enum(APPROVAL_STATES),
+  callsLastMinute: z.number().int().min(0),
+  firstUse: z.boolean(),
 };
+const optionalContext = ['stage', 'purpose', 'args', 'delegationDepth', 'breakGlass', 'approval', 'callsLastMinute', 'firstUse'] as const;
 
 const caseSchema = z
   .object({
     name: z.string().min(1).max(200),
-    principal: z.object({ ...principalFields, owner: principalFields.owner.optional(), labels: principalFields.labels.optional() }).strict(),
+    principal: z
+      .object({ ...principalFields, owner: principalFields.owner.optional(), labels: principalFields.labels.optional(), registered: principalFields.registered.optional() })
+      .strict(),
     action: z.string().refine(isValidAction, 'an action name such as read or refund'),
     resource: z.string().refine(isValidResource, 'a resource like db:orders/42 or a pattern like db:orders/*'),
-    context: z.object(contextFields).strict(),
+    context: z.object(contextFields).partial(Object.fromEntries(optionalContext.map((k) => [k, true])) as { [K in (typeof optionalContext)[number]]: true }).strict(),
     expect: z.enum(POLICY_OUTCOMES),
     policies: z.array(z.string().min(1)).optional(),
   })
@@ -110,6 +135,8 @@ export function toPrincipal(fields: {
   environment: string;
   owner?: string | undefined;
   labels?: Readonly<Record<string, string>> | undefined;
+  /** ISO 8601; default the epoch (an established identity). */
+  registered?: string | undefined;
 }): Identity {
   return {
     id: fields.id,
@@ -120,7 +147,7 @@ export function toPrincipal(fields: {
     state: 'active',
     source: 'policy-test',
     adminScopes: [],
-    createdAt: 0,
+    createdAt: fields.registered === undefined ? 0 : Date.parse(fields.registered),
     updatedAt: 0,
     lastSeenAt: null,
     expiresAt: null,
@@ -173,6 +200,13 @@ export function parsePolicyTests(file: string, text: string): PolicyTestCase[] {
         environment: data.context.environment,
         intent: data.context.intent,
         now: Date.parse(data.context.at),
+        ...(data.context.stage === undefined ? {} : { stage: data.context.stage }),
+        ...(data.context.purpose === undefined ? {} : { purpose: data.context.purpose }),
+        ...(data.context.args === undefined ? {} : { args: data.context.args }),
+        ...(data.context.delegationDepth === undefined ? {} : { delegationDepth: data.context.delegationDepth }),
+        ...(data.context.breakGlass === undefined ? {} : { breakGlass: data.context.breakGlass }),
+        ...(data.context.approval === undefined ? {} : { approval: data.context.approval }),
+        observed: { callsLastMinute: data.context.callsLastMinute ?? 0, unusualResource: data.context.firstUse ?? false },
       },
       expect: data.expect,
       ...(data.policies === undefined ? {} : { policies: data.policies }),
@@ -183,11 +217,18 @@ export function parsePolicyTests(file: string, text: string): PolicyTestCase[] {
 }
 
 /**
- * Reads every `*.tests.yaml` in `dir` (not below it), in name order.
+ * Reads every `*.tests.yaml` in `dir` and in its `environments/<env>/`
+ * folders, in name order.
  * @throws WritError ERR_VALIDATION naming every problem of every file (see parsePolicyTests).
  */
 export function loadPolicyTests(dir: string): PolicyTestCase[] {
   const files = readdirSync(dir).filter((f) => f.endsWith(POLICY_TESTS_SUFFIX)).sort();
+  const environmentsDir = join(dir, ENVIRONMENTS_DIR);
+  if (existsSync(environmentsDir)) {
+    for (const env of readdirSync(environmentsDir, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => e.name).sort()) {
+      files.push(...readdirSync(join(environmentsDir, env)).filter((f) => f.endsWith(POLICY_TESTS_SUFFIX)).sort().map((f) => `${ENVIRONMENTS_DIR}/${env}/${f}`));
+    }
+  }
   const cases: PolicyTestCase[] = [];
   const problems: PolicyTestProblem[] = [];
   for (const file of files) {

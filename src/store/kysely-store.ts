@@ -345,6 +345,18 @@ class KyselyStore implements Store {
     return rows.map(toTask);
   }
 
+  async listGrantedScopesOf(identityId: string, limit: number): Promise<Scope[][]> {
+    const rows = await this.db
+      .selectFrom('tasks')
+      .select('granted_scopes')
+      .where('identity_id', '=', identityId)
+      .where('granted_scopes', '!=', '[]')
+      .orderBy('created_at', 'desc')
+      .limit(limit)
+      .execute();
+    return rows.map((r) => JSON.parse(r.granted_scopes) as Scope[]);
+  }
+
   async listTasksEndedSince(since: number): Promise<{ id: string; expiresAt: number }[]> {
     const rows = await this.db.selectFrom('tasks').select(['id', 'expires_at']).where('ended_at', '>=', since).execute();
     return rows.map((r) => ({ id: r.id, expiresAt: r.expires_at }));

@@ -5,7 +5,7 @@
  * One conformance suite (test/store-conformance.test.ts) runs against every
  * implementation; SQLite (default) and PostgreSQL (clusters) both pass it.
  */
-import type { AdminScope, Identity, IdentityState, Task, TaskState } from '../core/types.js';
+import type { AdminScope, Identity, IdentityState, Scope, Task, TaskState } from '../core/types.js';
 
 /** What a new identity needs. */
 export interface NewIdentity {
@@ -140,6 +140,8 @@ export interface Store {
    * exactly the tasks this call moved.
    */
   endTasksOfIdentity(identityId: string, to: TaskState, change: TaskTransition): Promise<Task[]>;
+  /** The granted scopes of the identity's `limit` most recent tasks that were granted anything, newest first. */
+  listGrantedScopesOf(identityId: string, limit: number): Promise<Scope[][]>;
   /** Ids and expiries of tasks that ended at or after `since` (any node, any process). */
   listTasksEndedSince(since: number): Promise<{ id: string; expiresAt: number }[]>;
   /** Records that the task's end is on the audit chain as record `auditId`. */
