@@ -66,6 +66,8 @@ export interface Writ {
   readonly authorize: ActionCheck;
   /** The policy engine currently deciding. */
   policy(): PolicyEngine;
+  /** The shadow (candidate) engine, when `policy.shadow` is configured and its set loaded: recorded, never enforced. */
+  shadowPolicy(): PolicyEngine | undefined;
   /**
    * Loads the policy folder again. A valid set with a new version replaces the
    * one deciding (at once, for every later decision); an invalid set is refused
@@ -402,6 +404,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     authorize,
     policy,
     reloadPolicy,
+    shadowPolicy: () => shadowEngine,
     async registerIdentity(input, actor, grantor) {
       const value = parseOrThrow(registerIdentitySchema, input);
       if (value.adminScopes.length > 0) await grantOrDeny(grantor, actor, [...value.adminScopes, 'admin:tokens'], `register ${value.id}`);
