@@ -66,7 +66,7 @@ Commands:
                              Top 10 references; exit 4 on a finding at or above --fail-on
       --fail-on <severity>     low | medium | high (default high)
       --json                   print the findings as JSON
-  policy explain             decide one request: outcome, deciding policies, tier, sensitivity
+  policy explain             decide one request: outcome, deciding policies, tier, sensitivity, risk
       --principal <id>         the principal's identity id (required)
       --actor-type <type>      agent | service | human (required)
       --owner <owner>          the principal's owner (default unspecified)
@@ -77,6 +77,15 @@ Commands:
       --environment <env>      the task's environment (required)
       --intent <intent>        the task's declared intent, e.g. customer-support (required)
       --at <time>              decision time, ISO 8601 (default now)
+      --purpose <text>         the task's purpose (default empty)
+      --stage <stage>          grant (default) | call
+      --args <json>            the call's arguments, e.g. '{"amountCents":25000}'
+      --delegation-depth <n>   0 when acting directly (default)
+      --break-glass            decide as a break-glass task
+      --approval <state>       none (default) | approved
+      --calls-per-minute <n>   the identity's call rate, for the risk score (default 0)
+      --first-use              the identity has never been granted this kind of resource
+      --registered <time>      when the identity was registered, ISO 8601 (default long ago)
       --json                   print the decision as JSON
   demo                       run a scripted agent against a Writ it starts, and print the transcript
 
@@ -122,6 +131,15 @@ const OPTIONS = {
   resource: { type: 'string' },
   intent: { type: 'string' },
   at: { type: 'string' },
+  purpose: { type: 'string' },
+  stage: { type: 'string' },
+  args: { type: 'string' },
+  'delegation-depth': { type: 'string' },
+  'break-glass': { type: 'boolean' },
+  approval: { type: 'string' },
+  'calls-per-minute': { type: 'string' },
+  'first-use': { type: 'boolean' },
+  registered: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
   version: { type: 'boolean', short: 'v' },
 } as const satisfies ParseArgsConfig['options'];

@@ -17,7 +17,8 @@ import { loadConfig } from '../core/config.js';
 import { isWritError } from '../core/errors.js';
 import { isValidAction, isValidResource } from '../core/scope.js';
 import { ACTOR_TYPES, type ActorType } from '../core/types.js';
-import { createPolicyEngine, type PolicyEngine } from '../policy/engine.js';
+import { APPROVAL_STATES, createPolicyEngine, type ApprovalState, type DecisionInput, type PolicyEngine } from '../policy/engine.js';
+import type { RiskSettings } from '../policy/risk.js';
 import { loadPolicySet, type PolicyProblem } from '../policy/policy-set.js';
 import { isLintSeverity, lintPolicySet, LINT_SEVERITIES, severityRank, type LintFinding, type LintSeverity } from '../policy/lint.js';
 import { formatPosition, loadPolicyTests, POLICY_TESTS_SUFFIX, runPolicyTests, toPrincipal, type PolicyTestResult } from '../policy/policy-tests.js';
@@ -43,6 +44,15 @@ export interface PolicyCommandOptions {
   readonly environment?: string | undefined;
   readonly intent?: string | undefined;
   readonly at?: string | undefined;
+  readonly purpose?: string | undefined;
+  readonly stage?: string | undefined;
+  readonly args?: string | undefined;
+  readonly 'delegation-depth'?: string | undefined;
+  readonly 'break-glass'?: boolean | undefined;
+  readonly approval?: string | undefined;
+  readonly 'calls-per-minute'?: string | undefined;
+  readonly 'first-use'?: boolean | undefined;
+  readonly registered?: string | undefined;
   readonly json?: boolean | undefined;
   readonly 'fail-on'?: string | undefined;
 }
@@ -63,8 +73,10 @@ export function runPolicyCommand(sub: string | undefined, rest: readonly string[
     if (rest.length > 0) throw new UsageError(`writ policy ${sub} takes no arguments, got ${JSON.stringify(rest[0])}`);
     if (sub === 'explain') return explain(options);
     if (sub === 'lint') return lint(options);
-    const dir = policyDirOf(options);
-    return sub === 'validate' ? validate(dir) : test(dir);
+    const config = loadConfig({ configFile: options.config });
+    const dir = options['policy-dir'] === undefined ? config.paths.policyDir : resolve(options['policy-dir']);
+    // Cases decide with the configured risk settings: the weights that will be deployed.
+    return sub === 'validate' ? validate(dir) : test(dir, config.policy.risk);
   } catch (error) {
     if (error instanceof UsageError) {
       process.stderr.write(`writ: ${error.message}\nRun writ --help for usage.\n`);
@@ -74,15 +86,10 @@ export function runPolicyCommand(sub: string | undefined, rest: readonly string[
   }
 }
 
-function policyDirOf(options: PolicyCommandOptions): string {
-  if (options['policy-dir'] !== undefined) return resolve(options['policy-dir']);
-  return loadConfig({ configFile: options.config }).paths.policyDir;
-}
-
 /** Loads the set and builds its engine, or prints every problem and gives the exit code. */
-function loadEngine(dir: string): PolicyEngine | number {
+function loadEngine(dir: string, risk?: RiskSettings): PolicyEngine | number {
   try {
-    return createPolicyEngine(loadPolicySet(dir));
+    return createPolicyEngine(loadPolicySet(dir), risk === undefined ? {} : { risk });
   } catch (error) {
     if (!isWritError(error, 'ERR_POLICY_INVALID')) throw error;
     const problems = (error.extensions.problems ?? []) as PolicyProblem[];
@@ -103,8 +110,8 @@ function validate(dir: string): number {
   return EXIT_OK;
 }
 
-function test(dir: string): number {
-  const engine = loadEngine(dir);
+function test(dir: string, risk: RiskSettings): number {
+  const engine = loadEngine(dir, risk);
   if (typeof engine === 'number') return engine;
   let cases;
   try {
@@ -173,17 +180,56 @@ function explain(options: PolicyCommandOptions): number {
     if (eq <= 0) throw new UsageError(`--label: expected key=value, got ${label}`);
     labels[label.slice(0, eq)] = label.slice(eq + 1);
   }
+  if (options.registered !== undefined && !isoTime.safeParse(options.registered).success) {
+    throw new UsageError(`--registered: an ISO 8601 time with a zone, got ${options.registered}`);
+  }
   const principal = toPrincipal({
     id: principalId,
     actorType: actorType as ActorType,
     environment: options['principal-env'] ?? environment,
     owner: options.owner,
     labels,
+    registered: options.registered,
   });
+  const stage = options.stage ?? 'grant';
+  if (stage !== 'grant' && stage !== 'call') throw new UsageError(`--stage: grant or call, got ${stage}`);
+  const approval = options.approval ?? 'none';
+  if (!(APPROVAL_STATES as readonly string[]).includes(approval)) throw new UsageError(`--approval: one of ${APPROVAL_STATES.join(', ')}, got ${approval}`);
+  let args: Record<string, unknown> | undefined;
+  if (options.args !== undefined) {
+    try {
+      args = JSON.parse(options.args) as Record<string, unknown>;
+    } catch {
+      args = undefined;
+    }
+    if (typeof args !== 'object' || args === null || Array.isArray(args)) throw new UsageError(`--args: a JSON object, e.g. '{"amountCents":25000}'`);
+  }
+  const count = (flag: 'delegation-depth' | 'calls-per-minute'): number => {
+    const value = options[flag];
+    if (value === undefined) return 0;
+    if (!/^\d{1,9}$/.test(value)) throw new UsageError(`--${flag}: a whole number, got ${value}`);
+    return Number(value);
+  };
+  const input: DecisionInput = {
+    principal,
+    action,
+    resource,
+    environment,
+    intent,
+    purpose: options.purpose ?? '',
+    stage,
+    now,
+    delegationDepth: count('delegation-depth'),
+    breakGlass: options['break-glass'] === true,
+    approval: approval as ApprovalState,
+    ...(args === undefined ? {} : { args }),
+    observed: { callsLastMinute: count('calls-per-minute'), unusualResource: options['first-use'] === true },
+  };
 
-  const engine = loadEngine(policyDirOf(options));
+  const config = loadConfig({ configFile: options.config });
+  const engine = loadEngine(options['policy-dir'] === undefined ? config.paths.policyDir : resolve(options['policy-dir']), config.policy.risk);
   if (typeof engine === 'number') return engine;
-  const decision = engine.decide({ principal, action, resource, environment, intent, now });
+  const decision = engine.decide(input);
   const deciding = decision.policies.map((id) => {
     const policy = engine.set.policies.get(id);
     return { id, effect: policy?.effect ?? null, file: policy?.file ?? null, approval: policy?.annotations.approval === 'required' };
@@ -195,6 +241,13 @@ function explain(options: PolicyCommandOptions): number {
     environment,
     intent,
     at: new Date(now).toISOString(),
+    purpose: input.purpose,
+    stage,
+    delegationDepth: input.delegationDepth,
+    breakGlass: input.breakGlass,
+    approval,
+    ...(args === undefined ? {} : { args }),
+    observed: input.observed,
   };
 
   if (options.json === true) {
@@ -204,7 +257,12 @@ function explain(options: PolicyCommandOptions): number {
   const none = decision.outcome === 'deny' && decision.errors.length === 0 ? 'none (no permit applies)' : 'none';
   const lines = [
     ['request', `${principal.actorType} ${principal.id} (environment ${principal.environment}) ${action} ${resource}`],
-    ['context', `environment ${environment}, intent ${intent}, at ${request.at}`],
+    [
+      'context',
+      `stage ${stage}, environment ${environment}, intent ${intent}, at ${request.at}` +
+        `${input.delegationDepth ? `, delegation depth ${input.delegationDepth}` : ''}${input.breakGlass ? ', break-glass' : ''}` +
+        `${approval === 'approved' ? ', approved' : ''}${args === undefined ? '' : `, args ${JSON.stringify(args)}`}`,
+    ],
     ['outcome', decision.outcome],
     [
       'policies',
@@ -214,6 +272,11 @@ function explain(options: PolicyCommandOptions): number {
     ],
     ['tier', engine.tierOf(action) === undefined ? `${decision.tier} (the schema puts ${action} in no tier group)` : decision.tier],
     ['sensitivity', decision.sensitivity],
+    [
+      'risk',
+      `${decision.risk.score} (${decision.risk.level})` +
+        decision.risk.signals.map((signal) => `\n             ${String(signal.points).padStart(6)}  ${signal.name}: ${signal.detail}`).join(''),
+    ],
     ['errors', decision.errors.length === 0 ? 'none' : decision.errors.join('\n             ')],
     ['version', decision.policyVersion],
   ] as const;

@@ -15,7 +15,11 @@
  *   unapproved-in-production
  *                        a permit without @approval("required") that can allow
  *                        a write/delete/export/admin action in production.
- *                        high for delete/export/admin, medium for write.
+ *                        high for delete/export/admin, medium for write; one
+ *                        level lower when a condition reads the call's
+ *                        arguments (`context.args`, a per-call limit such as
+ *                        a refund amount), since every call is then decided
+ *                        against what it actually does.
  *   wildcard-principal   a permit that can apply in production with an
  *                        unconstrained `principal` in its scope. high; medium
  *                        with @approval("required").
@@ -51,6 +55,9 @@
  *   rule asks which resources). wildcard-principal looks at the scope only:
  *   `principal is Writ::Agent` is constrained, a condition on `principal.*` does
  *   not make an unconstrained scope constrained.
+ * - A policy under `environments/<env>/` applies only there: it is in
+ *   production exactly when <env> is a production environment, and its folder
+ *   is its environment constraint.
  * - Actions in no tier group are skipped: the engine denies them.
  */
 import { cedar, type ActionConstraint, type CedarValueJson, type Clause, type EntityUidJson, type Expr, type PolicyJson } from './cedar.js';
@@ -122,6 +129,7 @@ export interface LintOptions {
 
 const DEFAULT_TTL_THRESHOLD = 3600;
 const TIME_OR_TASK_ATTRIBUTES = new Set(['environment', 'hour', 'weekday', 'intent']);
+const CALL_ARGUMENTS = new Set(['args']);
 const ACTION_TYPE = `${CEDAR_NAMESPACE}::Action`;
 
 /**
@@ -148,12 +156,14 @@ export function lintPolicySet(set: PolicySet, options: LintOptions = {}): LintFi
     const covered = coveredActions(json.action, actions).filter((a) => set.actionTiers.has(a));
     // Actions the conditions can allow anywhere, and in production.
     const anywhere = covered.filter((a) => canApply(json.conditions, { 'context.tier': tierOf(set, a) }));
+    // A policy of an environment's own folder applies to tasks in that environment only.
+    const environments = policy.environment === undefined ? productionEnvironments : productionEnvironments.filter((env) => env === policy.environment);
     const inProduction = covered.filter((a) =>
-      productionEnvironments.some((env) => canApply(json.conditions, { 'context.environment': env, 'context.tier': tierOf(set, a) })),
+      environments.some((env) => canApply(json.conditions, { 'context.environment': env, 'context.tier': tierOf(set, a) })),
     );
     if (anywhere.length === 0) continue;
 
-    if (!readsAny(json.conditions, 'context', TIME_OR_TASK_ATTRIBUTES)) {
+    if (policy.environment === undefined && !readsAny(json.conditions, 'context', TIME_OR_TASK_ATTRIBUTES)) {
       const severity: LintSeverity = approval ? 'low' : anywhere.some((a) => tierOf(set, a) !== 'read') ? 'high' : 'medium';
       add(
         'standing-privilege',
@@ -164,15 +174,20 @@ export function lintPolicySet(set: PolicySet, options: LintOptions = {}): LintFi
 
     const risky = inProduction.filter((a) => tierOf(set, a) !== 'read');
     if (!approval && risky.length > 0) {
-      const severity: LintSeverity = risky.some((a) => tierOf(set, a) !== 'write') ? 'high' : 'medium';
-      add('unapproved-in-production', severity, `can allow ${describeActions(set, risky)} in production without @approval("required")`);
+      const limited = readsAny(json.conditions, 'context', CALL_ARGUMENTS);
+      const severity: LintSeverity = risky.some((a) => tierOf(set, a) !== 'write') ? (limited ? 'medium' : 'high') : limited ? 'low' : 'medium';
+      add(
+        'unapproved-in-production',
+        severity,
+        `can allow ${describeActions(set, risky)} in production without @approval("required")${limited ? ', within limits on the call\'s arguments' : ''}`,
+      );
     }
 
     if (inProduction.length === 0) continue;
     if (json.principal.op === 'All') {
       add('wildcard-principal', approval ? 'medium' : 'high', `any principal, in production: the scope names no principal type or entity`);
     }
-    // `resource is Writ::Resource` alone narrows nothing: Writ has one resource type, with no parents.
+    // `resource is <type>` alone narrows little: every database, every API. Resources have no parents.
     const anyResource = json.resource.op === 'All' || (json.resource.op === 'is' && json.resource.in === undefined);
     if (anyResource && !mentionsVar(json.conditions, 'resource')) {
       const severity: LintSeverity = !approval && risky.length > 0 ? 'high' : 'medium';

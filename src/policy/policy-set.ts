@@ -210,11 +210,12 @@ interface NamespaceJson {
 function declaredArgs(namespace: NamespaceJson | undefined): Map<string, string> {
   const resolve = (type: SchemaType | undefined, depth = 0): SchemaType | undefined => {
     if (type === undefined || depth > 8) return undefined;
-    if ((type.type === 'EntityOrCommon' || type.type === 'CommonType') && type.name !== undefined) {
-      const common = namespace?.commonTypes?.[type.name];
-      return common === undefined ? { type: type.name } : resolve(common, depth + 1);
-    }
-    return type;
+    // A reference is `{type: "EntityOrCommon", name}` or the common type's name itself as `type`.
+    const name = type.type === 'EntityOrCommon' || type.type === 'CommonType' ? type.name : type.type;
+    if (name === undefined) return type;
+    const common = namespace?.commonTypes !== undefined && Object.hasOwn(namespace.commonTypes, name) ? namespace.commonTypes[name] : undefined;
+    if (common !== undefined) return resolve(common, depth + 1);
+    return type.type === 'EntityOrCommon' ? { type: name === 'Boolean' ? 'Bool' : name } : { ...type, type: type.type === 'Boolean' ? 'Bool' : type.type };
   };
   const context = resolve(namespace?.actions?.read?.appliesTo?.context);
   const args = resolve(context?.attributes?.args);
