@@ -226,6 +226,91 @@ for (const [backend, setup] of Object.entries(backends)) {
       assert.ok(!(await owed(now)).includes('task_end_listed'));
     });
 
+    maybe('active tasks are listed for re-decision page by page, filtered by the policy version that decided them', async () => {
+      const v1 = 'sha256:drift-list-v1';
+      const v2 = 'sha256:drift-list-v2';
+      const ids = Array.from({ length: 7 }, (_, i) => `task_drift_list_${i}`);
+      for (const [i, id] of ids.entries()) await store.createTask(newTask(id, { policyVersion: i < 5 ? v1 : v2 }));
+      await store.createTask(newTask('task_drift_list_pending', { policyVersion: v1, state: 'pending_approval', tokenId: null }));
+      await store.createTask(newTask('task_drift_list_ended', { policyVersion: v1 }));
+      await store.transitionTask('task_drift_list_ended', ['active'], 'revoked', { at: 1 });
+      const pages: string[][] = [];
+      let afterId: string | undefined;
+      for (;;) {
+        const page = await store.listActiveTasks({ policyVersionIn: [v1], limit: 2, ...(afterId === undefined ? {} : { afterId }) });
+        if (page.length === 0) break;
+        pages.push(page.map((t) => t.id));
+        afterId = page.at(-1)!.id;
+      }
+      assert.deepEqual(pages, [ids.slice(0, 2), ids.slice(2, 4), ids.slice(4, 5)], 'only active tasks of v1, in id order, two at a time');
+      const notV2 = (await store.listActiveTasks({ policyVersionNot: v2, limit: 1000 })).map((t) => t.id);
+      assert.ok(ids.slice(0, 5).every((id) => notV2.includes(id)));
+      assert.ok(!notV2.some((id) => ids.slice(5).includes(id)), 'tasks decided by v2 are not listed');
+      assert.ok(!notV2.includes('task_drift_list_pending') && !notV2.includes('task_drift_list_ended'));
+      assert.deepEqual(await store.listActiveTasks({ policyVersionIn: [], limit: 10 }), [], 'no versions, no tasks');
+      const both = await store.listActiveTasks({ policyVersionIn: [v1, v2], limit: 1000 });
+      assert.deepEqual(both.map((t) => t.id), ids);
+      assert.deepEqual(both[0], { ...newTask(ids[0]!, { policyVersion: v1, createdAt: both[0]!.createdAt, expiresAt: both[0]!.expiresAt }), endedAt: null, endReason: null }, 'read back whole');
+    });
+
+    maybe('a re-decided grant is written only over the grant it was decided on, and only while the task is active', async () => {
+      const read = { action: 'read', resource: 'db:orders/*' };
+      const write = { action: 'write', resource: 'tickets:T-1' };
+      const refund = { action: 'refund', resource: 'payments:refunds/*' };
+      const base = { grantedScopes: [read, write, refund], policyVersion: 'sha256:grant-v1' };
+      await store.createTask(newTask('task_grant_cas', { ...base, requestedScopes: base.grantedScopes }));
+      const dropped = { ...refund, outcome: 'deny' as const, policies: ['freeze'], reason: 'ERR_POLICY_DENIED' };
+      assert.equal(
+        await store.updateGrant('task_grant_cas', { ...base, policyVersion: 'sha256:other' }, { grantedScopes: [read], refusedScopes: [], policyVersion: 'sha256:grant-v2', narrowedAt: 10 }),
+        undefined,
+        'another policy version than the one read changes nothing',
+      );
+      const narrowed = await store.updateGrant('task_grant_cas', base, { grantedScopes: [read, write], refusedScopes: [dropped], policyVersion: 'sha256:grant-v2', narrowedAt: 10 });
+      assert.deepEqual([narrowed?.grantedScopes, narrowed?.refusedScopes, narrowed?.policyVersion, narrowed?.state], [[read, write], [dropped], 'sha256:grant-v2', 'active']);
+      assert.equal(
+        await store.updateGrant('task_grant_cas', base, { grantedScopes: [read, write, refund], refusedScopes: [], policyVersion: 'sha256:grant-v3' }),
+        undefined,
+        'a stale re-decision cannot widen the grant back',
+      );
+      assert.deepEqual((await store.getTask('task_grant_cas'))?.grantedScopes, [read, write]);
+      // Two re-decisions racing from the same grant: exactly one lands.
+      const current = { grantedScopes: [read, write], policyVersion: 'sha256:grant-v2' };
+      const racers = await Promise.all([
+        store.updateGrant('task_grant_cas', current, { grantedScopes: [read], refusedScopes: [], policyVersion: 'sha256:grant-v3', narrowedAt: 20 }),
+        store.updateGrant('task_grant_cas', current, { grantedScopes: [write], refusedScopes: [], policyVersion: 'sha256:grant-v4', narrowedAt: 20 }),
+      ]);
+      assert.equal(racers.filter((r) => r !== undefined).length, 1);
+      await store.transitionTask('task_grant_cas', ['active'], 'revoked', { at: 30 });
+      const ended = (await store.getTask('task_grant_cas'))!;
+      assert.equal(await store.updateGrant('task_grant_cas', ended, { grantedScopes: [], refusedScopes: [], policyVersion: 'sha256:grant-v5' }), undefined, 'an ended task keeps its grant');
+    });
+
+    maybe('narrowed tasks are listed for other nodes, and those whose tokens are unexpired for a start', async () => {
+      const now = Date.now();
+      const read = { action: 'read', resource: 'db:x/*' };
+      const write = { action: 'write', resource: 'db:x/1' };
+      const grant = { grantedScopes: [read, write], policyVersion: 'sha256:narrow-v1' };
+      await store.createTask(newTask('task_narrowed_fresh', grant));
+      await store.createTask(newTask('task_narrowed_old', { ...grant, expiresAt: now - 1000 }));
+      await store.createTask(newTask('task_kept', grant));
+      const change = { grantedScopes: [read], refusedScopes: [], policyVersion: 'sha256:narrow-v2' };
+      await store.updateGrant('task_narrowed_fresh', grant, { ...change, narrowedAt: now - 10_000 });
+      await store.updateGrant('task_narrowed_old', grant, { ...change, narrowedAt: now - 10_000 });
+      // Ended, so the reaper tests of this suite do not see an overdue task.
+      await store.transitionTask('task_narrowed_old', ['active'], 'completed', { at: now });
+      assert.ok(await store.updateGrant('task_kept', grant, change), 'kept whole: a new version, no narrowing');
+      const listed = (await store.listTasksNarrowedSince(now - 20_000)).filter((t) => t.id.startsWith('task_narrowed_') || t.id === 'task_kept');
+      assert.deepEqual(
+        listed.sort((a, b) => (a.id < b.id ? -1 : 1)).map((t) => [t.id, t.grantedScopes]),
+        [['task_narrowed_fresh', [read]], ['task_narrowed_old', [read]]],
+      );
+      assert.ok(!(await store.listTasksNarrowedSince(now - 5_000)).some((t) => t.id === 'task_narrowed_fresh'), 'only narrowings since the cut-off');
+      const unexpired = await store.listNarrowedUnexpiredTasks(now);
+      assert.deepEqual(unexpired.filter((t) => t.id.startsWith('task_narrowed_') || t.id === 'task_kept').map((t) => [t.id, t.grantedScopes, t.expiresAt]), [
+        ['task_narrowed_fresh', [read], (await store.getTask('task_narrowed_fresh'))!.expiresAt],
+      ]);
+    });
+
     maybe('a chained append is all or nothing', async () => {
       const head = await store.auditHead();
       await assert.rejects(

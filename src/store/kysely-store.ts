@@ -11,12 +11,15 @@ import pg from 'pg';
 import type { AdminScope, Identity, IdentityState, RefusedScope, Scope, Task, TaskState } from '../core/types.js';
 import { migrationProvider } from './migrations.js';
 import type {
+  ActiveTaskQuery,
   AdminTokenRecord,
   AuditRow,
   ChainHead,
   ChainLinker,
+  GrantChange,
   IdentityChange,
   NewIdentity,
+  NarrowedTask,
   NewTask,
   SigningKeyUse,
   Store,
@@ -76,6 +79,7 @@ interface TaskTable {
   ended_at: number | null;
   end_reason: string | null;
   end_audit_id: string | null;
+  narrowed_at: number | null;
 }
 
 interface SigningKeyTable {
@@ -276,7 +280,7 @@ class KyselyStore implements Store {
         intent: task.intent,
         environment: task.environment,
         requested_scopes: JSON.stringify(task.requestedScopes),
-        granted_scopes: JSON.stringify(task.grantedScopes),
+        granted_scopes: JSON.stringify(task.grantedScopes.map(scopeRow)),
         refused_scopes: JSON.stringify(task.refusedScopes),
         state: task.state,
         policy_version: task.policyVersion,
@@ -287,6 +291,7 @@ class KyselyStore implements Store {
         ended_at: task.state === 'denied' ? task.createdAt : null,
         end_reason: task.state === 'denied' ? 'denied' : null,
         end_audit_id: null,
+        narrowed_at: null,
       })
       .execute();
   }
@@ -360,6 +365,56 @@ class KyselyStore implements Store {
   async listTasksEndedSince(since: number): Promise<{ id: string; expiresAt: number }[]> {
     const rows = await this.db.selectFrom('tasks').select(['id', 'expires_at']).where('ended_at', '>=', since).execute();
     return rows.map((r) => ({ id: r.id, expiresAt: r.expires_at }));
+  }
+
+  async listActiveTasks(query: ActiveTaskQuery): Promise<Task[]> {
+    if (query.policyVersionIn !== undefined && query.policyVersionIn.length === 0) return [];
+    let select = this.db.selectFrom('tasks').selectAll().where('state', '=', 'active');
+    if (query.policyVersionNot !== undefined) select = select.where('policy_version', '!=', query.policyVersionNot);
+    if (query.policyVersionIn !== undefined) select = select.where('policy_version', 'in', [...query.policyVersionIn]);
+    if (query.afterId !== undefined) select = select.where('id', '>', query.afterId);
+    const rows = await select.orderBy('id').limit(query.limit).execute();
+    return rows.map(toTask);
+  }
+
+  async updateGrant(id: string, expected: Pick<Task, 'grantedScopes' | 'policyVersion'>, change: GrantChange): Promise<Task | undefined> {
+    const row = await this.db
+      .updateTable('tasks')
+      .set({
+        granted_scopes: JSON.stringify(change.grantedScopes.map(scopeRow)),
+        refused_scopes: JSON.stringify(change.refusedScopes),
+        policy_version: change.policyVersion,
+        ...(change.narrowedAt === undefined ? {} : { narrowed_at: change.narrowedAt }),
+      })
+      .where('id', '=', id)
+      .where('state', '=', 'active')
+      // INVARIANT: the grant is the one the caller decided on; a grant another
+      // re-decision changed meanwhile is never overwritten (which could widen it back).
+      .where('granted_scopes', '=', JSON.stringify(expected.grantedScopes.map(scopeRow)))
+      .where('policy_version', '=', expected.policyVersion)
+      .returningAll()
+      .executeTakeFirst();
+    return row && toTask(row);
+  }
+
+  async listTasksNarrowedSince(since: number): Promise<NarrowedTask[]> {
+    const rows = await this.db
+      .selectFrom('tasks')
+      .select(['id', 'granted_scopes', 'expires_at'])
+      .where('narrowed_at', 'is not', null)
+      .where('narrowed_at', '>=', since)
+      .execute();
+    return rows.map(toNarrowedTask);
+  }
+
+  async listNarrowedUnexpiredTasks(now: number): Promise<NarrowedTask[]> {
+    const rows = await this.db
+      .selectFrom('tasks')
+      .select(['id', 'granted_scopes', 'expires_at'])
+      .where('narrowed_at', 'is not', null)
+      .where('expires_at', '>', now)
+      .execute();
+    return rows.map(toNarrowedTask);
   }
 
   async markTaskEndAudited(id: string, auditId: string): Promise<void> {
@@ -620,6 +675,15 @@ function toTask(row: TaskTable): Task {
     endedAt: row.ended_at,
     endReason: row.end_reason,
   };
+}
+
+/** A scope as stored: exactly `{action, resource}` in that order, so stored grants compare as text. */
+function scopeRow(scope: Scope): Scope {
+  return { action: scope.action, resource: scope.resource };
+}
+
+function toNarrowedTask(row: Pick<TaskTable, 'id' | 'granted_scopes' | 'expires_at'>): NarrowedTask {
+  return { id: row.id, grantedScopes: JSON.parse(row.granted_scopes) as Scope[], expiresAt: row.expires_at };
 }
 
 function toSigningKey(row: SigningKeyTable): StoredSigningKey {

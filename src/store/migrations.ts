@@ -117,6 +117,18 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+
+  '0003_grant_drift': {
+    async up(db: Kysely<unknown>) {
+      // When a policy change last narrowed the task's grant (its token still carries
+      // the scopes it was minted with); null when never narrowed. Other nodes read
+      // narrowings since their last sync, and every node the unexpired ones at start.
+      await db.schema.alterTable('tasks').addColumn('narrowed_at', 'bigint').execute();
+      await db.schema.createIndex('tasks_narrowed').on('tasks').columns(['narrowed_at', 'expires_at']).where(sql.ref('narrowed_at'), 'is not', null).execute();
+      // Re-decision pages through active tasks in id order.
+      await db.schema.createIndex('tasks_state_id').on('tasks').columns(['state', 'id']).execute();
+    },
+  },
 };
 
 export const migrationProvider: MigrationProvider = {

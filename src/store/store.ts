@@ -5,7 +5,7 @@
  * One conformance suite (test/store-conformance.test.ts) runs against every
  * implementation; SQLite (default) and PostgreSQL (clusters) both pass it.
  */
-import type { AdminScope, Identity, IdentityState, Scope, Task, TaskState } from '../core/types.js';
+import type { AdminScope, Identity, IdentityState, RefusedScope, Scope, Task, TaskState } from '../core/types.js';
 
 /** What a new identity needs. */
 export interface NewIdentity {
@@ -56,6 +56,35 @@ export interface TaskTransition {
   /** Set for terminal states. */
   readonly endReason?: string;
   readonly tokenId?: string;
+}
+
+/** Which active tasks to list for re-decision (see `Store.listActiveTasks`). */
+export interface ActiveTaskQuery {
+  /** Only tasks decided by a policy version other than this one. */
+  readonly policyVersionNot?: string;
+  /** Only tasks decided by one of these policy versions (none listed: no task). */
+  readonly policyVersionIn?: readonly string[];
+  /** Only tasks whose id sorts after this one: the last id of the previous page. */
+  readonly afterId?: string;
+  readonly limit: number;
+}
+
+/** A grant decided again under a new policy version (see `Store.updateGrant`). */
+export interface GrantChange {
+  /** A subset of the scopes the grant held: a grant is narrowed, never widened. */
+  readonly grantedScopes: readonly Scope[];
+  readonly refusedScopes: readonly RefusedScope[];
+  readonly policyVersion: string;
+  /** Set when scopes were dropped: the moment of the narrowing, listed for other nodes. */
+  readonly narrowedAt?: number;
+}
+
+/** A task whose grant was narrowed after its token was minted. */
+export interface NarrowedTask {
+  readonly id: string;
+  /** The scopes the task keeps; the token's other scopes must be refused. */
+  readonly grantedScopes: readonly Scope[];
+  readonly expiresAt: number;
 }
 
 export type SigningKeyUse = 'task' | 'identity-dev';
@@ -144,6 +173,27 @@ export interface Store {
   listGrantedScopesOf(identityId: string, limit: number): Promise<Scope[][]>;
   /** Ids and expiries of tasks that ended at or after `since` (any node, any process). */
   listTasksEndedSince(since: number): Promise<{ id: string; expiresAt: number }[]>;
+  /**
+   * A page of tasks in state `active`, in id order, filtered by the policy
+   * version that decided them: what a policy change must decide again. Paging
+   * by id is stable while the pages are being re-decided (a narrowed task stays,
+   * a revoked one drops out, neither moves).
+   */
+  listActiveTasks(query: ActiveTaskQuery): Promise<Task[]>;
+  /**
+   * Atomic compare-and-set of a re-decided grant: only while the task is
+   * `active` and still holds exactly the grant the caller decided on
+   * (`expected`: its granted scopes and policy version, as read from this
+   * store), sets the grant to `change`. Returns the updated task, or undefined
+   * when the task ended or another re-decision changed its grant first (read it
+   * again and decide again). Narrowing is the caller's duty: the store does not
+   * check that `change.grantedScopes` is a subset.
+   */
+  updateGrant(id: string, expected: Pick<Task, 'grantedScopes' | 'policyVersion'>, change: GrantChange): Promise<Task | undefined>;
+  /** Tasks whose grant was narrowed at or after `since` (any node, any process), as they now stand. */
+  listTasksNarrowedSince(since: number): Promise<NarrowedTask[]>;
+  /** Narrowed tasks whose tokens would otherwise still be valid at `now`. */
+  listNarrowedUnexpiredTasks(now: number): Promise<NarrowedTask[]>;
   /** Records that the task's end is on the audit chain as record `auditId`. */
   markTaskEndAudited(id: string, auditId: string): Promise<void>;
   /** Up to `limit` tasks that ended at or before `endedBefore` and whose end is not yet audited. */
