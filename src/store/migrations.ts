@@ -125,8 +125,8 @@ const migrations: Record<string, Migration> = {
       // narrowings since their last sync, and every node the unexpired ones at start.
       await db.schema.alterTable('tasks').addColumn('narrowed_at', 'bigint').execute();
       await db.schema.createIndex('tasks_narrowed').on('tasks').columns(['narrowed_at', 'expires_at']).where(sql.ref('narrowed_at'), 'is not', null).execute();
-      // Re-decision pages through active tasks in id order.
-      await db.schema.createIndex('tasks_state_id').on('tasks').columns(['state', 'id']).execute();
+      // Re-decision pages through active tasks of given policy versions in id order.
+      await db.schema.createIndex('tasks_state_version').on('tasks').columns(['state', 'policy_version', 'id']).execute();
     },
   },
 };
