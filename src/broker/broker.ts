@@ -17,7 +17,7 @@ import type { Identity, RefusedScope, Scope, Task, TaskState } from '../core/typ
 import type { EventBus } from '../events/bus.js';
 import type { IdentityAuthenticator } from '../identity/authenticate.js';
 import { identityInactiveReason, type Registry } from '../identity/registry.js';
-import { decideShadow, riskRecord, type PolicyEngine, type ShadowDecision } from '../policy/engine.js';
+import { decideShadow, riskRecord, type DecisionInput, type PolicyEngine, type ShadowDecision } from '../policy/engine.js';
 import type { Observations } from '../policy/observations.js';
 import type { Store } from '../store/store.js';
 import { MAX_TOKEN_LENGTH } from '../tokens/jwt.js';
@@ -170,24 +170,8 @@ export function createBroker(options: BrokerOptions): Broker {
     bus.publish({ type: 'task.ended', taskId: task.id, state: task.state, expiresAt: task.expiresAt });
   };
 
-  /**
-   * Appends the task's end to the audit chain and marks it recorded. If the
-   * append fails the task stays ended (safe) and owes its record, which
-   * `flushEndRecords` writes later: an end is never silently unrecorded.
-   */
-  const recordEnd = async (task: Task, actor: Pick<Identity, 'id'> & Partial<Identity>, note?: string): Promise<void> => {
-    const receipt = await audit.append({
-      type: 'task.ended',
-      decision: 'deny',
-      reason: task.state,
-      ...(note === undefined ? {} : { detail: note }),
-      actor: auditActor(actor),
-      task: { id: task.id, purpose: task.purpose, intent: task.intent, environment: task.environment },
-      policyVersion: task.policyVersion,
-      ...(task.endedAt === null ? {} : { data: { endedAt: task.endedAt } }),
-    });
-    await store.markTaskEndAudited(task.id, receipt.id);
-  };
+  /** See `recordTaskEnd`. */
+  const recordEnd = (task: Task, actor: Pick<Identity, 'id'> & Partial<Identity>, note?: string): Promise<void> => recordTaskEnd({ audit, store }, task, actor, note);
 
   return {
     async authenticate({ bearer, certificateChain }, { allowTaskToken, endpoint }) {
@@ -274,16 +258,7 @@ export function createBroker(options: BrokerOptions): Broker {
           refused.push({ ...scope, outcome: 'deny', policies: [], reason: 'ERR_UNKNOWN_ACTION' });
           continue;
         }
-        const input = {
-          principal: identity,
-          ...scope,
-          environment: request.environment,
-          intent: request.intent,
-          purpose: request.purpose,
-          stage: 'grant' as const,
-          now,
-          observed: await options.observations.observe(identity.id, scope.resource, now),
-        };
+        const input = await grantDecisionInput(options.observations, identity, request, scope, now);
         const decision = engine.decide(input);
         decisions.push({ scope: formatScope(scope), outcome: decision.outcome, tier: decision.tier, sensitivity: decision.sensitivity, risk: riskRecord(decision.risk) });
         const would = decideShadow(shadow, input, decision);
@@ -436,6 +411,60 @@ export function createBroker(options: BrokerOptions): Broker {
       return owed.length;
     },
   };
+}
+
+/** What a grant-stage decision needs to know of its task: what a request asks for, or what a task holds. */
+export interface GrantContext {
+  readonly environment: string;
+  readonly intent: string;
+  readonly purpose: string;
+}
+
+/**
+ * The input policy decides one scope of a grant with. The broker deciding a
+ * request and drift deciding an active grant again after a policy change both
+ * build it here, so the two can never decide a grant on different inputs.
+ */
+export async function grantDecisionInput(observations: Observations, principal: Identity, task: GrantContext, scope: Scope, now: number): Promise<DecisionInput> {
+  return {
+    principal,
+    action: scope.action,
+    resource: scope.resource,
+    environment: task.environment,
+    intent: task.intent,
+    purpose: task.purpose,
+    stage: 'grant',
+    now,
+    observed: await observations.observe(principal.id, scope.resource, now),
+  };
+}
+
+/**
+ * Appends a task's end to the audit chain and marks it recorded. If the
+ * append fails the task stays ended (safe) and owes its record, which the
+ * broker's `flushEndRecords` writes later: an end is never silently unrecorded.
+ * `decidedBy` names the policy version and policies that ended it, when policy did
+ * (drift); otherwise the record carries the version that granted the task.
+ * @throws WritError ERR_AUDIT_UNAVAILABLE (the record is then owed)
+ */
+export async function recordTaskEnd(
+  deps: { readonly audit: AuditLog; readonly store: Store },
+  task: Task,
+  actor: Pick<Identity, 'id'> & Partial<Identity>,
+  note?: string,
+  decidedBy?: { readonly policyVersion: string; readonly policies: readonly string[] },
+): Promise<void> {
+  const receipt = await deps.audit.append({
+    type: 'task.ended',
+    decision: 'deny',
+    reason: task.state,
+    ...(note === undefined ? {} : { detail: note }),
+    actor: auditActor(actor),
+    task: { id: task.id, purpose: task.purpose, intent: task.intent, environment: task.environment },
+    ...(decidedBy === undefined ? { policyVersion: task.policyVersion } : { policies: decidedBy.policies, policyVersion: decidedBy.policyVersion }),
+    ...(task.endedAt === null ? {} : { data: { endedAt: task.endedAt } }),
+  });
+  await deps.store.markTaskEndAudited(task.id, receipt.id);
 }
 
 function dedupeScopes(scopes: readonly Scope[]): Scope[] {
