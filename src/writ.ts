@@ -5,18 +5,21 @@
  * Start-up order matters and is fail-closed: the store is opened and migrated,
  * the master key opens the signing keys (or start-up stops), the policy set
  * parses and validates (or start-up stops), ended-but-unexpired tasks are
- * loaded into the revocation list, and overdue tasks are expired, all before
- * the first request can be answered.
+ * loaded into the revocation list (and narrowed ones into the narrowing
+ * list), and overdue tasks are expired, all before the first request can be
+ * answered.
  */
 import { watch, type FSWatcher } from 'node:fs';
 import type { Logger } from 'pino';
 import { auditActor, createAuditLog, type AuditActor, type AuditEvent, type AuditEventType, type AuditLog } from './audit/log.js';
 import { createBroker, type Broker } from './broker/broker.js';
+import { createDrift, type DriftSummary } from './broker/drift.js';
 import { systemClock, type Clock } from './core/clock.js';
 import { loadConfig, resolveConfigPath, type WritConfig } from './core/config.js';
 import { isWritError, WritError, type WritErrorCode } from './core/errors.js';
 import type { AdminScope, Identity, IdentityState, Task } from './core/types.js';
 import { createActionCheck, type ActionCheck } from './enforce/action-check.js';
+import { createNarrowingList, type NarrowingList } from './enforce/narrowing-list.js';
 import { createRevocationList, type RevocationList } from './enforce/revocation-list.js';
 import { createEventBus, type EventBus } from './events/bus.js';
 import {
@@ -51,6 +54,8 @@ export interface Writ {
   readonly audit: AuditLog;
   readonly bus: EventBus;
   readonly revocations: RevocationList;
+  /** Tasks whose grant a policy change narrowed after their token was minted, and the scopes they keep. */
+  readonly narrowings: NarrowingList;
   readonly taskKeys: KeyRing;
   /** Undefined when the dev issuer is disabled. */
   readonly devIssuer: { readonly ring: KeyRing; readonly issuer: string } | undefined;
@@ -70,8 +75,11 @@ export interface Writ {
   shadowPolicy(): PolicyEngine | undefined;
   /**
    * Loads the policy folder again. A valid set with a new version replaces the
-   * one deciding (at once, for every later decision); an invalid set is refused
-   * and the old one keeps serving. Both are audited. Reloads run one at a time.
+   * one deciding (at once, for every later decision), then every active grant
+   * is decided again by it (drift: narrowed or revoked where it no longer
+   * holds; see broker/drift.ts) before this resolves; an invalid set is refused,
+   * the old one keeps serving and nothing is decided again. All of it is
+   * audited. Reloads run one at a time.
    */
   reloadPolicy(trigger: string): Promise<PolicyReload>;
   /**
@@ -113,9 +121,10 @@ export interface Writ {
    */
   issueIdentityToken(id: string, ttlSeconds?: number): Promise<{ token: string; expiresAt: number }>;
   /**
-   * Reads task ends made by other processes or nodes sharing the store into
-   * this process's revocation list. Runs every `revocation.syncIntervalMs`
-   * once started; callable directly.
+   * Reads task ends and grant narrowings made by other processes or nodes
+   * sharing the store into this process's revocation and narrowing lists.
+   * Runs every `revocation.syncIntervalMs` once started (followed by the drift
+   * sweep); callable directly. Returns how many tasks it newly revoked or narrowed.
    */
   syncRevocations(): Promise<number>;
   /**
@@ -125,7 +134,8 @@ export interface Writ {
   flushOwedRecords(): Promise<number>;
   /**
    * Starts the background work: the reaper (every `reaper.intervalMs`, also
-   * writing audit records owed for task ends) and the revocation sync.
+   * writing audit records owed for task ends), the revocation sync and, after
+   * each sync, the drift sweep of grants a replaced policy version decided.
    */
   startReaper(): void;
   /** Stops the reaper, flushes the audit log and closes the store. */
@@ -135,7 +145,14 @@ export interface Writ {
 export type IdentityStateChange = 'suspend' | 'decommission' | 'reactivate';
 
 export type PolicyReload =
-  | { readonly ok: true; readonly changed: boolean; readonly version: string; readonly previous: string }
+  | {
+    readonly ok: true;
+    readonly changed: boolean;
+    readonly version: string;
+    readonly previous: string;
+    /** When the version changed: what deciding every active grant again did. */
+    readonly drift?: DriftSummary;
+  }
   | { readonly ok: false; readonly version: string; readonly problems: readonly PolicyProblem[] };
 
 function problemsOf(error: unknown, dir: string): PolicyProblem[] {
@@ -240,6 +257,9 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
   const revocations = createRevocationList({ bus, clockSkewMs: skewMs });
   // Tokens are accepted until exp + skew, so ended tasks are remembered that long too.
   for (const task of await store.listEndedUnexpiredTasks(clock.now() - skewMs)) revocations.add(task.id, task.expiresAt);
+  // Likewise the grants a policy change narrowed: their tokens still carry the dropped scopes.
+  const narrowings = createNarrowingList({ clockSkewMs: skewMs });
+  for (const task of await store.listNarrowedUnexpiredTasks(clock.now() - skewMs)) narrowings.narrow(task.id, task.grantedScopes, task.expiresAt);
 
   const taskTokens = createTaskTokenVerifier({
     ring: taskKeys,
@@ -262,6 +282,17 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
   const shadow = (environment: string): PolicyEngine | undefined =>
     shadowEnvironments === undefined || shadowEnvironments.includes(environment) ? shadowEngine : undefined;
   const observations = createObservations({ history: (id, limit) => store.listGrantedScopesOf(id, limit) });
+  const drift = createDrift({
+    store,
+    observations,
+    audit,
+    bus,
+    clock,
+    narrowings,
+    // A grant the replaced set decided can live at most the longest TTL (plus skew) after the swap.
+    retireMs: config.tokens.maxTtl * 1000 + skewMs,
+    onError: (error, what, taskId) => logger?.error({ err: error, ...(taskId === undefined ? {} : { taskId }) }, `policy drift: ${what}`),
+  });
 
   const reloadShadow = async (trigger: string): Promise<void> => {
     if (shadowDir === undefined) return;
@@ -302,12 +333,16 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
       return { ok: false, version: previous, problems };
     }
     if (set.version === previous) return { ok: true, changed: false, version: previous, previous };
-    engine = engineOf(set);
+    const next = engineOf(set);
+    engine = next;
     logger?.info({ trigger, from: previous, to: set.version }, 'policy set reloaded');
     await audit
       .append({ type: 'policy.reloaded', decision: 'allow', policyVersion: set.version, data: { trigger, previous, policies: set.policies.size } })
       .catch((error: unknown) => logger?.error({ err: error }, 'the record of a policy reload could not be written'));
-    return { ok: true, changed: true, version: set.version, previous };
+    // Every active grant is decided again by the set now serving; never throws.
+    const summary = await drift.redecide(next, previous, trigger);
+    logger?.info(summary, 'active grants decided again under the new policy set');
+    return { ok: true, changed: true, version: set.version, previous, drift: summary };
   };
   // One reload at a time: a burst of triggers never interleaves two swaps.
   let reloading: Promise<unknown> = Promise.resolve();
@@ -336,7 +371,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
       environments: config.policy.environments,
     },
   });
-  const authorize = createActionCheck({ verifier: taskTokens, revocations, registry, policy, shadow, observations, audit, clock });
+  const authorize = createActionCheck({ verifier: taskTokens, revocations, narrowings, registry, policy, shadow, observations, audit, clock });
 
   // Other nodes' clocks may lag ours: look back well past one sync interval.
   const syncWindowMs = 2 * config.revocation.syncIntervalMs + 60_000;
@@ -350,6 +385,9 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
         revocations.add(task.id, task.expiresAt);
         added++;
       }
+    }
+    for (const task of await store.listTasksNarrowedSince(now - syncWindowMs)) {
+      if (task.expiresAt + skewMs >= now && narrowings.narrow(task.id, task.grantedScopes, task.expiresAt)) added++;
     }
     return added;
   };
@@ -395,6 +433,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     audit,
     bus,
     revocations,
+    narrowings,
     taskKeys,
     devIssuer,
     trustSources,
@@ -553,6 +592,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
       if (reaper !== undefined || closed) return;
       reaper = setInterval(() => {
         revocations.prune(clock.now());
+        narrowings.prune(clock.now());
         broker
           .reapExpired()
           .then(() => broker.flushEndRecords())
@@ -562,6 +602,8 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
       reaper.unref();
       revocationSync = setInterval(() => {
         syncRevocations().catch((error: unknown) => logger?.error({ err: error }, 'revocation sync failed'));
+        // Serialized with reloads' re-decisions inside drift.
+        drift.sweep(policy).catch((error: unknown) => logger?.error({ err: error }, 'policy drift sweep failed'));
       }, config.revocation.syncIntervalMs);
       revocationSync.unref();
       // Policy files changed on disk are reloaded (valid sets only) after a short quiet time.
@@ -591,6 +633,9 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
       if (reaper !== undefined) clearInterval(reaper);
       if (revocationSync !== undefined) clearInterval(revocationSync);
       for (const watcher of policyWatchers) watcher.close();
+      // A reload and its re-decision in flight finish before the store closes under them.
+      await reloading;
+      await drift.idle();
       await audit.flush();
       await store.close();
     },

@@ -24,6 +24,7 @@ export type AuditEventType =
   | 'identity.changed'
   | 'policy.reloaded'
   | 'policy.reload_refused'
+  | 'policy.drift'
   | 'identity.token_issued'
   | 'admin.token_created'
   | 'admin.token_revoked'
@@ -31,6 +32,7 @@ export type AuditEventType =
   | 'authentication.failed'
   | 'task.decision'
   | 'task.ended'
+  | 'task.narrowed'
   | 'action.check';
 
 export type AuditDecision = 'allow' | 'deny' | 'approval_required' | 'partial';

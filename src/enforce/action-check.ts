@@ -5,7 +5,9 @@
  *                a certificate-bound token only with that certificate
  *   2. revoked   the task has not ended (in-memory revocation list)
  *   3. identity  the identity is still registered and active
- *   4. scope     a granted scope covers (action, resource)
+ *   4. scope     a granted scope covers (action, resource), and one the task
+ *                still keeps if a policy change narrowed its grant since the
+ *                token was minted (in-memory narrowing list)
  *   5. policy    above `read` (the action's tier, raised by the resource's
  *                tier floor), policy is decided again with fresh context: the
  *                call's arguments, its risk score, the time
@@ -29,6 +31,7 @@ import type { Observations } from '../policy/observations.js';
 import type { RiskScore } from '../policy/risk.js';
 import type { TokenFailureCode } from '../tokens/jwt.js';
 import { boundCertificate, type TaskTokenVerifier, type VerifiedTaskToken } from '../tokens/task-token.js';
+import type { NarrowingList } from './narrowing-list.js';
 import type { RevocationList } from './revocation-list.js';
 
 export interface ActionRequest {
@@ -81,6 +84,8 @@ export type ActionCheck = (token: string, request: ActionRequest, presenter?: Pr
 export interface ActionCheckOptions {
   readonly verifier: TaskTokenVerifier;
   readonly revocations: RevocationList;
+  /** Tasks whose grant a policy change narrowed: their tokens carry scopes they no longer hold. */
+  readonly narrowings: NarrowingList;
   readonly registry: Registry;
   /** The current policy engine; read per call so reloads apply at once. */
   readonly policy: () => PolicyEngine;
@@ -108,7 +113,7 @@ interface Outcome {
 }
 
 export function createActionCheck(options: ActionCheckOptions): ActionCheck {
-  const { verifier, revocations, registry, audit, clock } = options;
+  const { verifier, revocations, narrowings, registry, audit, clock } = options;
 
   const deny = (reason: ActionReason, detail: string, partial: Partial<Outcome> = {}): Outcome => ({ decision: 'deny', reason, detail, ...partial });
 
@@ -138,6 +143,10 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
     if (tier === undefined) return deny('ERR_UNKNOWN_ACTION', `action ${request.action} is not in the schema`, { token: verified, identity });
     if (findCoveringScope(verified.scopes, request) === undefined) {
       return deny('ERR_SCOPE_NOT_GRANTED', 'no granted scope covers this action and resource', { token: verified, identity, tier });
+    }
+    const kept = narrowings.remainingOf(taskId);
+    if (kept !== undefined && findCoveringScope(kept, request) === undefined) {
+      return deny('ERR_SCOPE_NOT_GRANTED', 'narrowed by policy drift: the token\'s scope covers this, the grant no longer does', { token: verified, identity, tier });
     }
     if (tier === 'read') return { decision: 'allow', reason: null, token: verified, identity, tier };
 
