@@ -126,7 +126,7 @@ describe('createResourceCatalog', () => {
 describe('catalogSchema', () => {
   test('an empty document is a catalog with a restricted default and no entries', () => {
     assert.deepEqual(catalogSchema.parse({}), { kinds: {}, default: { sensitivity: 'restricted' }, resources: [] });
-    assert.deepEqual(catalogSchema.parse({ default: {} }), { default: { sensitivity: 'restricted' }, resources: [] });
+    assert.deepEqual(catalogSchema.parse({ default: {} }), { kinds: {}, default: { sensitivity: 'restricted' }, resources: [] });
   });
 
   test('every sensitivity level is accepted for entries and the default', () => {

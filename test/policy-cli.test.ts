@@ -119,11 +119,11 @@ describe('writ policy test', async () => {
 
   test('a case whose expectation is wrong fails the run (exit 2), showing expected and actual', async () => {
     const text = readFileSync(join(EXAMPLES, 'support-agent.tests.yaml'), 'utf8');
-    const flipped = text.replace(/(name: a refund needs a human's approval\n(?: {4}.*\n)*? {4}expect: )approval_required/, '$1allow');
+    const flipped = text.replace(/(name: exporting a customer's orders needs a human's approval\n(?: {4}.*\n)*? {4}expect: )approval_required/, '$1allow');
     assert.notEqual(flipped, text);
     const answer = await writ(['policy', 'test', '--policy-dir', policyDir({ 'support-agent.tests.yaml': flipped })]);
     assert.equal(answer.code, 2);
-    assert.match(answer.stdout, /✖ a refund needs a human's approval\n {6}expected allow by \[refunds-need-approval\]\n {6}actual {3}approval_required by \[refunds-need-approval\]\n/);
+    assert.match(answer.stdout, /✖ exporting a customer's orders needs a human's approval\n {6}expected allow by \[order-exports-need-approval\]\n {6}actual {3}approval_required by \[order-exports-need-approval\]\n/);
     assert.match(answer.stdout, /cases: \d+ passed, 1 failed/);
   });
 
@@ -167,7 +167,7 @@ describe('writ policy test', async () => {
     assert.equal(invalid.code, 3);
     assert.equal(invalid.stdout, '');
     const empty = policyDir();
-    for (const file of readdirSync(empty).filter((name) => name.endsWith('.tests.yaml'))) rmSync(join(empty, file));
+    for (const file of readdirSync(empty, { recursive: true, encoding: 'utf8' }).filter((name) => name.endsWith('.tests.yaml'))) rmSync(join(empty, file));
     const none = await writ(['policy', 'test', '--policy-dir', empty]);
     assert.equal(none.code, 1);
     assert.match(none.stderr, /nothing to test/);
@@ -199,16 +199,16 @@ describe('writ policy explain', async () => {
     assert.match(answer.stdout, /^policies {5}environment-must-match /m);
   });
 
-  test('a refund requires approval; --json is the decision for scripts', async () => {
-    const text = await writ(explainArgs({ action: 'refund', resource: 'payments:refunds/R-5001' }));
+  test('an export requires approval; --json is the decision for scripts', async () => {
+    const text = await writ(explainArgs({ action: 'export', resource: 'db:orders/42' }));
     assert.match(text.stdout, /^outcome {6}approval_required$/m);
-    const answer = await writ([...explainArgs({ action: 'refund', resource: 'payments:refunds/R-5001' }), '--json']);
+    const answer = await writ([...explainArgs({ action: 'export', resource: 'db:orders/42' }), '--json']);
     assert.equal(answer.code, 0, answer.stderr);
     const json = JSON.parse(answer.stdout);
     assert.equal(json.outcome, 'approval_required');
-    assert.deepEqual(json.policies, ['refunds-need-approval']);
-    assert.deepEqual(json.deciding, [{ id: 'refunds-need-approval', effect: 'permit', file: 'support-agent.cedar', approval: true }]);
-    assert.equal(json.tier, 'write');
+    assert.deepEqual(json.policies, ['order-exports-need-approval']);
+    assert.deepEqual(json.deciding, [{ id: 'order-exports-need-approval', effect: 'permit', file: 'support-agent.cedar', approval: true }]);
+    assert.equal(json.tier, 'export');
     assert.equal(json.sensitivity, 'confidential');
     assert.deepEqual(json.errors, []);
     assert.match(json.policyVersion, /^sha256:[0-9a-f]{16}$/);

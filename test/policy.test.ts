@@ -47,6 +47,7 @@ const input = (overrides: Partial<DecisionInput>): DecisionInput => ({
   environment: 'production',
   intent: 'customer-support',
   now: Date.parse('2026-11-23T12:00:00Z'),
+  observed: { callsLastMinute: 0, unusualResource: false },
   ...overrides,
 });
 
@@ -72,7 +73,16 @@ describe('the example policy set', () => {
     [{ environment: 'staging' }, 'deny', ['environment-must-match']],
     [{ action: 'write', resource: 'tickets:T-1' }, 'allow', ['support-writes-tickets']],
     [{ action: 'write', resource: 'db:orders/1' }, 'deny', []],
-    [{ action: 'refund', resource: 'payments:refunds/R-1' }, 'approval_required', ['refunds-need-approval']],
+    [{ action: 'export', resource: 'db:orders/1' }, 'approval_required', ['order-exports-need-approval']],
+    // A refund scope is granted; each refund call is decided on its amount.
+    [{ action: 'refund', resource: 'payments:refunds/*' }, 'allow', ['refunds-up-to-limit']],
+    [{ action: 'refund', resource: 'payments:refunds/R-1', stage: 'call', args: { amountCents: 9_999 } }, 'allow', ['refunds-up-to-limit']],
+    [{ action: 'refund', resource: 'payments:refunds/R-1', stage: 'call', args: { amountCents: 10_001 } }, 'approval_required', ['refunds-over-limit-need-approval']],
+    [{ action: 'refund', resource: 'payments:refunds/R-1', stage: 'call', args: { amountCents: 10_001 }, approval: 'approved' }, 'allow', ['refunds-over-limit-need-approval']],
+    [{ action: 'refund', resource: 'payments:refunds/R-1', stage: 'call' }, 'deny', []],
+    [{ action: 'refund', resource: 'payments:refunds/R-1', stage: 'call', args: { amountCents: 1.5 } }, 'deny', []],
+    // The catalog puts payouts at the admin tier, whatever the action.
+    [{ action: 'refund', resource: 'payments:payouts/P-1' }, 'deny', ['agents-never-admin']],
     // Refund is in the write group, but the ticket-write permit names the write action itself.
     [{ action: 'refund', resource: 'tickets:T-1' }, 'deny', []],
     [{ action: 'export', resource: 'db:customers/pii/*' }, 'deny', ['no-export-of-restricted']],

@@ -114,7 +114,8 @@ for (const backend of ['sqlite', 'postgres'] as const) {
       assert.equal(answer.body.status, 'partial');
       assert.deepEqual(answer.body.task.grantedScopes, [{ action: 'read', resource: 'tickets:*' }]);
       assert.deepEqual(answer.body.task.refusedScopes, [
-        { action: 'export', resource: 'db:customers/*', outcome: 'deny', policies: ['no-export-of-restricted'], reason: 'ERR_POLICY_DENIED' },
+        // A new identity's first export of restricted data in production is critical risk too.
+        { action: 'export', resource: 'db:customers/*', outcome: 'deny', policies: ['no-export-of-restricted', 'production-refuses-critical-risk'], reason: 'ERR_POLICY_DENIED' },
         { action: 'frobnicate', resource: 'tickets:1', outcome: 'deny', policies: [], reason: 'ERR_UNKNOWN_ACTION' },
       ]);
       assert.equal(claimsOf(answer.body.token).scope, 'read:tickets:*', 'the token carries only the granted part');
@@ -126,7 +127,7 @@ for (const backend of ['sqlite', 'postgres'] as const) {
       assert.equal(answer.status, 403);
       assert.equal(answer.headers.get('content-type'), 'application/problem+json; charset=utf-8');
       assert.equal(answer.body.code, 'ERR_POLICY_DENIED');
-      assert.deepEqual(answer.body.policies, ['no-export-of-restricted']);
+      assert.deepEqual(answer.body.policies, ['no-export-of-restricted', 'production-refuses-critical-risk']);
       assert.match(answer.body.taskId, /^task_/);
       assert.equal(answer.body.token, undefined);
       const stored = await h.writ.store.getTask(answer.body.taskId);
@@ -135,12 +136,12 @@ for (const backend of ['sqlite', 'postgres'] as const) {
 
     test('an action policy allows only with approval leaves the task pending_approval, with no token', async (t) => {
       if (skip) return t.skip('PostgreSQL not available');
-      const answer = await h.post('/v1/tasks', supportTask({ scopes: [{ action: 'refund', resource: 'payments:refunds/R-1' }] }), await h.identityToken());
+      const answer = await h.post('/v1/tasks', supportTask({ scopes: [{ action: 'export', resource: 'db:orders/1' }] }), await h.identityToken());
       assert.equal(answer.status, 202);
       assert.equal(answer.body.status, 'pending_approval');
       assert.equal(answer.body.task.state, 'pending_approval');
       assert.equal(answer.body.token, undefined);
-      assert.deepEqual(answer.body.task.refusedScopes[0].policies, ['refunds-need-approval']);
+      assert.deepEqual(answer.body.task.refusedScopes[0].policies, ['order-exports-need-approval']);
     });
 
     test('a TTL beyond the hard maximum is cut to the maximum, with a warning', async (t) => {

@@ -59,7 +59,7 @@ describe('ending tasks over HTTP', () => {
 
   test('a pending task can be revoked but not completed', async () => {
     const identityToken = await h.identityToken();
-    const pending = await grant({ scopes: [{ action: 'refund', resource: 'payments:refunds/R-7' }] });
+    const pending = await grant({ scopes: [{ action: 'export', resource: 'db:orders/7' }] });
     assert.equal(pending.token, undefined);
     assert.equal((await h.post(`/v1/tasks/${pending.id}/complete`, {}, identityToken)).status, 409);
     const revoked = await h.post(`/v1/tasks/${pending.id}/revoke`, {}, identityToken);

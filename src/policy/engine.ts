@@ -253,15 +253,17 @@ export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions 
     if (answer.type === 'failure') return { decision: { ...base, outcome: 'deny', policies: [], errors: answer.errors.map((e) => e.message) }, cacheable: true };
 
     const { decision, diagnostics } = answer.response;
+    // Cedar returns the deciding policies as a set, in no fixed order; records and tests want one.
+    const reason = [...diagnostics.reason].sort();
     const errors = diagnostics.errors.map((e) => `${e.policyId}: ${e.error.message}`);
     // INVARIANT: Cedar skips a policy whose evaluation errors, so an erroring forbid
     // would silently stop forbidding. Any evaluation error denies, naming the policies.
-    if (errors.length > 0) return { decision: { ...base, outcome: 'deny', policies: diagnostics.errors.map((e) => e.policyId), errors }, cacheable: true };
-    if (decision === 'deny') return { decision: { ...base, outcome: 'deny', policies: diagnostics.reason, errors }, cacheable: true };
+    if (errors.length > 0) return { decision: { ...base, outcome: 'deny', policies: [...new Set(diagnostics.errors.map((e) => e.policyId))].sort(), errors }, cacheable: true };
+    if (decision === 'deny') return { decision: { ...base, outcome: 'deny', policies: reason, errors }, cacheable: true };
     // Approval outranks nothing: any unconditional permit allows outright. An
     // approved action (context.approval) is allowed by its approval permit.
-    const unconditional = input.approval === 'approved' || diagnostics.reason.some((id) => !requiresApproval.has(id));
-    return { decision: { ...base, outcome: unconditional ? 'allow' : 'approval_required', policies: diagnostics.reason, errors }, cacheable: true };
+    const unconditional = input.approval === 'approved' || reason.some((id) => !requiresApproval.has(id));
+    return { decision: { ...base, outcome: unconditional ? 'allow' : 'approval_required', policies: reason, errors }, cacheable: true };
   };
 
   return { version: set.version, set, tierOf: (action) => set.actionTiers.get(action), tierFor, decide };
