@@ -187,7 +187,7 @@ export const errorCatalog = {
   ERR_SCOPE_NOT_GRANTED: {
     status: 403,
     title: 'Scope not granted',
-    description: 'Authorize reason: no scope in the task token covers this action on this resource.',
+    description: 'Authorize reason: no scope in the task token covers this action on this resource, or a policy change narrowed the grant (policy drift) and the scope is no longer held.',
   },
   ERR_AUDIT_UNAVAILABLE: {
     status: 503,

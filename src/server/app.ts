@@ -322,7 +322,8 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
     if (!result.ok) {
       throw new WritError('ERR_POLICY_INVALID', { detail: `the policy set is invalid; ${result.version} keeps serving`, extensions: { problems: result.problems, version: result.version } });
     }
-    return { version: result.version, previous: result.previous, changed: result.changed };
+    const drift = result.drift === undefined ? {} : { drift: { redecided: result.drift.redecided, kept: result.drift.kept, narrowed: result.drift.narrowed, revoked: result.drift.revoked, failed: result.drift.failed, complete: result.drift.complete } };
+    return { version: result.version, previous: result.previous, changed: result.changed, ...drift };
   });
 
   app.get('/v1/admin/tokens', async (request) => {
