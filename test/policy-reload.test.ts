@@ -101,4 +101,28 @@ describe('policy reload', () => {
       rmSync(join(dir, 'freeze.cedar'));
     }
   });
+
+  test('a change inside an environment folder is picked up too (the folder is watched recursively)', async () => {
+    h.writ.startReaper();
+    // Let the previous test's removal settle into its own reload first.
+    await waitFor(async () => (await writeTicket()).body.allowed === true);
+    const before = h.writ.policy().version;
+    const file = join(dir, 'environments', 'production', 'freeze.cedar');
+    writeFileSync(file, FORBID_TICKET_WRITES);
+    try {
+      await waitFor(async () => h.writ.policy().version !== before);
+      assert.equal(h.writ.policy().set.policies.get('freeze-tickets')?.environment, 'production');
+      assert.equal((await writeTicket()).body.reason, 'ERR_POLICY_DENIED');
+    } finally {
+      rmSync(file);
+    }
+  });
 });
+
+async function waitFor(condition: () => Promise<boolean> | boolean, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await condition())) {
+    if (Date.now() > deadline) assert.fail('timed out waiting');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}

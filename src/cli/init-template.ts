@@ -58,10 +58,34 @@ admin:
   bootstrapTtl: 24h            # make lasting, narrower ones with writ admin token create
 
 policy:
-  # Folder with schema.cedarschema, *.cedar policies and resources.yaml.
+  # Folder with schema.cedarschema, *.cedar policies, environments/<env>/*.cedar
+  # (policies for one environment only) and resources.yaml.
   # Unset: the example policies bundled with Writ.
   # dir: ./policies
   environments: [development, sandbox, staging, production]
+  # The risk score every decision gets (context.risk), see docs/policy.md.
+  risk:
+    weights:                   # points each signal gives at full strength, 0-100 (0 turns it off)
+      environment: 20
+      tier: 25
+      sensitivity: 20
+      identityAge: 10
+      unusualResource: 10
+      callRate: 10
+      delegationDepth: 10
+      offHours: 5
+      breakGlass: 25
+    environmentFactors: { production: 1, staging: 0.5, development: 0.2, sandbox: 0 }  # unlisted: 1
+    newIdentityDays: 7         # identityAge falls from full to nothing over this many days
+    saturatingCallsPerMinute: 60
+    saturatingDelegationDepth: 3
+    businessHours: { start: 8, end: 18, weekdays: [1, 2, 3, 4, 5] }  # UTC; offHours counts outside
+    thresholds: { medium: 25, high: 50, critical: 75 }
+  # A candidate policy folder decided beside the enforced one and recorded
+  # ("would deny/allow") on every decision's audit record, never enforced.
+  # shadow:
+  #   dir: ./policies-next
+  #   environments: [production]   # default: every environment
 
 reaper:
   intervalMs: 5000             # how often tasks past their expiry are moved to expired
