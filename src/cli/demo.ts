@@ -56,6 +56,7 @@ export async function runDemo(): Promise<number> {
     const scopes: Scope[] = [
       { action: 'read', resource: 'db:orders/*' },
       { action: 'write', resource: 'tickets:T-1042' },
+      { action: 'refund', resource: 'payments:refunds/*' },
       { action: 'export', resource: 'db:customers/*' },
     ];
     out('  purpose: "Answer ticket T-1042: order 1042 arrived damaged"');
@@ -78,23 +79,25 @@ export async function runDemo(): Promise<number> {
       out(`     refused: ${refused.action} ${refused.resource} (${refused.reason}${refused.policies.length > 0 ? `, by ${refused.policies.join(', ')}` : ', no permit applies'})`);
     }
 
-    const check = async (label: string, action: string, resource: string, allowed: boolean, reason: string | null) => {
-      out(`\n${label}: ${action} ${resource}  (POST /v1/authorize)`);
-      const answer: AuthorizeAnswer = await writ.authorize(token, { action, resource });
+    const check = async (label: string, action: string, resource: string, allowed: boolean, reason: string | null, context?: Record<string, unknown>) => {
+      out(`\n${label}: ${action} ${resource}${context === undefined ? '' : ` ${JSON.stringify(context)}`}  (POST /v1/authorize)`);
+      const answer: AuthorizeAnswer = await writ.authorize(token, { action, resource, ...(context === undefined ? {} : { context }) });
       out(`  -> ${answer.decision}${answer.reason === null ? '' : ` ${answer.reason}`}${answer.policies.length > 0 ? ` (policy re-evaluated: ${answer.policies.join(', ')})` : ''}`);
       expect(answer.allowed === allowed && answer.reason === reason, `${action} ${resource}: expected ${allowed ? 'allow' : reason}, got ${answer.reason ?? 'allow'}`);
     };
     await check('3. An allowed read', 'read', 'db:orders/1042', true, null);
     await check('4. An allowed write (tier above read: policy decides again, fresh)', 'write', 'tickets:T-1042', true, null);
-    await check('5. Out of scope: another ticket', 'write', 'tickets:T-9999', false, 'ERR_SCOPE_NOT_GRANTED');
-    await check('6. Out of scope: restricted customer data', 'read', 'db:customers/pii/c-77', false, 'ERR_SCOPE_NOT_GRANTED');
+    await check('5. A refund within the $100 limit (decided on its amount, at the call)', 'refund', 'payments:refunds/R-1042', true, null, { amountCents: 4500 });
+    await check('6. A refund over the limit waits for a human to approve that refund', 'refund', 'payments:refunds/R-1043', false, 'ERR_APPROVAL_REQUIRED', { amountCents: 25000 });
+    await check('7. Out of scope: another ticket', 'write', 'tickets:T-9999', false, 'ERR_SCOPE_NOT_GRANTED');
+    await check('8. Out of scope: restricted customer data', 'read', 'db:customers/pii/c-77', false, 'ERR_SCOPE_NOT_GRANTED');
 
-    out(`\n7. The task is done (POST /v1/tasks/${grant.task.id}/complete)`);
+    out(`\n9. The task is done (POST /v1/tasks/${grant.task.id}/complete)`);
     const completed = await writ.completeTask(token, grant.task.id, 'replied to the customer');
     expect(completed.state === 'completed', `expected completed, got ${completed.state}`);
     out(`  -> task ${completed.state} at ${completed.endedAt ?? '?'}`);
 
-    await check('8. The same token, a moment later', 'read', 'db:orders/1042', false, 'ERR_TOKEN_REVOKED');
+    await check('10. The same token, a moment later', 'read', 'db:orders/1042', false, 'ERR_TOKEN_REVOKED');
     try {
       await writ.getTask(token, grant.task.id);
       expect(false, 'an ended task token still authenticates');
@@ -103,7 +106,7 @@ export async function runDemo(): Promise<number> {
       out(`  and as a credential: ${(error as WritApiError).status} ${(error as WritApiError).code} (the reason is in the audit log only)`);
     }
 
-    out('\n9. A second task; then its owner suspends the agent (writ identity suspend, another process)');
+    out('\n11. A second task; then its owner suspends the agent (writ identity suspend, another process)');
     const second = await writ.requestTask(identityToken, {
       purpose: 'Follow up on ticket T-1042',
       intent: 'customer-support',
@@ -143,7 +146,7 @@ export async function runDemo(): Promise<number> {
       out(`  and the agent can ask for nothing: ${(error as WritApiError).status} ${(error as WritApiError).code}`);
     }
 
-    out('\n10. The audit chain proves every step');
+    out('\n12. The audit chain proves every step');
     const verified = cli(['audit', 'verify']);
     expect(verified.code === 0, `audit verify failed: ${verified.stderr}`);
     out(`  ${verified.stdout}`);
