@@ -155,6 +155,21 @@ export type PolicyReload =
   }
   | { readonly ok: false; readonly version: string; readonly problems: readonly PolicyProblem[] };
 
+/**
+ * Hands out slot names from a ring of four (`enforced-0` … `enforced-3`),
+ * never the one given (the serving set's): a reload compiles into a slot the
+ * serving engine does not use, and memory stays bounded however often it runs.
+ */
+function slotRing(role: string, start = 0): (serving: string | undefined) => string {
+  let next = start;
+  return (serving) => {
+    for (;;) {
+      const slot = `${role}-${next++ % 4}`;
+      if (slot !== serving) return slot;
+    }
+  };
+}
+
 function problemsOf(error: unknown, dir: string): PolicyProblem[] {
   return isWritError(error, 'ERR_POLICY_INVALID')
     ? ((error.extensions.problems as PolicyProblem[] | undefined) ?? [])
@@ -164,7 +179,7 @@ function problemsOf(error: unknown, dir: string): PolicyProblem[] {
 /** The shadow engine at start-up, or none (logged) when its folder does not load yet. */
 function loadShadow(dir: string, engineOf: (set: PolicySet) => PolicyEngine, logger: Logger | undefined): PolicyEngine | undefined {
   try {
-    return engineOf(loadPolicySet(dir));
+    return engineOf(loadPolicySet(dir, { slot: 'shadow-0' }));
   } catch (error) {
     logger?.error({ dir, problems: problemsOf(error, dir).slice(0, 20) }, 'shadow policy set refused: it is invalid; nothing is trialled until it loads');
     return undefined;
@@ -218,8 +233,17 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
   const devRing = config.identity.devIssuer.enabled ? await loadKeyRing(store, masterKey.bytes, 'identity-dev', clock.now()) : undefined;
   const devIssuer = devRing && { ring: devRing, issuer: devIssuerId(config.issuer) };
 
-  const engineOf = (set: PolicySet): PolicyEngine => createPolicyEngine(set, { risk: config.policy.risk });
-  let engine = engineOf(loadPolicySet(config.paths.policyDir));
+  const engineOf = (set: PolicySet): PolicyEngine => {
+    // A folder for an environment no task may name applies nowhere: most likely a typo.
+    const unknown = set.environments.filter((env) => !config.policy.environments.includes(env));
+    if (unknown.length > 0) logger?.warn({ dir: set.dir, unknown, environments: config.policy.environments }, 'policy folders for environments not in policy.environments apply to no task');
+    return createPolicyEngine(set, { risk: config.policy.risk });
+  };
+  // Sets compile into a small ring of slots per role, never the serving one's,
+  // so reloads do not grow Cedar's table of preparsed sets without bound.
+  const enforcedSlot = slotRing('enforced');
+  const shadowSlot = slotRing('shadow', 1);
+  let engine = engineOf(loadPolicySet(config.paths.policyDir, { slot: enforcedSlot(undefined) }));
   const shadowDir = config.policy.shadow === undefined ? undefined : resolveConfigPath(config, config.policy.shadow.dir);
   const shadowEnvironments = config.policy.shadow?.environments;
   // An invalid shadow set never stops Writ: it is trialled once it loads.
@@ -297,7 +321,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
   const reloadShadow = async (trigger: string): Promise<void> => {
     if (shadowDir === undefined) return;
     try {
-      const set = loadPolicySet(shadowDir);
+      const set = loadPolicySet(shadowDir, { slot: shadowSlot(shadowEngine?.set.compiledId) });
       if (set.version === shadowEngine?.version) return;
       shadowEngine = engineOf(set);
       logger?.info({ trigger, shadow: set.version }, 'shadow policy set loaded; its decisions are recorded, not enforced');
@@ -316,7 +340,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     const previous = engine.version;
     let set: PolicySet;
     try {
-      set = loadPolicySet(config.paths.policyDir);
+      set = loadPolicySet(config.paths.policyDir, { slot: enforcedSlot(engine.set.compiledId) });
     } catch (error) {
       const problems = problemsOf(error, config.paths.policyDir);
       logger?.error({ trigger, problems: problems.slice(0, 20), serving: previous }, 'policy reload refused: the set is invalid; the previous one keeps serving');
@@ -373,12 +397,17 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
   });
   const authorize = createActionCheck({ verifier: taskTokens, revocations, narrowings, registry, policy, shadow, observations, audit, clock });
 
-  // Other nodes' clocks may lag ours: look back well past one sync interval.
+  // Other nodes' clocks may lag ours: look back well past one sync interval,
+  // from the start of the last sync that succeeded (the start-up load counts as
+  // one). A node cut off from the store for a while reads everything it missed
+  // when it is back, not only the last window.
   const syncWindowMs = 2 * config.revocation.syncIntervalMs + 60_000;
+  let lastSyncedAt = clock.now();
   const syncRevocations = async (): Promise<number> => {
     await registry.sync();
     const now = clock.now();
-    const ended = await store.listTasksEndedSince(now - syncWindowMs);
+    const since = Math.min(now, lastSyncedAt) - syncWindowMs;
+    const ended = await store.listTasksEndedSince(since);
     let added = 0;
     for (const task of ended) {
       if (task.expiresAt + skewMs >= now && !revocations.isRevoked(task.id)) {
@@ -386,9 +415,10 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
         added++;
       }
     }
-    for (const task of await store.listTasksNarrowedSince(now - syncWindowMs)) {
+    for (const task of await store.listTasksNarrowedSince(since)) {
       if (task.expiresAt + skewMs >= now && narrowings.narrow(task.id, task.grantedScopes, task.expiresAt)) added++;
     }
+    lastSyncedAt = now;
     return added;
   };
 

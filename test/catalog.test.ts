@@ -160,3 +160,20 @@ describe('catalogSchema', () => {
     });
   }
 });
+
+describe('the folder a pattern names', () => {
+  test('X is as sensitive, and at as high a tier, as X/*: a bare name never escapes its entry', () => {
+    const catalog = catalogOf({
+      default: { sensitivity: 'internal' },
+      resources: [
+        { pattern: 'payments:*', sensitivity: 'confidential' },
+        { pattern: 'payments:payouts/*', sensitivity: 'restricted', tier: 'admin' },
+      ],
+    });
+    assert.equal(catalog.sensitivityOf('payments:payouts'), 'restricted');
+    assert.equal(catalog.tierFloorOf('payments:payouts'), 'admin');
+    assert.equal(catalog.tierFloorOf('payments:payouts/p1'), 'admin');
+    assert.equal(catalog.tierFloorOf('payments:payouts-report'), 'read', 'only the folder itself, not every name sharing its prefix');
+    assert.equal(catalog.sensitivityOf('payments:payouts-report'), 'confidential');
+  });
+});

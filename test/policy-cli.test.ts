@@ -53,7 +53,7 @@ describe('writ policy validate', async () => {
   test('the bundled set is valid: version, policy and action counts', async () => {
     const answer = await writ(['policy', 'validate']);
     assert.equal(answer.code, 0, answer.stderr);
-    assert.match(answer.stdout, /^policy set OK: sha256:[0-9a-f]{16}, \d+ policies, \d+ actions\n$/);
+    assert.match(answer.stdout, /^policy set OK: sha256:[0-9a-f]{32}, \d+ policies, \d+ actions\n$/);
     assert.equal(answer.stdout, (await writ(['policy', 'validate', '--policy-dir', EXAMPLES])).stdout, 'the default is the configured (bundled) folder');
   });
 
@@ -112,7 +112,7 @@ describe('writ policy test', async () => {
     const cases = answer.stdout.split('\n').filter((line) => /^ {2}[✔✖] /.test(line));
     assert.ok(cases.length >= 20, answer.stdout);
     assert.ok(cases.every((line) => line.startsWith('  ✔ ')));
-    assert.match(answer.stdout, new RegExp(`\\n${cases.length} cases: ${cases.length} passed, 0 failed \\(policy set sha256:[0-9a-f]{16}\\)\\n$`));
+    assert.match(answer.stdout, new RegExp(`\\n${cases.length} cases: ${cases.length} passed, 0 failed \\(policy set sha256:[0-9a-f]{32}\\)\\n$`));
     assert.match(answer.stdout, /baseline\.tests\.yaml\n/);
     assert.match(answer.stdout, /support-agent\.tests\.yaml\n/);
   });
@@ -211,7 +211,7 @@ describe('writ policy explain', async () => {
     assert.equal(json.tier, 'export');
     assert.equal(json.sensitivity, 'confidential');
     assert.deepEqual(json.errors, []);
-    assert.match(json.policyVersion, /^sha256:[0-9a-f]{16}$/);
+    assert.match(json.policyVersion, /^sha256:[0-9a-f]{32}$/);
     assert.equal(json.request.at, '2026-11-23T10:00:00.000Z');
     assert.equal(json.request.principal.id, AGENT);
   });

@@ -6,7 +6,7 @@
  * decided and recorded beside the enforced one but never enforced.
  */
 import assert from 'node:assert/strict';
-import { cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -178,8 +178,8 @@ describe('policies per environment', () => {
     assert.deepEqual(set.environments, ['production', 'sandbox']);
     assert.equal(set.policies.get('production-refuses-critical-risk')?.environment, 'production');
     assert.equal(set.policies.get('data-agent-writes-sandbox-scratch')?.file, 'environments/sandbox/data-agent.cedar');
-    assert.equal(set.preparsedIdFor('staging'), set.version);
-    assert.equal(set.preparsedIdFor('sandbox'), `${set.version}/sandbox`);
+    assert.equal(set.preparsedIdFor('staging'), set.compiledId);
+    assert.equal(set.preparsedIdFor('sandbox'), `${set.compiledId}/sandbox`);
   });
 
   test('a change in an environment folder changes the version', () => {
@@ -197,6 +197,41 @@ describe('policies per environment', () => {
   test('a policy file loose in environments/ or a badly named environment folder is refused', () => {
     assert.match(problemsOf(folder({ 'environments/loose.cedar': 'forbid (principal, action, resource);' }))[0]?.message ?? '', /belongs to no environment/);
     assert.match(problemsOf(folder({ 'environments/Prod/x.cedar': 'forbid (principal, action, resource);' }))[0]?.message ?? '', /named like an environment/);
+  });
+});
+
+describe('policy versions and compiled sets', () => {
+  test('the same bytes split differently across files give different versions', () => {
+    const forbid = '@id("deny-all") forbid (principal, action, resource);';
+    const a = loadPolicySet(folder({ 'zz.cedar': `//\u0000environments/aa/x.cedar\u0000\n${forbid}\n` }));
+    const b = loadPolicySet(folder({ 'zz.cedar': '//', 'environments/aa/x.cedar': `\n${forbid}\n` }));
+    assert.notEqual(a.version, b.version);
+    assert.match(a.version, /^sha256:[0-9a-f]{32}$/);
+  });
+
+  test('every load compiles apart: loading the same folder again never touches an engine already deciding', () => {
+    const dir = folder({ 'deny.cedar': '@id("deny-all") forbid (principal, action, resource);' });
+    const first = loadPolicySet(dir);
+    const serving = createPolicyEngine(first, { cacheEntries: 0 });
+    rmSync(join(dir, 'deny.cedar'));
+    writeFileSync(join(dir, 'deny.cedar'), '// gone\n');
+    const second = loadPolicySet(dir);
+    assert.notEqual(first.compiledId, second.compiledId);
+    assert.deepEqual(serving.decide(input()).policies, ['deny-all'], 'the serving engine still decides with its own set');
+    assert.equal(createPolicyEngine(second).decide(input()).outcome, 'allow');
+  });
+
+  test('a symlinked environment folder is followed, not silently skipped; a folder named like a policy file is a problem', () => {
+    const target = mkdtempSync(join(tmpdir(), 'writ-context-env-'));
+    dirs.push(target);
+    writeFileSync(join(target, 'guard.cedar'), '@id("staging-guard") forbid (principal, action, resource) when { context.hour == 3 };');
+    const dir = folder();
+    symlinkSync(target, join(dir, 'environments', 'staging'));
+    const set = loadPolicySet(dir);
+    assert.deepEqual(set.environments, ['production', 'sandbox', 'staging']);
+    assert.equal(set.policies.get('staging-guard')?.environment, 'staging');
+    mkdirSync(join(dir, 'odd.cedar'));
+    assert.match(problemsOf(dir)[0]?.message ?? '', /named like a policy file but not a file/);
   });
 });
 
@@ -346,6 +381,20 @@ describe('decisions on the record (HTTP)', () => {
     } finally {
       rmSync(join(shadowDir, 'broken.cedar'));
     }
+  });
+
+  test('the call context is read once: the digest and both decisions see the same copy, and a throwing getter cannot turn the shadow into a deny', async () => {
+    const answer = await h.post('/v1/tasks', supportTask(), await h.identityToken());
+    let reads = 0;
+    const context = {
+      get comment() {
+        reads++;
+        if (reads > 1) throw new Error('read twice');
+        return 'hello';
+      },
+    };
+    const checked = await h.writ.authorize(answer.body.token, { action: 'write', resource: 'tickets:T-1042', context });
+    assert.deepEqual([checked.allowed, checked.reason, reads], [true, null, 1]);
   });
 
   test('the action check records the risk of each re-decided call, and reads are not re-decided', async () => {

@@ -200,6 +200,30 @@ describe('policy drift', () => {
     }
   });
 
+  test('a node that could not sync for longer than the window reads everything it missed when it is back', async () => {
+    const clock = createManualClock();
+    const d = (await startDriftHarness({ clock }))!;
+    const other = await createWrit({ config: d.h.writ.config, logger: pino({ level: 'silent' }), env: {}, clock });
+    try {
+      const ended = await d.grant([READ_TICKET]);
+      const narrowed = await d.grant([READ_ORDERS, WRITE_TICKET]);
+      assert.equal(await other.syncRevocations(), 0);
+      clock.advance(10_000);
+      // While the other node is cut off: one task ends, one grant is narrowed.
+      assert.equal((await d.h.post(`/v1/tasks/${ended.id}/complete`, {}, ended.token)).status, 200);
+      writeFileSync(join(d.dir, 'freeze.cedar'), FREEZE_DB_READS);
+      assert.equal((await d.h.writ.reloadPolicy('test')).ok, true);
+      // Back two minutes later: far past one look-back window.
+      clock.advance(120_000);
+      assert.equal(await other.syncRevocations(), 2);
+      assert.equal((await other.authorize(ended.token, READ_TICKET)).reason, 'ERR_TOKEN_REVOKED');
+      assert.equal((await other.authorize(narrowed.token, concrete(READ_ORDERS))).reason, 'ERR_SCOPE_NOT_GRANTED');
+    } finally {
+      await other.close();
+      await d.close();
+    }
+  });
+
   for (const backend of ['sqlite', 'postgres'] as const) {
     test(`a grant narrowed on one node is narrowed on another after one sync, and on a node started later at once (${backend})`, async (t) => {
       const d = await startDriftHarness({ backend });

@@ -83,6 +83,18 @@ describe('lintPolicySet: write, delete, export and admin without approval in pro
     }
   });
 
+  test('a limit on the call\'s arguments lowers it one level, only when no call without arguments passes', () => {
+    const base = 'resource.kind == "tickets" && context.intent == "cleanup"';
+    const limited = lint(`@id("p")\npermit (${AGENT}, action == Writ::Action::"delete", resource) when { ${base} && (context.stage == "grant" || (context.args has rows && context.args.rows <= 10)) };\n`);
+    assert.deepEqual(summary(limited), ['unapproved-in-production medium']);
+    assert.match(limited[0]?.message ?? '', /within limits on the call's arguments/);
+    // Mentions the arguments, limits nothing: a call without them still passes.
+    for (const condition of ['context.args has rows || context.intent == "cleanup"', '(context.args has rows && context.args.rows <= 10) || context.hour >= 0', 'context.stage == "call" || context.args has rows']) {
+      const findings = lint(`@id("p")\npermit (${AGENT}, action == Writ::Action::"delete", resource) when { ${base} && (${condition}) };\n`);
+      assert.deepEqual(summary(findings), ['unapproved-in-production high'], condition);
+    }
+  });
+
   test('@approval("required") answers it', () => {
     assert.deepEqual(lint(`@id("p")\n@approval("required")\npermit (${AGENT}, action == Writ::Action::"delete", resource) when { resource.kind == "tickets" && context.intent == "cleanup" };\n`), []);
   });
@@ -212,7 +224,7 @@ describe('writ policy lint', async () => {
   test('a clean set exits 0 even at --fail-on low', async () => {
     const answer = await writ(['policy', 'lint', '--policy-dir', policyDir(CLEAN), '--fail-on', 'low']);
     assert.equal(answer.code, 0, answer.stdout + answer.stderr);
-    assert.match(answer.stdout, /^no findings \(policy set sha256:[0-9a-f]{16}\); 0 at or above --fail-on low\n$/);
+    assert.match(answer.stdout, /^no findings \(policy set sha256:[0-9a-f]{32}\); 0 at or above --fail-on low\n$/);
   });
 
   test('a finding prints one line with severity, rule, policy, file:line and references; exit 4 only at or above --fail-on', async () => {
@@ -224,7 +236,7 @@ describe('writ policy lint', async () => {
       line,
       `medium unapproved-in-production writes ${join(dir, 'case.cedar')}:4: can allow write-tier write in production without @approval("required") [NHI5, ASI02]`,
     );
-    assert.match(lenient.stdout, /\n1 finding: 0 high, 1 medium, 0 low \(policy set sha256:[0-9a-f]{16}\); 0 at or above --fail-on high\n$/);
+    assert.match(lenient.stdout, /\n1 finding: 0 high, 1 medium, 0 low \(policy set sha256:[0-9a-f]{32}\); 0 at or above --fail-on high\n$/);
     const strict = await writ(['policy', 'lint', '--policy-dir', dir, '--fail-on', 'medium']);
     assert.equal(strict.code, 4, strict.stdout + strict.stderr);
     assert.match(strict.stdout, /; 1 at or above --fail-on medium\n$/);

@@ -86,7 +86,7 @@ for (const backend of ['sqlite', 'postgres'] as const) {
       assert.equal((decision.task as { intent: string }).intent, 'customer-support');
       assert.equal(decision.decision, 'allow');
       assert.deepEqual(decision.policies, ['agents-read-non-restricted', 'support-writes-tickets']);
-      assert.match(String(decision.policyVersion), /^sha256:[0-9a-f]{16}$/);
+      assert.match(String(decision.policyVersion), /^sha256:[0-9a-f]{32}$/);
       const checks = records.filter((r) => r.type === 'action.check' && (r.task as { id: string } | undefined)?.id === taskId);
       assert.deepEqual(
         checks.map((r) => [r.action, r.resource, r.decision, r.reason ?? null]),

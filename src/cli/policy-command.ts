@@ -76,7 +76,7 @@ export function runPolicyCommand(sub: string | undefined, rest: readonly string[
     const config = loadConfig({ configFile: options.config });
     const dir = options['policy-dir'] === undefined ? config.paths.policyDir : resolve(options['policy-dir']);
     // Cases decide with the configured risk settings: the weights that will be deployed.
-    return sub === 'validate' ? validate(dir) : test(dir, config.policy.risk);
+    return sub === 'validate' ? validate(dir, config.policy.environments) : test(dir, config.policy.risk);
   } catch (error) {
     if (error instanceof UsageError) {
       process.stderr.write(`writ: ${error.message}\nRun writ --help for usage.\n`);
@@ -102,11 +102,14 @@ function loadEngine(dir: string, risk?: RiskSettings): PolicyEngine | number {
   }
 }
 
-function validate(dir: string): number {
+function validate(dir: string, environments: readonly string[]): number {
   const engine = loadEngine(dir);
   if (typeof engine === 'number') return engine;
   const { set } = engine;
   process.stdout.write(`policy set OK: ${set.version}, ${plural(set.policies.size, 'policy', 'policies')}, ${plural(set.actionTiers.size, 'action')}\n`);
+  for (const env of set.environments.filter((e) => !environments.includes(e))) {
+    process.stderr.write(`warning: environments/${env}/ applies to no task: ${env} is not in policy.environments (${environments.join(', ')})\n`);
+  }
   return EXIT_OK;
 }
 

@@ -180,12 +180,16 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
       request !== null &&
       typeof request.action === 'string' &&
       typeof request.resource === 'string';
-    const argsDigest = shapeOk ? digestContext(request.context) : undefined;
+    // INVARIANT: the context is read once, here; the digest on the record and
+    // every decision (enforced and shadow) see the same copy, whatever getters
+    // an in-process caller's object has.
+    const context = shapeOk ? copyContext(request.context) : undefined;
+    const argsDigest = context?.digest;
     let outcome: Outcome;
-    if (!shapeOk || argsDigest === null) outcome = deny('ERR_VALIDATION', 'request is not {action, resource, context?}');
+    if (!shapeOk || context === null) outcome = deny('ERR_VALIDATION', 'request is not {action, resource, context?}');
     else {
       try {
-        outcome = await decide(token, request, presenter, now);
+        outcome = await decide(token, { action: request.action, resource: request.resource, ...(context === undefined ? {} : { context: context.copy }) }, presenter, now);
       } catch (error) {
         // A failure while deciding (the store unreachable, say) is a deny, audited like any other.
         outcome = deny('ERR_INTERNAL', `check failed: ${(error as Error)?.message ?? String(error)}`);
@@ -234,14 +238,14 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
   };
 }
 
-/** SHA-256 of the canonical context, undefined when absent, null when unusable. */
-function digestContext(context: unknown): string | undefined | null {
+/** A plain copy of the context and the SHA-256 of its canonical form; undefined when absent, null when unusable. */
+function copyContext(context: unknown): { copy: Record<string, unknown>; digest: string } | undefined | null {
   if (context === undefined) return undefined;
   if (typeof context !== 'object' || context === null || Array.isArray(context)) return null;
   try {
     const text = canonicalize(context);
     if (text.length > MAX_CONTEXT_BYTES) return null;
-    return `sha256:${createHash('sha256').update(text).digest('hex')}`;
+    return { copy: JSON.parse(text) as Record<string, unknown>, digest: `sha256:${createHash('sha256').update(text).digest('hex')}` };
   } catch {
     return null;
   }

@@ -67,7 +67,7 @@ export function createResourceCatalog(document: CatalogDocument): ResourceCatalo
     let result: Tier = 'read';
     for (const entry of entries) {
       if (entry.tier === undefined) continue;
-      const relevant = isPattern(resource) ? resourcesIntersect(entry.pattern, resource) : resourceCovers(entry.pattern, resource);
+      const relevant = isPattern(resource) ? resourcesIntersect(entry.pattern, resource) : covers(entry.pattern, resource);
       if (relevant) result = maxTier(result, entry.tier);
     }
     return result;
@@ -78,10 +78,10 @@ export function createResourceCatalog(document: CatalogDocument): ResourceCatalo
     let result: Sensitivity | undefined;
     let whollyCovered = false;
     for (const entry of entries) {
-      const relevant = isPattern(resource) ? resourcesIntersect(entry.pattern, resource) : resourceCovers(entry.pattern, resource);
+      const relevant = isPattern(resource) ? resourcesIntersect(entry.pattern, resource) : covers(entry.pattern, resource);
       if (!relevant) continue;
       result = result === undefined ? entry.sensitivity : max(result, entry.sensitivity);
-      if (resourceCovers(entry.pattern, resource)) whollyCovered = true;
+      if (covers(entry.pattern, resource)) whollyCovered = true;
     }
     // Part of a pattern no entry covers is unknown, and unknown gets the default.
     if (result === undefined || !whollyCovered) return result === undefined ? fallback : max(result, fallback);
@@ -110,4 +110,14 @@ export function createResourceCatalog(document: CatalogDocument): ResourceCatalo
     entityTypeOf: (kind) => kinds.get(kind) ?? UNTYPED_RESOURCE,
     entityTypes: new Set([...kinds.values(), UNTYPED_RESOURCE]),
   };
+}
+
+/**
+ * Whether a catalog entry speaks for `resource`: it covers it, or the entry is
+ * `X/*` and the resource is `X` itself. The folder a pattern describes is as
+ * sensitive as what is in it: `payments:payouts` must not escape the admin
+ * floor of `payments:payouts/*`.
+ */
+function covers(pattern: string, resource: string): boolean {
+  return resourceCovers(pattern, resource) || (pattern.endsWith('/*') && resource === pattern.slice(0, -2));
 }

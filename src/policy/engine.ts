@@ -164,7 +164,12 @@ export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions 
     );
     const base = { policyVersion: set.version, sensitivity, tier: tier ?? 'admin', risk } as const;
     if (tier === undefined) return { ...base, outcome: 'deny', policies: [], errors: [`action ${input.action} is not in a tier group`] };
-    const args = declaredArgs(input.args ?? {});
+    let args: Record<string, unknown> | string;
+    try {
+      args = declaredArgs(input.args ?? {});
+    } catch (error) {
+      args = `args could not be read: ${(error as Error)?.message ?? String(error)}`;
+    }
     if (typeof args === 'string') return { ...base, outcome: 'deny', policies: [], errors: [args] };
 
     if (cacheEntries === 0) return evaluate(input, date, base, args).decision;
@@ -244,7 +249,7 @@ export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions 
           { uid: resource, attrs: { kind, sensitivity: base.sensitivity, tier: set.catalog.tierFloorOf(input.resource) }, parents: [] },
         ],
         preparsedPolicySetId: set.preparsedIdFor(input.environment),
-        preparsedSchemaName: set.version,
+        preparsedSchemaName: set.compiledId,
         validateRequest: true,
       });
     } catch (error) {
@@ -282,7 +287,13 @@ export interface ShadowDecision {
 /** Decides `input` with the shadow engine, if any, for the record. Never enforced, never throws. */
 export function decideShadow(shadow: PolicyEngine | undefined, input: DecisionInput, enforced: PolicyDecision): ShadowDecision | undefined {
   if (shadow === undefined) return undefined;
-  const would = shadow.decide(input);
+  let would: PolicyDecision;
+  try {
+    would = shadow.decide(input);
+  } catch (error) {
+    // INVARIANT: a shadow set can only ever add to the record, never change or stop a decision.
+    return { policyVersion: shadow.version, outcome: 'deny', policies: [], differs: enforced.outcome !== 'deny', errors: [`shadow decision threw: ${(error as Error)?.message ?? String(error)}`] };
+  }
   return {
     policyVersion: would.policyVersion,
     outcome: would.outcome,

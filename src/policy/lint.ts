@@ -16,10 +16,10 @@
  *                        a permit without @approval("required") that can allow
  *                        a write/delete/export/admin action in production.
  *                        high for delete/export/admin, medium for write; one
- *                        level lower when a condition reads the call's
- *                        arguments (`context.args`, a per-call limit such as
- *                        a refund amount), since every call is then decided
- *                        against what it actually does.
+ *                        level lower when the permit reads the call's
+ *                        arguments and cannot apply to a call without them
+ *                        (a per-call limit such as a refund amount), since
+ *                        every call is then decided on what it actually does.
  *   wildcard-principal   a permit that can apply in production with an
  *                        unconstrained `principal` in its scope. high; medium
  *                        with @approval("required").
@@ -130,6 +130,8 @@ export interface LintOptions {
 const DEFAULT_TTL_THRESHOLD = 3600;
 const TIME_OR_TASK_ATTRIBUTES = new Set(['environment', 'hour', 'weekday', 'intent']);
 const CALL_ARGUMENTS = new Set(['args']);
+/** A binding for `context.args` meaning "a record with no attributes": every `has` on it is false. */
+const NO_ARGUMENTS = '\u0000no arguments';
 const ACTION_TYPE = `${CEDAR_NAMESPACE}::Action`;
 
 /**
@@ -174,7 +176,12 @@ export function lintPolicySet(set: PolicySet, options: LintOptions = {}): LintFi
 
     const risky = inProduction.filter((a) => tierOf(set, a) !== 'read');
     if (!approval && risky.length > 0) {
-      const limited = readsAny(json.conditions, 'context', CALL_ARGUMENTS);
+      // Limited: it cannot apply to a call that carries no arguments, so every call is bounded by what it says.
+      const limited =
+        readsAny(json.conditions, 'context', CALL_ARGUMENTS) &&
+        !environments.some((env) =>
+          risky.some((a) => canApply(json.conditions, { 'context.environment': env, 'context.tier': tierOf(set, a), 'context.stage': 'call', 'context.args': NO_ARGUMENTS })),
+        );
       const severity: LintSeverity = risky.some((a) => tierOf(set, a) !== 'write') ? (limited ? 'medium' : 'high') : limited ? 'low' : 'medium';
       add(
         'unapproved-in-production',
@@ -318,6 +325,12 @@ function evaluate(expr: Expr, bindings: Bindings): Known | undefined {
       const { left, attr } = node['.'] as { left: Expr; attr: string };
       const v = (left as { Var?: string }).Var;
       return v === undefined ? undefined : bindings[`${v}.${attr}`];
+    }
+    case 'has': {
+      const { left } = node.has as { left: Expr };
+      const access = (left as Record<string, unknown>)['.'] as { left: { Var?: string }; attr: string } | undefined;
+      if (access !== undefined && bindings[`${access.left.Var ?? ''}.${access.attr}`] === NO_ARGUMENTS) return false;
+      return undefined;
     }
     case '!': {
       const arg = operand((node['!'] as { arg: Expr }).arg);

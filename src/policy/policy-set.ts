@@ -15,7 +15,7 @@
  * one policy whatever the environment.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { cedar } from './cedar.js';
 import { LineCounter, parseDocument, isNode } from 'yaml';
@@ -40,7 +40,7 @@ export interface LoadedPolicy {
 }
 
 export interface PolicySet {
-  /** `sha256:` + 16 hex characters over every file of the set. */
+  /** `sha256:` + 32 hex characters (128 bits) over every file of the set: each file's name and the SHA-256 of its bytes. */
   readonly version: string;
   readonly dir: string;
   readonly schemaText: string;
@@ -56,6 +56,8 @@ export interface PolicySet {
   readonly argTypes: ReadonlyMap<string, string>;
   /** Environments with policies of their own (a folder under `environments/`). */
   readonly environments: readonly string[];
+  /** The id this load's policy sets and schema were preparsed under (its schema's id). */
+  readonly compiledId: string;
   /** The preparsed Cedar policy set that decides for tasks in `environment`. */
   preparsedIdFor(environment: string): string;
 }
@@ -70,11 +72,26 @@ export interface PolicyProblem {
   readonly help?: string;
 }
 
+export interface LoadOptions {
+  /**
+   * Where to compile the set in Cedar's preparsed-set table (ids `slot`,
+   * `slot/<env>`), replacing what an earlier load put there. A long-running
+   * process reloading its folder passes a small ring of slots so memory stays
+   * bounded; the caller must not reuse a slot an engine still decides with.
+   * Default: a new id per load (fine for short-lived processes and tests).
+   */
+  readonly slot?: string;
+}
+
+let loads = 0;
+/** At most this many environment folders: each is compiled as a set of its own. */
+const MAX_ENVIRONMENT_FOLDERS = 32;
+
 /**
  * Loads and validates the set in `dir`.
  * @throws WritError ERR_POLICY_INVALID with `extensions.problems` (file, line, message).
  */
-export function loadPolicySet(dir: string): PolicySet {
+export function loadPolicySet(dir: string, options: LoadOptions = {}): PolicySet {
   const problems: PolicyProblem[] = [];
   const schemaPath = join(dir, SCHEMA_FILE);
   if (!existsSync(schemaPath)) throw invalid([{ file: SCHEMA_FILE, message: `missing ${schemaPath}` }]);
@@ -93,11 +110,16 @@ export function loadPolicySet(dir: string): PolicySet {
   const policies = new Map<string, LoadedPolicy>();
   // Where each policy starts in its file (a character index), to place validation errors.
   const starts = new Map<string, number>();
+  // Each file enters the version as its name and the SHA-256 of its bytes, so no
+  // split of the same bytes across other files gives the same version.
   const hash = createHash('sha256');
-  hash.update(`${SCHEMA_FILE}\0${schemaText}\0`);
+  const addFile = (name: string, text: string): void => {
+    hash.update(`${JSON.stringify(name)} ${createHash('sha256').update(text, 'utf8').digest('hex')}\n`);
+  };
+  addFile(SCHEMA_FILE, schemaText);
   for (const { file, environment } of files) {
     const text = readFileSync(join(dir, file), 'utf8');
-    hash.update(`${file}\0${text}\0`);
+    addFile(file, text);
     const parts = cedar.policySetTextToParts(text);
     if (parts.type === 'failure') {
       for (const e of parts.errors) problems.push({ file, ...positionAtByte(text, e.sourceLocations?.[0]?.start), ...describe(e) });
@@ -134,7 +156,7 @@ export function loadPolicySet(dir: string): PolicySet {
   let catalogYaml: YamlWithPositions | undefined;
   if (existsSync(catalogPath)) {
     const text = readFileSync(catalogPath, 'utf8');
-    hash.update(`${CATALOG_FILE}\0${text}\0`);
+    addFile(CATALOG_FILE, text);
     catalogYaml = parseYamlWithPositions(text);
     if (catalogYaml.problems.length > 0) problems.push(...catalogYaml.problems.map((p) => ({ file: CATALOG_FILE, ...p })));
     else catalogDocument = catalogYaml.value ?? {};
@@ -170,20 +192,24 @@ export function loadPolicySet(dir: string): PolicySet {
   }
   if (problems.length > 0) throw invalid(problems);
 
-  const version = `sha256:${hash.digest('hex').slice(0, 16)}`;
+  const version = `sha256:${hash.digest('hex').slice(0, 32)}`;
   const actionTiers = deriveActionTiers(schemaJson.json[CEDAR_NAMESPACE]?.actions ?? {});
-  // INVARIANT: the preparsed ids start with the version, so an engine can only evaluate the set it was built for.
+  // INVARIANT: Cedar keeps preparsed sets in one table per thread, by id. Each
+  // load compiles under an id of its own (or its caller's slot, reused only
+  // once that slot's engine is retired), so loading a set never changes what an
+  // engine already serving evaluates, even one with the same version.
+  const compiled = options.slot ?? `load-${++loads}`;
   const environments = [...new Set(files.flatMap((f) => (f.environment === undefined ? [] : [f.environment])))].sort();
   const everywhere = [...policies.values()].filter((p) => p.environment === undefined);
   const preparse = (id: string, members: readonly LoadedPolicy[]): void => {
     const preparsed = cedar.preparsePolicySet(id, { staticPolicies: Object.fromEntries(members.map((p) => [p.id, p.text])) });
     if (preparsed.type === 'failure') throw invalid(preparsed.errors.map((e) => ({ file: '?', message: e.message })));
   };
-  preparse(version, everywhere);
+  preparse(compiled, everywhere);
   for (const environment of environments) {
-    preparse(`${version}/${environment}`, [...everywhere, ...[...policies.values()].filter((p) => p.environment === environment)]);
+    preparse(`${compiled}/${environment}`, [...everywhere, ...[...policies.values()].filter((p) => p.environment === environment)]);
   }
-  const preparsedSchema = cedar.preparseSchema(version, schemaText);
+  const preparsedSchema = cedar.preparseSchema(compiled, schemaText);
   if (preparsedSchema.type === 'failure') throw invalid(preparsedSchema.errors.map((e) => ({ file: SCHEMA_FILE, message: e.message })));
   const ownSet = new Set(environments);
 
@@ -196,7 +222,8 @@ export function loadPolicySet(dir: string): PolicySet {
     catalog: createResourceCatalog(catalog.data as NonNullable<typeof catalog.data>),
     argTypes: declaredArgs(schemaJson.json[CEDAR_NAMESPACE]),
     environments,
-    preparsedIdFor: (environment) => (ownSet.has(environment) ? `${version}/${environment}` : version),
+    compiledId: compiled,
+    preparsedIdFor: (environment) => (ownSet.has(environment) ? `${compiled}/${environment}` : compiled),
   };
 }
 
@@ -224,31 +251,44 @@ function declaredArgs(namespace: NamespaceJson | undefined): Map<string, string>
   return result;
 }
 
+/** The `*.cedar` files of one folder, sorted; a `.cedar` entry that is not a file is a problem. */
+function cedarFiles(dir: string, where: string, problems: PolicyProblem[]): string[] {
+  return readdirSync(dir)
+    .filter((name) => name.endsWith('.cedar'))
+    .sort()
+    .filter((name) => {
+      if (statSync(join(dir, name)).isFile()) return true;
+      problems.push({ file: where === '' ? name : `${where}/${name}`, message: 'named like a policy file but not a file' });
+      return false;
+    });
+}
+
 /**
  * The policy files of a folder: `*.cedar` at the top (every environment) and
  * under `environments/<env>/` (that environment only), sorted so that the
  * version hash does not depend on the order the file system lists them in.
  */
 function policyFiles(dir: string, problems: PolicyProblem[]): { file: string; environment?: string }[] {
-  const files: { file: string; environment?: string }[] = readdirSync(dir)
-    .filter((f) => f.endsWith('.cedar'))
-    .sort()
-    .map((file) => ({ file }));
+  const files: { file: string; environment?: string }[] = cedarFiles(dir, '', problems).map((file) => ({ file }));
   const environmentsDir = join(dir, ENVIRONMENTS_DIR);
   if (!existsSync(environmentsDir)) return files;
-  for (const entry of readdirSync(environmentsDir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1))) {
-    const where = `${ENVIRONMENTS_DIR}/${entry.name}`;
-    if (!entry.isDirectory()) {
-      if (entry.name.endsWith('.cedar')) problems.push({ file: where, message: `a policy file directly under ${ENVIRONMENTS_DIR}/ belongs to no environment; put it in ${ENVIRONMENTS_DIR}/<environment>/` });
+  let folders = 0;
+  for (const name of readdirSync(environmentsDir).sort()) {
+    const where = `${ENVIRONMENTS_DIR}/${name}`;
+    // Followed, not skipped: a symlinked environment folder is as much part of the set.
+    if (!statSync(join(environmentsDir, name)).isDirectory()) {
+      if (name.endsWith('.cedar')) problems.push({ file: where, message: `a policy file directly under ${ENVIRONMENTS_DIR}/ belongs to no environment; put it in ${ENVIRONMENTS_DIR}/<environment>/` });
       continue;
     }
-    if (!/^[a-z][a-z0-9-]{0,63}$/.test(entry.name)) {
+    if (!/^[a-z][a-z0-9-]{0,63}$/.test(name)) {
       problems.push({ file: where, message: 'an environment folder is named like an environment: lowercase letters, digits and dashes' });
       continue;
     }
-    for (const file of readdirSync(join(environmentsDir, entry.name)).filter((f) => f.endsWith('.cedar')).sort()) {
-      files.push({ file: `${where}/${file}`, environment: entry.name });
+    if (++folders > MAX_ENVIRONMENT_FOLDERS) {
+      problems.push({ file: where, message: `at most ${MAX_ENVIRONMENT_FOLDERS} environment folders` });
+      break;
     }
+    for (const file of cedarFiles(join(environmentsDir, name), where, problems)) files.push({ file: `${where}/${file}`, environment: name });
   }
   return files;
 }
