@@ -6,24 +6,36 @@
  *
  *   npm run bench              all benchmarks, SQLite
  *   npm run bench -- --quick   fewer iterations (a smoke run)
- *   npm run bench -- --only authorize,grant,audit,http,identity
+ *   npm run bench -- --only authorize,grant,audit,http,identity,decision
+ *
+ * A raw cedar-wasm baseline is only fair when it is asked exactly what Writ's
+ * engine asks Cedar: bench/cedar-request.ts rebuilds that request, and each
+ * baseline is checked against the engine's decision before it is timed. A
+ * baseline that disagrees aborts the run.
  */
 import { createHash, generateKeyPairSync, verify, type KeyObject } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server } from 'node:http';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
-import * as cedar from '@cedar-policy/cedar-wasm/nodejs';
 import Database from 'better-sqlite3';
 import Fastify from 'fastify';
 import { importJWK, jwtVerify, SignJWT } from 'jose';
 import { stringify as toYaml } from 'yaml';
 import { pino } from 'pino';
 import { loadConfig } from '../src/core/config.js';
-import { createPolicyEngine } from '../src/policy/engine.js';
+import { cedar } from '../src/policy/cedar.js';
+import { createPolicyEngine, type DecisionInput, type PolicyDecision, type PolicyEngine, type PolicyOutcome } from '../src/policy/engine.js';
+import { createObservations } from '../src/policy/observations.js';
+import { loadPolicySet, type PolicySet } from '../src/policy/policy-set.js';
+import { loadPolicyTests } from '../src/policy/policy-tests.js';
+import { riskSettingsSchema, type RiskSettings } from '../src/policy/risk.js';
 import { createServer } from '../src/server/app.js';
 import { createWrit, type Writ } from '../src/writ.js';
+import { checkSameDecision, checkSameRequest, mirrorCedarRequest, policyTextsFor, preparsedBaseline, type CedarRequest } from './cedar-request.js';
+import { buildDecisionMix, VARIANTS_PER_CASE } from './decision-mix.js';
 
 const quick = process.argv.includes('--quick');
 const onlyIndex = process.argv.indexOf('--only');
@@ -79,7 +91,7 @@ function report(name: string, result: { subject: Stats; baseline: Stats }, basel
   const f = (n: number) => (n >= 1000 ? `${(n / 1000).toFixed(2)} ms` : `${n.toFixed(1)} µs`);
   const ratio = result.subject.p50 / result.baseline.p50;
   rows.push([name, f(result.subject.p50), f(result.subject.p99), Math.round(result.subject.perSecond).toLocaleString('en-US'), baselineName, f(result.baseline.p50), `${ratio.toFixed(2)}x`, target ?? '']);
-  process.stdout.write(`  ${name}: p50 ${f(result.subject.p50)}, p99 ${f(result.subject.p99)}, ${Math.round(result.subject.perSecond)}/s | ${baselineName}: p50 ${f(result.baseline.p50)} | ratio ${ratio.toFixed(2)}x ${target ?? ''}\n`);
+  process.stdout.write(`  ${name}: p50 ${f(result.subject.p50)}, p99 ${f(result.subject.p99)}, ${Math.round(result.subject.perSecond)}/s | ${baselineName}: p50 ${f(result.baseline.p50)}, p99 ${f(result.baseline.p99)} | ratio ${ratio.toFixed(2)}x ${target ?? ''}\n`);
 }
 
 async function main(): Promise<void> {
@@ -133,34 +145,42 @@ async function main(): Promise<void> {
   );
 
   const policySet = writ.policy().set;
-  const staticPolicies = Object.fromEntries([...policySet.policies.values()].map((p) => [p.id, p.text]));
-  const writeCall = {
-    principal: { type: 'Writ::Agent', id: identity.id },
-    action: { type: 'Writ::Action', id: 'write' },
-    resource: { type: 'Writ::Resource', id: 'tickets:T-1042' },
-    context: { environment: 'production', actorType: 'agent', intent: 'customer-support', sensitivity: 'internal', tier: 'write', hour: 12, weekday: 1 },
-    entities: [
-      { uid: { type: 'Writ::Agent', id: identity.id }, attrs: { owner: identity.owner, environment: 'production', actorType: 'agent' }, parents: [] },
-      { uid: { type: 'Writ::Resource', id: 'tickets:T-1042' }, attrs: { kind: 'tickets', sensitivity: 'internal' }, parents: [] },
-    ] as cedar.Entities,
+  // What Writ's action check hands the engine for a write of tickets:T-1042
+  // under the bench task: the identity (registered just now, so its age
+  // counts), the call stage, the task's intent and purpose, a kind it was
+  // granted before, and a call rate past saturation (this section makes
+  // thousands of calls a minute, so Writ's own count is past it at once).
+  const writeInput: DecisionInput = {
+    principal: identity,
+    action: 'write',
+    resource: 'tickets:T-1042',
+    environment: taskRequest.environment,
+    intent: taskRequest.intent,
+    purpose: taskRequest.purpose,
+    stage: 'call',
+    now: Date.now(),
+    observed: { callsLastMinute: 60, unusualResource: false },
   };
+  const uncachedEngine = createPolicyEngine(policySet, { cacheEntries: 0, risk: writ.config.policy.risk });
+  const writeCall = checkedBaseline('authorize write', policySet, uncachedEngine, writeInput, writ.config.policy.risk, 'allow');
+  const checkAuthorize = await writ.authorize(token, { action: 'write', resource: 'tickets:T-1042' });
+  if (checkAuthorize.decision !== 'allow') throw new Error(`bench: writ.authorize of the write was ${checkAuthorize.decision}, not allow`);
   report(
-    'authorize write (policy re-evaluated)',
+    'authorize write (policy re-evaluated, decision cached)',
     await sideBySide(
       () => writ.authorize(token, { action: 'write', resource: 'tickets:T-1042' }),
-      () => cedar.isAuthorized({ ...writeCall, policies: { staticPolicies }, schema: policySet.schemaText }),
+      () => cedar.isAuthorized({ ...writeCall, policies: { staticPolicies: policyTextsFor(policySet, writeInput.environment) }, schema: policySet.schemaText, validateRequest: true }),
       Math.round(10_000 * scale),
     ),
     'raw cedar-wasm isAuthorized, same request',
     'target ≤ 300 µs p50',
   );
-  const uncachedEngine = createPolicyEngine(policySet, { cacheEntries: 0 });
-  const writeDecision = { principal: identity, action: 'write', resource: 'tickets:T-1042', environment: 'production', intent: 'customer-support' };
+  const preparsedWrite = { ...writeCall, ...preparsedBaseline(policySet)(writeInput.environment) };
   report(
     'policy decision alone (Writ engine, no cache)',
     await sideBySide(
-      () => uncachedEngine.decide({ ...writeDecision, now: Date.now() }),
-      () => cedar.statefulIsAuthorized({ ...writeCall, preparsedPolicySetId: policySet.version, preparsedSchemaName: policySet.version }),
+      () => uncachedEngine.decide({ ...writeInput, now: Date.now() }),
+      () => cedar.statefulIsAuthorized(preparsedWrite),
       Math.round(10_000 * scale),
     ),
     'cedar-wasm statefulIsAuthorized (preparsed)',
@@ -168,8 +188,8 @@ async function main(): Promise<void> {
   report(
     'policy decision, cache hit (same inputs, same hour)',
     await sideBySide(
-      () => writ.policy().decide({ ...writeDecision, now: Date.now() }),
-      () => cedar.statefulIsAuthorized({ ...writeCall, preparsedPolicySetId: policySet.version, preparsedSchemaName: policySet.version }),
+      () => writ.policy().decide({ ...writeInput, now: Date.now() }),
+      () => cedar.statefulIsAuthorized(preparsedWrite),
       Math.round(10_000 * scale),
     ),
     'cedar-wasm statefulIsAuthorized (preparsed)',
@@ -177,6 +197,8 @@ async function main(): Promise<void> {
   );
 
   }
+
+  if (runs('decision')) await benchDecisions();
 
   if (runs('grant')) {
   process.stdout.write('\ntask grant, in process (identity already authenticated)\n');
@@ -349,6 +371,190 @@ async function main(): Promise<void> {
 
   process.stdout.write('\n| what | p50 | p99 | per second | baseline (same run) | baseline p50 | ratio | target |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n');
   for (const row of rows) process.stdout.write(`| ${row.join(' | ')} |\n`);
+}
+
+/**
+ * The Cedar request Writ's engine sends for `input`, once it has been seen to
+ * be exactly what the engine sends, and raw cedar-wasm to decide it as the
+ * engine does both ways a baseline calls it (`isAuthorized` with the policy
+ * text, `statefulIsAuthorized` preparsed), with the `expected` outcome when
+ * given. Throws otherwise: a baseline that asks Cedar something else (a
+ * request that fails validation is fast) measures nothing.
+ */
+function checkedBaseline(label: string, set: PolicySet, engine: PolicyEngine, input: DecisionInput, settings: RiskSettings, expected?: PolicyOutcome): CedarRequest {
+  const mirrored = mirrorCedarRequest(set, input, settings);
+  const decision = engine.decide(input);
+  if (mirrored === undefined) throw new Error(`bench baseline "${label}": the engine decides this request without asking Cedar (${decision.errors.join('; ')})`);
+  if (expected !== undefined && decision.outcome !== expected) throw new Error(`bench baseline "${label}": the engine says ${decision.outcome}, the bench expects ${expected} (${decision.errors.join('; ')})`);
+  checkSameRequest(label, set, input, mirrored, settings);
+  const stateful = cedar.statefulIsAuthorized({ ...mirrored.request, ...preparsedBaseline(set)(input.environment) });
+  checkSameDecision(`${label}, statefulIsAuthorized`, set, input, mirrored, decision, stateful);
+  const plain = cedar.isAuthorized({ ...mirrored.request, policies: { staticPolicies: policyTextsFor(set, input.environment) }, schema: set.schemaText, validateRequest: true });
+  checkSameDecision(`${label}, isAuthorized`, set, input, mirrored, decision, plain);
+  return mirrored.request;
+}
+
+const mark = (met: boolean) => (met ? '✔' : '✘');
+
+/**
+ * Runs `subject` and `baseline` each in a tight sequential loop (one op in
+ * flight: one core, node being single-threaded), alternating in `slices`
+ * slices per side over `totalMs` per side. Returns operations per second.
+ */
+async function tightLoops(subject: Op, baseline: Op, totalMs: number, slices = 4): Promise<{ subject: number; baseline: number }> {
+  const done = { subject: 0, baseline: 0 };
+  const elapsed = { subject: 0, baseline: 0 };
+  for (let slice = 0; slice < slices; slice++) {
+    for (const which of ['subject', 'baseline'] as const) {
+      const op = which === 'subject' ? subject : baseline;
+      const start = performance.now();
+      const until = start + totalMs / slices;
+      while (performance.now() < until) {
+        for (let i = 0; i < 50; i++) await op();
+        done[which] += 50;
+      }
+      elapsed[which] += performance.now() - start;
+    }
+  }
+  return { subject: (done.subject / elapsed.subject) * 1000, baseline: (done.baseline / elapsed.baseline) * 1000 };
+}
+
+/**
+ * `--only decision`: full Writ decisions with the example sets (policies/)
+ * over a mix of requests grown from their tests, against raw cedar-wasm asked
+ * the very same requests in the same run. A full decision is what the action
+ * check does per call: count the call, read the identity's observations
+ * (call rate, resource history), then the engine with its cache off (risk
+ * score, catalog lookups, entities, context, Cedar, the outcome).
+ */
+async function benchDecisions(): Promise<void> {
+  const dir = fileURLToPath(new URL('../policies/', import.meta.url));
+  const set = loadPolicySet(dir);
+  const settings = riskSettingsSchema.parse({});
+  const mix = buildDecisionMix(loadPolicyTests(dir));
+  // Every identity's history holds grants of tickets and orders, so other kinds count as unusual.
+  const history = [[{ action: 'read', resource: 'tickets:*' }, { action: 'read', resource: 'db:orders/*' }]];
+  const observations = createObservations({ history: async () => history });
+  const engine = createPolicyEngine(set, { cacheEntries: 0, risk: settings });
+  const cachedEngine = createPolicyEngine(set, { risk: settings });
+
+  // The call-rate window runs on the bench's own clock, always forward (cases
+  // at different hours share identities); each decision is made at its case's
+  // time, which gives the hour, weekday and off-hours signal. Before each timed
+  // row every identity is topped up past the saturating call rate, so its risk
+  // score, and with it the request, is the one checked.
+  const clockStart = Date.now();
+  const started = performance.now();
+  const clock = () => clockStart + (performance.now() - started);
+  const identityIds = [...new Set(mix.map((input) => input.principal.id))];
+  const saturate = () => {
+    const now = clock();
+    for (const id of identityIds) for (let i = 0; i < settings.saturatingCallsPerMinute; i++) observations.recordCall(id, now);
+  };
+  saturate();
+
+  interface Prepared {
+    /** As the test case gives it; a full decision observes for itself. */
+    readonly input: DecisionInput;
+    /** With the observations seen when checked; for the cache hits. */
+    readonly observedInput: DecisionInput;
+    /** The engine's decision when checked. */
+    readonly checked: PolicyDecision;
+    readonly isAuthorized: Parameters<typeof cedar.isAuthorized>[0];
+    readonly statefulIsAuthorized: Parameters<typeof cedar.statefulIsAuthorized>[0];
+  }
+  const prepared: Prepared[] = [];
+  const outcomes: Record<PolicyOutcome, number> = { allow: 0, deny: 0, approval_required: 0 };
+  let withoutCedar = 0;
+  for (const input of mix) {
+    const observedInput = { ...input, observed: await observations.observe(input.principal.id, input.resource, clock()) };
+    const mirrored = mirrorCedarRequest(set, observedInput, settings);
+    if (mirrored === undefined) {
+      // Decided before Cedar (an action in no tier group): nothing for a raw baseline to do.
+      withoutCedar++;
+      continue;
+    }
+    const request = checkedBaseline('decision mix', set, engine, observedInput, settings);
+    const checked = engine.decide(observedInput);
+    outcomes[checked.outcome]++;
+    prepared.push({
+      input,
+      observedInput,
+      checked,
+      isAuthorized: { ...request, policies: { staticPolicies: policyTextsFor(set, input.environment) }, schema: set.schemaText, validateRequest: true },
+      statefulIsAuthorized: { ...request, ...preparsedBaseline(set)(input.environment) },
+    });
+  }
+  const resources = new Set(prepared.map((p) => p.input.resource)).size;
+  process.stdout.write(
+    `\nfull policy decisions, the example sets (policies/): ${prepared.length} requests grown from ${mix.length / VARIANTS_PER_CASE} test cases ` +
+      `(${identityIds.length} identities, ${resources} resources; ${outcomes.allow} allow, ${outcomes.deny} deny, ${outcomes.approval_required} approval_required; ` +
+      `${withoutCedar} decided without Cedar left out), each checked against raw cedar-wasm\n`,
+  );
+
+  // Subject and baselines walk the mix in step: the same request in the same position of their blocks.
+  const cycle = <T>(make: (p: Prepared) => T): (() => T) => {
+    let i = 0;
+    return () => make(prepared[i++ % prepared.length]!);
+  };
+  const fullDecision = () =>
+    cycle(async (p) => {
+      const id = p.input.principal.id;
+      const now = clock();
+      observations.recordCall(id, now);
+      const observed = await observations.observe(id, p.input.resource, now);
+      return engine.decide({ ...p.input, observed });
+    });
+  const rawStateful = () => cycle((p) => cedar.statefulIsAuthorized(p.statefulIsAuthorized));
+  const rawPlain = () => cycle((p) => cedar.isAuthorized(p.isAuthorized));
+  const statefulName = 'cedar-wasm statefulIsAuthorized (preparsed), same requests';
+
+  // V8 moves cedar-wasm's hot functions to its optimizing compiler over the first
+  // seconds of steady calls (single calls run ~1.6x slower until then): warm both up first.
+  saturate();
+  await tightLoops(fullDecision(), rawStateful(), quick ? 600 : 3000, 2);
+  saturate();
+  const full = await sideBySide(fullDecision(), rawStateful(), Math.round(20_000 * scale));
+  const fullTarget = `target ≤ 150 µs p50 ${mark(full.subject.p50 <= 150)}, ≤ 500 µs p99 ${mark(full.subject.p99 <= 500)}`;
+  report('full decision (observations, risk, entities, context, Cedar; no cache)', full, statefulName, fullTarget);
+  // The timed decisions were the checked ones: the same risk score, so the same request, and the same outcome.
+  const decideFully = fullDecision();
+  for (const p of prepared) {
+    const decision = await decideFully();
+    if (decision.risk.score !== p.checked.risk.score || decision.outcome !== p.checked.outcome) {
+      throw new Error(`bench: a timed decision drifted from its checked one (risk ${decision.risk.score} against ${p.checked.risk.score}, ${decision.outcome} against ${p.checked.outcome})`);
+    }
+  }
+  saturate();
+  report(
+    'full decision, against the policy text per call',
+    await sideBySide(fullDecision(), rawPlain(), Math.round(2000 * scale), 50),
+    'raw cedar-wasm isAuthorized (policy and schema text), same requests',
+  );
+  report(
+    'engine.decide alone (observations given, no cache)',
+    await sideBySide(cycle((p) => engine.decide(p.observedInput)), rawStateful(), Math.round(20_000 * scale)),
+    statefulName,
+  );
+  saturate();
+  const loops = await tightLoops(fullDecision(), rawStateful(), quick ? 400 : 2000);
+  const perSecond = (n: number) => Math.round(n).toLocaleString('en-US');
+  rows.push([
+    'full decisions, tight loop over the mix (one core)',
+    '',
+    '',
+    perSecond(loops.subject),
+    `${statefulName}, tight loop`,
+    `${perSecond(loops.baseline)}/s`,
+    `${(loops.baseline / loops.subject).toFixed(2)}x`,
+    `target ≥ 8,000/s ${mark(loops.subject >= 8000)}`,
+  ]);
+  process.stdout.write(`  full decisions, tight loop: ${perSecond(loops.subject)}/s | statefulIsAuthorized tight loop: ${perSecond(loops.baseline)}/s\n`);
+
+  // Every request of the mix again, same inputs (observations held): each from the cache.
+  for (const p of prepared) cachedEngine.decide(p.observedInput);
+  const hits = await sideBySide(cycle((p) => cachedEngine.decide(p.observedInput)), rawStateful(), Math.round(20_000 * scale));
+  report('decision, cache hit (the mix again, same inputs)', hits, statefulName, `target ≤ 10 µs p50 ${mark(hits.subject.p50 <= 10)}`);
 }
 
 /** A SPIFFE JWT bundle file and a loopback OIDC issuer serving discovery and JWKS. */
