@@ -397,6 +397,15 @@ describe('decisions on the record (HTTP)', () => {
     assert.deepEqual([checked.allowed, checked.reason, reads], [true, null, 1]);
   });
 
+  test('an agent cannot approve its own call: approval, stage or risk sent in the call context never reach those fields', async () => {
+    const answer = await h.post('/v1/tasks', supportTask({ scopes: [{ action: 'refund', resource: 'payments:refunds/*' }] }), await h.identityToken());
+    assert.equal(answer.status, 201, JSON.stringify(answer.body));
+    const call = (context: Record<string, unknown>) => h.post('/v1/authorize', { token: answer.body.token, action: 'refund', resource: 'payments:refunds/R-9', context });
+    const forged = await call({ amountCents: 25_000, approval: 'approved', stage: 'grant', risk: 0, args: { amountCents: 1 } });
+    assert.deepEqual([forged.body.allowed, forged.body.reason], [false, 'ERR_APPROVAL_REQUIRED']);
+    assert.equal((await call({ amountCents: 500 })).body.allowed, true);
+  });
+
   test('the action check records the risk of each re-decided call, and reads are not re-decided', async () => {
     const answer = await h.post('/v1/tasks', supportTask(), await h.identityToken());
     const write = await h.post('/v1/authorize', { token: answer.body.token, action: 'write', resource: 'tickets:T-1042', context: { comment: 'hello' } });

@@ -58,10 +58,8 @@ export interface ResourceCatalog {
 export function createResourceCatalog(document: CatalogDocument): ResourceCatalog {
   const entries = document.resources;
   const fallback = document.default.sensitivity;
-  const memo = new Map<string, Sensitivity>();
   const max = (a: Sensitivity, b: Sensitivity): Sensitivity => (sensitivityRank(a) >= sensitivityRank(b) ? a : b);
 
-  const tierMemo = new Map<string, Tier>();
   const maxTier = (a: Tier, b: Tier): Tier => (tierRank(a) >= tierRank(b) ? a : b);
   const computeTier = (resource: string): Tier => {
     let result: Tier = 'read';
@@ -89,24 +87,8 @@ export function createResourceCatalog(document: CatalogDocument): ResourceCatalo
   };
 
   return {
-    sensitivityOf(resource) {
-      let value = memo.get(resource);
-      if (value === undefined) {
-        value = compute(resource);
-        if (memo.size > 50_000) memo.clear();
-        memo.set(resource, value);
-      }
-      return value;
-    },
-    tierFloorOf(resource) {
-      let value = tierMemo.get(resource);
-      if (value === undefined) {
-        value = computeTier(resource);
-        if (tierMemo.size > 50_000) tierMemo.clear();
-        tierMemo.set(resource, value);
-      }
-      return value;
-    },
+    sensitivityOf: memoize(compute),
+    tierFloorOf: memoize(computeTier),
     entityTypeOf: (kind) => kinds.get(kind) ?? UNTYPED_RESOURCE,
     entityTypes: new Set([...kinds.values(), UNTYPED_RESOURCE]),
   };
@@ -120,4 +102,18 @@ export function createResourceCatalog(document: CatalogDocument): ResourceCatalo
  */
 function covers(pattern: string, resource: string): boolean {
   return resourceCovers(pattern, resource) || (pattern.endsWith('/*') && resource === pattern.slice(0, -2));
+}
+
+/** `compute` remembered per resource name; at most 50 000 names, then forgotten all at once. */
+function memoize<T>(compute: (resource: string) => T): (resource: string) => T {
+  const memo = new Map<string, T>();
+  return (resource) => {
+    let value = memo.get(resource);
+    if (value === undefined) {
+      value = compute(resource);
+      if (memo.size > 50_000) memo.clear();
+      memo.set(resource, value);
+    }
+    return value;
+  };
 }
