@@ -16,11 +16,14 @@
  * the engine's decision on the real set (outcome, deciding policies, risk,
  * tier, sensitivity).
  */
+import { copyFileSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { cedar } from '../src/policy/cedar.js';
 import { resourceKind } from '../src/core/scope.js';
 import { tierRank, type Sensitivity, type Tier } from '../src/core/types.js';
 import { createPolicyEngine, type DecisionInput, type PolicyDecision, type PolicyOutcome } from '../src/policy/engine.js';
-import { CEDAR_NAMESPACE, type PolicySet } from '../src/policy/policy-set.js';
+import { CATALOG_FILE, CEDAR_NAMESPACE, loadPolicySet, SCHEMA_FILE, type PolicySet } from '../src/policy/policy-set.js';
 import { scoreRisk, type RiskScore, type RiskSettings } from '../src/policy/risk.js';
 
 /** The request fields common to `isAuthorized` and `statefulIsAuthorized`. */
@@ -195,22 +198,23 @@ export function checkSameDecision(label: string, set: PolicySet, input: Decision
   if (mirrored.tier !== decision.tier || mirrored.sensitivity !== decision.sensitivity) fail(`tier/sensitivity ${mirrored.tier}/${mirrored.sensitivity} against the engine's ${decision.tier}/${decision.sensitivity}`);
 }
 
-/** The preparsed set `checkSameRequest` points the engine at; each check replaces its one policy. */
-const PROBE_SET_ID = 'writ-bench-probe';
-const PROBE_POLICY_ID = 'mirror-matches';
-
 /**
  * Throws unless Writ's engine sends Cedar exactly `mirrored.request` for
- * `input`. The engine decides `input` against a one-policy set, in place of
- * the real one, whose permit holds only for that request: principal, action
- * and resource by entity type and id, each entity's every attribute and tag,
- * and the context compared as one record (so a missing, extra or retyped
- * field fails). An extra tag on the principal is the one difference it cannot see.
+ * `input`. The engine decides `input` against the set's schema and catalog
+ * with one policy in place of its policies, loaded as any set is (a folder
+ * in the temp directory), whose permit holds only for that request: principal,
+ * action and resource by entity type and id, each entity's every attribute
+ * and tag, and every context field and declared argument (so a missing or
+ * retyped field fails, and an argument the mirror has and the engine drops). The probe reads every field, so the engine sends every
+ * field; that it sends only what a set reads is checked by `checkSameDecision`
+ * against Cedar asked the whole request. An extra tag on the principal is the
+ * one difference it cannot see.
  */
 export function checkSameRequest(label: string, set: PolicySet, input: DecisionInput, mirrored: MirroredRequest, settings: RiskSettings): void {
-  const loaded = cedar.preparsePolicySet(PROBE_SET_ID, { staticPolicies: { [PROBE_POLICY_ID]: probePolicy(mirrored.request) } });
-  if (loaded.type === 'failure') throw new Error(`bench baseline "${label}": the probe policy does not parse: ${loaded.errors.map((e) => e.message).join('; ')}`);
-  const probe = createPolicyEngine({ ...set, preparsedIdFor: () => PROBE_SET_ID }, { cacheEntries: 0, risk: settings });
+  const dir = probeFolder(set);
+  writeFileSync(join(dir, 'probe.cedar'), `@id("${PROBE_POLICY_ID}")\n${probePolicy(mirrored.request, set.argTypes.keys())}\n`);
+  // One slot for every probe: each load replaces the last one's compiled sets.
+  const probe = createPolicyEngine(loadPolicySet(dir, { slot: 'writ-bench-probe' }), { cacheEntries: 0, risk: settings });
   const decision = probe.decide(input);
   if (decision.outcome !== 'allow' || decision.policies.join() !== PROBE_POLICY_ID) {
     throw new Error(
@@ -220,13 +224,38 @@ export function checkSameRequest(label: string, set: PolicySet, input: DecisionI
   }
 }
 
+const PROBE_POLICY_ID = 'mirror-matches';
+const probeFolders = new WeakMap<PolicySet, string>();
+
+/** A temporary policy folder with the set's schema and catalog and no policies yet; removed when the process exits. */
+function probeFolder(set: PolicySet): string {
+  let dir = probeFolders.get(set);
+  if (dir !== undefined) return dir;
+  const made = mkdtempSync(join(tmpdir(), 'writ-bench-probe-'));
+  process.once('exit', () => rmSync(made, { recursive: true, force: true }));
+  writeFileSync(join(made, SCHEMA_FILE), set.schemaText);
+  if (existsSync(join(set.dir, CATALOG_FILE))) copyFileSync(join(set.dir, CATALOG_FILE), join(made, CATALOG_FILE));
+  probeFolders.set(set, made);
+  dir = made;
+  return dir;
+}
+
 /** A permit for exactly this request (see checkSameRequest). */
-function probePolicy(request: CedarRequest): string {
+function probePolicy(request: CedarRequest, argNames: Iterable<string>): string {
   const uid = (entity: cedar.EntityUid) => {
     const { type, id } = entity as cedar.TypeAndId;
     return `${type}::${literal(id)}`;
   };
-  const conditions = [`context == ${literal(request.context)}`];
+  // Field by field: strict validation refuses a whole-record literal against the declared record type.
+  const conditions: string[] = [];
+  for (const [name, value] of Object.entries(request.context as Record<string, cedar.CedarValueJson>)) {
+    if (name !== 'args') {
+      conditions.push(`context[${literal(name)}] == ${literal(value)}`);
+      continue;
+    }
+    const given = value as Record<string, cedar.CedarValueJson>;
+    for (const arg of argNames) conditions.push(Object.hasOwn(given, arg) ? `context.args has ${arg} && context.args.${arg} == ${literal(given[arg]!)}` : `!(context.args has ${arg})`);
+  }
   for (const [variable, entity] of [['principal', request.entities[0]], ['resource', request.entities[1]]] as const) {
     if (entity === undefined) throw new Error('bench: a mirrored request has a principal and a resource entity');
     for (const [name, value] of Object.entries(entity.attrs ?? {})) conditions.push(`${variable}[${literal(name)}] == ${literal(value)}`);

@@ -178,8 +178,10 @@ describe('policies per environment', () => {
     assert.deepEqual(set.environments, ['production', 'sandbox']);
     assert.equal(set.policies.get('production-refuses-critical-risk')?.environment, 'production');
     assert.equal(set.policies.get('data-agent-writes-sandbox-scratch')?.file, 'environments/sandbox/data-agent.cedar');
-    assert.equal(set.preparsedIdFor('staging'), set.compiledId);
-    assert.equal(set.preparsedIdFor('sandbox'), `${set.compiledId}/sandbox`);
+    assert.equal(set.planFor('staging', 'write')?.preparsedId, `${set.compiledId}/*/write`);
+    assert.equal(set.planFor('sandbox', 'write')?.preparsedId, `${set.compiledId}/sandbox/write`);
+    assert.ok(set.planFor('sandbox', 'write')?.policyIds.includes('data-agent-writes-sandbox-scratch'));
+    assert.ok(!set.planFor('staging', 'write')?.policyIds.includes('data-agent-writes-sandbox-scratch'));
   });
 
   test('a change in an environment folder changes the version', () => {

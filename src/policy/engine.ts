@@ -20,7 +20,8 @@
 import { cedar } from './cedar.js';
 import { resourceKind } from '../core/scope.js';
 import { tierRank, type Identity, type Sensitivity, type Tier } from '../core/types.js';
-import { CEDAR_NAMESPACE, type PolicySet } from './policy-set.js';
+import { type PolicySet } from './policy-set.js';
+import { ACTION_TYPE, CEDAR_NAMESPACE, PRINCIPAL_TYPES } from './request-plan.js';
 import { riskSettingsSchema, scoreRisk, type RiskScore, type RiskSettings } from './risk.js';
 
 export type PolicyOutcome = 'allow' | 'deny' | 'approval_required';
@@ -87,12 +88,6 @@ export interface PolicyEngine {
   decide(input: DecisionInput): PolicyDecision;
 }
 
-const PRINCIPAL_TYPES: Record<Identity['actorType'], string> = {
-  agent: `${CEDAR_NAMESPACE}::Agent`,
-  service: `${CEDAR_NAMESPACE}::Service`,
-  human: `${CEDAR_NAMESPACE}::Human`,
-};
-const ACTION_TYPE = `${CEDAR_NAMESPACE}::Action`;
 
 export interface PolicyEngineOptions {
   /** Decisions remembered (0 turns the cache off). Default 10 000. */
@@ -213,44 +208,56 @@ export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions 
 
   type Base = Pick<PolicyDecision, 'policyVersion' | 'sensitivity' | 'tier' | 'risk'>;
   const evaluate = (input: DecisionInput, date: Date, base: Base, args: Record<string, unknown>): { decision: PolicyDecision; cacheable: boolean } => {
+    // INVARIANT: decide() only gets here for an action in a tier group, which always has a plan.
+    const plan = set.planFor(input.environment, input.action)!;
     const principal = { type: PRINCIPAL_TYPES[input.principal.actorType], id: input.principal.id };
     const kind = resourceKind(input.resource);
     const resource = { type: `${CEDAR_NAMESPACE}::${set.catalog.entityTypeOf(kind)}`, id: input.resource };
+    // What validating the request against the schema would refuse (see request-plan.ts).
+    if (!plan.principalTypes.has(principal.type)) return refused(base, `${principal.type} is not a principal of action ${input.action} in the schema`);
+    if (!plan.resourceTypes.has(resource.type)) return refused(base, `${resource.type} is not a resource of action ${input.action} in the schema`);
+    if (plan.preparsedId === undefined) return { decision: { ...base, outcome: 'deny', policies: [], errors: [] }, cacheable: true };
+
+    const { reads } = plan;
+    const context: Record<string, cedar.CedarValueJson> = {
+      stage: input.stage ?? 'grant',
+      environment: input.environment,
+      actorType: input.principal.actorType,
+      intent: input.intent,
+      purpose: input.purpose ?? '',
+      sensitivity: base.sensitivity,
+      tier: base.tier,
+      risk: base.risk.score,
+      riskLevel: base.risk.level,
+      delegationDepth: input.delegationDepth ?? 0,
+      breakGlass: input.breakGlass === true,
+      approval: input.approval ?? 'none',
+      hour: date.getUTCHours(),
+      weekday: date.getUTCDay(),
+      args: args as Record<string, cedar.CedarValueJson>,
+    };
+    const principalAttrs: Record<string, string> = { owner: input.principal.owner ?? '', environment: input.principal.environment, actorType: input.principal.actorType };
+    const resourceAttrs: Record<string, string> = { kind, sensitivity: base.sensitivity, tier: set.catalog.tierFloorOf(input.resource) };
+    // An entity no policy reads anything off adds nothing: `==`, `is` and `in`
+    // (it has no parents) read the request's uids alone.
+    const entities: cedar.EntityJson[] = [];
+    if (reads.tags || reads.principal === undefined || reads.principal.size > 0) {
+      entities.push({ uid: principal, attrs: only(principalAttrs, reads.principal), parents: [], ...(reads.tags ? { tags: { ...input.principal.labels } } : {}) });
+    }
+    if (reads.tags || reads.resource === undefined || reads.resource.size > 0) entities.push({ uid: resource, attrs: only(resourceAttrs, reads.resource), parents: [] });
+    const validated = set.perRequestValidation !== undefined;
+    // Without the schema, Cedar learns the action's groups from its entity.
+    if (!validated && plan.actionEntity !== undefined) entities.push(plan.actionEntity);
     let answer: cedar.AuthorizationAnswer;
     try {
       answer = cedar.statefulIsAuthorized({
         principal,
         action: { type: ACTION_TYPE, id: input.action },
         resource,
-        context: {
-          stage: input.stage ?? 'grant',
-          environment: input.environment,
-          actorType: input.principal.actorType,
-          intent: input.intent,
-          purpose: input.purpose ?? '',
-          sensitivity: base.sensitivity,
-          tier: base.tier,
-          risk: base.risk.score,
-          riskLevel: base.risk.level,
-          delegationDepth: input.delegationDepth ?? 0,
-          breakGlass: input.breakGlass === true,
-          approval: input.approval ?? 'none',
-          hour: date.getUTCHours(),
-          weekday: date.getUTCDay(),
-          args: args as Record<string, cedar.CedarValueJson>,
-        },
-        entities: [
-          {
-            uid: principal,
-            attrs: { owner: input.principal.owner ?? '', environment: input.principal.environment, actorType: input.principal.actorType },
-            parents: [],
-            tags: { ...input.principal.labels },
-          },
-          { uid: resource, attrs: { kind, sensitivity: base.sensitivity, tier: set.catalog.tierFloorOf(input.resource) }, parents: [] },
-        ],
-        preparsedPolicySetId: set.preparsedIdFor(input.environment),
-        preparsedSchemaName: set.compiledId,
-        validateRequest: true,
+        context: only(context, reads.context),
+        entities,
+        preparsedPolicySetId: plan.preparsedId,
+        ...(validated ? { preparsedSchemaName: set.compiledId, validateRequest: true } : {}),
       });
     } catch (error) {
       return { decision: { ...base, outcome: 'deny', policies: [], errors: [`cedar threw: ${(error as Error).message}`] }, cacheable: false };
@@ -272,6 +279,19 @@ export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions 
   };
 
   return { version: set.version, set, tierOf: (action) => set.actionTiers.get(action), tierFor, decide };
+}
+
+/** `record` with only the fields in `names` (all of them when `names` is undefined). */
+function only<T>(record: Record<string, T>, names: ReadonlySet<string> | undefined): Record<string, T> {
+  if (names === undefined) return record;
+  const picked: Record<string, T> = {};
+  for (const name of names) if (Object.hasOwn(record, name)) picked[name] = record[name]!;
+  return picked;
+}
+
+/** A deny for a request the schema would not take; cached like any deny of this version. */
+function refused(base: Pick<PolicyDecision, 'policyVersion' | 'sensitivity' | 'tier' | 'risk'>, error: string): { decision: PolicyDecision; cacheable: boolean } {
+  return { decision: { ...base, outcome: 'deny', policies: [], errors: [error] }, cacheable: true };
 }
 
 /** What a shadow (candidate) policy set would have decided, recorded beside the enforced decision. */

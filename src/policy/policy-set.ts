@@ -23,8 +23,9 @@ import { WritError } from '../core/errors.js';
 import { isValidAction } from '../core/scope.js';
 import { isTier, tierRank, type Tier } from '../core/types.js';
 import { catalogSchema, createResourceCatalog, UNTYPED_RESOURCE, type ResourceCatalog } from './catalog.js';
+import { CEDAR_NAMESPACE, planRequests, type NamespaceJson, type PlannedPolicy, type RequestPlan } from './request-plan.js';
 
-export const CEDAR_NAMESPACE = 'Writ';
+export { CEDAR_NAMESPACE };
 export const SCHEMA_FILE = 'schema.cedarschema';
 export const CATALOG_FILE = 'resources.yaml';
 export const ENVIRONMENTS_DIR = 'environments';
@@ -58,8 +59,18 @@ export interface PolicySet {
   readonly environments: readonly string[];
   /** The id this load's policy sets and schema were preparsed under (its schema's id). */
   readonly compiledId: string;
-  /** The preparsed Cedar policy set that decides for tasks in `environment`. */
-  preparsedIdFor(environment: string): string;
+  /**
+   * What a decision for `action` by a task in `environment` sends Cedar (see
+   * request-plan.ts): the policies that can apply and the fields they read.
+   * Undefined for an action in no tier group.
+   */
+  planFor(environment: string, action: string): RequestPlan | undefined;
+  /**
+   * Undefined when the schema declares exactly the request shape Writ sends,
+   * so requests are proven valid once, at load. Otherwise why not: each
+   * request is then validated against the schema and sent whole.
+   */
+  readonly perRequestValidation: string | undefined;
 }
 
 /** A problem in one file, with a 1-based line and column (in characters) when known. */
@@ -108,6 +119,7 @@ export function loadPolicySet(dir: string, options: LoadOptions = {}): PolicySet
 
   const files = policyFiles(dir, problems);
   const policies = new Map<string, LoadedPolicy>();
+  const planned = new Map<string, PlannedPolicy>();
   // Where each policy starts in its file (a character index), to place validation errors.
   const starts = new Map<string, number>();
   // Each file enters the version as its name and the SHA-256 of its bytes, so no
@@ -147,6 +159,7 @@ export function loadPolicySet(dir: string, options: LoadOptions = {}): PolicySet
         return;
       }
       policies.set(id, { id, file, text: policyText, effect: json.json.effect, annotations, ...(environment === undefined ? {} : { environment }) });
+      planned.set(id, { id, text: policyText, json: json.json });
       if (start !== undefined) starts.set(id, start);
     });
   }
@@ -200,18 +213,25 @@ export function loadPolicySet(dir: string, options: LoadOptions = {}): PolicySet
   // engine already serving evaluates, even one with the same version.
   const compiled = options.slot ?? `load-${++loads}`;
   const environments = [...new Set(files.flatMap((f) => (f.environment === undefined ? [] : [f.environment])))].sort();
-  const everywhere = [...policies.values()].filter((p) => p.environment === undefined);
-  const preparse = (id: string, members: readonly LoadedPolicy[]): void => {
-    const preparsed = cedar.preparsePolicySet(id, { staticPolicies: Object.fromEntries(members.map((p) => [p.id, p.text])) });
-    if (preparsed.type === 'failure') throw invalid(preparsed.errors.map((e) => ({ file: '?', message: e.message })));
-  };
-  preparse(compiled, everywhere);
-  for (const environment of environments) {
-    preparse(`${compiled}/${environment}`, [...everywhere, ...[...policies.values()].filter((p) => p.environment === environment)]);
+  const inEnvironment = (environment: string | undefined) => [...policies.values()].filter((p) => p.environment === environment).map((p) => planned.get(p.id)!);
+  const namespace = schemaJson.json[CEDAR_NAMESPACE] as NamespaceJson | undefined;
+  const resourceCatalog = createResourceCatalog(catalog.data as NonNullable<typeof catalog.data>);
+  const argTypes = declaredArgs(namespace);
+  let plans: ReturnType<typeof planRequests>;
+  try {
+    plans = planRequests({
+      compiledId: compiled,
+      schemaText,
+      namespace,
+      actions: actionTiers.keys(),
+      resourceTypes: resourceCatalog.entityTypes,
+      everywhere: inEnvironment(undefined),
+      environments: new Map(environments.map((environment) => [environment, inEnvironment(environment)])),
+      argTypes,
+    });
+  } catch (error) {
+    throw invalid([{ file: '?', message: (error as Error).message }]);
   }
-  const preparsedSchema = cedar.preparseSchema(compiled, schemaText);
-  if (preparsedSchema.type === 'failure') throw invalid(preparsedSchema.errors.map((e) => ({ file: SCHEMA_FILE, message: e.message })));
-  const ownSet = new Set(environments);
 
   return {
     version,
@@ -219,19 +239,16 @@ export function loadPolicySet(dir: string, options: LoadOptions = {}): PolicySet
     schemaText,
     policies,
     actionTiers,
-    catalog: createResourceCatalog(catalog.data as NonNullable<typeof catalog.data>),
-    argTypes: declaredArgs(schemaJson.json[CEDAR_NAMESPACE]),
+    catalog: resourceCatalog,
+    argTypes,
     environments,
     compiledId: compiled,
-    preparsedIdFor: (environment) => (ownSet.has(environment) ? `${compiled}/${environment}` : compiled),
+    planFor: plans.planFor,
+    perRequestValidation: plans.perRequestValidation,
   };
 }
 
 type SchemaType = { type: string; name?: string; attributes?: Record<string, SchemaType & { required?: boolean }> };
-interface NamespaceJson {
-  commonTypes?: Record<string, SchemaType>;
-  actions?: Record<string, { appliesTo?: { context?: SchemaType } }>;
-}
 
 /** The attributes of `context.args` in the read action's context, with their types. */
 function declaredArgs(namespace: NamespaceJson | undefined): Map<string, string> {
