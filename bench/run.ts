@@ -9,7 +9,7 @@
  *   npm run bench -- --only authorize,grant,audit,http,identity,decision
  *
  * A raw cedar-wasm baseline is only fair when it is asked exactly what Writ's
- * engine asks Cedar: bench/cedar-request.ts rebuilds that request, and each
+ * engine asks Cedar: test/helpers/cedar-request.ts rebuilds that request, and each
  * baseline is checked against the engine's decision before it is timed. A
  * baseline that disagrees aborts the run.
  */
@@ -34,8 +34,8 @@ import { loadPolicyTests } from '../src/policy/policy-tests.js';
 import { riskSettingsSchema, type RiskSettings } from '../src/policy/risk.js';
 import { createServer } from '../src/server/app.js';
 import { createWrit, type Writ } from '../src/writ.js';
-import { checkSameDecision, checkSameRequest, mirrorCedarRequest, policyTextsFor, preparsedBaseline, type CedarRequest } from './cedar-request.js';
-import { buildDecisionMix, VARIANTS_PER_CASE } from './decision-mix.js';
+import { checkSameDecision, checkSameRequest, mirrorCedarRequest, policyTextsFor, preparsedBaseline, type CedarRequest } from '../test/helpers/cedar-request.js';
+import { buildDecisionMix, VARIANTS_PER_CASE } from '../test/helpers/decision-mix.js';
 
 const quick = process.argv.includes('--quick');
 const onlyIndex = process.argv.indexOf('--only');

@@ -19,12 +19,12 @@
 import { copyFileSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { cedar } from '../src/policy/cedar.js';
-import { resourceKind } from '../src/core/scope.js';
-import { tierRank, type Sensitivity, type Tier } from '../src/core/types.js';
-import { createPolicyEngine, type DecisionInput, type PolicyDecision, type PolicyOutcome } from '../src/policy/engine.js';
-import { CATALOG_FILE, CEDAR_NAMESPACE, loadPolicySet, SCHEMA_FILE, type PolicySet } from '../src/policy/policy-set.js';
-import { scoreRisk, type RiskScore, type RiskSettings } from '../src/policy/risk.js';
+import { cedar } from '../../src/policy/cedar.js';
+import { resourceKind } from '../../src/core/scope.js';
+import { tierRank, type Sensitivity, type Tier } from '../../src/core/types.js';
+import { createPolicyEngine, type DecisionInput, type PolicyDecision, type PolicyOutcome } from '../../src/policy/engine.js';
+import { CATALOG_FILE, CEDAR_NAMESPACE, loadPolicySet, SCHEMA_FILE, type PolicySet } from '../../src/policy/policy-set.js';
+import { scoreRisk, type RiskScore, type RiskSettings } from '../../src/policy/risk.js';
 
 /** The request fields common to `isAuthorized` and `statefulIsAuthorized`. */
 export interface CedarRequest {

@@ -11,9 +11,9 @@
  * case; the benchmark does not rely on it, it checks every request's raw
  * Cedar answer against the engine's decision instead.
  */
-import type { Identity } from '../src/core/types.js';
-import type { DecisionInput } from '../src/policy/engine.js';
-import type { PolicyTestCase } from '../src/policy/policy-tests.js';
+import type { Identity } from '../../src/core/types.js';
+import type { DecisionInput } from '../../src/policy/engine.js';
+import type { PolicyTestCase } from '../../src/policy/policy-tests.js';
 
 /** Variants per test case, the case itself included. */
 export const VARIANTS_PER_CASE = 8;
