@@ -462,6 +462,8 @@ async function benchDecisions(): Promise<void> {
     readonly checked: PolicyDecision;
     readonly isAuthorized: Parameters<typeof cedar.isAuthorized>[0];
     readonly statefulIsAuthorized: Parameters<typeof cedar.statefulIsAuthorized>[0];
+    /** The call the engine's plan makes (its slice, only the fields it reads): Cedar's share of a decision. */
+    readonly planned: Parameters<typeof cedar.statefulIsAuthorized>[0];
   }
   const prepared: Prepared[] = [];
   const outcomes: Record<PolicyOutcome, number> = { allow: 0, deny: 0, approval_required: 0 };
@@ -477,12 +479,20 @@ async function benchDecisions(): Promise<void> {
     const request = checkedBaseline('decision mix', set, engine, observedInput, settings);
     const checked = engine.decide(observedInput);
     outcomes[checked.outcome]++;
+    const planned = engine.cedarRequestFor(observedInput);
+    if (planned === undefined) throw new Error('bench: the engine asks Cedar for this request, but gives no planned call');
+    const plannedAnswer = cedar.statefulIsAuthorized(planned);
+    const plannedReason = plannedAnswer.type === 'success' ? [...plannedAnswer.response.diagnostics.reason].sort().join() : 'failure';
+    if (plannedAnswer.type === 'success' && plannedAnswer.response.diagnostics.errors.length === 0 && plannedReason !== checked.policies.join()) {
+      throw new Error(`bench: the planned call decides with ${plannedReason}, the engine with ${checked.policies.join()}`);
+    }
     prepared.push({
       input,
       observedInput,
       checked,
       isAuthorized: { ...request, policies: { staticPolicies: policyTextsFor(set, input.environment) }, schema: set.schemaText, validateRequest: true },
       statefulIsAuthorized: { ...request, ...preparsedBaseline(set)(input.environment) },
+      planned,
     });
   }
   const resources = new Set(prepared.map((p) => p.input.resource)).size;
@@ -502,11 +512,13 @@ async function benchDecisions(): Promise<void> {
       const id = p.input.principal.id;
       const now = clock();
       observations.recordCall(id, now);
-      const observed = await observations.observe(id, p.input.resource, now);
+      const observing = observations.observe(id, p.input.resource, now);
+      const observed = observing instanceof Promise ? await observing : observing;
       return engine.decide({ ...p.input, observed });
     });
   const rawStateful = () => cycle((p) => cedar.statefulIsAuthorized(p.statefulIsAuthorized));
   const rawPlain = () => cycle((p) => cedar.isAuthorized(p.isAuthorized));
+  const rawPlanned = () => cycle((p) => cedar.statefulIsAuthorized(p.planned));
   const statefulName = 'cedar-wasm statefulIsAuthorized (preparsed), same requests';
 
   // V8 moves cedar-wasm's hot functions to its optimizing compiler over the first
@@ -537,6 +549,14 @@ async function benchDecisions(): Promise<void> {
     statefulName,
   );
   saturate();
+  report(
+    'full decision, against Cedar asked only the planned call',
+    await sideBySide(fullDecision(), rawPlanned(), Math.round(20_000 * scale)),
+    "cedar-wasm statefulIsAuthorized, the engine's planned call (the rest is Writ's share)",
+  );
+  saturate();
+  const floor = await tightLoops(rawPlanned(), rawStateful(), quick ? 400 : 2000);
+  saturate();
   const loops = await tightLoops(fullDecision(), rawStateful(), quick ? 400 : 2000);
   const perSecond = (n: number) => Math.round(n).toLocaleString('en-US');
   rows.push([
@@ -549,7 +569,17 @@ async function benchDecisions(): Promise<void> {
     `${(loops.baseline / loops.subject).toFixed(2)}x`,
     `target ≥ 8,000/s ${mark(loops.subject >= 8000)}`,
   ]);
-  process.stdout.write(`  full decisions, tight loop: ${perSecond(loops.subject)}/s | statefulIsAuthorized tight loop: ${perSecond(loops.baseline)}/s\n`);
+  rows.push([
+    "cedar-wasm alone on the engine's planned calls, tight loop (Writ's floor)",
+    '',
+    '',
+    perSecond(floor.subject),
+    `${statefulName}, tight loop`,
+    `${perSecond(floor.baseline)}/s`,
+    `${(floor.baseline / floor.subject).toFixed(2)}x`,
+    '',
+  ]);
+  process.stdout.write(`  full decisions, tight loop: ${perSecond(loops.subject)}/s | statefulIsAuthorized tight loop: ${perSecond(loops.baseline)}/s | planned calls alone: ${perSecond(floor.subject)}/s\n`);
 
   // Every request of the mix again, same inputs (observations held): each from the cache.
   for (const p of prepared) cachedEngine.decide(p.observedInput);

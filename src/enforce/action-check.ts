@@ -150,6 +150,7 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
     }
     if (tier === 'read') return { decision: 'allow', reason: null, token: verified, identity, tier };
 
+    const observing = options.observations.observe(identity.id, request.resource, now);
     const input = {
       principal: identity,
       action: request.action,
@@ -160,7 +161,8 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
       stage: 'call' as const,
       now,
       ...(request.context === undefined ? {} : { args: request.context }),
-      observed: await options.observations.observe(identity.id, request.resource, now),
+      // Not awaited when already known: the hot path stays synchronous.
+      observed: observing instanceof Promise ? await observing : observing,
     };
     const decision = engine.decide(input);
     const shadow = decideShadow(options.shadow?.(verified.claims.env), input, decision);

@@ -86,6 +86,12 @@ export interface PolicyEngine {
   tierFor(action: string, resource: string): Tier | undefined;
   /** Decides one request. Never throws: an error is a deny with `errors` filled in. */
   decide(input: DecisionInput): PolicyDecision;
+  /**
+   * The exact call `decide` makes to Cedar for `input` (its plan: the slice's
+   * preparsed set, only the fields it reads), or undefined when it decides
+   * without asking Cedar. For explaining and benchmarking; it decides nothing.
+   */
+  cedarRequestFor(input: DecisionInput): cedar.StatefulAuthorizationCall | undefined;
 }
 
 
@@ -139,7 +145,10 @@ export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions 
     return tierRank(floor) > tierRank(tier) ? floor : tier;
   };
 
-  const decide = (input: DecisionInput): PolicyDecision => {
+  type Base = Pick<PolicyDecision, 'policyVersion' | 'sensitivity' | 'tier' | 'risk'>;
+  type Prepared = { readonly date: Date; readonly base: Base; readonly args: Record<string, unknown> };
+  /** What every decision computes before asking Cedar (tier, sensitivity, risk, arguments), or the deny when it cannot ask. */
+  const prepare = (input: DecisionInput): Prepared | PolicyDecision => {
     const date = new Date(input.now);
     const tier = tierFor(input.action, input.resource);
     const sensitivity = set.catalog.sensitivityOf(input.resource);
@@ -166,8 +175,15 @@ export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions 
       args = `args could not be read: ${(error as Error)?.message ?? String(error)}`;
     }
     if (typeof args === 'string') return { ...base, outcome: 'deny', policies: [], errors: [args] };
+    return { date, base, args };
+  };
 
+  const decide = (input: DecisionInput): PolicyDecision => {
+    const prepared = prepare(input);
+    if ('outcome' in prepared) return prepared;
+    const { date, base, args } = prepared;
     if (cacheEntries === 0) return evaluate(input, date, base, args).decision;
+    const { risk } = base;
     const key = decisionKey(input, args, risk.score, date);
     const hit = cache.get(key);
     // A hit shares the Cedar answer; the risk signals are this request's own.
@@ -206,8 +222,8 @@ export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions 
     return args;
   };
 
-  type Base = Pick<PolicyDecision, 'policyVersion' | 'sensitivity' | 'tier' | 'risk'>;
-  const evaluate = (input: DecisionInput, date: Date, base: Base, args: Record<string, unknown>): { decision: PolicyDecision; cacheable: boolean } => {
+  /** The call to Cedar for a prepared request, or the decision when the plan decides without one. */
+  const cedarCall = (input: DecisionInput, date: Date, base: Base, args: Record<string, unknown>): cedar.StatefulAuthorizationCall | { decision: PolicyDecision; cacheable: boolean } => {
     // INVARIANT: decide() only gets here for an action in a tier group, which always has a plan.
     const plan = set.planFor(input.environment, input.action)!;
     const principal = { type: PRINCIPAL_TYPES[input.principal.actorType], id: input.principal.id };
@@ -248,17 +264,23 @@ export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions 
     const validated = set.perRequestValidation !== undefined;
     // Without the schema, Cedar learns the action's groups from its entity.
     if (!validated && plan.actionEntity !== undefined) entities.push(plan.actionEntity);
+    return {
+      principal,
+      action: { type: ACTION_TYPE, id: input.action },
+      resource,
+      context: only(context, reads.context),
+      entities,
+      preparsedPolicySetId: plan.preparsedId,
+      ...(validated ? { preparsedSchemaName: set.compiledId, validateRequest: true } : {}),
+    };
+  };
+
+  const evaluate = (input: DecisionInput, date: Date, base: Base, args: Record<string, unknown>): { decision: PolicyDecision; cacheable: boolean } => {
+    const call = cedarCall(input, date, base, args);
+    if ('decision' in call) return call;
     let answer: cedar.AuthorizationAnswer;
     try {
-      answer = cedar.statefulIsAuthorized({
-        principal,
-        action: { type: ACTION_TYPE, id: input.action },
-        resource,
-        context: only(context, reads.context),
-        entities,
-        preparsedPolicySetId: plan.preparsedId,
-        ...(validated ? { preparsedSchemaName: set.compiledId, validateRequest: true } : {}),
-      });
+      answer = cedar.statefulIsAuthorized(call);
     } catch (error) {
       return { decision: { ...base, outcome: 'deny', policies: [], errors: [`cedar threw: ${(error as Error).message}`] }, cacheable: false };
     }
@@ -278,7 +300,14 @@ export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions 
     return { decision: { ...base, outcome: unconditional ? 'allow' : 'approval_required', policies: reason, errors }, cacheable: true };
   };
 
-  return { version: set.version, set, tierOf: (action) => set.actionTiers.get(action), tierFor, decide };
+  const cedarRequestFor = (input: DecisionInput): cedar.StatefulAuthorizationCall | undefined => {
+    const prepared = prepare(input);
+    if ('outcome' in prepared) return undefined;
+    const call = cedarCall(input, prepared.date, prepared.base, prepared.args);
+    return 'decision' in call ? undefined : call;
+  };
+
+  return { version: set.version, set, tierOf: (action) => set.actionTiers.get(action), tierFor, decide, cedarRequestFor };
 }
 
 /** `record` with only the fields in `names` (all of them when `names` is undefined). */

@@ -33,8 +33,12 @@ export interface Observations {
   kindsOf(identityId: string): Promise<ReadonlySet<string>>;
   /** Remembers the kinds of scopes just granted. */
   recordGrant(identityId: string, scopes: readonly Scope[]): void;
-  /** The risk inputs for one request, from what is known now. */
-  observe(identityId: string, resource: string, now: number): Promise<RiskObservations>;
+  /**
+   * The risk inputs for one request, from what is known now: at once when the
+   * identity's history is already read, else once it is (a history that
+   * cannot be read counts as a first use). Never rejects.
+   */
+  observe(identityId: string, resource: string, now: number): RiskObservations | Promise<RiskObservations>;
 }
 
 export interface ObservationsOptions {
@@ -121,10 +125,17 @@ export function createObservations(options: ObservationsOptions): Observations {
       t.kinds ??= t.loading === undefined ? undefined : new Set();
       for (const scope of scopes) t.kinds?.add(resourceKind(scope.resource));
     },
-    async observe(identityId, resource, now) {
-      // An unreadable history counts as a first use: more risk, never less.
-      const kinds = await kindsOf(identityId).catch(() => new Set<string>());
-      return { callsLastMinute: callsLastMinute(identityId, now), unusualResource: !kinds.has(resourceKind(resource)) };
+    observe(identityId, resource, now) {
+      // Once the history is read (every call but an identity's first), no promise and no wait.
+      const t = tracked.get(identityId);
+      if (t?.kinds !== undefined && t.loading === undefined) {
+        return { callsLastMinute: callsLastMinute(identityId, now), unusualResource: !t.kinds.has(resourceKind(resource)) };
+      }
+      return kindsOf(identityId).then(
+        (kinds) => ({ callsLastMinute: callsLastMinute(identityId, now), unusualResource: !kinds.has(resourceKind(resource)) }),
+        // An unreadable history counts as a first use: more risk, never less.
+        () => ({ callsLastMinute: callsLastMinute(identityId, now), unusualResource: true }),
+      );
     },
   };
 }

@@ -194,7 +194,7 @@ export function scoreRisk(request: RiskInput, settings: RiskSettings): RiskScore
   // A missing input (a JavaScript caller's bug) scores as if every field were unreadable.
   const input: Partial<RiskInput> = request ?? {};
   const { weights } = settings;
-  const measured: Array<readonly [RiskSignalName, number, () => string]> = [
+  const measured: Array<readonly [RiskSignalName, number, string]> = [
     ['environment', ...environmentFactor(input.environment, settings.environmentFactors)],
     ['tier', ...tierFactor(input.tier)],
     ['sensitivity', ...sensitivityFactor(input.sensitivity)],
@@ -208,12 +208,12 @@ export function scoreRisk(request: RiskInput, settings: RiskSettings): RiskScore
 
   const signals: RiskSignal[] = [];
   let total = 0;
-  for (const [name, factor, describe] of measured) {
+  for (const [name, factor, detail] of measured) {
     const points = Math.round(weights[name] * factor * 100) / 100;
     if (Number.isNaN(points)) total = Number.NaN; // only from settings that bypassed the schema
     if (!(points > 0)) continue;
     total += points;
-    signals.push(signalOf(name, points, describe));
+    signals.push(Object.freeze({ name, points, detail }));
   }
   signals.sort((a, b) => b.points - a.points || RISK_SIGNALS.indexOf(a.name) - RISK_SIGNALS.indexOf(b.name));
 
@@ -223,21 +223,7 @@ export function scoreRisk(request: RiskInput, settings: RiskSettings): RiskScore
   return Object.freeze({ score, level: levelOf(score, settings.thresholds), signals: Object.freeze(signals) });
 }
 
-/** A factor 0–1 and how to say what was seen (only written out when someone reads it: most decisions never are). */
-type Factor = readonly [factor: number, detail: () => string];
-
-/** A frozen signal whose `detail` is written on first read, then kept. */
-function signalOf(name: RiskSignalName, points: number, describe: () => string): RiskSignal {
-  let detail: string | undefined;
-  return Object.freeze({
-    name,
-    points,
-    get detail(): string {
-      detail ??= describe();
-      return detail;
-    },
-  });
-}
+type Factor = readonly [factor: number, detail: string];
 
 function levelOf(score: number, thresholds: RiskSettings['thresholds']): RiskLevel {
   if (score >= thresholds.critical) return 'critical';
@@ -251,59 +237,71 @@ function environmentFactor(environment: unknown, factors: RiskSettings['environm
   // `__proto__` is an unknown environment, not a property of Object.prototype.
   if (typeof environment === 'string' && Object.hasOwn(factors, environment)) {
     const factor = factors[environment];
-    if (typeof factor === 'number' && factor >= 0 && factor <= 1) return [factor, () => `environment ${environment}`];
+    if (typeof factor === 'number' && factor >= 0 && factor <= 1) return [factor, `environment ${environment}`];
   }
-  return [1, () => `environment ${show(environment)} is not in environmentFactors, counted as production`];
+  return [1, `environment ${show(environment)} is not in environmentFactors, counted as production`];
 }
 
 function tierFactor(tier: unknown): Factor {
-  if (typeof tier === 'string' && isTier(tier)) return [tierRank(tier) / (TIERS.length - 1), () => `${tier} tier`];
-  return [1, () => `tier ${show(tier)} is unknown, counted as admin`];
+  if (typeof tier === 'string' && isTier(tier)) return [tierRank(tier) / (TIERS.length - 1), `${tier} tier`];
+  return [1, `tier ${show(tier)} is unknown, counted as admin`];
 }
 
 function sensitivityFactor(sensitivity: unknown): Factor {
   if (typeof sensitivity === 'string' && (SENSITIVITIES as readonly string[]).includes(sensitivity)) {
-    return [sensitivityRank(sensitivity as Sensitivity) / (SENSITIVITIES.length - 1), () => `${sensitivity} data`];
+    return [sensitivityRank(sensitivity as Sensitivity) / (SENSITIVITIES.length - 1), `${sensitivity} data`];
   }
-  return [1, () => `sensitivity ${show(sensitivity)} is unknown, counted as restricted`];
+  return [1, `sensitivity ${show(sensitivity)} is unknown, counted as restricted`];
 }
 
 function identityAgeFactor(createdAt: unknown, now: unknown, newIdentityDays: number): Factor {
   if (typeof createdAt !== 'number' || typeof now !== 'number' || !Number.isFinite(createdAt) || !Number.isFinite(now)) {
-    return [1, () => 'identity age unknown, counted as new'];
+    return [1, 'identity age unknown, counted as new'];
   }
   // A creation time in the future is clamped to "created now".
   const days = Math.max(0, now - createdAt) / DAY_MS;
-  return [clamp01(1 - days / newIdentityDays), () => `identity ${days.toFixed(1)} days old (new until ${newIdentityDays} days)`];
+  return [clamp01(1 - days / newIdentityDays), `identity ${days.toFixed(1)} days old (new until ${newIdentityDays} days)`];
 }
 
 function unusualResourceFactor(unusual: unknown): Factor {
-  if (unusual === false) return [0, () => 'resource kind used before'];
-  if (unusual === true) return [1, () => 'first use of this resource kind by this identity'];
-  return [1, () => 'resource history unknown, counted as a first use'];
+  if (unusual === false) return [0, 'resource kind used before'];
+  if (unusual === true) return [1, 'first use of this resource kind by this identity'];
+  return [1, 'resource history unknown, counted as a first use'];
 }
 
 function saturating(value: unknown, saturation: number, what: string): Factor {
-  if (typeof value !== 'number' || Number.isNaN(value)) return [1, () => `${what} unknown, counted in full`];
+  if (typeof value !== 'number' || Number.isNaN(value)) return [1, `${what} unknown, counted in full`];
   const clamped = Math.max(0, value);
-  return [clamp01(clamped / saturation), () => `${what}: ${Number.isFinite(clamped) ? clamped : 'unbounded'} (full at ${saturation})`];
+  return [clamp01(clamped / saturation), `${what}: ${Number.isFinite(clamped) ? clamped : 'unbounded'} (full at ${saturation})`];
 }
 
 function offHoursFactor(now: unknown, override: unknown, configured: BusinessHours): Factor {
   let hours = configured;
   if (override !== undefined) {
     const parsed = businessHoursSchema.safeParse(override);
-    if (!parsed.success) return [1, () => 'business hours given are invalid, counted as off-hours'];
+    if (!parsed.success) return [1, 'business hours given are invalid, counted as off-hours'];
     hours = parsed.data;
   }
   const date = new Date(typeof now === 'number' ? now : Number.NaN);
-  if (Number.isNaN(date.getTime())) return [1, () => 'time unknown, counted as off-hours'];
+  if (Number.isNaN(date.getTime())) return [1, 'time unknown, counted as off-hours'];
   const weekday = date.getUTCDay();
   const hour = date.getUTCHours();
   const minute = date.getUTCMinutes();
-  const at = () => `${WEEKDAY_NAMES[weekday] ?? '?'} ${pad(hour)}:${pad(minute)} UTC`;
-  const window = () => `business hours ${pad(hours.start)}–${pad(hours.end)} UTC on ${hours.weekdays.map((d) => WEEKDAY_NAMES[d] ?? '?').join(',') || 'no day'}`;
-  return isBusinessTime(weekday, hour, hours) ? [0, () => `${at()}, within ${window()}`] : [1, () => `${at()}, outside ${window()}`];
+  const at = `${WEEKDAY_NAMES[weekday] ?? '?'} ${pad(hour)}:${pad(minute)} UTC`;
+  const window = describeWindow(hours);
+  return isBusinessTime(weekday, hour, hours) ? [0, `${at}, within ${window}`] : [1, `${at}, outside ${window}`];
+}
+
+const windows = new WeakMap<BusinessHours, string>();
+
+/** `business hours 09–17 UTC on Mon,…`, written once per settings object. */
+function describeWindow(hours: BusinessHours): string {
+  let text = windows.get(hours);
+  if (text === undefined) {
+    text = `business hours ${pad(hours.start)}–${pad(hours.end)} UTC on ${hours.weekdays.map((d) => WEEKDAY_NAMES[d] ?? '?').join(',') || 'no day'}`;
+    windows.set(hours, text);
+  }
+  return text;
 }
 
 function isBusinessTime(weekday: number, hour: number, hours: BusinessHours): boolean {
@@ -315,8 +313,8 @@ function isBusinessTime(weekday: number, hour: number, hours: BusinessHours): bo
 }
 
 function breakGlassFactor(breakGlass: unknown): Factor {
-  if (breakGlass === undefined || breakGlass === false) return [0, () => 'not break-glass'];
-  return [1, () => (breakGlass === true ? 'break-glass grant' : 'break-glass flag unreadable, counted as break-glass')];
+  if (breakGlass === undefined || breakGlass === false) return [0, 'not break-glass'];
+  return [1, breakGlass === true ? 'break-glass grant' : 'break-glass flag unreadable, counted as break-glass'];
 }
 
 function clamp01(value: number): number {
