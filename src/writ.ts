@@ -453,6 +453,17 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
   let reaper: NodeJS.Timeout | undefined;
   let revocationSync: NodeJS.Timeout | undefined;
   const policyWatchers: FSWatcher[] = [];
+  let reloadDebounce: NodeJS.Timeout | undefined;
+  // Work started by a timer or a watcher, awaited by close() so no query outlives the store.
+  const inFlight = new Set<Promise<unknown>>();
+  const background = (work: Promise<unknown>): void => {
+    const settled = work.then(
+      () => undefined,
+      () => undefined,
+    );
+    inFlight.add(settled);
+    void settled.then(() => inFlight.delete(settled));
+  };
   let closed = false;
   return {
     config,
@@ -623,28 +634,32 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
       reaper = setInterval(() => {
         revocations.prune(clock.now());
         narrowings.prune(clock.now());
-        broker
-          .reapExpired()
-          .then(() => broker.flushEndRecords())
-          .then(() => flushIdentityRecords())
-          .catch((error: unknown) => logger?.error({ err: error }, 'reaper failed'));
+        background(
+          broker
+            .reapExpired()
+            .then(() => broker.flushEndRecords())
+            .then(() => flushIdentityRecords())
+            .catch((error: unknown) => logger?.error({ err: error }, 'reaper failed')),
+        );
       }, config.reaper.intervalMs);
       reaper.unref();
       revocationSync = setInterval(() => {
-        syncRevocations().catch((error: unknown) => logger?.error({ err: error }, 'revocation sync failed'));
+        background(syncRevocations().catch((error: unknown) => logger?.error({ err: error }, 'revocation sync failed')));
         // Serialized with reloads' re-decisions inside drift.
-        drift.sweep(policy).catch((error: unknown) => logger?.error({ err: error }, 'policy drift sweep failed'));
+        background(drift.sweep(policy).catch((error: unknown) => logger?.error({ err: error }, 'policy drift sweep failed')));
       }, config.revocation.syncIntervalMs);
       revocationSync.unref();
       // Policy files changed on disk are reloaded (valid sets only) after a short quiet time.
       try {
-        let debounce: NodeJS.Timeout | undefined;
         const changed = (): void => {
-          if (debounce !== undefined) clearTimeout(debounce);
-          debounce = setTimeout(() => {
-            reloadPolicy('file change').catch((error: unknown) => logger?.error({ err: error }, 'policy reload failed'));
+          if (reloadDebounce !== undefined) clearTimeout(reloadDebounce);
+          if (closed) return;
+          reloadDebounce = setTimeout(() => {
+            reloadDebounce = undefined;
+            if (closed) return;
+            background(reloadPolicy('file change').catch((error: unknown) => logger?.error({ err: error }, 'policy reload failed')));
           }, POLICY_RELOAD_DEBOUNCE_MS);
-          debounce.unref();
+          reloadDebounce.unref();
         };
         // Recursive: environments/<env>/ holds policies too.
         for (const dir of shadowDir === undefined ? [config.paths.policyDir] : [config.paths.policyDir, shadowDir]) {
@@ -662,8 +677,10 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
       closed = true;
       if (reaper !== undefined) clearInterval(reaper);
       if (revocationSync !== undefined) clearInterval(revocationSync);
+      if (reloadDebounce !== undefined) clearTimeout(reloadDebounce);
       for (const watcher of policyWatchers) watcher.close();
-      // A reload and its re-decision in flight finish before the store closes under them.
+      // A reload and its re-decision, a sync or a reap in flight finish before the store closes under them.
+      await Promise.all(inFlight);
       await reloading;
       await drift.idle();
       await audit.flush();
