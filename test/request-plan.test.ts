@@ -140,6 +140,83 @@ describe('a request plan decides exactly as the plain request', () => {
   });
 });
 
+/** The example schema and catalog with `files` and no example policies. */
+function bareFolder(files: Record<string, string>): string {
+  const dir = folder(files);
+  for (const file of ['baseline.cedar', 'support-agent.cedar', 'data-agent.cedar']) rmSync(join(dir, file), { force: true });
+  rmSync(join(dir, 'environments'), { recursive: true, force: true });
+  return dir;
+}
+
+describe('what a security review found, each now decided as the plain request', () => {
+  const OPEN = '@id("open") permit (principal, action, resource);\n';
+  const cases: [string, string][] = [
+    ['has with an attribute path (`context has args.destination`) sends args', '@id("f") forbid (principal, action, resource) when { context has args.destination };'],
+    ['a record whose key is named Value hides no tag read', '@id("f") forbid (principal, action, resource) when { {Value: principal.hasTag("team")}.Value };'],
+    ['a record whose key is named Var hides no context read', '@id("f") forbid (principal, action, resource) when { {Var: context}.Var has risk };'],
+    ['a record whose key is named Var hides no use of action', '@id("f") forbid (principal, action, resource) when { {Var: action}.Var in Writ::Action::"write" };'],
+    ['a record hides no has on the principal', '@id("f") forbid (principal, action, resource) when { {Value: principal has owner} == {Value: true} };'],
+    ['an action named in a policy has the groups the schema gives it', '@id("f") forbid (principal, action, resource) when { Writ::Action::"refund" in Writ::Action::"write" };'],
+  ];
+  for (const [what, policy] of cases) {
+    test(what, () => {
+      const set = loadPolicySet(bareFolder({ 'x.cedar': OPEN + policy }));
+      const outcomes = assertSameDecisions(set, trickyRequests());
+      assert.ok(outcomes.deny > 0, JSON.stringify(outcomes));
+    });
+  }
+
+  const schemaCases: [string, (text: string) => string, string, RegExp][] = [
+    [
+      'an action group in another namespace',
+      (t) => t.replace('action "refund" in ["write"]', 'action "grp";\n  action "y" in [Other::Action::"grp"];\n  action "refund" in ["write", "y"]') + '\nnamespace Other { action "grp"; }\n',
+      '@id("grp") permit (principal, action in Writ::Action::"grp", resource);',
+      /namespace Other/,
+    ],
+    [
+      'an action group outside any namespace',
+      (t) => t.replace('action "refund" in ["write"]', 'action "refund" in ["write", Action::"frozen"]') + '\naction "frozen";\n',
+      OPEN + '@id("frozen") forbid (principal, action in Action::"frozen", resource);',
+      /outside any namespace/,
+    ],
+    [
+      'a common type named like an extension type',
+      (t) => t.replace('entity Tool, Dataset, Api, Database, Resource { kind: String', 'type ipaddr = String;\n  entity Tool, Dataset, Api, Database, Resource { kind: __cedar::ipaddr'),
+      OPEN,
+      /type named ipaddr/,
+    ],
+    [
+      'an entity type named String',
+      (t) =>
+        t
+          .replace(/entity (Agent|Service|Human) \{ owner: String, environment: String, actorType: String \} tags String;/g, 'entity $1 { owner: __cedar::String, environment: __cedar::String, actorType: __cedar::String } tags __cedar::String;')
+          .replace('namespace Writ {', 'namespace Writ {\n  entity String;'),
+      OPEN,
+      /type named String/,
+    ],
+  ];
+  for (const [what, edit, policies, reason] of schemaCases) {
+    test(`a schema with ${what} is validated per request, and decides as the plain request`, () => {
+      const set = loadPolicySet(bareFolder({ 'schema.cedarschema': edit(loadPolicySet(EXAMPLES).schemaText), 'x.cedar': policies }));
+      assert.match(set.perRequestValidation ?? '', reason);
+      assertSameDecisions(set, trickyRequests());
+    });
+  }
+
+  test('a lone surrogate in any string is a deny, whether or not a policy reads it', () => {
+    const set = loadPolicySet(bareFolder({ 'x.cedar': OPEN }));
+    const engine = createPolicyEngine(set, { cacheEntries: 0 });
+    const request = trickyRequests()[0]!;
+    assert.equal(engine.decide(request).outcome, 'allow');
+    for (const bad of [{ purpose: 'refund \uD800 now' }, { intent: '\uDC00' }, { args: { destination: 'x\uD800' } }, { principal: { ...request.principal, labels: { team: '\uDBFF' } } }]) {
+      const decision = engine.decide({ ...request, stage: 'call', ...bad });
+      assert.equal(decision.outcome, 'deny', JSON.stringify(bad));
+      assert.match(decision.errors.join(), /lone surrogate/);
+    }
+    assert.equal(engine.decide({ ...request, purpose: 'a pair is fine: \uD83D\uDE00' }).outcome, 'allow');
+  });
+});
+
 describe('what a plan reads', () => {
   const policy = (body: unknown) => ({ id: 'p', text: '', json: { effect: 'permit', principal: { op: 'All' }, action: { op: 'All' }, resource: { op: 'All' }, conditions: [{ kind: 'when', body }] } as cedar.PolicyJson });
   const get = (left: unknown, attr: string) => ({ '.': { left, attr } });

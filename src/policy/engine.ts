@@ -168,6 +168,9 @@ export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions 
     );
     const base = { policyVersion: set.version, sensitivity, tier: tier ?? 'admin', risk } as const;
     if (tier === undefined) return { ...base, outcome: 'deny', policies: [], errors: [`action ${input.action} is not in a tier group`] };
+    // INVARIANT: Cedar cannot take a lone surrogate and throws; a plan that does
+    // not send the field must not turn that deny into an answer.
+    if (!wellFormed(input)) return { ...base, outcome: 'deny', policies: [], errors: ['a string in the request is not well-formed Unicode (a lone surrogate)'] };
     let args: Record<string, unknown> | string;
     try {
       args = declaredArgs(input.args ?? {});
@@ -232,6 +235,7 @@ export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions 
     // What validating the request against the schema would refuse (see request-plan.ts).
     if (!plan.principalTypes.has(principal.type)) return refused(base, `${principal.type} is not a principal of action ${input.action} in the schema`);
     if (!plan.resourceTypes.has(resource.type)) return refused(base, `${resource.type} is not a resource of action ${input.action} in the schema`);
+    if (plan.broken !== undefined) return { decision: { ...base, outcome: 'deny', policies: [], errors: [plan.broken] }, cacheable: false };
     if (plan.preparsedId === undefined) return { decision: { ...base, outcome: 'deny', policies: [], errors: [] }, cacheable: true };
 
     const { reads } = plan;
@@ -261,7 +265,7 @@ export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions 
       entities.push({ uid: principal, attrs: only(principalAttrs, reads.principal), parents: [], ...(reads.tags ? { tags: { ...input.principal.labels } } : {}) });
     }
     if (reads.tags || reads.resource === undefined || reads.resource.size > 0) entities.push({ uid: resource, attrs: only(resourceAttrs, reads.resource), parents: [] });
-    const validated = set.perRequestValidation !== undefined;
+    const validated = plan.validated !== undefined;
     // Without the schema, Cedar learns the action's groups from its entity.
     if (!validated && plan.actionEntity !== undefined) entities.push(plan.actionEntity);
     return {
@@ -308,6 +312,17 @@ export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions 
   };
 
   return { version: set.version, set, tierOf: (action) => set.actionTiers.get(action), tierFor, decide, cedarRequestFor };
+}
+
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+/** True when no string of the request that could reach Cedar holds a lone surrogate. */
+function wellFormed(input: DecisionInput): boolean {
+  const p = input.principal;
+  const strings = [p.id, p.owner ?? '', p.environment, input.action, input.resource, input.environment, input.intent, input.purpose ?? ''];
+  for (const [name, value] of Object.entries(p.labels)) strings.push(name, value);
+  for (const value of Object.values(input.args ?? {})) if (typeof value === 'string') strings.push(value);
+  return !strings.some((text) => typeof text === 'string' && LONE_SURROGATE.test(text));
 }
 
 /** `record` with only the fields in `names` (all of them when `names` is undefined). */

@@ -222,7 +222,7 @@ export function loadPolicySet(dir: string, options: LoadOptions = {}): PolicySet
     plans = planRequests({
       compiledId: compiled,
       schemaText,
-      namespace,
+      schemaJson: schemaJson.json as Record<string, NamespaceJson>,
       actions: actionTiers.keys(),
       resourceTypes: resourceCatalog.entityTypes,
       everywhere: inEnvironment(undefined),

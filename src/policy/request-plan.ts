@@ -9,26 +9,38 @@
  * - **The policies that can apply.** A policy whose action scope cannot match
  *   the action (`action == Writ::Action::"read"` for a `write`) is never
  *   satisfied and never evaluated past its scope, so it cannot permit, forbid
- *   or error. Each environment × action gets a preparsed set of the rest; with
- *   none left, the answer is a deny without asking Cedar. A scope the plan
- *   cannot read for certain keeps its policy.
+ *   or error. Each environment × action gets a preparsed set of the rest
+ *   (compiled on the first decision that needs it; environments that add
+ *   nothing for an action share one); with none left, the answer is a deny
+ *   without asking Cedar. A scope the plan cannot read for certain keeps its
+ *   policy, and a scope that surely holds is compiled as `action`, any.
  * - **The fields those policies read.** Context fields, principal and resource
  *   attributes and tags no policy of the slice names can change nothing, so
- *   they are not sent. A policy that uses `context` as a whole, or reads an
- *   attribute off an expression the plan cannot trace to `principal` or
- *   `resource`, gets everything.
+ *   they are not sent, and an entity nothing is read off is not sent at all
+ *   (`==`, `is` and `in` read only the request's ids). The policies' JSON is
+ *   walked by Cedar's grammar; anything the walk does not know, `context` used
+ *   as a whole, or an attribute read off an expression it cannot trace to
+ *   `principal` or `resource`, sends everything.
  * - **Request validation, done at load.** Validating each request against the
  *   schema proves that its entity types fit the action and that its entities
  *   and context have the declared shape. Writ builds every request itself from
- *   a fixed shape, so that proof is made once: the schema must declare exactly
- *   Writ's shape, every attribute a String, Long or Bool that Writ's value
- *   already is (so the schema converts nothing, as it would a string into an
- *   `ipaddr`), and one validated probe per action must pass. Per request there
- *   remain only the entity types, checked against the action's `appliesTo`.
- *   A schema that does not fit keeps per-request validation, and full requests,
- *   for the whole set (`PlannedSet.perRequestValidation` says why).
+ *   a fixed shape, so that proof is made once: the schema must be one
+ *   namespace, `Writ`, that shadows none of Cedar's type names, whose action
+ *   groups are all `Writ::Action`s, and that declares exactly Writ's shape,
+ *   every attribute a String, Long or Bool that Writ's value already is (so
+ *   the schema converts nothing, as it would a string into an `ipaddr`); and
+ *   validated probes (every action, every entity type) must pass. Per request
+ *   there remain only the entity types, checked against the action's
+ *   `appliesTo`. A schema that does not fit keeps per-request validation, full
+ *   requests and the environment's whole policy set for the whole set
+ *   (`PlannedSet.perRequestValidation` says why); a slice with a policy asking
+ *   for the groups of an action it names itself (`Writ::Action::"refund" in
+ *   …`), which only the schema knows, is validated and sent whole too.
  *
- * Whatever a plan leaves out, a policy error still denies (see engine.ts).
+ * Whatever a plan leaves out, a policy error still denies (see engine.ts), and
+ * the engine refuses a lone surrogate in any string before planning, as Cedar
+ * would refuse the whole request. test/request-plan.test.ts decides the same
+ * requests both ways.
  */
 import { cedar } from './cedar.js';
 
@@ -69,6 +81,8 @@ export interface ReadSet {
   readonly resource: ReadonlySet<string> | undefined;
   /** True when some policy reads a tag (`hasTag`, `getTag`). */
   readonly tags: boolean;
+  /** True when some condition uses `action` (so Cedar needs its groups). */
+  readonly action: boolean;
 }
 
 export interface RequestPlan {
@@ -80,13 +94,24 @@ export interface RequestPlan {
   /**
    * The action entity with every action group it is in, directly or not, for
    * Cedar's `action in`; undefined when no policy of the slice asks (its
-   * scopes that hold for this action are preparsed as `action`, any).
+   * scopes that hold for this action are preparsed as `action`, any) or when
+   * the request is validated (the schema then supplies the action entities).
    */
   readonly actionEntity: cedar.EntityJson | undefined;
   /** Entity types the schema lets this action apply to. */
   readonly principalTypes: ReadonlySet<string>;
   readonly resourceTypes: ReadonlySet<string>;
   readonly reads: ReadSet;
+  /**
+   * Why this request is validated against the schema (preparsed under the
+   * set's `schemaId`) and sent whole; undefined when the load-time proof
+   * covers it. Set for every plan of a set whose schema does not fit, and for
+   * a slice with a policy that names an action entity (`Writ::Action::"refund"
+   * in …`), whose groups only the schema knows.
+   */
+  readonly validated: string | undefined;
+  /** Set when the slice could not be compiled: the decision is a deny with this error. */
+  readonly broken?: string;
 }
 
 /** Policy text and its JSON form (cedar.policyToJson), as the loader has them. */
@@ -100,10 +125,9 @@ export interface PlannedSet {
   /** The plan for `action` in `environment`, or undefined when the action is in no tier group. */
   planFor(environment: string, action: string): RequestPlan | undefined;
   /**
-   * Why each request is validated against the schema, and sent whole, instead
-   * of the proof made once at load; undefined when the schema fits Writ's shape.
-   * INVARIANT: when set, the engine validates every request (preparsed schema
-   * `schemaId`) and sends every field.
+   * Why every request of the set is validated against the schema, sent whole,
+   * and decided with the environment's whole policy set, instead of the proof
+   * made once at load; undefined when the schema fits Writ's shape.
    */
   readonly perRequestValidation: string | undefined;
   readonly schemaId: string;
@@ -126,17 +150,23 @@ export interface NamespaceJson {
   actions?: Record<string, ActionJson>;
 }
 
+/** Ids each slot's loads compiled, so a load into a reused slot can clear what the last one left. */
+const compiledInSlot = new Map<string, Set<string>>();
+
 /**
  * Plans every tiered action for the set's own policies and for each
- * environment with policies of its own, preparsing one Cedar set per slice
- * under `${compiledId}/<environment or "*">/<action>` and the schema under
- * `compiledId`.
- * @throws Error when Cedar refuses to preparse what the loader already validated.
+ * environment with policies of its own. The schema is preparsed at once under
+ * `compiledId`; each distinct slice of policies is preparsed the first time a
+ * decision needs it (under `${compiledId}/<n>`), so a large set with many
+ * environment folders loads in the time of one parse. Ids an earlier load
+ * compiled under the same `compiledId` are cleared first.
+ * @throws Error when Cedar refuses the schema the loader already validated.
  */
 export function planRequests(options: {
   readonly compiledId: string;
   readonly schemaText: string;
-  readonly namespace: NamespaceJson | undefined;
+  /** The whole schema as JSON (cedar.schemaToJson), every namespace. */
+  readonly schemaJson: Readonly<Record<string, NamespaceJson>>;
   readonly actions: Iterable<string>;
   /** Entity types a resource can have (the catalog's kinds and the untyped one), unqualified. */
   readonly resourceTypes: Iterable<string>;
@@ -147,50 +177,95 @@ export function planRequests(options: {
   /** Declared call arguments, name → type (see policy-set.ts). */
   readonly argTypes: ReadonlyMap<string, string>;
 }): PlannedSet {
-  const { compiledId, namespace } = options;
+  const { compiledId } = options;
+  const namespace = options.schemaJson[CEDAR_NAMESPACE];
   const actions = [...options.actions];
+  const resourceTypes = [...options.resourceTypes];
+  for (const id of compiledInSlot.get(compiledId) ?? []) cedar.preparsePolicySet(id, { staticPolicies: {} });
+  const compiled = new Set<string>();
+  compiledInSlot.set(compiledId, compiled);
   const schema = cedar.preparseSchema(compiledId, options.schemaText);
   if (schema.type === 'failure') throw new Error(`the schema does not preparse: ${schema.errors.map((e) => e.message).join('; ')}`);
   const perRequestValidation =
-    schemaMisfit(namespace, actions, [...options.resourceTypes], options.argTypes) ?? probeMisfit(compiledId, namespace, actions, [...options.resourceTypes], options.argTypes);
+    schemaMisfit(options.schemaJson, actions, resourceTypes, options.argTypes) ?? probeMisfit(compiledId, namespace, actions, resourceTypes, options.argTypes);
 
-  const plans = new Map<string, RequestPlan>();
+  // Distinct slices, by content: environments that add nothing for an action share its set.
+  const slices = new Map<string, { readonly id: string; readonly policies: Record<string, cedar.Policy>; ready: boolean; broken?: string }>();
+  const sliceFor = (policies: Record<string, cedar.Policy>): string => {
+    const content = JSON.stringify(Object.entries(policies).map(([id, policy]) => [id, typeof policy === 'string' ? 0 : 1]));
+    let slice = slices.get(content);
+    if (slice === undefined) {
+      slice = { id: `${compiledId}/${slices.size}`, policies, ready: false };
+      slices.set(content, slice);
+    }
+    return content;
+  };
+
+  const plans = new Map<string, { plan: RequestPlan; slice: string | undefined }>();
   const key = (environment: string, action: string) => `${environment}\u0000${action}`;
-  const slices: [string, readonly PlannedPolicy[]][] = [['*', options.everywhere]];
-  for (const [environment, own] of options.environments) slices.push([environment, [...options.everywhere, ...own]]);
-  for (const [environment, policies] of slices) {
+  const environments: [string, readonly PlannedPolicy[]][] = [['*', options.everywhere]];
+  for (const [environment, own] of options.environments) environments.push([environment, [...options.everywhere, ...own]]);
+  for (const [environment, policies] of environments) {
     for (const action of actions) {
-      const lineage = actionLineage(namespace, action);
-      const applicable = policies.filter((p) => scopeMatch(p.json.action, lineage) !== 'never').sort((a, b) => (a.id < b.id ? -1 : 1));
-      // A scope that surely holds for this action is written `action` (any), so
-      // Cedar needs the action's groups only where a policy still asks for them.
-      // INVARIANT: only a policy whose JSON form is exact is sent as JSON. A
-      // literal past 2^53 does not survive JSON.parse, so that one keeps its text.
-      const sliced: cedar.Policy[] = applicable.map((p) =>
-        scopeMatch(p.json.action, lineage) === 'always' && (p.json.action as ScopeJson).op !== 'All' && numbersAreExact(p.json) ? { ...p.json, action: { op: 'All' } } : p.text,
-      );
-      const asksForAction = applicable.some((p, i) => typeof sliced[i] === 'string' && (p.json.action as ScopeJson).op !== 'All') || mentionsVariable(applicable.map((p) => p.json), 'action');
-      let preparsedId: string | undefined;
-      if (applicable.length > 0) {
-        preparsedId = `${compiledId}/${environment}/${action}`;
-        const loaded = cedar.preparsePolicySet(preparsedId, { staticPolicies: Object.fromEntries(applicable.map((p, i) => [p.id, sliced[i]!])) });
-        if (loaded.type === 'failure') throw new Error(`policies do not preparse: ${loaded.errors.map((e) => e.message).join('; ')}`);
-      }
       const appliesTo = namespace?.actions?.[action]?.appliesTo;
-      plans.set(key(environment, action), {
-        action,
-        preparsedId,
-        policyIds: applicable.map((p) => p.id),
-        actionEntity: asksForAction ? { uid: { type: ACTION_TYPE, id: action }, attrs: {}, parents: [...lineage].filter((a) => a !== action).sort().map((id) => ({ type: ACTION_TYPE, id })) } : undefined,
-        principalTypes: new Set((appliesTo?.principalTypes ?? []).map(qualify)),
-        resourceTypes: new Set((appliesTo?.resourceTypes ?? []).map(qualify)),
-        reads: perRequestValidation === undefined ? readSetOf(applicable) : EVERYTHING,
-      });
+      const types = { principalTypes: new Set((appliesTo?.principalTypes ?? []).map(qualify)), resourceTypes: new Set((appliesTo?.resourceTypes ?? []).map(qualify)) };
+      let plan: Omit<RequestPlan, 'preparsedId'>;
+      let members: Record<string, cedar.Policy>;
+      if (perRequestValidation !== undefined) {
+        // The schema is not one the plan can reason about: the plain request, every policy of the environment.
+        members = Object.fromEntries([...policies].sort(byId).map((p) => [p.id, p.text]));
+        plan = { action, policyIds: Object.keys(members), actionEntity: undefined, ...types, reads: EVERYTHING, validated: perRequestValidation };
+      } else {
+        const lineage = actionLineage(namespace, action);
+        const applicable = policies.filter((p) => scopeMatch(p.json.action, lineage) !== 'never').sort(byId);
+        // A scope that surely holds for this action is written `action` (any), so
+        // Cedar needs the action's groups only where a policy still asks for them.
+        // INVARIANT: only a policy whose JSON form is exact is sent as JSON. A
+        // literal past 2^53 does not survive JSON.parse, so that one keeps its text.
+        const sliced: cedar.Policy[] = applicable.map((p) =>
+          scopeMatch(p.json.action, lineage) === 'always' && (p.json.action as ScopeJson).op !== 'All' && numbersAreExact(p.json) ? { ...p.json, action: { op: 'All' } } : p.text,
+        );
+        members = Object.fromEntries(applicable.map((p, i) => [p.id, sliced[i]!]));
+        const reads = readSetOf(applicable);
+        const namesAction = applicable.some((p) => namesActionEntity(p.json));
+        const asksForAction = reads.action || applicable.some((p, i) => typeof sliced[i] === 'string' && (p.json.action as ScopeJson).op !== 'All');
+        plan = {
+          action,
+          policyIds: applicable.map((p) => p.id),
+          ...types,
+          // Only the schema knows the groups of an action named in a policy: that slice is validated and sent whole.
+          reads: namesAction ? EVERYTHING : reads,
+          validated: namesAction ? 'a policy of this slice names an action entity, whose groups only the schema knows' : undefined,
+          actionEntity:
+            asksForAction && !namesAction ? { uid: { type: ACTION_TYPE, id: action }, attrs: {}, parents: [...lineage].filter((a) => a !== action).sort().map((id) => ({ type: ACTION_TYPE, id })) } : undefined,
+        };
+      }
+      const slice = Object.keys(members).length === 0 ? undefined : sliceFor(members);
+      plans.set(key(environment, action), { plan: { ...plan, preparsedId: slice === undefined ? undefined : slices.get(slice)!.id }, slice });
     }
   }
+
   const own = new Set(options.environments.keys());
   return {
-    planFor: (environment, action) => plans.get(key(own.has(environment) ? environment : '*', action)),
+    planFor: (environment, action) => {
+      const found = plans.get(key(own.has(environment) ? environment : '*', action));
+      if (found === undefined) return undefined;
+      if (found.slice === undefined) return found.plan;
+      const slice = slices.get(found.slice)!;
+      if (!slice.ready) {
+        slice.ready = true;
+        let loaded: ReturnType<typeof cedar.preparsePolicySet>;
+        try {
+          loaded = cedar.preparsePolicySet(slice.id, { staticPolicies: slice.policies });
+        } catch (error) {
+          loaded = { type: 'failure', errors: [{ message: (error as Error).message } as never] };
+        }
+        compiled.add(slice.id);
+        if (loaded.type === 'failure') slice.broken = `the policies for ${action} could not be compiled: ${loaded.errors.map((e) => e.message).join('; ')}`;
+      }
+      // INVARIANT: a slice that did not compile denies every decision that needs it.
+      return slice.broken === undefined ? found.plan : { ...found.plan, broken: slice.broken };
+    },
     perRequestValidation,
     schemaId: compiledId,
   };
@@ -199,13 +274,18 @@ export function planRequests(options: {
 /** Schema JSON types that are not a reference to a common type. */
 const STRUCTURAL_TYPES = new Set(['Record', 'Set', 'Entity', 'Extension', 'String', 'Long', 'Boolean']);
 
-const EVERYTHING: ReadSet = { context: undefined, principal: undefined, resource: undefined, tags: true };
+const byId = (a: { id: string }, b: { id: string }): number => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+
+/** Builtin type names: a schema that declares a type of one of these names shadows the builtin, and leaves the fast path. */
+const BUILTIN_TYPES = new Set(['String', 'Long', 'Bool', 'Boolean', 'Set', 'Record', 'Entity', 'Extension', 'ipaddr', 'decimal', 'datetime', 'duration']);
+
+const EVERYTHING: ReadSet = { context: undefined, principal: undefined, resource: undefined, tags: true, action: true };
 
 function qualify(type: string): string {
   return type.includes('::') ? type : `${CEDAR_NAMESPACE}::${type}`;
 }
 
-/** The action and every action group it is in, directly or through other groups. */
+/** The action and every action group it is in, directly or through other groups (the schema fits: every group is a Writ action). */
 function actionLineage(namespace: NamespaceJson | undefined, action: string): ReadonlySet<string> {
   const lineage = new Set<string>();
   const visit = (name: string): void => {
@@ -248,17 +328,43 @@ function numbersAreExact(node: unknown): boolean {
   return Object.values(node).every(numbersAreExact);
 }
 
-/** True when some policy's conditions use the variable `name`. */
-function mentionsVariable(policies: readonly cedar.PolicyJson[], name: string): boolean {
+/**
+ * True when the policy asks for the groups of an action entity it names
+ * itself (`Writ::Action::"refund" in Writ::Action::"write"`): the left side of
+ * an `in` holds an action literal. Only the schema knows that action's groups;
+ * the plan sends the groups of the request's action alone. A literal elsewhere
+ * (the right of `in`, `==`, `contains`) is compared by its id.
+ */
+function namesActionEntity(policy: cedar.PolicyJson): boolean {
+  const isActionType = (type: unknown) => typeof type === 'string' && (type === 'Action' || type.endsWith('::Action'));
+  const holdsActionLiteral = (node: unknown): boolean => {
+    if (Array.isArray(node)) return node.some(holdsActionLiteral);
+    if (typeof node !== 'object' || node === null) return false;
+    const entity = (node as { __entity?: { type?: unknown } }).__entity;
+    if (entity !== undefined && isActionType(entity.type)) return true;
+    return Object.values(node).some(holdsActionLiteral);
+  };
   const walk = (node: unknown): boolean => {
     if (Array.isArray(node)) return node.some(walk);
     if (typeof node !== 'object' || node === null) return false;
-    return Object.entries(node).some(([key, value]) => (key === 'Var' ? value === name : key !== 'Value' && walk(value)));
+    const inside = (node as { in?: { left?: unknown } }).in;
+    if (inside !== undefined && typeof inside === 'object' && inside !== null && 'left' in inside && holdsActionLiteral(inside.left)) return true;
+    return Object.values(node).some(walk);
   };
-  return policies.some((policy) => walk(policy.conditions ?? []));
+  return walk(policy.conditions ?? []);
 }
 
-/** What the policies read off `context`, `principal` and `resource` (see the module comment). */
+/** Binary operators of Cedar's policy JSON: `{op: {left, right}}`. */
+const BINARY = new Set(['==', '!=', 'in', '<', '<=', '>', '>=', '&&', '||', '+', '-', '*', 'contains', 'containsAll', 'containsAny', 'getTag', 'hasTag']);
+/** Unary operators: `{op: {arg}}`. */
+const UNARY = new Set(['!', 'neg', 'isEmpty']);
+
+/**
+ * What the policies read off `context`, `principal` and `resource`, walking
+ * each condition by the grammar of Cedar's policy JSON (an operator and its
+ * operands; a record's keys are names, never operators). Anything the walk
+ * does not know reads everything.
+ */
 export function readSetOf(policies: readonly PlannedPolicy[]): ReadSet {
   const context = new Set<string>();
   const principal = new Set<string>();
@@ -266,42 +372,73 @@ export function readSetOf(policies: readonly PlannedPolicy[]): ReadSet {
   let wholeContext = false;
   let anyEntity = false;
   let tags = false;
-  const walk = (node: unknown, underAccess: boolean): void => {
-    if (Array.isArray(node)) {
-      for (const item of node) walk(item, false);
+  let action = false;
+  const everything = (): void => {
+    wholeContext = true;
+    anyEntity = true;
+    tags = true;
+    action = true;
+  };
+  const expression = (node: unknown, accessed: boolean): void => {
+    if (typeof node !== 'object' || node === null || Array.isArray(node)) return everything();
+    const keys = Object.keys(node);
+    if (keys.length !== 1) return everything();
+    const op = keys[0]!;
+    const body = (node as Record<string, unknown>)[op];
+    const operands = (body ?? {}) as Record<string, unknown>;
+    if (op === 'Value') return; // a literal: an entity named in it carries no data here (see namesActionEntity for actions)
+    if (op === 'Var') {
+      if (body === 'context' && !accessed) wholeContext = true;
+      if (body === 'action') action = true;
       return;
     }
-    if (typeof node !== 'object' || node === null) return;
-    const record = node as Record<string, unknown>;
-    for (const [op, value] of Object.entries(record)) {
-      if (op === 'Var') {
-        if (value === 'context' && !underAccess) wholeContext = true;
-        continue;
-      }
-      if (op === 'Value') continue; // a literal: entity references in it carry no attributes
-      if (op === 'hasTag' || op === 'getTag') tags = true;
-      if ((op === '.' || op === 'has') && typeof value === 'object' && value !== null) {
-        const { left, attr } = value as { left?: unknown; attr?: unknown };
-        const variable = (left as { Var?: unknown } | undefined)?.Var;
-        if (typeof attr !== 'string') anyEntity = true;
-        else if (variable === 'context') context.add(attr);
-        else if (variable === 'principal') principal.add(attr);
-        else if (variable === 'resource') resource.add(attr);
-        else if (!isContextPath(left)) anyEntity = true; // an entity from anywhere else: read every attribute
-        walk(left, true);
-        continue;
-      }
-      walk(value, false);
+    if (op === '.' || op === 'has') {
+      // `context has args.destination` is `has` with the path ["args", "destination"]: the first step is what is read.
+      const attr = typeof operands.attr === 'string' ? operands.attr : Array.isArray(operands.attr) && typeof operands.attr[0] === 'string' ? operands.attr[0] : undefined;
+      const variable = (operands.left as { Var?: unknown } | undefined)?.Var;
+      if (attr === undefined) return everything();
+      if (variable === 'context') context.add(attr);
+      else if (variable === 'principal') principal.add(attr);
+      else if (variable === 'resource') resource.add(attr);
+      else if (!isContextPath(operands.left)) anyEntity = true; // an entity from anywhere else: read every attribute
+      return expression(operands.left, true);
     }
+    if (BINARY.has(op)) {
+      if (op === 'getTag' || op === 'hasTag') tags = true;
+      expression(operands.left, false);
+      return expression(operands.right, false);
+    }
+    if (UNARY.has(op)) return expression(operands.arg, false);
+    if (op === 'like') return expression(operands.left, false);
+    if (op === 'is') {
+      expression(operands.left, false);
+      return operands.in === undefined ? undefined : expression(operands.in, false);
+    }
+    if (op === 'if-then-else') {
+      for (const part of [operands.if, operands.then, operands.else]) expression(part, false);
+      return;
+    }
+    if (op === 'Set') return Array.isArray(body) ? body.forEach((item) => expression(item, false)) : everything();
+    if (op === 'Record') {
+      if (typeof body !== 'object' || body === null || Array.isArray(body)) return everything();
+      for (const value of Object.values(body)) expression(value, false);
+      return;
+    }
+    // An extension function or method (`ip(...)`, `.isLoopback()`): its arguments.
+    if (Array.isArray(body)) return body.forEach((item) => expression(item, false));
+    return everything(); // Slot, Unknown, or an operator this walk does not know
   };
   for (const policy of policies) {
-    walk(policy.json.conditions ?? [], false);
+    const conditions = policy.json.conditions ?? [];
+    if (!Array.isArray(conditions)) everything();
+    else for (const condition of conditions) expression((condition as { body?: unknown }).body, false);
   }
   return {
     context: wholeContext ? undefined : context,
     principal: anyEntity ? undefined : principal,
     resource: anyEntity ? undefined : resource,
     tags,
+    action,
   };
 }
 
@@ -320,15 +457,32 @@ function isContextPath(node: unknown): boolean {
  * types with kind, sensitivity and tier Strings; the context exactly
  * CONTEXT_FIELDS, its `args` a record of optional Long/String/Bool.
  */
-function schemaMisfit(namespace: NamespaceJson | undefined, actions: readonly string[], resourceTypes: readonly string[], argTypes: ReadonlyMap<string, string>): string | undefined {
+function schemaMisfit(schemaJson: Readonly<Record<string, NamespaceJson>>, actions: readonly string[], resourceTypes: readonly string[], argTypes: ReadonlyMap<string, string>): string | undefined {
+  const namespace = schemaJson[CEDAR_NAMESPACE];
   if (namespace === undefined) return `the schema has no ${CEDAR_NAMESPACE} namespace`;
+  // One namespace keeps name resolution and action groups simple enough to prove here.
+  const others = Object.keys(schemaJson).filter((name) => name !== CEDAR_NAMESPACE);
+  if (others.length > 0) return `the schema declares ${others.map((n) => (n === '' ? 'names outside any namespace' : `namespace ${n}`)).join(', ')}; only ${CEDAR_NAMESPACE} is planned`;
+  for (const name of [...Object.keys(namespace.commonTypes ?? {}), ...Object.keys(namespace.entityTypes ?? {})]) {
+    if (BUILTIN_TYPES.has(name)) return `the schema declares a type named ${name}, which shadows Cedar's own`;
+  }
+  for (const [name, declared] of Object.entries(namespace.actions ?? {})) {
+    for (const parent of declared.memberOf ?? []) {
+      if (parent.type !== undefined && parent.type !== ACTION_TYPE) return `action ${name} is in a group of type ${parent.type}; only ${ACTION_TYPE} groups are planned`;
+    }
+  }
+  // Cedar's resolution inside the namespace: `__cedar::X` is the builtin; `X` or
+  // `Writ::X` is the common type X, else the entity type X, else the builtin X.
   const resolve = (type: SchemaType | undefined, depth = 0): SchemaType | undefined => {
     if (type === undefined || depth > 8) return undefined;
     // A reference is `{type: "EntityOrCommon", name}` or the common type's name itself as `type`.
     const name = type.type === 'EntityOrCommon' || type.type === 'CommonType' ? type.name : STRUCTURAL_TYPES.has(type.type) ? undefined : type.type;
     if (name === undefined) return type;
-    const bare = name.replace(/^(__cedar|Writ)::/, '');
+    if (name.startsWith('__cedar::')) return { type: name.slice('__cedar::'.length) };
+    const bare = name.startsWith(`${CEDAR_NAMESPACE}::`) ? name.slice(CEDAR_NAMESPACE.length + 2) : name;
+    if (bare.includes('::')) return { type: 'Entity' };
     if (namespace.commonTypes !== undefined && Object.hasOwn(namespace.commonTypes, bare)) return resolve(namespace.commonTypes[bare], depth + 1);
+    if (namespace.entityTypes !== undefined && Object.hasOwn(namespace.entityTypes, bare)) return { type: 'Entity' };
     return { type: bare };
   };
   const primitive = (type: SchemaType | undefined): string | undefined => {
@@ -370,9 +524,6 @@ function schemaMisfit(namespace: NamespaceJson | undefined, actions: readonly st
   const checked = new Set<string>();
   for (const action of actions) {
     const declared = namespace.actions?.[action];
-    for (const parent of declared?.memberOf ?? []) {
-      if (parent.type !== undefined && qualify(parent.type) !== ACTION_TYPE) return `action ${action} is in an action group of another type (${parent.type})`;
-    }
     const appliesTo = declared?.appliesTo;
     if (appliesTo === undefined) return `action ${action} applies to nothing`;
     const contextProblem = recordOf(appliesTo.context, CONTEXT_FIELDS, false, `the context of ${action}`);
@@ -407,13 +558,27 @@ function probeMisfit(schemaId: string, namespace: NamespaceJson | undefined, act
   try {
     const ours = new Set<string>(Object.values(PRINCIPAL_TYPES));
     const resources = new Set(resourceTypes.map(qualify));
+    const covered = new Set<string>();
     for (const action of actions) {
       const appliesTo = namespace?.actions?.[action]?.appliesTo;
-      const principalType = (appliesTo?.principalTypes ?? []).map(qualify).find((t) => ours.has(t));
-      const resourceType = (appliesTo?.resourceTypes ?? []).map(qualify).find((t) => resources.has(t));
+      const principalTypes = (appliesTo?.principalTypes ?? []).map(qualify).filter((t) => ours.has(t));
+      const resourceTypesHere = (appliesTo?.resourceTypes ?? []).map(qualify).filter((t) => resources.has(t));
       // Nothing Writ sends fits this action: every request for it is denied on its entity types.
-      if (principalType === undefined || resourceType === undefined) continue;
-      for (const args of [allArgs, {}]) {
+      if (principalTypes.length === 0 || resourceTypesHere.length === 0) continue;
+      // Each action's context with and without arguments, and every entity type at least once.
+      const probes: [string, string, Record<string, cedar.CedarValueJson>][] = [
+        [principalTypes[0]!, resourceTypesHere[0]!, allArgs],
+        [principalTypes[0]!, resourceTypesHere[0]!, {}],
+      ];
+      const pairs = Math.max(principalTypes.length, resourceTypesHere.length);
+      for (let i = 0; i < pairs; i++) {
+        const principalType = principalTypes[i % principalTypes.length]!;
+        const resourceType = resourceTypesHere[i % resourceTypesHere.length]!;
+        if (covered.has(principalType) && covered.has(resourceType)) continue;
+        probes.push([principalType, resourceType, allArgs]);
+      }
+      for (const [principalType, resourceType, args] of probes) {
+        covered.add(principalType).add(resourceType);
         const context = Object.fromEntries(Object.entries(CONTEXT_FIELDS).map(([name, type]) => [name, type === 'Args' ? args : sample[type]]));
         const principal = { type: principalType, id: 'probe' };
         const resource = { type: resourceType, id: 'probe:x' };
@@ -430,7 +595,7 @@ function probeMisfit(schemaId: string, namespace: NamespaceJson | undefined, act
           preparsedSchemaName: schemaId,
           validateRequest: true,
         });
-        if (answer.type === 'failure') return `a request for ${action} does not validate: ${answer.errors.map((e) => e.message).join('; ')}`;
+        if (answer.type === 'failure') return `a request for ${action} (${principalType}, ${resourceType}) does not validate: ${answer.errors.map((e) => e.message).join('; ')}`;
       }
     }
   } catch (error) {
