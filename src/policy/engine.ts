@@ -314,6 +314,7 @@ export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions 
   return { version: set.version, set, tierOf: (action) => set.actionTiers.get(action), tierFor, decide, cedarRequestFor };
 }
 
+const ANY_SURROGATE = /[\uD800-\uDFFF]/;
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
 
 /** True when no string of the request that could reach Cedar holds a lone surrogate. */
@@ -322,7 +323,8 @@ function wellFormed(input: DecisionInput): boolean {
   const strings = [p.id, p.owner ?? '', p.environment, input.action, input.resource, input.environment, input.intent, input.purpose ?? ''];
   for (const [name, value] of Object.entries(p.labels)) strings.push(name, value);
   for (const value of Object.values(input.args ?? {})) if (typeof value === 'string') strings.push(value);
-  return !strings.some((text) => typeof text === 'string' && LONE_SURROGATE.test(text));
+  // Most strings hold no surrogate at all: the plain class test is the cheap first look.
+  return !strings.some((text) => typeof text === 'string' && ANY_SURROGATE.test(text) && LONE_SURROGATE.test(text));
 }
 
 /** `record` with only the fields in `names` (all of them when `names` is undefined). */
