@@ -39,6 +39,7 @@ import { createTrustSources, type TrustSources } from './identity/trust-sources.
 import { createPolicyEngine, type PolicyEngine } from './policy/engine.js';
 import { createObservations } from './policy/observations.js';
 import { loadPolicySet, type PolicyProblem, type PolicySet } from './policy/policy-set.js';
+import { releaseCompiledSets } from './policy/request-plan.js';
 import { loadMasterKey } from './secrets/master-key.js';
 import { openStore } from './store/open.js';
 import type { AdminTokenRecord, Store } from './store/store.js';
@@ -155,6 +156,9 @@ export type PolicyReload =
   }
   | { readonly ok: false; readonly version: string; readonly problems: readonly PolicyProblem[] };
 
+/** Writ instances created in this process, to give each its own compiled-set slots. */
+let instances = 0;
+
 /**
  * Hands out slot names from a ring of four (`enforced-0` … `enforced-3`),
  * never the one given (the serving set's): a reload compiles into a slot the
@@ -177,9 +181,9 @@ function problemsOf(error: unknown, dir: string): PolicyProblem[] {
 }
 
 /** The shadow engine at start-up, or none (logged) when its folder does not load yet. */
-function loadShadow(dir: string, engineOf: (set: PolicySet) => PolicyEngine, logger: Logger | undefined): PolicyEngine | undefined {
+function loadShadow(dir: string, slot: string, engineOf: (set: PolicySet) => PolicyEngine, logger: Logger | undefined): PolicyEngine | undefined {
   try {
-    return engineOf(loadPolicySet(dir, { slot: 'shadow-0' }));
+    return engineOf(loadPolicySet(dir, { slot }));
   } catch (error) {
     logger?.error({ dir, problems: problemsOf(error, dir).slice(0, 20) }, 'shadow policy set refused: it is invalid; nothing is trialled until it loads');
     return undefined;
@@ -218,7 +222,12 @@ export async function createWrit(options: CreateWritOptions = {}): Promise<Writ>
   const config = options.config ?? loadConfig({ env: options.env });
   const clock = options.clock ?? systemClock;
   const logger = options.logger;
-  const store = await openStore({ databaseUrl: config.database.url, dataDir: config.paths.dataDir, sqliteSynchronous: config.database.sqliteSynchronous });
+  const store = await openStore({
+    databaseUrl: config.database.url,
+    dataDir: config.paths.dataDir,
+    sqliteSynchronous: config.database.sqliteSynchronous,
+    onIdleError: (error) => logger?.warn({ err: error }, 'an idle database connection failed; it is discarded and the next query opens another'),
+  });
   try {
     return await assemble(config, clock, store, logger, options.env);
   } catch (error) {
@@ -241,13 +250,17 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
   };
   // Sets compile into a small ring of slots per role, never the serving one's,
   // so reloads do not grow Cedar's table of preparsed sets without bound.
-  const enforcedSlot = slotRing('enforced');
-  const shadowSlot = slotRing('shadow', 1);
+  // Slots are this instance's own: Cedar's table of compiled sets is one per
+  // thread, and two Writs in one process (tests, an embedder) must never
+  // compile over each other's sets.
+  const slotPrefix = `writ-${++instances}`;
+  const enforcedSlot = slotRing(`${slotPrefix}/enforced`);
+  const shadowSlot = slotRing(`${slotPrefix}/shadow`, 1);
   let engine = engineOf(loadPolicySet(config.paths.policyDir, { slot: enforcedSlot(undefined) }));
   const shadowDir = config.policy.shadow === undefined ? undefined : resolveConfigPath(config, config.policy.shadow.dir);
   const shadowEnvironments = config.policy.shadow?.environments;
   // An invalid shadow set never stops Writ: it is trialled once it loads.
-  let shadowEngine = shadowDir === undefined ? undefined : loadShadow(shadowDir, engineOf, logger);
+  let shadowEngine = shadowDir === undefined ? undefined : loadShadow(shadowDir, `${slotPrefix}/shadow-0`, engineOf, logger);
   const bus = createEventBus((error, event) => logger?.error({ err: error, event: event.type }, 'event handler failed'));
   const audit = createAuditLog({ store, clock, onError: (error) => logger?.error({ err: error }, 'audit append failed') });
   const registry = createRegistry({ store, clock });
@@ -685,6 +698,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
       await drift.idle();
       await audit.flush();
       await store.close();
+      releaseCompiledSets(`${slotPrefix}/`);
     },
   };
 }

@@ -13,6 +13,7 @@ import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { createChainVerifier, linkEntry } from '../src/audit/chain.js';
 import type { Task } from '../src/core/types.js';
+import pg from 'pg';
 import { openPostgresStore, openSqliteStore } from '../src/store/kysely-store.js';
 import type { NewTask, Store } from '../src/store/store.js';
 import { createTestDatabase, type TestDatabase } from './helpers/pg.js';
@@ -408,3 +409,30 @@ for (const [backend, setup] of Object.entries(backends)) {
     });
   });
 }
+
+describe('PostgreSQL connections', () => {
+  test('an idle connection the server kills does not end the process; the next query opens another', async (t) => {
+    const database = await createTestDatabase();
+    if (database === undefined) return t.skip('PostgreSQL not available');
+    const idleErrors: Error[] = [];
+    const store = await openPostgresStore({ url: database.url, onIdleError: (error) => idleErrors.push(error) });
+    try {
+      assert.equal(await store.getIdentity('nobody'), undefined);
+      const admin = new pg.Client({ connectionString: database.url });
+      await admin.connect();
+      try {
+        const killed = await admin.query('select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()');
+        assert.ok(killed.rowCount !== null && killed.rowCount >= 1, 'the store held an idle connection');
+      } finally {
+        await admin.end();
+      }
+      // The pool hears of the dead connection as an 'error' event: handled, not thrown.
+      for (let i = 0; i < 50 && idleErrors.length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 20));
+      assert.equal(idleErrors.length >= 1, true, 'the idle error was reported');
+      assert.equal(await store.getIdentity('nobody'), undefined, 'the next query works on a new connection');
+    } finally {
+      await store.close();
+      await database.drop();
+    }
+  });
+});

@@ -154,6 +154,20 @@ export interface NamespaceJson {
 const compiledInSlot = new Map<string, Set<string>>();
 
 /**
+ * Empties every policy set compiled under a `compiledId` that starts with
+ * `prefix` (a closing Writ's slots), so Cedar's table does not keep them.
+ * An engine still deciding with one of them would then deny: call it only
+ * once nothing decides with those sets.
+ */
+export function releaseCompiledSets(prefix: string): void {
+  for (const [compiledId, ids] of compiledInSlot) {
+    if (!compiledId.startsWith(prefix)) continue;
+    for (const id of ids) cedar.preparsePolicySet(id, { staticPolicies: {} });
+    compiledInSlot.delete(compiledId);
+  }
+}
+
+/**
  * Plans every tiered action for the set's own policies and for each
  * environment with policies of its own. The schema is preparsed at once under
  * `compiledId`; each distinct slice of policies is preparsed the first time a
@@ -188,6 +202,7 @@ export function planRequests(options: {
   if (schema.type === 'failure') throw new Error(`the schema does not preparse: ${schema.errors.map((e) => e.message).join('; ')}`);
   const perRequestValidation =
     schemaMisfit(options.schemaJson, actions, resourceTypes, options.argTypes) ?? probeMisfit(compiledId, namespace, actions, resourceTypes, options.argTypes);
+  compiled.add(`${compiledId}/probe`);
 
   // Distinct slices, by content: environments that add nothing for an action share its set.
   const slices = new Map<string, { readonly id: string; readonly policies: Record<string, cedar.Policy>; ready: boolean; broken?: string }>();

@@ -126,6 +126,8 @@ export interface SqliteStoreOptions {
 }
 
 export interface PostgresStoreOptions {
+  /** Told of an error on an idle pooled connection (it is discarded; nothing else happens). */
+  readonly onIdleError?: (error: Error) => void;
   readonly url: string;
   readonly maxConnections?: number;
 }
@@ -153,6 +155,10 @@ export async function openPostgresStore(options: PostgresStoreOptions): Promise<
         oid === 20 ? (value: string) => Number(value) : pg.types.getTypeParser(oid, format as 'text')) as typeof pg.types.getTypeParser,
     },
   });
+  // An idle connection the server drops (a restart, a failover, an administrator)
+  // is an 'error' event on the pool; unheard, it would end the process. The pool
+  // discards that client and the next query opens a new one.
+  pool.on('error', (error) => options.onIdleError?.(error));
   const db = new Kysely<Tables>({ dialect: new PostgresDialect({ pool }) });
   return migrated(new KyselyStore(db, 'postgres'));
 }

@@ -9,11 +9,13 @@ export interface StoreLocation {
   readonly databaseUrl?: string | undefined;
   readonly dataDir: string;
   readonly sqliteSynchronous?: 'normal' | 'full';
+  /** PostgreSQL: told when an idle pooled connection fails (it is discarded). */
+  readonly onIdleError?: (error: Error) => void;
 }
 
 /** Opens and migrates the store the configuration names. */
 export function openStore(location: StoreLocation): Promise<Store> {
-  if (location.databaseUrl !== undefined) return openPostgresStore({ url: location.databaseUrl });
+  if (location.databaseUrl !== undefined) return openPostgresStore({ url: location.databaseUrl, ...(location.onIdleError ? { onIdleError: location.onIdleError } : {}) });
   return openSqliteStore({ filename: join(location.dataDir, 'writ.db'), ...(location.sqliteSynchronous ? { synchronous: location.sqliteSynchronous } : {}) });
 }
 
