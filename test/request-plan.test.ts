@@ -214,6 +214,10 @@ describe('what a security review found, each now decided as the plain request', 
       assert.match(decision.errors.join(), /lone surrogate/);
     }
     assert.equal(engine.decide({ ...request, purpose: 'a pair is fine: \uD83D\uDE00' }).outcome, 'allow');
+    // An argument the schema does not declare never reaches Cedar, planned or plain.
+    const undeclared = { ...request, stage: 'call' as const, args: { ticket: 'T-\uD800' } };
+    assert.equal(engine.decide(undeclared).outcome, 'allow');
+    assertSameDecisions(set, [undeclared]);
   });
 });
 

@@ -168,9 +168,6 @@ export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions 
     );
     const base = { policyVersion: set.version, sensitivity, tier: tier ?? 'admin', risk } as const;
     if (tier === undefined) return { ...base, outcome: 'deny', policies: [], errors: [`action ${input.action} is not in a tier group`] };
-    // INVARIANT: Cedar cannot take a lone surrogate and throws; a plan that does
-    // not send the field must not turn that deny into an answer.
-    if (!wellFormed(input)) return { ...base, outcome: 'deny', policies: [], errors: ['a string in the request is not well-formed Unicode (a lone surrogate)'] };
     let args: Record<string, unknown> | string;
     try {
       args = declaredArgs(input.args ?? {});
@@ -178,6 +175,9 @@ export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions 
       args = `args could not be read: ${(error as Error)?.message ?? String(error)}`;
     }
     if (typeof args === 'string') return { ...base, outcome: 'deny', policies: [], errors: [args] };
+    // INVARIANT: Cedar cannot take a lone surrogate and throws; a plan that does
+    // not send the field must not turn that deny into an answer.
+    if (!wellFormed(input, args)) return { ...base, outcome: 'deny', policies: [], errors: ['a string in the request is not well-formed Unicode (a lone surrogate)'] };
     return { date, base, args };
   };
 
@@ -317,12 +317,16 @@ export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions 
 const ANY_SURROGATE = /[\uD800-\uDFFF]/;
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
 
-/** True when no string of the request that could reach Cedar holds a lone surrogate. */
-function wellFormed(input: DecisionInput): boolean {
+/**
+ * True when no string that the plain request would carry holds a lone
+ * surrogate: the principal's, the request's, and the declared arguments (the
+ * others never reach Cedar, planned or not).
+ */
+function wellFormed(input: DecisionInput, args: Readonly<Record<string, unknown>>): boolean {
   const p = input.principal;
-  const strings = [p.id, p.owner ?? '', p.environment, input.action, input.resource, input.environment, input.intent, input.purpose ?? ''];
+  const strings = [p.id, p.owner ?? '', p.environment, p.actorType, input.action, input.resource, input.environment, input.intent, input.purpose ?? '', input.stage ?? '', input.approval ?? ''];
   for (const [name, value] of Object.entries(p.labels)) strings.push(name, value);
-  for (const value of Object.values(input.args ?? {})) if (typeof value === 'string') strings.push(value);
+  for (const value of Object.values(args)) if (typeof value === 'string') strings.push(value);
   // Most strings hold no surrogate at all: the plain class test is the cheap first look.
   return !strings.some((text) => typeof text === 'string' && ANY_SURROGATE.test(text) && LONE_SURROGATE.test(text));
 }
