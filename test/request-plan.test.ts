@@ -157,6 +157,11 @@ describe('what a security review found, each now decided as the plain request', 
     ['a record whose key is named Var hides no use of action', '@id("f") forbid (principal, action, resource) when { {Var: action}.Var in Writ::Action::"write" };'],
     ['a record hides no has on the principal', '@id("f") forbid (principal, action, resource) when { {Value: principal has owner} == {Value: true} };'],
     ['an action named in a policy has the groups the schema gives it', '@id("f") forbid (principal, action, resource) when { Writ::Action::"refund" in Writ::Action::"write" };'],
+    ['an action named on the left of is … in has them too', '@id("f") forbid (principal, action, resource) when { Writ::Action::"refund" is Writ::Action in Writ::Action::"write" };'],
+    [
+      'a condition too deep for Cedar\'s JSON reader keeps its text',
+      `@id("deep") forbid (principal, action in Writ::Action::"read", resource) when { ${Array.from({ length: 70 }, (_, i) => `resource != Writ::Resource::"r${i}"`).join(' && ')} };`,
+    ],
   ];
   for (const [what, policy] of cases) {
     test(what, () => {
@@ -202,6 +207,20 @@ describe('what a security review found, each now decided as the plain request', 
       assertSameDecisions(set, trickyRequests());
     });
   }
+
+  test('an engine whose slot a later load took denies instead of compiling over the serving set', () => {
+    const dir = bareFolder({ 'x.cedar': OPEN + '@id("no-read") forbid (principal, action in Writ::Action::"read", resource) when { false };' });
+    const slot = `plan-test-slot-${Date.now()}`;
+    const retired = createPolicyEngine(loadPolicySet(dir, { slot }), { cacheEntries: 0 });
+    writeFileSync(join(dir, 'x.cedar'), OPEN + '@id("no-read") forbid (principal, action in Writ::Action::"read", resource);');
+    const serving = createPolicyEngine(loadPolicySet(dir, { slot }), { cacheEntries: 0 });
+    const read = trickyRequests().find((input) => input.action === 'read' && input.principal.environment === input.environment)!;
+    assert.deepEqual(serving.decide(read).policies, ['no-read']);
+    const late = retired.decide(read);
+    assert.equal(late.outcome, 'deny');
+    assert.match(late.errors.join(), /replaced while deciding/);
+    assert.deepEqual([serving.decide(read).outcome, serving.decide(read).policies], ['deny', ['no-read']], 'the serving set is untouched');
+  });
 
   test('a lone surrogate in any string is a deny, whether or not a policy reads it', () => {
     const set = loadPolicySet(bareFolder({ 'x.cedar': OPEN }));

@@ -13,6 +13,7 @@ import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { createChainVerifier, linkEntry } from '../src/audit/chain.js';
 import type { Task } from '../src/core/types.js';
+import { sql, type Kysely } from 'kysely';
 import pg from 'pg';
 import { openPostgresStore, openSqliteStore } from '../src/store/kysely-store.js';
 import type { NewTask, Store } from '../src/store/store.js';
@@ -411,7 +412,7 @@ for (const [backend, setup] of Object.entries(backends)) {
 }
 
 describe('PostgreSQL connections', () => {
-  test('an idle connection the server kills does not end the process; the next query opens another', async (t) => {
+  test('a connection the server kills, idle or inside a transaction, does not end the process; the next query opens another', async (t) => {
     const database = await createTestDatabase();
     if (database === undefined) return t.skip('PostgreSQL not available');
     const idleErrors: Error[] = [];
@@ -430,6 +431,34 @@ describe('PostgreSQL connections', () => {
       for (let i = 0; i < 50 && idleErrors.length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 20));
       assert.equal(idleErrors.length >= 1, true, 'the idle error was reported');
       assert.equal(await store.getIdentity('nobody'), undefined, 'the next query works on a new connection');
+
+      // Killed while checked out, inside a transaction: the transaction fails for its caller, the process lives on.
+      const { db } = store as unknown as { db: Kysely<Record<string, never>> };
+      const inTransaction = db
+        .transaction()
+        .execute(async (trx) => {
+          await sql`select pg_sleep(2)`.execute(trx);
+        })
+        .then(
+          () => undefined,
+          (error: unknown) => error,
+        );
+      const killer = new pg.Client({ connectionString: database.url });
+      await killer.connect();
+      try {
+        for (let i = 0; i < 50; i++) {
+          const sleeping = await killer.query("select pid from pg_stat_activity where datname = current_database() and query like 'select pg_sleep%' and pid <> pg_backend_pid()");
+          if (sleeping.rowCount) {
+            await killer.query('select pg_terminate_backend($1)', [sleeping.rows[0].pid]);
+            break;
+          }
+          await new Promise((resolve) => setTimeout(resolve, 20));
+        }
+      } finally {
+        await killer.end();
+      }
+      assert.match(String(await inTransaction), /terminat/i, 'the transaction failed for its caller');
+      assert.equal(await store.getIdentity('nobody'), undefined, 'and the next query works again');
     } finally {
       await store.close();
       await database.drop();

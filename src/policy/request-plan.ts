@@ -152,6 +152,7 @@ export interface NamespaceJson {
 
 /** Ids each slot's loads compiled, so a load into a reused slot can clear what the last one left. */
 const compiledInSlot = new Map<string, Set<string>>();
+let plannedLoads = 0;
 
 /**
  * Empties every policy set compiled under a `compiledId` that starts with
@@ -198,6 +199,9 @@ export function planRequests(options: {
   for (const id of compiledInSlot.get(compiledId) ?? []) cedar.preparsePolicySet(id, { staticPolicies: {} });
   const compiled = new Set<string>();
   compiledInSlot.set(compiledId, compiled);
+  // INVARIANT: slice ids carry this load's generation, so an engine of an
+  // earlier load in the same slot can never compile over this one's sets.
+  const generation = ++plannedLoads;
   const schema = cedar.preparseSchema(compiledId, options.schemaText);
   if (schema.type === 'failure') throw new Error(`the schema does not preparse: ${schema.errors.map((e) => e.message).join('; ')}`);
   const perRequestValidation =
@@ -210,7 +214,7 @@ export function planRequests(options: {
     const content = JSON.stringify(Object.entries(policies).map(([id, policy]) => [id, typeof policy === 'string' ? 0 : 1]));
     let slice = slices.get(content);
     if (slice === undefined) {
-      slice = { id: `${compiledId}/${slices.size}`, policies, ready: false };
+      slice = { id: `${compiledId}/${generation}.${slices.size}`, policies, ready: false };
       slices.set(content, slice);
     }
     return content;
@@ -238,7 +242,9 @@ export function planRequests(options: {
         // INVARIANT: only a policy whose JSON form is exact is sent as JSON. A
         // literal past 2^53 does not survive JSON.parse, so that one keeps its text.
         const sliced: cedar.Policy[] = applicable.map((p) =>
-          scopeMatch(p.json.action, lineage) === 'always' && (p.json.action as ScopeJson).op !== 'All' && numbersAreExact(p.json) ? { ...p.json, action: { op: 'All' } } : p.text,
+          scopeMatch(p.json.action, lineage) === 'always' && (p.json.action as ScopeJson).op !== 'All' && numbersAreExact(p.json) && depthOf(p.json) <= MAX_JSON_DEPTH
+            ? { ...p.json, action: { op: 'All' } }
+            : p.text,
         );
         members = Object.fromEntries(applicable.map((p, i) => [p.id, sliced[i]!]));
         const reads = readSetOf(applicable);
@@ -265,6 +271,9 @@ export function planRequests(options: {
     planFor: (environment, action) => {
       const found = plans.get(key(own.has(environment) ? environment : '*', action));
       if (found === undefined) return undefined;
+      // A later load took this slot (or the Writ closed): this set's compiled
+      // sets are emptied, so it decides nothing more. Only a retired engine gets here.
+      if (compiledInSlot.get(compiledId) !== compiled) return { ...found.plan, broken: 'this policy set was replaced while deciding; ask again' };
       if (found.slice === undefined) return found.plan;
       const slice = slices.get(found.slice)!;
       if (!slice.ready) {
@@ -336,6 +345,20 @@ function scopeMatch(scope: unknown, lineage: ReadonlySet<string>): 'always' | 'n
   return 'maybe';
 }
 
+/**
+ * Deepest a policy's JSON may nest to be compiled from JSON: Cedar's JSON
+ * reader stops at 128 levels, while its text parser takes deeper conditions
+ * (a long `&&` chain nests one level per term). Deeper ones keep their text.
+ */
+const MAX_JSON_DEPTH = 96;
+
+function depthOf(node: unknown, depth = 0): number {
+  if (typeof node !== 'object' || node === null || depth > MAX_JSON_DEPTH) return depth;
+  let deepest = depth;
+  for (const value of Object.values(node)) deepest = Math.max(deepest, depthOf(value, depth + 1));
+  return deepest;
+}
+
 /** True when every number in `node` is a safe integer, so JSON held it exactly. */
 function numbersAreExact(node: unknown): boolean {
   if (typeof node === 'number') return Number.isSafeInteger(node);
@@ -362,8 +385,12 @@ function namesActionEntity(policy: cedar.PolicyJson): boolean {
   const walk = (node: unknown): boolean => {
     if (Array.isArray(node)) return node.some(walk);
     if (typeof node !== 'object' || node === null) return false;
-    const inside = (node as { in?: { left?: unknown } }).in;
+    const record = node as { in?: { left?: unknown }; is?: { left?: unknown; in?: unknown } };
+    // `A in B`, and `A is T in B`: the groups of A are read.
+    const inside = record.in;
     if (inside !== undefined && typeof inside === 'object' && inside !== null && 'left' in inside && holdsActionLiteral(inside.left)) return true;
+    const typed = record.is;
+    if (typed !== undefined && typeof typed === 'object' && typed !== null && typed.in !== undefined && holdsActionLiteral(typed.left)) return true;
     return Object.values(node).some(walk);
   };
   return walk(policy.conditions ?? []);

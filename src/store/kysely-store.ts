@@ -126,7 +126,7 @@ export interface SqliteStoreOptions {
 }
 
 export interface PostgresStoreOptions {
-  /** Told of an error on an idle pooled connection (it is discarded; nothing else happens). */
+  /** Told of an error on a pooled connection, idle or in use (it is discarded; a query on it fails for its caller). */
   readonly onIdleError?: (error: Error) => void;
   readonly url: string;
   readonly maxConnections?: number;
@@ -159,6 +159,10 @@ export async function openPostgresStore(options: PostgresStoreOptions): Promise<
   // is an 'error' event on the pool; unheard, it would end the process. The pool
   // discards that client and the next query opens a new one.
   pool.on('error', (error) => options.onIdleError?.(error));
+  // A connection killed while checked out (mid-transaction) errors on the
+  // client itself: its query rejects for the caller, and this keeps the event
+  // from ending the process. The pool drops the broken client on release.
+  pool.on('connect', (client) => client.on('error', (error) => options.onIdleError?.(error)));
   const db = new Kysely<Tables>({ dialect: new PostgresDialect({ pool }) });
   return migrated(new KyselyStore(db, 'postgres'));
 }
