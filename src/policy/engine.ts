@@ -13,9 +13,10 @@
  * intent, purpose, delegation depth, break-glass), the resource as the catalog
  * knows it (entity type, sensitivity, tier), the risk score of this very
  * request, the approval state, the UTC time and, at a call, the arguments the
- * schema declares. Only the entities a request needs cross into wasm (the
- * principal and the resource); the policy set and schema are preparsed once
- * per version, one set per environment with policies of its own.
+ * schema declares. What crosses into wasm is the request plan's
+ * (request-plan.ts): per environment and action, the preparsed policies that
+ * can apply and only the fields they read, decided exactly as Cedar asked
+ * the plain way would decide; `cedarRequestFor` shows that call.
  */
 import { cedar } from './cedar.js';
 import { resourceKind } from '../core/scope.js';
