@@ -148,6 +148,19 @@ describe('loading refuses an invalid set whole', () => {
     assert.equal(problems[0]?.line, 4);
   });
 
+  test('a policy nested deeper than Cedar can read is refused by file, and the serving engine keeps deciding', () => {
+    const serving = createPolicyEngine(loadPolicySet(policyDir({})), { cacheEntries: 0 });
+    const request = input({ action: 'write', resource: 'tickets:T-1' });
+    const before = serving.decide(request);
+    for (const terms of [1000, 5000]) {
+      const chain = Array.from({ length: terms }, (_, i) => `resource != Writ::Resource::"r${i}"`).join(' && ');
+      const problems = problemsOf(policyDir({ 'deep.cedar': `@id("deep") forbid (principal, action, resource) when { ${chain} };` }));
+      assert.equal(problems[0]?.file, 'deep.cedar', String(terms));
+      assert.match(problems[0]?.message ?? '', /nests too deeply/);
+    }
+    assert.deepEqual(serving.decide(request), before, 'Cedar still answers in this process');
+  });
+
   test('a policy that does not validate against the schema names its file', () => {
     const problems = problemsOf(policyDir({ 'typo.cedar': '@id("typo") permit (principal, action, resource) when { context.enviroment == "production" };' }));
     assert.equal(problems[0]?.file, 'typo.cedar');

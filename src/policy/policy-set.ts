@@ -132,7 +132,11 @@ export function loadPolicySet(dir: string, options: LoadOptions = {}): PolicySet
   for (const { file, environment } of files) {
     const text = readFileSync(join(dir, file), 'utf8');
     addFile(file, text);
-    const parts = cedar.policySetTextToParts(text);
+    const parts = tooDeep(() => cedar.policySetTextToParts(text));
+    if (parts === undefined) {
+      problems.push({ file, message: TOO_DEEP });
+      continue;
+    }
     if (parts.type === 'failure') {
       for (const e of parts.errors) problems.push({ file, ...positionAtByte(text, e.sourceLocations?.[0]?.start), ...describe(e) });
       continue;
@@ -145,7 +149,11 @@ export function loadPolicySet(dir: string, options: LoadOptions = {}): PolicySet
       const start = found < 0 ? undefined : found;
       if (start !== undefined) cursor = start + policyText.length;
       const at = positionAtIndex(text, start);
-      const json = cedar.policyToJson(policyText);
+      const json = tooDeep(() => cedar.policyToJson(policyText));
+      if (json === undefined) {
+        problems.push({ file, ...at, message: TOO_DEEP });
+        return;
+      }
       if (json.type === 'failure') {
         problems.push({ file, ...at, message: json.errors.map((e) => e.message).join('; ') });
         return;
@@ -190,7 +198,12 @@ export function loadPolicySet(dir: string, options: LoadOptions = {}): PolicySet
   if (problems.length > 0) throw invalid(problems);
 
   const staticPolicies = Object.fromEntries([...policies.values()].map((p) => [p.id, p.text]));
-  const validation = cedar.validate({ schema: schemaText, policies: { staticPolicies }, validationSettings: { mode: 'strict' } });
+  const validation = tooDeep(() => cedar.validate({ schema: schemaText, policies: { staticPolicies }, validationSettings: { mode: 'strict' } }));
+  if (validation === undefined) {
+    // Which ones: each policy alone (only on this failure path).
+    const deep = [...policies.values()].filter((p) => tooDeep(() => cedar.validate({ schema: schemaText, policies: { staticPolicies: { [p.id]: p.text } }, validationSettings: { mode: 'strict' } })) === undefined);
+    throw invalid(deep.length === 0 ? [{ file: '?', message: TOO_DEEP }] : deep.map((p) => ({ file: p.file, ...positionAtIndex(readFileSync(join(dir, p.file), 'utf8'), starts.get(p.id)), message: `${p.id}: ${TOO_DEEP}` })));
+  }
   if (validation.type === 'failure') {
     throw invalid(validation.errors.map((e) => ({ file: SCHEMA_FILE, ...positionAtByte(schemaText, e.sourceLocations?.[0]?.start), ...describe(e) })));
   }
@@ -346,6 +359,18 @@ function checkApprovalAnnotation(effect: 'permit' | 'forbid', annotations: Reado
     if (effect === 'forbid') return '@approval("required") belongs on a permit; a forbid always denies';
   }
   return undefined;
+}
+
+const TOO_DEEP = 'a policy nests too deeply for Cedar to read (its parser ran out of stack); split the condition into several policies or shorter expressions';
+
+/** `read()`, or undefined when Cedar ran out of stack on a deeply nested policy (a RangeError out of wasm). */
+function tooDeep<T>(read: () => T): T | undefined {
+  try {
+    return read();
+  } catch (error) {
+    if (error instanceof RangeError) return undefined;
+    throw error;
+  }
 }
 
 /** The message and Cedar's help of an error, without empty help. */
