@@ -6,11 +6,10 @@
  * decided and recorded beside the enforced one but never enforced.
  */
 import assert from 'node:assert/strict';
-import { cpSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { PACKAGE_ROOT } from '../src/core/config.js';
 import type { Identity } from '../src/core/types.js';
 import { createPolicyEngine, type DecisionInput } from '../src/policy/engine.js';
 import { createObservations } from '../src/policy/observations.js';
@@ -18,24 +17,10 @@ import { loadPolicySet, type PolicyProblem } from '../src/policy/policy-set.js';
 import { toPrincipal } from '../src/policy/policy-tests.js';
 import { riskSettingsSchema } from '../src/policy/risk.js';
 import { AGENT, startHarness, supportTask, type Harness } from './helpers/harness.js';
+import { EXAMPLE_POLICIES, policyFolder } from './helpers/policy-folder.js';
 
-const EXAMPLES = join(PACKAGE_ROOT, 'policies');
-const dirs: string[] = [];
-after(() => {
-  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
-});
-
-/** A copy of the example folder with `files` written over it (paths may include environments/<env>/). */
-function folder(files: Record<string, string> = {}, base = EXAMPLES): string {
-  const dir = mkdtempSync(join(tmpdir(), 'writ-context-'));
-  dirs.push(dir);
-  cpSync(base, dir, { recursive: true });
-  for (const [name, text] of Object.entries(files)) {
-    mkdirSync(join(dir, name, '..'), { recursive: true });
-    writeFileSync(join(dir, name), text);
-  }
-  return dir;
-}
+const EXAMPLES = EXAMPLE_POLICIES;
+const folder = policyFolder;
 
 function problemsOf(dir: string): PolicyProblem[] {
   try {
@@ -223,9 +208,9 @@ describe('policy versions and compiled sets', () => {
     assert.equal(createPolicyEngine(second).decide(input()).outcome, 'allow');
   });
 
-  test('a symlinked environment folder is followed, not silently skipped; a folder named like a policy file is a problem', () => {
+  test('a symlinked environment folder is followed, not silently skipped; a folder named like a policy file is a problem', (t) => {
     const target = mkdtempSync(join(tmpdir(), 'writ-context-env-'));
-    dirs.push(target);
+    t.after(() => rmSync(target, { recursive: true, force: true }));
     writeFileSync(join(target, 'guard.cedar'), '@id("staging-guard") forbid (principal, action, resource) when { context.hour == 3 };');
     const dir = folder();
     symlinkSync(target, join(dir, 'environments', 'staging'));

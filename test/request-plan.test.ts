@@ -9,11 +9,9 @@
  * written to trip the plan up.
  */
 import assert from 'node:assert/strict';
-import { cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, describe, test } from 'node:test';
-import { PACKAGE_ROOT } from '../src/core/config.js';
+import { describe, test } from 'node:test';
 import type { Identity } from '../src/core/types.js';
 import { cedar } from '../src/policy/cedar.js';
 import { createPolicyEngine, type DecisionInput, type PolicyOutcome } from '../src/policy/engine.js';
@@ -23,25 +21,11 @@ import { readSetOf } from '../src/policy/request-plan.js';
 import { riskSettingsSchema } from '../src/policy/risk.js';
 import { mirrorCedarRequest, policyTextsFor } from './helpers/cedar-request.js';
 import { buildDecisionMix } from './helpers/decision-mix.js';
+import { EXAMPLE_POLICIES, policyFolder } from './helpers/policy-folder.js';
 
-const EXAMPLES = join(PACKAGE_ROOT, 'policies');
+const EXAMPLES = EXAMPLE_POLICIES;
 const settings = riskSettingsSchema.parse({});
-const dirs: string[] = [];
-after(() => {
-  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
-});
-
-/** A copy of the example folder with `files` written over it. */
-function folder(files: Record<string, string>): string {
-  const dir = mkdtempSync(join(tmpdir(), 'writ-plan-'));
-  dirs.push(dir);
-  cpSync(EXAMPLES, dir, { recursive: true });
-  for (const [name, text] of Object.entries(files)) {
-    mkdirSync(join(dir, name, '..'), { recursive: true });
-    writeFileSync(join(dir, name), text);
-  }
-  return dir;
-}
+const folder = policyFolder;
 
 /**
  * What Writ's rules make of raw Cedar's answer to the plain request: a refused
