@@ -559,26 +559,10 @@ async function benchDecisions(): Promise<void> {
   saturate();
   const loops = await tightLoops(fullDecision(), rawStateful(), quick ? 400 : 2000);
   const perSecond = (n: number) => Math.round(n).toLocaleString('en-US');
-  rows.push([
-    'full decisions, tight loop over the mix (one core)',
-    '',
-    '',
-    perSecond(loops.subject),
-    `${statefulName}, tight loop`,
-    `${perSecond(loops.baseline)}/s`,
-    `${(loops.baseline / loops.subject).toFixed(2)}x`,
-    `target ≥ 8,000/s ${mark(loops.subject >= 8000)}`,
-  ]);
-  rows.push([
-    "cedar-wasm alone on the engine's planned calls, tight loop (Writ's floor)",
-    '',
-    '',
-    perSecond(floor.subject),
-    `${statefulName}, tight loop`,
-    `${perSecond(floor.baseline)}/s`,
-    `${(floor.baseline / floor.subject).toFixed(2)}x`,
-    '',
-  ]);
+  const loopRow = (name: string, result: { subject: number; baseline: number }, target: string) =>
+    rows.push([name, '', '', perSecond(result.subject), `${statefulName}, tight loop`, `${perSecond(result.baseline)}/s`, `${(result.baseline / result.subject).toFixed(2)}x`, target]);
+  loopRow('full decisions, tight loop over the mix (one core)', loops, `target ≥ 8,000/s ${mark(loops.subject >= 8000)}`);
+  loopRow("cedar-wasm alone on the engine's planned calls, tight loop (Writ's floor)", floor, '');
   process.stdout.write(`  full decisions, tight loop: ${perSecond(loops.subject)}/s | statefulIsAuthorized tight loop: ${perSecond(loops.baseline)}/s | planned calls alone: ${perSecond(floor.subject)}/s\n`);
 
   // Every request of the mix again, same inputs (observations held): each from the cache.

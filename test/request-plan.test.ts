@@ -108,6 +108,14 @@ describe('a request plan decides exactly as the plain request', () => {
     }
   });
 
+  test('types are read as Cedar resolves them: __cedar::Long is Long, and the schema still fits', () => {
+    const text = loadPolicySet(EXAMPLES).schemaText.replace('amountCents?: Long', 'amountCents?: __cedar::Long');
+    const set = loadPolicySet(folder({ 'schema.cedarschema': text }));
+    assert.equal(set.argTypes.get('amountCents'), 'Long');
+    assert.equal(set.perRequestValidation, undefined);
+    assert.equal(createPolicyEngine(set, { cacheEntries: 0 }).decide({ ...trickyRequests()[0]!, stage: 'call', args: { amountCents: '12' } }).outcome, 'deny', 'a string for a Long is still refused');
+  });
+
   test('an entity type the schema does not let the action apply to is denied, as request validation would', () => {
     const text = loadPolicySet(EXAMPLES).schemaText.replace(
       'action "admin" appliesTo { principal: [Agent, Service, Human]',

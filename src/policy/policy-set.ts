@@ -23,7 +23,7 @@ import { WritError } from '../core/errors.js';
 import { isValidAction } from '../core/scope.js';
 import { isTier, tierRank, type Tier } from '../core/types.js';
 import { catalogSchema, createResourceCatalog, UNTYPED_RESOURCE, type ResourceCatalog } from './catalog.js';
-import { CEDAR_NAMESPACE, planRequests, type NamespaceJson, type PlannedPolicy, type RequestPlan } from './request-plan.js';
+import { CEDAR_NAMESPACE, planRequests, schemaTypes, type NamespaceJson, type PlannedPolicy, type RequestPlan } from './request-plan.js';
 
 export { CEDAR_NAMESPACE };
 export const SCHEMA_FILE = 'schema.cedarschema';
@@ -261,23 +261,14 @@ export function loadPolicySet(dir: string, options: LoadOptions = {}): PolicySet
   };
 }
 
-type SchemaType = { type: string; name?: string; attributes?: Record<string, SchemaType & { required?: boolean }> };
 
 /** The attributes of `context.args` in the read action's context, with their types. */
 function declaredArgs(namespace: NamespaceJson | undefined): Map<string, string> {
-  const resolve = (type: SchemaType | undefined, depth = 0): SchemaType | undefined => {
-    if (type === undefined || depth > 8) return undefined;
-    // A reference is `{type: "EntityOrCommon", name}` or the common type's name itself as `type`.
-    const name = type.type === 'EntityOrCommon' || type.type === 'CommonType' ? type.name : type.type;
-    if (name === undefined) return type;
-    const common = namespace?.commonTypes !== undefined && Object.hasOwn(namespace.commonTypes, name) ? namespace.commonTypes[name] : undefined;
-    if (common !== undefined) return resolve(common, depth + 1);
-    return type.type === 'EntityOrCommon' ? { type: name === 'Boolean' ? 'Bool' : name } : { ...type, type: type.type === 'Boolean' ? 'Bool' : type.type };
-  };
+  const { resolve, primitive } = schemaTypes(namespace);
   const context = resolve(namespace?.actions?.read?.appliesTo?.context);
   const args = resolve(context?.attributes?.args);
   const result = new Map<string, string>();
-  for (const [name, type] of Object.entries(args?.attributes ?? {})) result.set(name, resolve(type)?.type ?? 'unknown');
+  for (const [name, type] of Object.entries(args?.attributes ?? {})) result.set(name, primitive(type) ?? 'unknown');
   return result;
 }
 

@@ -133,7 +133,7 @@ export interface PlannedSet {
   readonly schemaId: string;
 }
 
-type SchemaType = {
+export type SchemaType = {
   type: string;
   name?: string;
   attributes?: Record<string, SchemaType & { required?: boolean }>;
@@ -493,6 +493,36 @@ function isContextPath(node: unknown): boolean {
 }
 
 /**
+ * Reading types of the `Writ` namespace of a schema's JSON as Cedar resolves
+ * names inside it: `__cedar::X` is the builtin X; `X` or `Writ::X` is the
+ * common type X, else the entity type X (`Entity`), else the builtin X. A
+ * name in another namespace is an `Entity`. `primitive` gives the resolved
+ * type's name, `Boolean` spelled `Bool`.
+ */
+export function schemaTypes(namespace: NamespaceJson | undefined): {
+  resolve(type: SchemaType | undefined): SchemaType | undefined;
+  primitive(type: SchemaType | undefined): string | undefined;
+} {
+  const resolve = (type: SchemaType | undefined, depth = 0): SchemaType | undefined => {
+    if (type === undefined || depth > 8) return undefined;
+    // A reference is `{type: "EntityOrCommon", name}` or the common type's name itself as `type`.
+    const name = type.type === 'EntityOrCommon' || type.type === 'CommonType' ? type.name : STRUCTURAL_TYPES.has(type.type) ? undefined : type.type;
+    if (name === undefined) return type;
+    if (name.startsWith('__cedar::')) return { type: name.slice('__cedar::'.length) };
+    const bare = name.startsWith(`${CEDAR_NAMESPACE}::`) ? name.slice(CEDAR_NAMESPACE.length + 2) : name;
+    if (bare.includes('::')) return { type: 'Entity' };
+    if (namespace?.commonTypes !== undefined && Object.hasOwn(namespace.commonTypes, bare)) return resolve(namespace.commonTypes[bare], depth + 1);
+    if (namespace?.entityTypes !== undefined && Object.hasOwn(namespace.entityTypes, bare)) return { type: 'Entity' };
+    return { type: bare };
+  };
+  const primitive = (type: SchemaType | undefined): string | undefined => {
+    const resolved = resolve(type)?.type;
+    return resolved === 'Boolean' ? 'Bool' : resolved;
+  };
+  return { resolve: (type) => resolve(type), primitive };
+}
+
+/**
  * Why the schema does not declare exactly the shape Writ sends, or undefined
  * when it does: for each action, principal types among Agent/Service/Human
  * with owner, environment and actorType Strings and String tags; resource
@@ -513,24 +543,7 @@ function schemaMisfit(schemaJson: Readonly<Record<string, NamespaceJson>>, actio
       if (parent.type !== undefined && parent.type !== ACTION_TYPE) return `action ${name} is in a group of type ${parent.type}; only ${ACTION_TYPE} groups are planned`;
     }
   }
-  // Cedar's resolution inside the namespace: `__cedar::X` is the builtin; `X` or
-  // `Writ::X` is the common type X, else the entity type X, else the builtin X.
-  const resolve = (type: SchemaType | undefined, depth = 0): SchemaType | undefined => {
-    if (type === undefined || depth > 8) return undefined;
-    // A reference is `{type: "EntityOrCommon", name}` or the common type's name itself as `type`.
-    const name = type.type === 'EntityOrCommon' || type.type === 'CommonType' ? type.name : STRUCTURAL_TYPES.has(type.type) ? undefined : type.type;
-    if (name === undefined) return type;
-    if (name.startsWith('__cedar::')) return { type: name.slice('__cedar::'.length) };
-    const bare = name.startsWith(`${CEDAR_NAMESPACE}::`) ? name.slice(CEDAR_NAMESPACE.length + 2) : name;
-    if (bare.includes('::')) return { type: 'Entity' };
-    if (namespace.commonTypes !== undefined && Object.hasOwn(namespace.commonTypes, bare)) return resolve(namespace.commonTypes[bare], depth + 1);
-    if (namespace.entityTypes !== undefined && Object.hasOwn(namespace.entityTypes, bare)) return { type: 'Entity' };
-    return { type: bare };
-  };
-  const primitive = (type: SchemaType | undefined): string | undefined => {
-    const resolved = resolve(type)?.type;
-    return resolved === 'Boolean' ? 'Bool' : resolved;
-  };
+  const { resolve, primitive } = schemaTypes(namespace);
   const recordOf = (type: SchemaType | undefined, expected: Readonly<Record<string, string>>, optional: boolean, what: string): string | undefined => {
     const record = resolve(type);
     if (record?.type !== 'Record' || record.additionalAttributes === true) return `${what} is not a closed record`;
