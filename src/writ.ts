@@ -160,7 +160,7 @@ export type PolicyReload =
 let instances = 0;
 
 /**
- * Hands out slot names from a ring of four (`enforced-0` … `enforced-3`),
+ * Hands out slot names from a ring of four (`<role>-0` … `<role>-3`),
  * never the one given (the serving set's): a reload compiles into a slot the
  * serving engine does not use, and memory stays bounded however often it runs.
  */
@@ -226,7 +226,7 @@ export async function createWrit(options: CreateWritOptions = {}): Promise<Writ>
     databaseUrl: config.database.url,
     dataDir: config.paths.dataDir,
     sqliteSynchronous: config.database.sqliteSynchronous,
-    onIdleError: (error) => logger?.warn({ err: error }, 'an idle database connection failed; it is discarded and the next query opens another'),
+    onIdleError: (error) => logger?.warn({ err: error }, 'a database connection failed; it is discarded, and the next query opens another'),
   });
   try {
     return await assemble(config, clock, store, logger, options.env);

@@ -9,7 +9,7 @@ export interface StoreLocation {
   readonly databaseUrl?: string | undefined;
   readonly dataDir: string;
   readonly sqliteSynchronous?: 'normal' | 'full';
-  /** PostgreSQL: told when an idle pooled connection fails (it is discarded). */
+  /** PostgreSQL: told when a pooled connection fails, idle or in use (it is discarded). */
   readonly onIdleError?: (error: Error) => void;
 }
 
