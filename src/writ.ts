@@ -40,6 +40,7 @@ import { createPolicyEngine, type PolicyEngine } from './policy/engine.js';
 import { createObservations } from './policy/observations.js';
 import { loadPolicySet, type PolicyProblem, type PolicySet } from './policy/policy-set.js';
 import { releaseCompiledSets } from './policy/request-plan.js';
+import { createVault, type Vault } from './leases/vault.js';
 import { loadMasterKey } from './secrets/master-key.js';
 import { openStore } from './store/open.js';
 import type { AdminTokenRecord, Store } from './store/store.js';
@@ -63,6 +64,8 @@ export interface Writ {
   readonly trustSources: TrustSources;
   readonly authenticator: IdentityAuthenticator;
   readonly adminTokens: AdminTokens;
+  /** Downstream credentials, sealed under the master key, injected by enforcement points and never shown to agents. */
+  readonly vault: Vault;
   /** True when this start generated the master key file. */
   readonly masterKeyCreated: boolean;
   /**
@@ -315,6 +318,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
   });
   const authenticator = createIdentityAuthenticator({ sources: trustSources, registry, audit, store, clock });
   const adminTokens = createAdminTokens({ store, clock });
+  const vault = createVault({ store, masterKey: masterKey.bytes, audit, clock });
   const policy = () => engine;
   const shadow = (environment: string): PolicyEngine | undefined =>
     shadowEnvironments === undefined || shadowEnvironments.includes(environment) ? shadowEngine : undefined;
@@ -493,6 +497,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     trustSources,
     authenticator,
     adminTokens,
+    vault,
     masterKeyCreated: masterKey.created,
     authorize,
     policy,

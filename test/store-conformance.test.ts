@@ -186,6 +186,20 @@ for (const [backend, setup] of Object.entries(backends)) {
       assert.deepEqual(claims.filter(Boolean).length, 1);
     });
 
+    maybe('secrets: stored sealed text read back exactly, replaced in place, listed without the value, deleted once', async () => {
+      assert.equal(await store.putSecret('tickets-key', 'v1.sealed-a', 100), true, 'new');
+      assert.equal(await store.putSecret('tickets-key', 'v1.sealed-b', 200), false, 'replaced');
+      assert.deepEqual(await store.getSecret('tickets-key'), { name: 'tickets-key', sealed: 'v1.sealed-b', createdAt: 100, updatedAt: 200 });
+      await store.putSecret("o'neil; drop table secrets --", 'v1.x', 300);
+      assert.deepEqual((await store.listSecrets()).map((s) => [s.name, s.createdAt, s.updatedAt, 'sealed' in s]), [
+        ["o'neil; drop table secrets --", 300, 300, false],
+        ['tickets-key', 100, 200, false],
+      ]);
+      assert.equal(await store.deleteSecret('tickets-key'), true);
+      assert.equal(await store.deleteSecret('tickets-key'), false);
+      assert.equal(await store.getSecret('tickets-key'), undefined);
+    });
+
     maybe('tasks: read back exactly; a transition only happens from an allowed state', async () => {
       const task = newTask('task_roundtrip');
       await store.createTask(task);

@@ -33,7 +33,10 @@ export type AuditEventType =
   | 'task.decision'
   | 'task.ended'
   | 'task.narrowed'
-  | 'action.check';
+  | 'action.check'
+  | 'tool.call'
+  | 'secret.set'
+  | 'secret.deleted';
 
 export type AuditDecision = 'allow' | 'deny' | 'approval_required' | 'partial';
 

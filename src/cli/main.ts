@@ -54,6 +54,10 @@ Commands:
       --ttl <duration>         lifetime, e.g. 30d (default: no expiry)
   admin token list           list admin tokens (never the tokens themselves)
   admin token revoke <id>    revoke an admin token
+  secret set <name>          store a downstream credential (read from stdin, never argv),
+                             sealed under the master key; gateway upstreams inject it by name
+  secret list                list secret names and when they changed (never the values)
+  secret delete <name>       delete a secret
   audit verify               check the audit hash chain; exit 1 naming the first bad record
   policy validate            parse the policy set and check it against its schema;
                              exit 3 with one file:line:column: problem line each
@@ -176,6 +180,8 @@ export async function main(argv: readonly string[]): Promise<number> {
         return await identity(sub, rest, values);
       case 'admin':
         return await adminCommand(sub, rest, values);
+      case 'secret':
+        return await secretCommand(sub, rest, values);
       case 'audit':
         if (sub !== 'verify') throw new UsageError('usage: writ audit verify');
         return await auditVerify(values);
@@ -293,6 +299,36 @@ async function printBootstrapToken(writ: Writ): Promise<void> {
       `Use it as 'Authorization: Bearer <token>' on /v1/identities and /v1/admin/tokens.\n` +
       `Make lasting, narrower ones with: writ admin token create --name <name> --scope <scope>\n\n`,
   );
+}
+
+async function secretCommand(sub: string | undefined, rest: string[], values: Values): Promise<number> {
+  const [name, ...extra] = rest;
+  if (sub === 'list' ? rest.length > 0 : sub !== 'set' && sub !== 'delete') throw new UsageError('usage: writ secret set <name> | list | delete <name>');
+  if (sub !== 'list' && (name === undefined || extra.length > 0)) throw new UsageError(`usage: writ secret ${sub} <name>`);
+  const writ = await createWrit({ config: configFrom(values) });
+  try {
+    if (sub === 'list') {
+      const secrets = await writ.vault.list();
+      if (values.json === true) process.stdout.write(`${JSON.stringify(secrets.map((s) => ({ name: s.name, createdAt: new Date(s.createdAt).toISOString(), updatedAt: new Date(s.updatedAt).toISOString() })))}\n`);
+      else for (const s of secrets) process.stdout.write(`${s.name}\tupdated ${new Date(s.updatedAt).toISOString()}\n`);
+      return 0;
+    }
+    if (sub === 'delete') {
+      await writ.vault.delete(name as string, cliActor());
+      process.stdout.write(`deleted secret ${name}\n`);
+      return 0;
+    }
+    if (process.stdin.isTTY) process.stderr.write(`Type the value of ${name}, then Ctrl-D:\n`);
+    const chunks: Buffer[] = [];
+    for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+    // One trailing newline is how `echo` and terminals end input, not part of the secret.
+    const value = Buffer.concat(chunks).toString('utf8').replace(/\r?\n$/, '');
+    const { created } = await writ.vault.put(name as string, value, cliActor());
+    process.stdout.write(`${created ? 'stored' : 'replaced'} secret ${name} (sealed under the master key)\n`);
+    return 0;
+  } finally {
+    await writ.close();
+  }
 }
 
 function init(values: Values): number {

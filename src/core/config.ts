@@ -147,6 +147,80 @@ const spiffeSourceSchema = z
   .strict()
   .refine((s) => s.jwtBundle !== undefined || s.x509BundleFile !== undefined, 'a spiffe source needs jwtBundle, x509BundleFile or both');
 
+/** An upstream's name: the prefix of its tools (`tickets__create_refund`), so never two underscores. */
+const upstreamName = z
+  .string()
+  .regex(/^[a-z][a-z0-9-]{0,31}$/, 'lowercase letters, digits and dashes, at most 32 (it prefixes tool names)');
+
+/** A secret from the vault, injected into an upstream's environment (stdio) or request headers (HTTP). */
+const injection = z
+  .object({
+    /** Name of the secret in the vault (`writ secret set <name>`). */
+    secret: z.string().regex(/^[a-z][a-z0-9._-]{0,63}$/, 'a secret name'),
+    /** Environment variable of a stdio upstream. */
+    env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/, 'an environment variable name').optional(),
+    /** Request header of an HTTP upstream. */
+    header: z.string().regex(/^[A-Za-z0-9-]{1,64}$/, 'a header name').optional(),
+    /** Put before the secret, e.g. `Bearer `. */
+    prefix: z.string().max(64).regex(/^[\x20-\x7e]*$/, 'printable ASCII').default(''),
+  })
+  .strict()
+  .refine((i) => (i.env === undefined) !== (i.header === undefined), 'give exactly one of env or header');
+
+/** How one upstream tool is checked: the action and resource its calls are decided as. */
+const toolMapping = z
+  .object({
+    /** An action of the Cedar schema (`read`, `refund`...). Default: from the tool's annotations. */
+    action: z.string().regex(/^[a-z][a-z0-9_]{0,63}$/, 'an action name').optional(),
+    /**
+     * The resource, with `{arg}` placeholders filled from the call's top-level
+     * arguments: `payments:refunds/{ticketId}`. Default: `tool:<upstream>/<tool>`.
+     */
+    resource: z.string().min(3).max(256).regex(/^[a-z][a-z0-9-]{0,31}:[A-Za-z0-9._~:/@+=,{}-]*$/, 'a resource name, optionally with {arg} placeholders').optional(),
+    /** Hide the tool from agents altogether. */
+    hidden: z.boolean().default(false),
+  })
+  .strict();
+
+const upstreamSchema = z
+  .object({
+    name: upstreamName,
+    /** A stdio upstream: the command Writ starts (lazily, restarted with backoff when it dies). */
+    command: z.string().min(1).max(1024).optional(),
+    args: z.array(z.string().max(4096)).max(64).default([]),
+    /** Working directory of the command, relative to the config file. */
+    cwd: z.string().min(1).optional(),
+    /** Plain environment variables for the command (secrets go in `inject`). */
+    env: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/), z.string().max(4096)).default({}),
+    /** A Streamable HTTP upstream. */
+    url: z.string().url().optional(),
+    /** Plain request headers for an HTTP upstream (secrets go in `inject`). */
+    headers: z.record(z.string().regex(/^[A-Za-z0-9-]{1,64}$/), z.string().max(4096)).default({}),
+    inject: z.array(injection).max(16).default([]),
+    /** Per tool (the upstream's own name): action, resource, hidden. */
+    tools: z.record(z.string().min(1).max(128), toolMapping).default({}),
+    /** `listed`: only tools named under `tools` are offered; `all`: every tool the upstream lists. */
+    expose: z.enum(['all', 'listed']).default('all'),
+  })
+  .strict()
+  .superRefine((u, ctx) => {
+    if ((u.command === undefined) === (u.url === undefined)) ctx.addIssue({ code: 'custom', message: 'give exactly one of command (stdio) or url (Streamable HTTP)' });
+    if (u.url !== undefined) {
+      const url = new URL(u.url);
+      if (url.username !== '' || url.password !== '') ctx.addIssue({ code: 'custom', path: ['url'], message: 'no credentials in the URL; inject them from a secret' });
+      if (url.protocol !== 'https:' && !(url.protocol === 'http:' && LOOPBACK_HOSTS.has(url.hostname))) {
+        ctx.addIssue({ code: 'custom', path: ['url'], message: 'an https:// URL (http:// only on loopback)' });
+      }
+    }
+    u.inject.forEach((i, index) => {
+      if (i.env !== undefined && u.command === undefined) ctx.addIssue({ code: 'custom', path: ['inject', index, 'env'], message: 'env injection is for stdio upstreams (command)' });
+      if (i.header !== undefined && u.url === undefined) ctx.addIssue({ code: 'custom', path: ['inject', index, 'header'], message: 'header injection is for HTTP upstreams (url)' });
+    });
+  });
+
+export type UpstreamConfig = z.output<typeof upstreamSchema>;
+export type ToolMappingConfig = z.output<typeof toolMapping>;
+
 export type OidcSourceConfig = z.output<typeof oidcSourceSchema>;
 export type SpiffeSourceConfig = z.output<typeof spiffeSourceSchema>;
 export type TrustSourceConfig = OidcSourceConfig | SpiffeSourceConfig;
@@ -252,6 +326,21 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    /** The MCP gateway: agents reach their tool servers through Writ (`/mcp`, `writ gateway`, `writ mcp`). */
+    gateway: z
+      .object({
+        upstreams: z.array(upstreamSchema).max(64).default([]),
+        /** Longest an upstream call may take before it fails. */
+        callTimeout: duration(30),
+        /** Longest an upstream may take to start and answer its handshake. */
+        connectTimeout: duration(10),
+        /** Most open MCP sessions (2025-era clients) at once; past it new sessions are refused. */
+        maxSessions: z.number().int().min(1).max(100_000).default(1000),
+        /** A session nobody used for this long is closed. */
+        sessionIdleTimeout: duration(900),
+      })
+      .strict()
+      .prefault({}),
     reaper: z
       .object({
         intervalMs: z.number().int().min(100).max(3_600_000).default(5000),
@@ -305,6 +394,11 @@ export const configSchema = z
     if (config.server.tls !== undefined && config.server.tls.clientCertificates !== 'off' && !config.identity.sources.some((s) => s.type === 'spiffe' && s.x509BundleFile !== undefined)) {
       ctx.addIssue({ code: 'custom', path: ['server', 'tls', 'clientCertificates'], message: 'needs a spiffe source with x509BundleFile to check client certificates against' });
     }
+    const upstreams = new Set<string>();
+    config.gateway.upstreams.forEach((u, index) => {
+      if (upstreams.has(u.name)) ctx.addIssue({ code: 'custom', path: ['gateway', 'upstreams', index, 'name'], message: `two upstreams are named ${u.name}` });
+      upstreams.add(u.name);
+    });
     if (config.identity.devIssuer.maxTtl > 300) {
       ctx.addIssue({ code: 'custom', path: ['identity', 'devIssuer', 'maxTtl'], message: 'identity tokens live at most 5 minutes' });
     }

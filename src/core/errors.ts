@@ -74,6 +74,16 @@ export const errorCatalog = {
     title: 'Task not found',
     description: 'No task with that id is visible to the caller.',
   },
+  ERR_SECRET_NOT_FOUND: {
+    status: 404,
+    title: 'Secret not found',
+    description: 'No secret with that name is in the vault; store it with `writ secret set <name>` (configuration names secrets, never holds them).',
+  },
+  ERR_UPSTREAM_UNAVAILABLE: {
+    status: 502,
+    title: 'Upstream unavailable',
+    description: 'An upstream tool server of the MCP gateway could not be reached or failed mid-call; Writ retries it with backoff. Nothing was done on its behalf.',
+  },
   ERR_TASK_STATE_CONFLICT: {
     status: 409,
     title: 'Illegal task transition',

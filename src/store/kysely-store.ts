@@ -21,6 +21,7 @@ import type {
   NewIdentity,
   NarrowedTask,
   NewTask,
+  SealedSecret,
   SigningKeyUse,
   Store,
   StoredSigningKey,
@@ -102,6 +103,13 @@ interface AuditTable {
   hash: string;
 }
 
+interface SecretTable {
+  name: string;
+  sealed: string;
+  created_at: number;
+  updated_at: number;
+}
+
 interface Tables {
   identities: IdentityTable;
   tasks: TaskTable;
@@ -109,6 +117,7 @@ interface Tables {
   audit_records: AuditTable;
   admin_tokens: AdminTokenTable;
   store_facts: StoreFactTable;
+  secrets: SecretTable;
 }
 
 const NON_TERMINAL: readonly TaskState[] = ['active', 'pending_approval'];
@@ -483,6 +492,31 @@ class KyselyStore implements Store {
 
   async touchAdminToken(id: string, at: number): Promise<void> {
     await this.db.updateTable('admin_tokens').set({ last_used_at: at }).where('id', '=', id).execute();
+  }
+
+  async putSecret(name: string, sealed: string, at: number): Promise<boolean> {
+    const row = await this.db
+      .insertInto('secrets')
+      .values({ name, sealed, created_at: at, updated_at: at })
+      .onConflict((oc) => oc.column('name').doUpdateSet({ sealed, updated_at: at }))
+      .returning('created_at')
+      .executeTakeFirstOrThrow();
+    return Number(row.created_at) === at;
+  }
+
+  async getSecret(name: string): Promise<SealedSecret | undefined> {
+    const row = await this.db.selectFrom('secrets').selectAll().where('name', '=', name).executeTakeFirst();
+    return row && { name: row.name, sealed: row.sealed, createdAt: Number(row.created_at), updatedAt: Number(row.updated_at) };
+  }
+
+  async listSecrets(): Promise<Omit<SealedSecret, 'sealed'>[]> {
+    const rows = await this.db.selectFrom('secrets').select(['name', 'created_at', 'updated_at']).orderBy('name').execute();
+    return rows.map((row) => ({ name: row.name, createdAt: Number(row.created_at), updatedAt: Number(row.updated_at) }));
+  }
+
+  async deleteSecret(name: string): Promise<boolean> {
+    const result = await this.db.deleteFrom('secrets').where('name', '=', name).executeTakeFirst();
+    return Number(result.numDeletedRows) > 0;
   }
 
   async claimFact(name: string, value: string, at: number): Promise<boolean> {

@@ -129,6 +129,20 @@ const migrations: Record<string, Migration> = {
       await db.schema.createIndex('tasks_state_version').on('tasks').columns(['state', 'policy_version', 'id']).execute();
     },
   },
+  '0004_secrets': {
+    async up(db: Kysely<unknown>) {
+      // Downstream credentials Writ injects for enforcement points (an upstream
+      // MCP server's API key, say), sealed under the master key with the name as
+      // associated data. The plaintext is never stored and never leaves Writ.
+      await db.schema
+        .createTable('secrets')
+        .addColumn('name', 'text', (c) => c.primaryKey())
+        .addColumn('sealed', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('updated_at', 'bigint', (c) => c.notNull())
+        .execute();
+    },
+  },
 };
 
 export const migrationProvider: MigrationProvider = {

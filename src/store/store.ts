@@ -87,6 +87,14 @@ export interface NarrowedTask {
   readonly expiresAt: number;
 }
 
+/** A secret as stored: sealed under the master key (see secrets/vault.ts); the store never sees plaintext. */
+export interface SealedSecret {
+  readonly name: string;
+  readonly sealed: string;
+  readonly createdAt: number;
+  readonly updatedAt: number;
+}
+
 export type SigningKeyUse = 'task' | 'identity-dev';
 
 export interface StoredSigningKey {
@@ -214,6 +222,14 @@ export interface Store {
   /** Revokes a token; returns it, or undefined when absent or already revoked. */
   revokeAdminToken(id: string, at: number): Promise<AdminTokenRecord | undefined>;
   touchAdminToken(id: string, at: number): Promise<void>;
+  /** Creates or replaces the secret `name`; returns true when it was new. */
+  putSecret(name: string, sealed: string, at: number): Promise<boolean>;
+  getSecret(name: string): Promise<SealedSecret | undefined>;
+  /** Names and times only, in name order. */
+  listSecrets(): Promise<Omit<SealedSecret, 'sealed'>[]>;
+  /** Returns true when it existed. */
+  deleteSecret(name: string): Promise<boolean>;
+
   /**
    * Records a one-time fact (`name` → `value`) unless it is already recorded.
    * Returns true only for the one caller, in any process or node, that recorded it.
