@@ -45,7 +45,7 @@ import { loadMasterKey } from './secrets/master-key.js';
 import { openStore } from './store/open.js';
 import type { AdminTokenRecord, Store } from './store/store.js';
 import { loadKeyRing, type KeyRing } from './tokens/key-ring.js';
-import { createTaskTokenVerifier } from './tokens/task-token.js';
+import { createTaskTokenVerifier, type TaskTokenVerifier } from './tokens/task-token.js';
 
 export interface Writ {
   readonly config: WritConfig;
@@ -59,6 +59,8 @@ export interface Writ {
   /** Tasks whose grant a policy change narrowed after their token was minted, and the scopes they keep. */
   readonly narrowings: NarrowingList;
   readonly taskKeys: KeyRing;
+  /** Verifies task tokens (signature, expiry, audience), with a cache of recent ones. */
+  readonly taskTokens: TaskTokenVerifier;
   /** Undefined when the dev issuer is disabled. */
   readonly devIssuer: { readonly ring: KeyRing; readonly issuer: string } | undefined;
   readonly trustSources: TrustSources;
@@ -298,7 +300,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
   // Tokens are accepted until exp + skew, so ended tasks are remembered that long too.
   for (const task of await store.listEndedUnexpiredTasks(clock.now() - skewMs)) revocations.add(task.id, task.expiresAt);
   // Likewise the grants a policy change narrowed: their tokens still carry the dropped scopes.
-  const narrowings = createNarrowingList({ clockSkewMs: skewMs });
+  const narrowings = createNarrowingList({ clockSkewMs: skewMs, onNarrowed: (taskId) => bus.publish({ type: 'task.narrowed', taskId }) });
   for (const task of await store.listNarrowedUnexpiredTasks(clock.now() - skewMs)) narrowings.narrow(task.id, task.grantedScopes, task.expiresAt);
 
   const taskTokens = createTaskTokenVerifier({
@@ -493,6 +495,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     revocations,
     narrowings,
     taskKeys,
+    taskTokens,
     devIssuer,
     trustSources,
     authenticator,

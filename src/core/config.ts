@@ -338,6 +338,18 @@ export const configSchema = z
         maxSessions: z.number().int().min(1).max(100_000).default(1000),
         /** A session nobody used for this long is closed. */
         sessionIdleTimeout: duration(900),
+        /**
+         * The gateway's URL as agents reach it: the `resource` of its RFC 9728
+         * metadata and of the 401 challenge. Default: `<issuer>/mcp`.
+         */
+        resourceUrl: z.string().url().optional(),
+        /**
+         * Browser origins allowed to call /mcp. A request with any other Origin
+         * header is refused (DNS rebinding); agents send none.
+         */
+        allowedOrigins: z.array(z.string().url()).max(32).default([]),
+        /** Largest MCP request body, in bytes (tool arguments can be large; the REST API keeps server.bodyLimit). */
+        maxRequestBytes: z.number().int().min(1024).max(32 * 1024 * 1024).default(4 * 1024 * 1024),
       })
       .strict()
       .prefault({}),

@@ -224,6 +224,11 @@ export const errorCatalog = {
     title: 'Audit chain broken',
     description: '`writ audit verify` found a record that was changed, deleted or reordered.',
   },
+  ERR_OVER_CAPACITY: {
+    status: 503,
+    title: 'Over capacity',
+    description: 'Writ holds as many of these as it is configured to (for example `gateway.maxSessions` open MCP sessions); try again later.',
+  },
   ERR_INTERNAL: {
     status: 500,
     title: 'Internal error',

@@ -40,6 +40,13 @@ export interface ActionRequest {
   readonly resource: string;
   /** What the enforcement point knows of the call (arguments). Audited as a digest, never stored. */
   readonly context?: Readonly<Record<string, unknown>>;
+  /**
+   * In process only: the `sha256:` digest of the call's whole canonical
+   * arguments, when `context` carries only the part policy reads (the MCP
+   * gateway's calls may carry megabytes no policy looks at). Recorded instead
+   * of the context's digest.
+   */
+  readonly argumentsDigest?: string;
 }
 
 export type ActionReason =
@@ -186,7 +193,8 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
     // every decision (enforced and shadow) see the same copy, whatever getters
     // an in-process caller's object has.
     const context = shapeOk ? copyContext(request.context) : undefined;
-    const argsDigest = context?.digest;
+    const givenDigest = shapeOk ? request.argumentsDigest : undefined;
+    const argsDigest = typeof givenDigest === 'string' && /^sha256:[0-9a-f]{64}$/.test(givenDigest) ? givenDigest : context?.digest;
     let outcome: Outcome;
     if (!shapeOk || context === null) outcome = deny('ERR_VALIDATION', 'request is not {action, resource, context?}');
     else {

@@ -23,7 +23,7 @@ export interface NarrowingList {
   readonly size: number;
 }
 
-export function createNarrowingList(options: { clockSkewMs: number }): NarrowingList {
+export function createNarrowingList(options: { clockSkewMs: number; /** Told after each change, e.g. to tell enforcement points. */ onNarrowed?: (taskId: string) => void }): NarrowingList {
   const narrowed = new Map<string, { scopes: readonly Scope[]; expiresAt: number }>();
   return {
     remainingOf: (taskId) => narrowed.get(taskId)?.scopes,
@@ -33,6 +33,7 @@ export function createNarrowingList(options: { clockSkewMs: number }): Narrowing
       const kept = earlier === undefined ? scopes : intersect(earlier.scopes, scopes);
       if (earlier !== undefined && kept.length === earlier.scopes.length) return false;
       narrowed.set(taskId, { scopes: kept.map((s) => ({ action: s.action, resource: s.resource })), expiresAt });
+      options.onNarrowed?.(taskId);
       return true;
     },
     prune(now) {

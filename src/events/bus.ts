@@ -5,13 +5,19 @@
  */
 import type { TaskState } from '../core/types.js';
 
-export type WritEvent = {
-  readonly type: 'task.ended';
-  readonly taskId: string;
-  readonly state: TaskState;
-  /** When the task's token would have expired anyway (epoch ms). */
-  readonly expiresAt: number;
-};
+export type WritEvent =
+  | {
+      readonly type: 'task.ended';
+      readonly taskId: string;
+      readonly state: TaskState;
+      /** When the task's token would have expired anyway (epoch ms). */
+      readonly expiresAt: number;
+    }
+  | {
+      /** A policy change narrowed the task's grant (here or on another node): it keeps fewer scopes than its token names. */
+      readonly type: 'task.narrowed';
+      readonly taskId: string;
+    };
 
 export type EventHandler = (event: WritEvent) => void;
 

@@ -20,6 +20,9 @@ import { requireScope, type AdminPrincipal } from '../identity/admin-tokens.js';
 import type { CredentialResult } from '../identity/trust-sources.js';
 import { peerCertificateChain } from '../identity/x509-svid.js';
 import type { AdminTokenRecord } from '../store/store.js';
+import { createMcpGateway } from '../gateway/mcp/gateway.js';
+import { createMcpHttpFront, MCP_PATH } from '../gateway/mcp/http.js';
+import { createUpstreamPool } from '../gateway/mcp/upstreams.js';
 import { adminActor, type IdentityStateChange, type Writ } from '../writ.js';
 
 // Only the shape is checked here; sizes and syntax are the action check's to
@@ -93,6 +96,8 @@ export function taskView(task: Task) {
 
 export interface ServerOptions {
   readonly logger: Logger;
+  /** `gateway`: only the MCP gateway (and health, JWKS), as `writ gateway` runs it. Default: everything. */
+  readonly routes?: 'all' | 'gateway';
 }
 
 export function createServer(writ: Writ, options: ServerOptions): FastifyInstance {
@@ -210,12 +215,35 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
       'POST /v1/admin/tokens',
       'POST /v1/admin/tokens/{id}/revoke',
       'GET /.well-known/jwks.json',
+      'POST|GET|DELETE /mcp',
+      'GET /.well-known/oauth-protected-resource/mcp',
       ...(writ.devIssuer ? ['GET /dev-issuer/jwks.json'] : []),
       'GET /healthz',
     ],
   }));
 
   app.get('/healthz', async () => ({ status: 'ok', policyVersion: writ.policy().version }));
+
+  // The MCP gateway: agents' tool calls, checked per call (gateway/mcp/).
+  const upstreams = createUpstreamPool({ config: writ.config, vault: writ.vault, logger: options.logger });
+  const gateway = createMcpGateway({ writ, pool: upstreams, logger: options.logger });
+  const mcp = createMcpHttpFront({ writ, gateway, logger: options.logger });
+  app.addHook('onClose', async () => {
+    await mcp.close();
+    await gateway.close();
+  });
+  app.get(mcp.metadataPath, async () => mcp.metadata);
+  app.route({
+    method: ['GET', 'POST', 'DELETE'],
+    url: MCP_PATH,
+    bodyLimit: writ.config.gateway.maxRequestBytes,
+    handler: async (request, reply) => {
+      // The MCP SDK writes the response (JSON or an event stream) itself.
+      reply.hijack();
+      await mcp.handle(request.raw, reply.raw, { parsedBody: request.body, certificateChain: certificateChainOf(request) });
+    },
+  });
+  if (options.routes === 'gateway') return app;
 
   app.get('/.well-known/jwks.json', async (_request, reply) => {
     reply.header('cache-control', 'public, max-age=300');

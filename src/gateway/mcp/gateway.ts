@@ -1,0 +1,481 @@
+/**
+ * The MCP gateway: an enforcement point between an agent and its MCP servers.
+ * The agent connects to Writ as to any MCP server; Writ connects to the
+ * upstreams with credentials the agent never sees.
+ *
+ * One connection acts for one identity, and, once it holds a task, for that
+ * task: presented as a task token, or granted in the connection through the
+ * `request_access` meta-tool. Then:
+ *
+ *   tools/list   the meta-tools, and the upstream tools some scope of the task
+ *                could cover (a narrowed grant shows less; an ended one nothing)
+ *   tools/call   the action check (token, revocation, identity, scope, policy
+ *                with the call's arguments above `read`, audit) before the
+ *                upstream sees anything; a deny is a tool error with a stable
+ *                code and no policy internals; after the call, a `tool.call`
+ *                record with the upstream's latency and the result's status
+ *
+ * When a task's grant changes (narrowed by a policy change, granted or ended
+ * in the connection) its connections get `notifications/tools/list_changed`;
+ * when it ends anywhere else, its connections are closed.
+ */
+import { createHash } from 'node:crypto';
+import { Server, ProtocolError, type CallToolResult, type Tool } from '@modelcontextprotocol/server';
+import type { Logger } from 'pino';
+import { auditActor } from '../../audit/log.js';
+import { canonicalize } from '../../core/canonical-json.js';
+import { isWritError } from '../../core/errors.js';
+import type { Identity, Scope } from '../../core/types.js';
+import { WRIT_VERSION } from '../../core/version.js';
+import type { Caller } from '../../broker/broker.js';
+import type { Presenter } from '../../enforce/action-check.js';
+import type { Writ } from '../../writ.js';
+import { grantShows, mapTool, resourceForCall, splitToolName, type MappedTool } from './tool-map.js';
+import type { UpstreamPool } from './upstreams.js';
+
+/** JSON-RPC "invalid params", which the MCP spec uses for an unknown tool. */
+const INVALID_PARAMS = -32602;
+
+export const META_TOOLS = ['request_access', 'task_status', 'complete_task'] as const;
+
+/** The task a connection acts for. */
+export interface BoundTask {
+  readonly id: string;
+  readonly token: string;
+  /** The scopes of its token; the narrowing list may keep fewer. */
+  readonly scopes: readonly Scope[];
+  readonly expiresAt: number;
+}
+
+/**
+ * One MCP connection's view of who it acts for: a 2025-era session, a stdio
+ * connection, or (2026 revision) one request. Mutable: `request_access` binds a
+ * task, `complete_task` unbinds it.
+ */
+export interface Connection {
+  readonly identity: Identity;
+  /** True when the connection authenticated with an identity token: it may ask for tasks. */
+  readonly mayRequestAccess: boolean;
+  /** Whether a task granted here can stay bound to the connection (false per request: the token is handed back instead). */
+  readonly holdsTasks: boolean;
+  readonly presenter: Presenter;
+  task: BoundTask | undefined;
+  /** Tells the client its tool list changed. */
+  notifyToolsChanged(): void;
+  /** Ends the connection (its task ended elsewhere). */
+  close(reason: string): void;
+}
+
+export interface McpGateway {
+  readonly pool: UpstreamPool;
+  /**
+   * Who a bearer credential is, for a new connection: a task token (bound to its
+   * task) or an identity token (meta-tools only until it asks for access).
+   * @throws WritError ERR_UNAUTHENTICATED (the precise reason is audited)
+   */
+  authenticate(bearer: string | undefined, certificateChain?: Parameters<Writ['broker']['authenticate']>[0]['certificateChain']): Promise<Caller>;
+  /** The task a caller's task token is bound to; undefined for an identity token. */
+  boundTaskOf(caller: Caller, bearer: string): Promise<BoundTask | undefined>;
+  /** A new SDK server answering for `connection`. */
+  serverFor(connection: Connection): Server;
+  /** Registers a connection holding a task, so grant changes reach it; returns the unregister function. */
+  track(connection: Connection): () => void;
+  close(): Promise<void>;
+}
+
+export interface McpGatewayOptions {
+  readonly writ: Writ;
+  readonly pool: UpstreamPool;
+  readonly logger?: Logger | undefined;
+}
+
+interface CatalogEntry {
+  readonly mapped: MappedTool;
+  readonly tool: Tool;
+}
+
+export function createMcpGateway(options: McpGatewayOptions): McpGateway {
+  const { writ, pool, logger } = options;
+  const connections = new Set<Connection>();
+  let catalog: Promise<Map<string, CatalogEntry>> | undefined;
+
+  const refreshCatalog = (): Promise<Map<string, CatalogEntry>> => {
+    const next = pool.listings().then((listings) => {
+      const entries = new Map<string, CatalogEntry>();
+      for (const { upstream, tools } of listings) {
+        for (const tool of tools ?? []) {
+          const mapped = mapTool(upstream.name, tool, upstream.tools[tool.name], upstream.expose);
+          if (!mapped.ok) {
+            logger?.debug({ upstream: upstream.name, tool: tool.name, reason: mapped.reason }, 'upstream tool not offered');
+            continue;
+          }
+          entries.set(mapped.tool.name, { mapped: mapped.tool, tool });
+        }
+      }
+      return entries;
+    });
+    catalog = next;
+    // A failed listing is not remembered: the next caller tries again.
+    next.catch(() => {
+      if (catalog === next) catalog = undefined;
+    });
+    return next;
+  };
+  const currentCatalog = (): Promise<Map<string, CatalogEntry>> => catalog ?? refreshCatalog();
+
+  const notifyAll = (): void => {
+    for (const connection of connections) if (connection.task !== undefined) connection.notifyToolsChanged();
+  };
+  const stopWatchingPool = pool.onToolsChanged(() => {
+    catalog = undefined;
+    notifyAll();
+  });
+
+  const stopWatchingBus = writ.bus.subscribe((event) => {
+    for (const connection of connections) {
+      if (connection.task?.id !== event.taskId) continue;
+      if (event.type === 'task.narrowed') connection.notifyToolsChanged();
+      else if (event.type === 'task.ended') {
+        connection.task = undefined;
+        connection.notifyToolsChanged();
+        connection.close(`task ${event.state}`);
+      }
+    }
+  });
+
+  /** The scopes a task keeps now: none once ended, the narrowed ones after a policy change. */
+  const keptScopes = (task: BoundTask): readonly Scope[] => {
+    if (writ.revocations.isRevoked(task.id)) return [];
+    return writ.narrowings.remainingOf(task.id) ?? task.scopes;
+  };
+
+  const metaTools = (connection: Connection, offered: readonly string[]): Tool[] => {
+    const tools: Tool[] = [];
+    if (connection.mayRequestAccess && connection.task === undefined) {
+      tools.push({
+        name: 'request_access',
+        title: 'Request access for a task',
+        description:
+          'Ask Writ for access to tools for one task. State what you are doing (purpose) and why (intent); policy decides now, ' +
+          'per tool, and the tools granted then appear in your tool list. Access is short-lived and ends with complete_task.',
+        inputSchema: {
+          type: 'object',
+          properties: {
+            purpose: { type: 'string', minLength: 1, maxLength: 500, description: 'What the task is, e.g. "Answer ticket T-1042"' },
+            intent: { type: 'string', pattern: '^[a-z][a-z0-9-]{0,63}$', description: 'The declared class of work, e.g. customer-support' },
+            tools: { type: 'array', minItems: 1, maxItems: 32, uniqueItems: true, items: offered.length > 0 ? { type: 'string', enum: [...offered] } : { type: 'string' } },
+            environment: { type: 'string', description: `Default: ${connection.identity.environment}` },
+            ttl: { type: ['string', 'integer'], description: 'How long, e.g. 5m (capped by Writ)' },
+          },
+          required: ['purpose', 'intent', 'tools'],
+          additionalProperties: false,
+        },
+        annotations: { readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: false },
+      });
+    }
+    if (connection.task !== undefined) {
+      tools.push(
+        {
+          name: 'task_status',
+          title: 'Status of the current task',
+          description: 'The current task: its state, when it expires, and the scopes it holds.',
+          inputSchema: { type: 'object', properties: {}, additionalProperties: false },
+          annotations: { readOnlyHint: true, openWorldHint: false },
+        },
+        {
+          name: 'complete_task',
+          title: 'End the current task',
+          description: 'End the current task when its work is done (or failed). Its access ends at once, everywhere.',
+          inputSchema: {
+            type: 'object',
+            properties: {
+              outcome: { type: 'string', enum: ['completed', 'failed'], default: 'completed' },
+              note: { type: 'string', maxLength: 500 },
+            },
+            additionalProperties: false,
+          },
+          annotations: { readOnlyHint: false, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+        },
+      );
+    }
+    return tools;
+  };
+
+  const listTools = async (connection: Connection): Promise<Tool[]> => {
+    const entries = await currentCatalog();
+    const scopes = connection.task === undefined ? [] : keptScopes(connection.task);
+    const granted: Tool[] = [];
+    for (const { mapped, tool } of entries.values()) {
+      if (grantShows(scopes, mapped)) granted.push({ ...tool, name: mapped.name });
+    }
+    return [...metaTools(connection, [...entries.keys()]), ...granted];
+  };
+
+  const callerOf = (connection: Connection): Caller => ({
+    identity: connection.identity,
+    ...(connection.task === undefined ? {} : { taskId: connection.task.id }),
+    ...(connection.presenter.certificateThumbprint === undefined ? {} : { certificateThumbprint: connection.presenter.certificateThumbprint }),
+  });
+
+  const requestAccess = async (connection: Connection, args: Record<string, unknown>): Promise<CallToolResult> => {
+    if (!connection.mayRequestAccess) return refusal('ERR_FORBIDDEN', 'this connection presented a task token; it acts for that task only');
+    if (connection.task !== undefined) return refusal('ERR_TASK_STATE_CONFLICT', 'this connection already holds a task; end it with complete_task first');
+    const entries = await currentCatalog();
+    const names = Array.isArray(args.tools) ? args.tools : [];
+    const unknown = names.filter((n) => typeof n !== 'string' || !entries.has(n));
+    if (names.length === 0 || unknown.length > 0) {
+      return refusal('ERR_VALIDATION', `tools must name offered tools${unknown.length > 0 ? `; unknown: ${unknown.slice(0, 5).map((n) => JSON.stringify(n)).join(', ')}` : ''}`);
+    }
+    const scopes = [...new Map((names as string[]).map((n) => entries.get(n)!.mapped).map((m) => [`${m.action} ${m.reach}`, { action: m.action, resource: m.reach }])).values()];
+    let result;
+    try {
+      result = await writ.broker.requestTask(callerOf(connection), {
+        purpose: args.purpose,
+        intent: args.intent,
+        environment: args.environment ?? connection.identity.environment,
+        scopes,
+        ...(args.ttl === undefined ? {} : { ttl: args.ttl }),
+      });
+    } catch (error) {
+      if (isWritError(error)) return refusal(error.code, error.detail);
+      throw error;
+    }
+    const toolsOf = (granted: readonly Scope[]) =>
+      [...entries.values()].filter(({ mapped }) => grantShows(granted, mapped)).map(({ mapped }) => mapped.name);
+    const summary: Record<string, unknown> = {
+      status: result.status,
+      taskId: result.task.id,
+      grantedTools: toolsOf(result.task.grantedScopes),
+      refusedTools: (names as string[]).filter((n) => !toolsOf(result.task.grantedScopes).includes(n)),
+      ...(result.status === 'granted' || result.status === 'partial' ? { expiresIn: result.expiresIn } : {}),
+    };
+    if (result.status === 'granted' || result.status === 'partial') {
+      const bound: BoundTask = { id: result.task.id, token: result.token, scopes: result.task.grantedScopes, expiresAt: result.task.expiresAt };
+      if (connection.holdsTasks) {
+        connection.task = bound;
+        track(connection);
+        connection.notifyToolsChanged();
+      }
+      return {
+        content: [{ type: 'text', text: `Access ${result.status === 'granted' ? 'granted' : 'partly granted'} for task ${result.task.id}: ${JSON.stringify(summary)}` }],
+        structuredContent: summary,
+        // Stateless (2026) requests hold no task: the client presents this token from now on. Never in content, which a model reads.
+        ...(connection.holdsTasks ? {} : { _meta: { 'dev.writ/taskToken': result.token } }),
+      };
+    }
+    if (result.status === 'pending_approval') {
+      return { content: [{ type: 'text', text: `Task ${result.task.id} waits for a human's approval before it is granted.` }], structuredContent: summary };
+    }
+    return refusal('ERR_POLICY_DENIED', 'policy refused every requested tool', summary);
+  };
+
+  const taskStatus = async (connection: Connection): Promise<CallToolResult> => {
+    const bound = connection.task;
+    if (bound === undefined) return refusal('ERR_TASK_NOT_FOUND', 'this connection holds no task');
+    const task = await writ.broker.getTask(callerOf(connection), bound.id);
+    const entries = await currentCatalog();
+    const scopes = keptScopes(bound);
+    const summary = {
+      taskId: task.id,
+      state: task.state,
+      purpose: task.purpose,
+      intent: task.intent,
+      environment: task.environment,
+      expiresAt: new Date(task.expiresAt).toISOString(),
+      scopes: scopes.map((s) => `${s.action} ${s.resource}`),
+      tools: [...entries.values()].filter(({ mapped }) => grantShows(scopes, mapped)).map(({ mapped }) => mapped.name),
+    };
+    return { content: [{ type: 'text', text: JSON.stringify(summary) }], structuredContent: summary };
+  };
+
+  const completeTask = async (connection: Connection, args: Record<string, unknown>): Promise<CallToolResult> => {
+    const bound = connection.task;
+    if (bound === undefined) return refusal('ERR_TASK_NOT_FOUND', 'this connection holds no task');
+    const outcome = args.outcome === undefined ? 'completed' : args.outcome;
+    if (outcome !== 'completed' && outcome !== 'failed') return refusal('ERR_VALIDATION', 'outcome is completed or failed');
+    if (args.note !== undefined && (typeof args.note !== 'string' || args.note.length > 500)) return refusal('ERR_VALIDATION', 'note is a string of at most 500 characters');
+    // Unbound first, so the end event does not close this connection: it stays, with its meta-tools.
+    connection.task = undefined;
+    try {
+      const task = await writ.broker.endTask({ identity: connection.identity, taskId: bound.id }, bound.id, outcome, args.note as string | undefined);
+      connection.notifyToolsChanged();
+      const summary = { taskId: task.id, state: task.state };
+      return { content: [{ type: 'text', text: `Task ${task.id} ${task.state}; its access has ended.` }], structuredContent: summary };
+    } catch (error) {
+      connection.task = bound;
+      if (isWritError(error)) return refusal(error.code, error.detail);
+      throw error;
+    }
+  };
+
+  const callUpstreamTool = async (connection: Connection, name: string, args: Record<string, unknown>, signal: AbortSignal | undefined): Promise<CallToolResult> => {
+    let entry = (await currentCatalog()).get(name);
+    // A tool not seen yet may belong to an upstream that has just come up.
+    if (entry === undefined && splitToolName(name) !== undefined) entry = (await refreshCatalog()).get(name);
+    if (entry === undefined) throw new ProtocolError(INVALID_PARAMS, `Unknown tool: ${name.slice(0, 140)}`);
+    const { mapped } = entry;
+    const task = connection.task;
+    if (task === undefined) return refusal('ERR_SCOPE_NOT_GRANTED', 'no task holds this tool; call request_access first');
+
+    const argumentsDigest = digestOf(args);
+    const resource = resourceForCall(mapped.resource, args);
+    if (!resource.ok) {
+      await writ.audit.append({
+        type: 'tool.call',
+        decision: 'deny',
+        reason: 'ERR_VALIDATION',
+        detail: resource.detail,
+        actor: auditActor(connection.identity),
+        task: { id: task.id },
+        action: mapped.action,
+        data: { tool: mapped.tool, upstream: mapped.upstream, argsDigest: argumentsDigest },
+      });
+      return refusal('ERR_VALIDATION', resource.detail);
+    }
+    // Policy sees the arguments its schema declares; the record keeps the digest of all of them.
+    const declared = writ.policy().set.argTypes;
+    const context: Record<string, unknown> = {};
+    for (const key of declared.keys()) if (Object.hasOwn(args, key)) context[key] = args[key];
+    const decision = await writ.authorize(task.token, { action: mapped.action, resource: resource.resource, context, argumentsDigest }, connection.presenter);
+    if (!decision.allowed) {
+      if (decision.decision === 'approval_required') {
+        return {
+          isError: true,
+          content: [{ type: 'text', text: `This call needs a human's approval of exactly this action before it can run (decision ${decision.auditId ?? 'unrecorded'}).` }],
+          structuredContent: { decision: 'approval_required', code: 'ERR_APPROVAL_REQUIRED', decisionId: decision.auditId },
+        };
+      }
+      return refusal(decision.reason ?? 'ERR_POLICY_DENIED', denialSentence(decision.reason), { decisionId: decision.auditId });
+    }
+
+    const started = performance.now();
+    let status: 'ok' | 'tool_error' | 'upstream_error' = 'upstream_error';
+    try {
+      const result = await pool.call(mapped.upstream, mapped.tool, args, signal);
+      status = result.isError === true ? 'tool_error' : 'ok';
+      return result;
+    } catch (error) {
+      if (error instanceof ProtocolError) {
+        status = 'tool_error';
+        throw error;
+      }
+      if (isWritError(error)) return refusal(error.code, error.detail);
+      throw error;
+    } finally {
+      const latencyMs = Math.round((performance.now() - started) * 1000) / 1000;
+      // The decision is already on the chain; a failure here is logged, not hidden by failing a call that happened.
+      writ.audit
+        .append({
+          type: 'tool.call',
+          decision: 'allow',
+          reason: status,
+          actor: auditActor(connection.identity),
+          task: { id: task.id },
+          action: mapped.action,
+          resource: resource.resource,
+          ...(decision.tier === null ? {} : { tier: decision.tier }),
+          policies: decision.policies,
+          ...(decision.policyVersion === null ? {} : { policyVersion: decision.policyVersion }),
+          data: { tool: mapped.tool, upstream: mapped.upstream, checkId: decision.auditId, argsDigest: argumentsDigest, latencyMs, status },
+        })
+        .catch((error: unknown) => logger?.error({ err: error, tool: mapped.name }, 'could not audit a completed tool call'));
+    }
+  };
+
+  const track = (connection: Connection): (() => void) => {
+    connections.add(connection);
+    return () => connections.delete(connection);
+  };
+
+  return {
+    pool,
+
+    async authenticate(bearer, certificateChain) {
+      return writ.broker.authenticate({ bearer, certificateChain }, { allowTaskToken: true, endpoint: '/mcp' });
+    },
+
+    async boundTaskOf(caller, bearer) {
+      if (caller.taskId === undefined) return undefined;
+      const now = writ.clock.now();
+      const verified = writ.taskTokens.verifyCached(bearer, now) ?? (await writ.taskTokens.verify(bearer, now));
+      // Authenticated a moment ago; a token that no longer verifies holds nothing (every call is checked again anyway).
+      if (!verified.ok) return { id: caller.taskId, token: bearer, scopes: [], expiresAt: 0 };
+      return { id: caller.taskId, token: bearer, scopes: verified.token.scopes, expiresAt: verified.token.expiresAt };
+    },
+
+    serverFor(connection) {
+      const server = new Server({ name: 'writ', title: 'Writ MCP gateway', version: WRIT_VERSION }, { capabilities: { tools: { listChanged: true } } });
+      server.setRequestHandler('tools/list', async () => ({ tools: await listTools(connection) }));
+      server.setRequestHandler('tools/call', async (request, ctx) => {
+        const name = request.params.name;
+        const given = request.params.arguments ?? {};
+        if (typeof given !== 'object' || given === null || Array.isArray(given)) throw new ProtocolError(INVALID_PARAMS, 'arguments must be an object');
+        const args = given as Record<string, unknown>;
+        try {
+          switch (name) {
+            case 'request_access':
+              return await requestAccess(connection, args);
+            case 'task_status':
+              return await taskStatus(connection);
+            case 'complete_task':
+              return await completeTask(connection, args);
+            default:
+              return await callUpstreamTool(connection, name, args, ctx.mcpReq.signal);
+          }
+        } catch (error) {
+          if (error instanceof ProtocolError) throw error;
+          if (isWritError(error)) return refusal(error.code, error.detail);
+          logger?.error({ err: error, tool: name.slice(0, 140) }, 'MCP tool call failed');
+          return refusal('ERR_INTERNAL', 'Writ could not complete this call');
+        }
+      });
+      return server;
+    },
+
+    track,
+
+    async close() {
+      stopWatchingBus();
+      stopWatchingPool();
+      for (const connection of connections) connection.close('gateway closing');
+      connections.clear();
+      await pool.close();
+    },
+  };
+}
+
+/** A tool error an agent (and the model reading it) can act on: a stable code and one sentence, never policy internals. */
+export function refusal(code: string, sentence: string, extra: Record<string, unknown> = {}): CallToolResult {
+  return {
+    isError: true,
+    content: [{ type: 'text', text: `Writ refused this call (${code}): ${sentence}` }],
+    structuredContent: { decision: 'deny', code, ...extra },
+  };
+}
+
+/** What an agent is told for each deny reason of the action check. */
+function denialSentence(reason: string | null): string {
+  switch (reason) {
+    case 'ERR_SCOPE_NOT_GRANTED':
+      return 'the task does not hold this tool for this resource';
+    case 'ERR_POLICY_DENIED':
+      return 'policy does not allow this call';
+    case 'ERR_TOKEN_REVOKED':
+      return 'the task has ended';
+    case 'ERR_TOKEN_EXPIRED':
+      return 'the task has expired; request access again';
+    case 'ERR_IDENTITY_INACTIVE':
+      return 'the identity is not active';
+    case 'ERR_UNKNOWN_ACTION':
+      return 'the tool is mapped to an action the policy schema does not know';
+    case 'ERR_AUDIT_UNAVAILABLE':
+      return 'the audit log is unavailable, so nothing is allowed';
+    default:
+      return 'the call was not allowed';
+  }
+}
+
+function digestOf(args: Record<string, unknown>): string {
+  return `sha256:${createHash('sha256').update(canonicalize(args)).digest('hex')}`;
+}
+
