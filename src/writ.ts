@@ -430,7 +430,8 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     let added = 0;
     for (const task of ended) {
       if (task.expiresAt + skewMs >= now && !revocations.isRevoked(task.id)) {
-        revocations.add(task.id, task.expiresAt);
+        // Through the bus, like an end in this process: the revocation list and every enforcement point hear it.
+        bus.publish({ type: 'task.ended', taskId: task.id, expiresAt: task.expiresAt });
         added++;
       }
     }

@@ -101,6 +101,7 @@ function build(seenHeaders) {
   );
   server.registerTool('whoami', { description: 'What reached this server', annotations: { readOnlyHint: true, openWorldHint: false } }, async () =>
     text({
+      pid: process.pid,
       apiKeyFingerprint: fingerprint(apiKey),
       writEnvironment: Object.keys(process.env).filter((k) => k.startsWith('WRIT')),
       headers: seenHeaders?.() ?? null,

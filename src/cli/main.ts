@@ -14,6 +14,9 @@ import { loadConfig, parseDurationSeconds, type WritConfig } from '../core/confi
 import { isWritError } from '../core/errors.js';
 import { WRIT_VERSION } from '../core/version.js';
 import { ACTOR_TYPES, ADMIN_SCOPES, type ActorType, type AdminScope } from '../core/types.js';
+import { createMcpGateway } from '../gateway/mcp/gateway.js';
+import { serveGatewayStdio } from '../gateway/mcp/stdio.js';
+import { createUpstreamPool } from '../gateway/mcp/upstreams.js';
 import { createServer } from '../server/app.js';
 import { describeStore, openStore } from '../store/open.js';
 import { createWrit, type IdentityStateChange, type Writ } from '../writ.js';
@@ -28,6 +31,10 @@ Usage: writ <command> [options]
 Commands:
   serve                      start the Writ server (default 127.0.0.1:8750)
       --dev                    also run Writ's dev issuer (local identity tokens; never in production)
+  gateway                    run only the MCP gateway (/mcp over Streamable HTTP), same options as serve
+  mcp                        serve the MCP gateway on stdin/stdout, for clients that start servers as
+                             commands; the credential is WRIT_TOKEN (a task or identity token)
+      --identity <id>          or, with --dev, act as this registered identity (dev issuer; laptops only)
   init [--force]             write a commented writ.yaml in the current folder
   identity register          register an identity
       --spiffe-id <id>         SPIFFE ID, e.g. spiffe://demo.local/agent/support
@@ -115,6 +122,7 @@ const OPTIONS = {
   force: { type: 'boolean' },
   dev: { type: 'boolean' },
   'spiffe-id': { type: 'string' },
+  identity: { type: 'string' },
   id: { type: 'string' },
   'admin-scope': { type: 'string', multiple: true },
   note: { type: 'string' },
@@ -173,7 +181,11 @@ export async function main(argv: readonly string[]): Promise<number> {
   try {
     switch (command) {
       case 'serve':
-        return await serve(values);
+        return await serve(values, 'all');
+      case 'gateway':
+        return await serve(values, 'gateway');
+      case 'mcp':
+        return await mcpStdio(values);
       case 'init':
         return init(values);
       case 'identity':
@@ -232,15 +244,41 @@ function parseDuration(flag: string, value: string): number {
   return seconds;
 }
 
-function createLogger(config: WritConfig): Logger {
-  return pino({ level: config.log.level, base: { service: 'writ' }, redact: ['req.headers.authorization', 'token'] });
+function createLogger(config: WritConfig, destination: 1 | 2 = 1): Logger {
+  return pino({ level: config.log.level, base: { service: 'writ' }, redact: ['req.headers.authorization', 'token'] }, pino.destination(destination));
 }
 
-async function serve(values: Values): Promise<number> {
+/** `writ mcp`: the gateway on stdio. stdout carries MCP messages only; logs go to stderr. */
+async function mcpStdio(values: Values): Promise<number> {
+  const config = configFrom(values);
+  const logger = createLogger(config, 2);
+  const identityId = values.identity;
+  const envToken = process.env.WRIT_TOKEN;
+  if ((identityId === undefined) === (envToken === undefined || envToken === '')) throw new UsageError('writ mcp needs exactly one credential: WRIT_TOKEN, or --identity <id> with --dev');
+  if (identityId !== undefined && values.dev !== true) throw new UsageError('--identity mints a dev-issuer identity token: pass --dev too (laptops only)');
+  const writ = await createWrit({ config, logger });
+  const pool = createUpstreamPool({ config, vault: writ.vault, logger });
+  const gateway = createMcpGateway({ writ, pool, logger });
+  try {
+    const bearer = identityId === undefined ? (envToken as string) : (await writ.issueIdentityToken(identityId)).token;
+    writ.startReaper();
+    const served = await serveGatewayStdio({ gateway, bearer, logger });
+    const stop = () => void served.close();
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+    await served.closed;
+    return 0;
+  } finally {
+    await gateway.close();
+    await writ.close();
+  }
+}
+
+async function serve(values: Values, routes: 'all' | 'gateway'): Promise<number> {
   const config = configFrom(values);
   const logger = createLogger(config);
   const writ = await createWrit({ config, logger });
-  const app = createServer(writ, { logger });
+  const app = createServer(writ, { logger, routes });
   if (writ.masterKeyCreated) logger.warn({ path: resolve(config.paths.dataDir, 'master.key') }, 'generated a new master key; back it up, or set WRIT_MASTER_KEY');
   if (writ.devIssuer !== undefined) logger.warn({ issuer: writ.devIssuer.issuer }, 'the dev issuer is on: anyone who can run writ identity token here can mint identities; never in production');
   await printBootstrapToken(writ);

@@ -9,7 +9,8 @@ export type WritEvent =
   | {
       readonly type: 'task.ended';
       readonly taskId: string;
-      readonly state: TaskState;
+      /** Undefined when the end was read from another node's record of it. */
+      readonly state?: TaskState;
       /** When the task's token would have expired anyway (epoch ms). */
       readonly expiresAt: number;
     }

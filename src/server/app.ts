@@ -222,7 +222,6 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
     ],
   }));
 
-  app.get('/healthz', async () => ({ status: 'ok', policyVersion: writ.policy().version }));
 
   // The MCP gateway: agents' tool calls, checked per call (gateway/mcp/).
   const upstreams = createUpstreamPool({ config: writ.config, vault: writ.vault, logger: options.logger });
@@ -233,6 +232,7 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
     await gateway.close();
   });
   app.get(mcp.metadataPath, async () => mcp.metadata);
+  app.get('/healthz', async () => ({ status: 'ok', policyVersion: writ.policy().version, mcpSessions: mcp.sessionCount }));
   app.route({
     method: ['GET', 'POST', 'DELETE'],
     url: MCP_PATH,

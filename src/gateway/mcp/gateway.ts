@@ -138,7 +138,7 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
       else if (event.type === 'task.ended') {
         connection.task = undefined;
         connection.notifyToolsChanged();
-        connection.close(`task ${event.state}`);
+        connection.close(`task ${event.state ?? 'ended'}`);
       }
     }
   });

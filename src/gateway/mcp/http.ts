@@ -139,12 +139,13 @@ export function createMcpHttpFront(options: { readonly writ: Writ; readonly gate
       session.lastUsed = Date.now();
       return session.transport.handleRequest(req, res, parsedBody);
     }
+    // Who asks comes first: an unauthenticated request learns nothing, whatever it sent.
+    const authenticated = await authenticate(res, bearer, chain);
+    if (authenticated === undefined) return;
     if (req.method !== 'POST' || !isInitializeRequest(parsedBody)) {
       return sendProblem(res, 'ERR_VALIDATION', 'a request without Mcp-Session-Id must be an initialize request');
     }
     if (sessions.size >= settings.maxSessions) return sendProblem(res, 'ERR_OVER_CAPACITY', 'too many open MCP sessions; try again later');
-    const authenticated = await authenticate(res, bearer, chain);
-    if (authenticated === undefined) return;
     let session: Session | undefined;
     const transport = new NodeStreamableHTTPServerTransport({
       sessionIdGenerator: () => randomUUID(),

@@ -27,7 +27,10 @@ const BACKOFF_MAX_MS = 30_000;
 
 export interface UpstreamListing {
   readonly upstream: UpstreamConfig;
-  /** Undefined when the upstream could not be reached: it offers nothing until it can. */
+  /**
+   * Its tools: those it listed last while it is down (calls to them are refused
+   * with ERR_UPSTREAM_UNAVAILABLE, not as unknown tools); undefined when it was never reached.
+   */
   readonly tools: readonly Tool[] | undefined;
 }
 
@@ -58,6 +61,8 @@ interface UpstreamState {
   failures: number;
   retryAt: number;
   lastError: string | undefined;
+  /** What it listed last, kept while it is down. */
+  lastTools: Tool[] | undefined;
 }
 
 export interface UpstreamPoolOptions {
@@ -74,7 +79,7 @@ export function createUpstreamPool(options: UpstreamPoolOptions): UpstreamPool {
   const connectTimeoutMs = config.gateway.connectTimeout * 1000;
   const listeners = new Set<(upstream: string) => void>();
   const states = new Map<string, UpstreamState>(
-    config.gateway.upstreams.map((u) => [u.name, { config: u, connection: undefined, connecting: undefined, failures: 0, retryAt: 0, lastError: undefined }]),
+    config.gateway.upstreams.map((u) => [u.name, { config: u, connection: undefined, connecting: undefined, failures: 0, retryAt: 0, lastError: undefined, lastTools: undefined }]),
   );
   let closed = false;
 
@@ -159,6 +164,7 @@ export function createUpstreamPool(options: UpstreamPoolOptions): UpstreamPool {
         }
         const recovered = state.failures > 0;
         state.connection = connection;
+        state.lastTools = connection.tools;
         state.failures = 0;
         state.lastError = undefined;
         logger?.info({ upstream: state.config.name, tools: connection.tools?.length ?? 0 }, 'upstream MCP server connected');
@@ -194,9 +200,10 @@ export function createUpstreamPool(options: UpstreamPoolOptions): UpstreamPool {
           try {
             const connection = await connected(state);
             connection.tools ??= await listAll(connection.client, callTimeoutMs);
+            state.lastTools = connection.tools;
             return { upstream: state.config, tools: connection.tools };
           } catch {
-            return { upstream: state.config, tools: undefined };
+            return { upstream: state.config, tools: state.lastTools };
           }
         }),
       );
