@@ -6,7 +6,7 @@
  *
  *   npm run bench              all benchmarks, SQLite
  *   npm run bench -- --quick   fewer iterations (a smoke run)
- *   npm run bench -- --only authorize,grant,audit,http,identity,decision
+ *   npm run bench -- --only authorize,grant,audit,http,identity,decision,mcp
  *
  * A raw cedar-wasm baseline is only fair when it is asked exactly what Writ's
  * engine asks Cedar: test/helpers/cedar-request.ts rebuilds that request, and each
@@ -36,6 +36,7 @@ import { createServer } from '../src/server/app.js';
 import { createWrit, type Writ } from '../src/writ.js';
 import { checkSameDecision, checkSameRequest, mirrorCedarRequest, policyTextsFor, preparsedBaseline, type CedarRequest } from '../test/helpers/cedar-request.js';
 import { buildDecisionMix, VARIANTS_PER_CASE } from '../test/helpers/decision-mix.js';
+import { benchMcpGateway } from './mcp.js';
 
 const quick = process.argv.includes('--quick');
 const onlyIndex = process.argv.indexOf('--only');
@@ -364,6 +365,8 @@ async function main(): Promise<void> {
       'Writ verify alone (trust sources)',
     );
   }
+
+  if (runs('mcp')) await benchMcpGateway({ sideBySide, report, scale });
 
   await writ.close();
   await new Promise((resolve) => trust.server.close(resolve));

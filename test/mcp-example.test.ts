@@ -1,0 +1,29 @@
+/**
+ * The MCP gateway example (`npm run example:mcp`) runs from a clean data folder
+ * and tells the story the README promises.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { PACKAGE_ROOT } from '../src/core/config.js';
+import { cleanEnv } from './helpers/cli.js';
+
+test('npm run example:mcp: tools listed, access partly granted, export denied, refund held for approval, task completed, chain OK', async () => {
+  const child = spawn(process.execPath, [join(PACKAGE_ROOT, 'examples', 'mcp-gateway', 'run.mjs')], { env: cleanEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout.setEncoding('utf8').on('data', (c: string) => (out += c));
+  child.stderr.setEncoding('utf8').on('data', (c: string) => (err += c));
+  const code = await new Promise((resolve) => child.on('close', resolve));
+  assert.equal(code, 0, err);
+  assert.match(out, /tools\s+\["request_access"\]/);
+  assert.match(out, /decision\s+partial/);
+  assert.match(out, /refused\s+\["tickets__export_customer_data","tickets__rotate_api_keys"\]/);
+  assert.match(out, /Writ refused this call \(ERR_SCOPE_NOT_GRANTED\)/);
+  assert.match(out, /needs a human's approval of exactly this action/);
+  assert.match(out, /"refunded":4000/);
+  assert.match(out, /"state":"completed"/);
+  assert.match(out, /audit chain OK/);
+  assert.doesNotMatch(out, /sk_live_tickets_example_key/, 'the upstream key never shows');
+});
