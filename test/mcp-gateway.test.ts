@@ -13,6 +13,7 @@ import { Client, StreamableHTTPClientTransport, type CallToolResult } from '@mod
 import { StdioClientTransport } from '@modelcontextprotocol/client/stdio';
 import { Client as V1Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport as V1Transport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { createManualClock } from '../src/core/clock.js';
 import { PACKAGE_ROOT } from '../src/core/config.js';
 import { AGENT, startHarness, supportTask, tokenFromUnknownKey, unsignedToken, type Harness } from './helpers/harness.js';
 import { runWrit } from './helpers/cli.js';
@@ -329,6 +330,57 @@ describe('MCP gateway over Streamable HTTP', () => {
       }, 'the upstream to come back');
       assert.notEqual(restarted, pid);
     } finally {
+      await client.close();
+    }
+  });
+});
+
+describe('MCP gateway sessions and their credentials', () => {
+  let h: Harness;
+  const clock = createManualClock();
+  before(async () => {
+    h = await startHarness({ clock, config: { gateway: { upstreams: [ticketsUpstream], maxSessionsPerIdentity: 2 } } });
+    await h.writ.vault.put('tickets-api-key', API_KEY, { id: 'test' });
+    await h.registerAgent();
+  });
+  after(() => h.close());
+
+  test('a session never outlives the credential it is used with; a fresh token of the same identity carries on', async () => {
+    let bearer = await h.identityToken();
+    const client = new Client({ name: 'x', version: '1' });
+    const transport = new StreamableHTTPClientTransport(new URL(`${h.url}/mcp`), { fetch: (url, init) => fetch(url, { ...init, headers: { ...Object.fromEntries(new Headers(init?.headers).entries()), authorization: `Bearer ${bearer}` } }) });
+    await client.connect(transport);
+    try {
+      assert.deepEqual(names((await client.listTools()).tools), ['request_access']);
+      clock.advance(10 * 60_000);
+      await assert.rejects(client.listTools(), /401|invalid_token/i, 'the identity token expired');
+      bearer = await h.identityToken();
+      assert.deepEqual(names((await client.listTools()).tools), ['request_access'], 'the same session, with a fresh token');
+    } finally {
+      await client.close();
+    }
+  });
+
+  test('one identity holds at most its share of sessions: its least recently used makes way', async () => {
+    const clients: Client[] = [];
+    try {
+      for (let i = 0; i < 3; i++) clients.push(await httpClient(h, await h.identityToken()));
+      await assert.rejects(clients[0]!.listTools(), /404|not found|Session/i, 'the oldest was closed');
+      assert.deepEqual(names((await clients[2]!.listTools()).tools), ['request_access']);
+      assert.ok((await openSessions(h)) <= 2);
+    } finally {
+      for (const c of clients) await c.close().catch(() => undefined);
+    }
+  });
+
+  test('a suspended identity asks for nothing on a session it opened before', async () => {
+    const client = await httpClient(h, await h.identityToken());
+    try {
+      await h.writ.changeIdentityState(AGENT, 'suspend', { id: 'test' });
+      const asked = await client.callTool({ name: 'request_access', arguments: { purpose: 'x', intent: 'customer-support', tools: ['tickets__get_ticket'] } });
+      assert.equal(structured(asked).code, 'ERR_IDENTITY_INACTIVE');
+    } finally {
+      await h.writ.changeIdentityState(AGENT, 'reactivate', { id: 'test' });
       await client.close();
     }
   });

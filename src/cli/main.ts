@@ -262,7 +262,8 @@ async function mcpStdio(values: Values): Promise<number> {
   try {
     const bearer = identityId === undefined ? (envToken as string) : (await writ.issueIdentityToken(identityId)).token;
     writ.startReaper();
-    const served = await serveGatewayStdio({ gateway, bearer, logger });
+    // With --identity the process mints its own token (the local operator's dev issuer), so its expiry does not end the connection.
+    const served = await serveGatewayStdio({ gateway, bearer, logger, ...(identityId === undefined ? {} : { credentialExpiresAt: Number.POSITIVE_INFINITY }) });
     const stop = () => void served.close();
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);

@@ -336,6 +336,8 @@ export const configSchema = z
         connectTimeout: duration(10),
         /** Most open MCP sessions (2025-era clients) at once; past it new sessions are refused. */
         maxSessions: z.number().int().min(1).max(100_000).default(1000),
+        /** Most open MCP sessions one identity may hold (so one agent cannot take them all); its least recently used makes way. */
+        maxSessionsPerIdentity: z.number().int().min(1).max(10_000).default(16),
         /** A session nobody used for this long is closed. */
         sessionIdleTimeout: duration(900),
         /**

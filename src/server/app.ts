@@ -227,7 +227,8 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
   const upstreams = createUpstreamPool({ config: writ.config, vault: writ.vault, logger: options.logger });
   const gateway = createMcpGateway({ writ, pool: upstreams, logger: options.logger });
   const mcp = createMcpHttpFront({ writ, gateway, logger: options.logger });
-  app.addHook('onClose', async () => {
+  // Before the server stops listening: open MCP streams would otherwise hold the close forever.
+  app.addHook('preClose', async () => {
     await mcp.close();
     await gateway.close();
   });

@@ -28,6 +28,7 @@ import { isWritError } from '../../core/errors.js';
 import type { Identity, Scope } from '../../core/types.js';
 import { WRIT_VERSION } from '../../core/version.js';
 import type { Caller } from '../../broker/broker.js';
+import { identityInactiveReason } from '../../identity/registry.js';
 import type { Presenter } from '../../enforce/action-check.js';
 import type { Writ } from '../../writ.js';
 import { grantShows, mapTool, resourceForCall, splitToolName, type MappedTool } from './tool-map.js';
@@ -53,7 +54,10 @@ export interface BoundTask {
  * task, `complete_task` unbinds it.
  */
 export interface Connection {
+  /** The identity as it was when the connection authenticated; fetched again before anything is granted. */
   readonly identity: Identity;
+  /** When the credential the connection authenticated with expires (epoch ms): no new task after it. */
+  readonly credentialExpiresAt: number;
   /** True when the connection authenticated with an identity token: it may ask for tasks. */
   readonly mayRequestAccess: boolean;
   /** Whether a task granted here can stay bound to the connection (false per request: the token is handed back instead). */
@@ -74,6 +78,8 @@ export interface McpGateway {
    * @throws WritError ERR_UNAUTHENTICATED (the precise reason is audited)
    */
   authenticate(bearer: string | undefined, certificateChain?: Parameters<Writ['broker']['authenticate']>[0]['certificateChain']): Promise<Caller>;
+  /** When a bearer credential (a JWT that authenticated) expires, epoch ms. */
+  credentialExpiry(bearer: string): number;
   /** The task a caller's task token is bound to; undefined for an identity token. */
   boundTaskOf(caller: Caller, bearer: string): Promise<BoundTask | undefined>;
   /** A new SDK server answering for `connection`. */
@@ -220,6 +226,12 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
   const requestAccess = async (connection: Connection, args: Record<string, unknown>): Promise<CallToolResult> => {
     if (!connection.mayRequestAccess) return refusal('ERR_FORBIDDEN', 'this connection presented a task token; it acts for that task only');
     if (connection.task !== undefined) return refusal('ERR_TASK_STATE_CONFLICT', 'this connection already holds a task; end it with complete_task first');
+    const now = writ.clock.now();
+    if (now >= connection.credentialExpiresAt) return refusal('ERR_UNAUTHENTICATED', 'the identity token this connection started with has expired; connect again with a fresh one');
+    // A connection can outlive a suspension: the identity is read again before anything is granted.
+    const identity = await writ.registry.get(connection.identity.id);
+    const inactive = identity === undefined ? 'identity is no longer registered' : identityInactiveReason(identity, now);
+    if (identity === undefined || inactive !== undefined) return refusal('ERR_IDENTITY_INACTIVE', inactive ?? 'identity is not active');
     const entries = await currentCatalog();
     const names = Array.isArray(args.tools) ? args.tools : [];
     const unknown = names.filter((n) => typeof n !== 'string' || !entries.has(n));
@@ -229,10 +241,10 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
     const scopes = [...new Map((names as string[]).map((n) => entries.get(n)!.mapped).map((m) => [`${m.action} ${m.reach}`, { action: m.action, resource: m.reach }])).values()];
     let result;
     try {
-      result = await writ.broker.requestTask(callerOf(connection), {
+      result = await writ.broker.requestTask({ ...callerOf(connection), identity }, {
         purpose: args.purpose,
         intent: args.intent,
-        environment: args.environment ?? connection.identity.environment,
+        environment: args.environment ?? identity.environment,
         scopes,
         ...(args.ttl === undefined ? {} : { ttl: args.ttl }),
       });
@@ -363,8 +375,11 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
       throw error;
     } finally {
       const latencyMs = Math.round((performance.now() - started) * 1000) / 1000;
-      // The decision is already on the chain; a failure here is logged, not hidden by failing a call that happened.
-      writ.audit
+      // The decision is already on the chain. This record of how the call went is
+      // written after the answer has left (SQLite commits synchronously, and would
+      // otherwise hold the answer back); a failure is logged, not turned into a
+      // failed call that in fact ran.
+      setImmediate(() => void writ.audit
         .append({
           type: 'tool.call',
           decision: 'allow',
@@ -378,7 +393,7 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
           ...(decision.policyVersion === null ? {} : { policyVersion: decision.policyVersion }),
           data: { tool: mapped.tool, upstream: mapped.upstream, checkId: decision.auditId, argsDigest: argumentsDigest, latencyMs, status },
         })
-        .catch((error: unknown) => logger?.error({ err: error, tool: mapped.name }, 'could not audit a completed tool call'));
+        .catch((error: unknown) => logger?.error({ err: error, tool: mapped.name }, 'could not audit a completed tool call')));
     }
   };
 
@@ -392,6 +407,16 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
 
     async authenticate(bearer, certificateChain) {
       return writ.broker.authenticate({ bearer, certificateChain }, { allowTaskToken: true, endpoint: '/mcp' });
+    },
+
+    credentialExpiry(bearer) {
+      // Read off a token that has just verified; a token without exp (none here) lasts no longer than now.
+      try {
+        const exp = (JSON.parse(Buffer.from(bearer.split('.')[1] ?? '', 'base64url').toString('utf8')) as { exp?: unknown }).exp;
+        return typeof exp === 'number' && Number.isFinite(exp) ? exp * 1000 + writ.config.tokens.clockSkew * 1000 : 0;
+      } catch {
+        return 0;
+      }
     },
 
     async boundTaskOf(caller, bearer) {

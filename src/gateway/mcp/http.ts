@@ -46,6 +46,8 @@ interface Session {
   readonly connection: Connection;
   readonly transport: NodeStreamableHTTPServerTransport;
   bearer: string;
+  /** When `bearer` expires: a session never outlives the credential it is used with. */
+  bearerExpiresAt: number;
   lastUsed: number;
   untrack: () => void;
 }
@@ -54,6 +56,7 @@ interface TaskHandler {
   readonly handler: McpHttpHandler;
   readonly connection: Connection;
   untrack: () => void;
+  lastUsed: number;
 }
 
 export function createMcpHttpFront(options: { readonly writ: Writ; readonly gateway: McpGateway; readonly logger?: Logger | undefined }): McpHttpFront {
@@ -75,8 +78,9 @@ export function createMcpHttpFront(options: { readonly writ: Writ; readonly gate
   const handlers = new Map<string, TaskHandler>();
 
   const sweep = setInterval(() => {
-    const idleBefore = Date.now() - settings.sessionIdleTimeout * 1000;
+    const idleBefore = writ.clock.now() - settings.sessionIdleTimeout * 1000;
     for (const session of sessions.values()) if (session.lastUsed < idleBefore) void closeSession(session, 'idle');
+    for (const entry of handlers.values()) if (entry.lastUsed < idleBefore) entry.connection.close('idle');
   }, Math.min(60_000, settings.sessionIdleTimeout * 1000));
   sweep.unref();
 
@@ -109,8 +113,9 @@ export function createMcpHttpFront(options: { readonly writ: Writ; readonly gate
     }
   };
 
-  const connectionFor = (caller: Caller, bound: BoundTask | undefined, holdsTasks: boolean, notify: () => void, close: (reason: string) => void): Connection => ({
+  const connectionFor = (caller: Caller, bearer: string, bound: BoundTask | undefined, holdsTasks: boolean, notify: () => void, close: (reason: string) => void): Connection => ({
     identity: caller.identity,
+    credentialExpiresAt: gateway.credentialExpiry(bearer),
     mayRequestAccess: caller.taskId === undefined,
     holdsTasks,
     presenter: { certificateThumbprint: caller.certificateThumbprint },
@@ -126,6 +131,7 @@ export function createMcpHttpFront(options: { readonly writ: Writ; readonly gate
       const session = sessions.get(sessionId);
       if (session === undefined) return sendProblem(res, 'ERR_NOT_FOUND', 'no such MCP session (it ended, or expired); initialize a new one');
       if (bearer === undefined) return unauthorized(res, false);
+      if (sameSecret(bearer, session.bearer) && writ.clock.now() >= session.bearerExpiresAt) return unauthorized(res, true);
       if (!sameSecret(bearer, session.bearer)) {
         // A new credential on a session (a refreshed identity token): it must be the session's identity.
         const authenticated = await authenticate(res, bearer, chain);
@@ -135,8 +141,9 @@ export function createMcpHttpFront(options: { readonly writ: Writ; readonly gate
           return sendProblem(res, 'ERR_FORBIDDEN', 'this session acts for another task');
         }
         session.bearer = bearer;
+        session.bearerExpiresAt = gateway.credentialExpiry(bearer);
       }
-      session.lastUsed = Date.now();
+      session.lastUsed = writ.clock.now();
       return session.transport.handleRequest(req, res, parsedBody);
     }
     // Who asks comes first: an unauthenticated request learns nothing, whatever it sent.
@@ -146,13 +153,18 @@ export function createMcpHttpFront(options: { readonly writ: Writ; readonly gate
       return sendProblem(res, 'ERR_VALIDATION', 'a request without Mcp-Session-Id must be an initialize request');
     }
     if (sessions.size >= settings.maxSessions) return sendProblem(res, 'ERR_OVER_CAPACITY', 'too many open MCP sessions; try again later');
+    // Clients rarely end their sessions (the SDK's close() sends no DELETE): past its
+    // share, an identity's least recently used session makes way for its new one.
+    const identityId = authenticated.caller.identity.id;
+    const own = [...sessions.values()].filter((s) => s.connection.identity.id === identityId).sort((x, y) => x.lastUsed - y.lastUsed);
+    for (const stale of own.slice(0, Math.max(0, own.length - settings.maxSessionsPerIdentity + 1))) await closeSession(stale, 'the identity opened more sessions than it may hold');
     let session: Session | undefined;
     const transport = new NodeStreamableHTTPServerTransport({
       sessionIdGenerator: () => randomUUID(),
       enableJsonResponse: true,
       onsessioninitialized: (id) => {
         if (session !== undefined) return;
-        session = { id, connection, transport, bearer: bearer as string, lastUsed: Date.now(), untrack: () => undefined };
+        session = { id, connection, transport, bearer: bearer as string, bearerExpiresAt: gateway.credentialExpiry(bearer as string), lastUsed: writ.clock.now(), untrack: () => undefined };
         sessions.set(id, session);
         session.untrack = gateway.track(connection);
       },
@@ -163,6 +175,7 @@ export function createMcpHttpFront(options: { readonly writ: Writ; readonly gate
     });
     const connection = connectionFor(
       authenticated.caller,
+      bearer as string,
       authenticated.bound,
       true,
       () => void server.sendToolListChanged().catch(() => undefined),
@@ -185,6 +198,7 @@ export function createMcpHttpFront(options: { readonly writ: Writ; readonly gate
     if (entry === undefined) {
       const connection = connectionFor(
         caller,
+        bearer as string,
         bound,
         false,
         () => created.handler.notify.toolsChanged(),
@@ -199,15 +213,17 @@ export function createMcpHttpFront(options: { readonly writ: Writ; readonly gate
         (ctx) => {
           // Each request's own caller (its certificate, its token), on the task's handler.
           const extra = ctx.authInfo?.extra as { caller: Caller; bound: BoundTask | undefined } | undefined;
-          return gateway.serverFor(extra === undefined ? connection : connectionFor(extra.caller, extra.bound, false, connection.notifyToolsChanged, connection.close));
+          const token = ctx.authInfo?.token ?? '';
+          return gateway.serverFor(extra === undefined ? connection : connectionFor(extra.caller, token, extra.bound, false, connection.notifyToolsChanged, connection.close));
         },
         { legacy: 'reject', responseMode: 'json', onerror: (error) => logger?.debug({ err: error }, 'MCP request refused') },
       );
-      const created: TaskHandler = { handler, connection, untrack: () => undefined };
+      const created: TaskHandler = { handler, connection, untrack: () => undefined, lastUsed: writ.clock.now() };
       created.untrack = bound === undefined ? () => undefined : gateway.track(connection);
       handlers.set(key, created);
       entry = created;
     }
+    entry.lastUsed = writ.clock.now();
     req.auth = { token: bearer as string, clientId: caller.identity.id, scopes: [], extra: { caller, bound } };
     await toNodeHandler(entry.handler)(req, res, parsedBody);
   };

@@ -21,7 +21,13 @@ export interface StdioGateway {
  * Serves MCP on this process's stdin/stdout for the holder of `bearer`.
  * @throws WritError ERR_UNAUTHENTICATED when the credential is not accepted (audited)
  */
-export async function serveGatewayStdio(options: { readonly gateway: McpGateway; readonly bearer: string; readonly logger?: Logger | undefined }): Promise<StdioGateway> {
+export async function serveGatewayStdio(options: {
+  readonly gateway: McpGateway;
+  readonly bearer: string;
+  /** Until when the connection may ask for tasks; default: the credential's own expiry. */
+  readonly credentialExpiresAt?: number;
+  readonly logger?: Logger | undefined;
+}): Promise<StdioGateway> {
   const { gateway, bearer, logger } = options;
   const caller = await gateway.authenticate(bearer);
   const bound = await gateway.boundTaskOf(caller, bearer);
@@ -33,6 +39,7 @@ export async function serveGatewayStdio(options: { readonly gateway: McpGateway;
   let handle: { close(): Promise<void> } | undefined;
   const connection: Connection = {
     identity: caller.identity,
+    credentialExpiresAt: options.credentialExpiresAt ?? gateway.credentialExpiry(bearer),
     mayRequestAccess: caller.taskId === undefined,
     holdsTasks: true,
     presenter: {},

@@ -213,7 +213,9 @@ export function createUpstreamPool(options: UpstreamPoolOptions): UpstreamPool {
       const state = stateOf(upstream);
       const connection = await connected(state);
       try {
-        return (await connection.client.callTool({ name: tool, arguments: args }, { timeout: callTimeoutMs, ...(signal === undefined ? {} : { signal }) })) as CallToolResult;
+        // The plain request, not callTool: the result passes through to the agent's own client, which
+        // validates it against the tool's output schema itself.
+        return (await connection.client.request({ method: 'tools/call', params: { name: tool, arguments: args } }, { timeout: callTimeoutMs, ...(signal === undefined ? {} : { signal }) })) as CallToolResult;
       } catch (error) {
         // A protocol error is the upstream's answer (unknown tool, bad params); anything else is the connection.
         if (isProtocolError(error)) throw error;
