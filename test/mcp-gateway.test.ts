@@ -6,7 +6,8 @@
  * both started by Writ as stdio children.
  */
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Client, StreamableHTTPClientTransport, type CallToolResult } from '@modelcontextprotocol/client';
@@ -329,6 +330,74 @@ describe('MCP gateway over Streamable HTTP', () => {
         return true;
       }, 'the upstream to come back');
       assert.notEqual(restarted, pid);
+    } finally {
+      await client.close();
+    }
+  });
+});
+
+describe('MCP gateway: grants that change, and upstreams over HTTP', () => {
+  let h: Harness;
+  let policies: string;
+  let upstream: ChildProcess;
+  before(async () => {
+    upstream = spawn(process.execPath, [TICKETS_SERVER, '--http', '0'], { env: { PATH: process.env.PATH ?? '', TICKETS_API_KEY: API_KEY }, stdio: ['ignore', 'pipe', 'inherit'] });
+    const port = await new Promise<number>((resolve, reject) => {
+      upstream.stdout!.setEncoding('utf8').once('data', (line: string) => resolve((JSON.parse(line) as { port: number }).port));
+      upstream.once('exit', reject);
+    });
+    policies = policyFolder();
+    h = await startHarness({
+      config: {
+        policy: { dir: policies },
+        gateway: {
+          upstreams: [
+            ticketsUpstream,
+            { name: 'remote', url: `http://127.0.0.1:${port}/mcp`, inject: [{ secret: 'tickets-api-key', header: 'Authorization', prefix: 'Bearer ' }], tools: { whoami: { resource: 'tickets:whoami' }, get_ticket: { resource: 'tickets:{ticketId}' } } },
+          ],
+        },
+      },
+    });
+    await h.writ.vault.put('tickets-api-key', API_KEY, { id: 'test' });
+    await h.registerAgent();
+  });
+  after(async () => {
+    await h.close();
+    upstream.kill();
+  });
+
+  test('an HTTP upstream gets its credential as a header from the vault; the agent\'s token never reaches it', async () => {
+    const { token } = await taskToken(h, [{ action: 'read', resource: 'tickets:*' }]);
+    const client = await httpClient(h, token);
+    try {
+      const seen = JSON.parse(textOf(await client.callTool({ name: 'remote__whoami', arguments: {} })));
+      const { createHash } = await import('node:crypto');
+      assert.equal(seen.headers.authorization, `Bearer <${createHash('sha256').update(API_KEY).digest('hex').slice(0, 16)}>`);
+      assert.ok(!JSON.stringify(seen.headers).includes(token.slice(-20)), 'no trace of the task token');
+      assert.equal(JSON.parse(textOf(await client.callTool({ name: 'remote__get_ticket', arguments: { ticketId: 'T-1042' } }))).id, 'T-1042');
+    } finally {
+      await client.close();
+    }
+  });
+
+  test('a policy change that narrows the grant sends list_changed, and the dropped tool is gone and refused', async () => {
+    let changes = 0;
+    const { token } = await taskToken(h, [
+      { action: 'read', resource: 'tickets:*' },
+      { action: 'write', resource: 'tickets:*' },
+    ]);
+    const client = await httpClient(h, token, { listChanged: { tools: { debounceMs: 0, onChanged: () => void changes++ } } });
+    try {
+      assert.ok(names((await client.listTools()).tools).includes('tickets__add_comment'));
+      const text = readFileSync(join(policies, 'support-agent.cedar'), 'utf8');
+      writeFileSync(join(policies, 'support-agent.cedar'), text.replace('when { resource.kind == "tickets" && context.intent == "customer-support" };', 'when { false };'));
+      const reload = await h.writ.reloadPolicy('test');
+      assert.ok(reload.ok && reload.changed, JSON.stringify(reload));
+      await eventually(() => changes > 0, 'notifications/tools/list_changed after the narrowing');
+      const now = names((await client.listTools()).tools);
+      assert.ok(!now.includes('tickets__add_comment') && now.includes('tickets__get_ticket'), now.join(','));
+      const refused = await client.callTool({ name: 'tickets__add_comment', arguments: { ticketId: 'T-1042', text: 'x' } });
+      assert.equal(structured(refused).code, 'ERR_SCOPE_NOT_GRANTED');
     } finally {
       await client.close();
     }
