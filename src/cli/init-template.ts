@@ -87,6 +87,28 @@ policy:
   #   dir: ./policies-next
   #   environments: [production]   # default: every environment
 
+# The MCP gateway (/mcp, writ gateway, writ mcp): agents reach these MCP servers
+# through Writ, each call checked and audited. See docs/gateway.md.
+gateway:
+  upstreams: []
+  # - name: tickets              # tools appear as tickets__<tool>
+  #   command: node              # a stdio server, started on first use (or url: https://.../mcp)
+  #   args: [tickets-server.mjs]
+  #   inject:                    # secrets from the vault (writ secret set tickets-api-key)
+  #     - { secret: tickets-api-key, env: TICKETS_API_KEY }   # or header: Authorization, prefix: "Bearer "
+  #   tools:                     # action and resource per tool; default from its annotations
+  #     get_ticket: { resource: "tickets:{ticketId}" }
+  #     create_refund: { action: refund, resource: "payments:refunds/{ticketId}" }
+  #   expose: all                # all | listed
+  callTimeout: 30s
+  connectTimeout: 10s
+  maxSessions: 1000
+  maxSessionsPerIdentity: 16
+  sessionIdleTimeout: 15m
+  # resourceUrl: https://writ.example/mcp   # default <issuer>/mcp (RFC 9728 metadata)
+  allowedOrigins: []           # browser origins allowed to call /mcp; agents send none
+  maxRequestBytes: 4194304
+
 reaper:
   intervalMs: 5000             # how often tasks past their expiry are moved to expired
 

@@ -71,7 +71,6 @@ export function createMcpHttpFront(options: { readonly writ: Writ; readonly gate
     authorization_servers: [writ.config.issuer],
     bearer_methods_supported: ['header'],
     resource_name: 'Writ MCP gateway',
-    resource_documentation: 'https://github.com/writ-dev/writ/blob/main/docs/gateway.md',
   };
   const allowedOrigins = new Set(settings.allowedOrigins.map((o) => new URL(o).origin));
   const sessions = new Map<string, Session>();
