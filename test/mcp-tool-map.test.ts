@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { actionFromHints, grantShows, mapTool, reachOf, resourceForCall, splitToolName } from '../src/gateway/mcp/tool-map.js';
+import { actionFromHints, configuredMapping, grantShows, mapTool, reachOf, resourceForCall, splitToolName } from '../src/gateway/mcp/tool-map.js';
 
 describe('annotations → action', () => {
   test('the MCP spec defaults apply to what a tool leaves out, so hints only ever raise the tier', () => {
@@ -43,6 +43,15 @@ describe('annotations → action', () => {
     assert.equal(mapTool('tickets', tool, { hidden: true }, 'all').ok, false);
     assert.equal(mapTool('tickets', tool, undefined, 'listed').ok, false);
     assert.ok(mapTool('tickets', tool, { hidden: false }, 'listed').ok);
+  });
+
+  test('only tools the operator named are configured: Object.prototype names none (expose: listed holds)', () => {
+    const tools = { ping: { hidden: false } };
+    for (const name of ['constructor', 'toString', 'valueOf', 'hasOwnProperty', '__proto__', 'isPrototypeOf']) {
+      assert.equal(configuredMapping(tools, name), undefined, name);
+      assert.equal(mapTool('up', { name }, configuredMapping(tools, name), 'listed').ok, false, name);
+    }
+    assert.deepEqual(configuredMapping(tools, 'ping'), { hidden: false });
   });
 
   test('names agents could not call, and malformed templates, are not offered', () => {

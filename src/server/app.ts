@@ -145,7 +145,9 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
     app.addHook('onRequest', async (request) => {
       // Gate on the matched route, not the raw target: `/%761/tasks` and the
       // absolute form `https://host/v1/tasks` route to /v1 too.
-      if (!(request.routeOptions.url ?? request.url).startsWith('/v1/')) return;
+      const route = request.routeOptions.url ?? request.url;
+      // The MCP gateway hands out tasks too (request_access): the same gate.
+      if (!route.startsWith('/v1/') && route !== MCP_PATH) return;
       // `required` means a valid X.509-SVID, not just any certificate.
       const verified = verifiedCertificateOf(request);
       if (verified?.ok === true) return;

@@ -31,7 +31,7 @@ import type { Caller } from '../../broker/broker.js';
 import { identityInactiveReason } from '../../identity/registry.js';
 import type { Presenter } from '../../enforce/action-check.js';
 import type { Writ } from '../../writ.js';
-import { grantShows, mapTool, resourceForCall, splitToolName, type MappedTool } from './tool-map.js';
+import { configuredMapping, grantShows, mapTool, resourceForCall, splitToolName, type MappedTool } from './tool-map.js';
 import type { UpstreamPool } from './upstreams.js';
 
 /** JSON-RPC "invalid params", which the MCP spec uses for an unknown tool. */
@@ -56,8 +56,8 @@ export interface BoundTask {
 export interface Connection {
   /** The identity as it was when the connection authenticated; fetched again before anything is granted. */
   readonly identity: Identity;
-  /** When the credential the connection authenticated with expires (epoch ms): no new task after it. */
-  readonly credentialExpiresAt: number;
+  /** When the credential the connection authenticated with expires (epoch ms): no new task after it. A fresh token moves it. */
+  credentialExpiresAt: number;
   /** True when the connection authenticated with an identity token: it may ask for tasks. */
   readonly mayRequestAccess: boolean;
   /** Whether a task granted here can stay bound to the connection (false per request: the token is handed back instead). */
@@ -103,14 +103,18 @@ interface CatalogEntry {
 export function createMcpGateway(options: McpGatewayOptions): McpGateway {
   const { writ, pool, logger } = options;
   const connections = new Set<Connection>();
-  let catalog: Promise<Map<string, CatalogEntry>> | undefined;
+  // The tools on offer: the last complete listing, served while a newer one is
+  // built, so one slow upstream never holds up calls to the others.
+  let catalog: Map<string, CatalogEntry> | undefined;
+  let refreshing: Promise<Map<string, CatalogEntry>> | undefined;
+  let again = false;
 
-  const refreshCatalog = (): Promise<Map<string, CatalogEntry>> => {
-    const next = pool.listings().then((listings) => {
+  const buildCatalog = (): Promise<Map<string, CatalogEntry>> =>
+    pool.listings().then((listings) => {
       const entries = new Map<string, CatalogEntry>();
       for (const { upstream, tools } of listings) {
         for (const tool of tools ?? []) {
-          const mapped = mapTool(upstream.name, tool, upstream.tools[tool.name], upstream.expose);
+          const mapped = mapTool(upstream.name, tool, configuredMapping(upstream.tools, tool.name), upstream.expose);
           if (!mapped.ok) {
             logger?.debug({ upstream: upstream.name, tool: tool.name, reason: mapped.reason }, 'upstream tool not offered');
             continue;
@@ -120,22 +124,36 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
       }
       return entries;
     });
-    catalog = next;
-    // A failed listing is not remembered: the next caller tries again.
-    next.catch(() => {
-      if (catalog === next) catalog = undefined;
+
+  /** A listing that starts after this call; one build at a time, changes during it give one more. */
+  const refreshCatalog = (): Promise<Map<string, CatalogEntry>> => {
+    if (refreshing !== undefined) {
+      again = true;
+      return refreshing;
+    }
+    const next = buildCatalog().then((entries) => {
+      catalog = entries;
+      return entries;
     });
+    refreshing = next;
+    void next
+      .catch(() => undefined)
+      .finally(() => {
+        refreshing = undefined;
+        if (again) {
+          again = false;
+          void refreshCatalog().then(notifyAll, () => undefined);
+        }
+      });
     return next;
   };
-  const currentCatalog = (): Promise<Map<string, CatalogEntry>> => catalog ?? refreshCatalog();
+  const currentCatalog = async (): Promise<Map<string, CatalogEntry>> => catalog ?? refreshCatalog();
 
   const notifyAll = (): void => {
     for (const connection of connections) if (connection.task !== undefined) connection.notifyToolsChanged();
   };
-  const stopWatchingPool = pool.onToolsChanged(() => {
-    catalog = undefined;
-    notifyAll();
-  });
+  // Clients hear of a change once the new listing is ready: a burst of changes is one notification.
+  const stopWatchingPool = pool.onToolsChanged(() => void refreshCatalog().then(notifyAll, () => undefined));
 
   const stopWatchingBus = writ.bus.subscribe((event) => {
     for (const connection of connections) {
@@ -217,6 +235,28 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
     return [...metaTools(connection, [...entries.keys()]), ...granted];
   };
 
+  /**
+   * A refusal the action check did not decide (no task, an unknown tool, a bad
+   * argument, a meta-tool turned down), recorded like every other deny. The
+   * refusal stands even if the record cannot be written.
+   */
+  const deny = async (connection: Connection, tool: string, code: string, detail: string, data: Record<string, unknown> = {}): Promise<CallToolResult> => {
+    const split = splitToolName(tool);
+    await writ.audit
+      .append({
+        type: 'tool.call',
+        decision: 'deny',
+        reason: code,
+        detail,
+        actor: auditActor(connection.identity),
+        ...(connection.task === undefined ? {} : { task: { id: connection.task.id } }),
+        ...(typeof data.action === 'string' ? { action: data.action } : {}),
+        data: { ...data, tool: (split?.tool ?? tool).slice(0, 128), ...(split === undefined ? {} : { upstream: split.upstream.slice(0, 64) }) },
+      })
+      .catch((error: unknown) => logger?.error({ err: error }, 'could not audit a refused tool call'));
+    return refusal(code, detail);
+  };
+
   const callerOf = (connection: Connection): Caller => ({
     identity: connection.identity,
     ...(connection.task === undefined ? {} : { taskId: connection.task.id }),
@@ -224,19 +264,19 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
   });
 
   const requestAccess = async (connection: Connection, args: Record<string, unknown>): Promise<CallToolResult> => {
-    if (!connection.mayRequestAccess) return refusal('ERR_FORBIDDEN', 'this connection presented a task token; it acts for that task only');
-    if (connection.task !== undefined) return refusal('ERR_TASK_STATE_CONFLICT', 'this connection already holds a task; end it with complete_task first');
+    if (!connection.mayRequestAccess) return deny(connection, 'request_access', 'ERR_FORBIDDEN', 'this connection presented a task token; it acts for that task only');
+    if (connection.task !== undefined) return deny(connection, 'request_access', 'ERR_TASK_STATE_CONFLICT', 'this connection already holds a task; end it with complete_task first');
     const now = writ.clock.now();
-    if (now >= connection.credentialExpiresAt) return refusal('ERR_UNAUTHENTICATED', 'the identity token this connection started with has expired; connect again with a fresh one');
+    if (now >= connection.credentialExpiresAt) return deny(connection, 'request_access', 'ERR_UNAUTHENTICATED', 'the identity token this connection started with has expired; connect again with a fresh one');
     // A connection can outlive a suspension: the identity is read again before anything is granted.
     const identity = await writ.registry.get(connection.identity.id);
     const inactive = identity === undefined ? 'identity is no longer registered' : identityInactiveReason(identity, now);
-    if (identity === undefined || inactive !== undefined) return refusal('ERR_IDENTITY_INACTIVE', inactive ?? 'identity is not active');
+    if (identity === undefined || inactive !== undefined) return deny(connection, 'request_access', 'ERR_IDENTITY_INACTIVE', inactive ?? 'identity is not active');
     const entries = await currentCatalog();
     const names = Array.isArray(args.tools) ? args.tools : [];
     const unknown = names.filter((n) => typeof n !== 'string' || !entries.has(n));
     if (names.length === 0 || unknown.length > 0) {
-      return refusal('ERR_VALIDATION', `tools must name offered tools${unknown.length > 0 ? `; unknown: ${unknown.slice(0, 5).map((n) => JSON.stringify(n)).join(', ')}` : ''}`);
+      return deny(connection, 'request_access', 'ERR_VALIDATION', `tools must name offered tools${unknown.length > 0 ? `; unknown: ${unknown.slice(0, 5).map((n) => JSON.stringify(n)).join(', ')}` : ''}`);
     }
     const scopes = [...new Map((names as string[]).map((n) => entries.get(n)!.mapped).map((m) => [`${m.action} ${m.reach}`, { action: m.action, resource: m.reach }])).values()];
     let result;
@@ -249,7 +289,7 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
         ...(args.ttl === undefined ? {} : { ttl: args.ttl }),
       });
     } catch (error) {
-      if (isWritError(error)) return refusal(error.code, error.detail);
+      if (isWritError(error)) return deny(connection, 'request_access', error.code, error.detail);
       throw error;
     }
     const toolsOf = (granted: readonly Scope[]) =>
@@ -283,7 +323,7 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
 
   const taskStatus = async (connection: Connection): Promise<CallToolResult> => {
     const bound = connection.task;
-    if (bound === undefined) return refusal('ERR_TASK_NOT_FOUND', 'this connection holds no task');
+    if (bound === undefined) return deny(connection, 'task_status', 'ERR_TASK_NOT_FOUND', 'this connection holds no task');
     const task = await writ.broker.getTask(callerOf(connection), bound.id);
     const entries = await currentCatalog();
     const scopes = keptScopes(bound);
@@ -302,10 +342,10 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
 
   const completeTask = async (connection: Connection, args: Record<string, unknown>): Promise<CallToolResult> => {
     const bound = connection.task;
-    if (bound === undefined) return refusal('ERR_TASK_NOT_FOUND', 'this connection holds no task');
+    if (bound === undefined) return deny(connection, 'complete_task', 'ERR_TASK_NOT_FOUND', 'this connection holds no task');
     const outcome = args.outcome === undefined ? 'completed' : args.outcome;
-    if (outcome !== 'completed' && outcome !== 'failed') return refusal('ERR_VALIDATION', 'outcome is completed or failed');
-    if (args.note !== undefined && (typeof args.note !== 'string' || args.note.length > 500)) return refusal('ERR_VALIDATION', 'note is a string of at most 500 characters');
+    if (outcome !== 'completed' && outcome !== 'failed') return deny(connection, 'complete_task', 'ERR_VALIDATION', 'outcome is completed or failed');
+    if (args.note !== undefined && (typeof args.note !== 'string' || args.note.length > 500)) return deny(connection, 'complete_task', 'ERR_VALIDATION', 'note is a string of at most 500 characters');
     // Unbound first, so the end event does not close this connection: it stays, with its meta-tools.
     connection.task = undefined;
     try {
@@ -315,7 +355,7 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
       return { content: [{ type: 'text', text: `Task ${task.id} ${task.state}; its access has ended.` }], structuredContent: summary };
     } catch (error) {
       connection.task = bound;
-      if (isWritError(error)) return refusal(error.code, error.detail);
+      if (isWritError(error)) return deny(connection, 'complete_task', error.code, error.detail);
       throw error;
     }
   };
@@ -324,26 +364,17 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
     let entry = (await currentCatalog()).get(name);
     // A tool not seen yet may belong to an upstream that has just come up.
     if (entry === undefined && splitToolName(name) !== undefined) entry = (await refreshCatalog()).get(name);
-    if (entry === undefined) throw new ProtocolError(INVALID_PARAMS, `Unknown tool: ${name.slice(0, 140)}`);
+    if (entry === undefined) {
+      await deny(connection, name, 'ERR_NOT_FOUND', 'no such tool is offered');
+      throw new ProtocolError(INVALID_PARAMS, `Unknown tool: ${name.slice(0, 140)}`);
+    }
     const { mapped } = entry;
     const task = connection.task;
-    if (task === undefined) return refusal('ERR_SCOPE_NOT_GRANTED', 'no task holds this tool; call request_access first');
+    if (task === undefined) return deny(connection, name, 'ERR_SCOPE_NOT_GRANTED', 'no task holds this tool; call request_access first');
 
     const argumentsDigest = digestOf(args);
     const resource = resourceForCall(mapped.resource, args);
-    if (!resource.ok) {
-      await writ.audit.append({
-        type: 'tool.call',
-        decision: 'deny',
-        reason: 'ERR_VALIDATION',
-        detail: resource.detail,
-        actor: auditActor(connection.identity),
-        task: { id: task.id },
-        action: mapped.action,
-        data: { tool: mapped.tool, upstream: mapped.upstream, argsDigest: argumentsDigest },
-      });
-      return refusal('ERR_VALIDATION', resource.detail);
-    }
+    if (!resource.ok) return deny(connection, name, 'ERR_VALIDATION', resource.detail, { action: mapped.action, argsDigest: argumentsDigest });
     // Policy sees the arguments its schema declares; the record keeps the digest of all of them.
     const declared = writ.policy().set.argTypes;
     const context: Record<string, unknown> = {};
@@ -449,9 +480,9 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
           }
         } catch (error) {
           if (error instanceof ProtocolError) throw error;
-          if (isWritError(error)) return refusal(error.code, error.detail);
+          if (isWritError(error)) return deny(connection, name, error.code, error.detail);
           logger?.error({ err: error, tool: name.slice(0, 140) }, 'MCP tool call failed');
-          return refusal('ERR_INTERNAL', 'Writ could not complete this call');
+          return deny(connection, name, 'ERR_INTERNAL', 'Writ could not complete this call');
         }
       });
       return server;

@@ -90,6 +90,15 @@ export function createMcpHttpFront(options: { readonly writ: Writ; readonly gate
     await session.transport.close().catch(() => undefined);
   };
 
+  /** A refusal of a request Writ could authenticate (a session that is not its own): on the record. */
+  const recordRefusal = (actorId: string | undefined, detail: string): Promise<void> =>
+    writ.audit
+      .append({ type: 'authentication.failed', decision: 'deny', reason: 'ERR_FORBIDDEN', detail, ...(actorId === undefined ? {} : { actor: { id: actorId } }), data: { endpoint: MCP_PATH } })
+      .then(
+        () => undefined,
+        () => undefined,
+      );
+
   const unauthorized = (res: ServerResponse, presented: boolean): void => {
     const challenge = presented ? `Bearer error="invalid_token", resource_metadata="${metadataUrl}"` : `Bearer resource_metadata="${metadataUrl}"`;
     sendProblem(res, 'ERR_UNAUTHENTICATED', presented ? 'the bearer credential was not accepted' : 'present a task token or an identity token as a Bearer credential', { 'www-authenticate': challenge });
@@ -127,21 +136,31 @@ export function createMcpHttpFront(options: { readonly writ: Writ; readonly gate
   const serveLegacy = async (req: IncomingMessage, res: ServerResponse, bearer: string | undefined, parsedBody: unknown, chain: readonly X509Certificate[] | undefined): Promise<void> => {
     const sessionId = headerOf(req, 'mcp-session-id');
     if (sessionId !== undefined) {
-      const session = sessions.get(sessionId);
-      if (session === undefined) return sendProblem(res, 'ERR_NOT_FOUND', 'no such MCP session (it ended, or expired); initialize a new one');
       if (bearer === undefined) return unauthorized(res, false);
-      if (sameSecret(bearer, session.bearer) && writ.clock.now() >= session.bearerExpiresAt) return unauthorized(res, true);
-      if (!sameSecret(bearer, session.bearer)) {
-        // A new credential on a session (a refreshed identity token): it must be the session's identity.
-        const authenticated = await authenticate(res, bearer, chain);
-        if (authenticated === undefined) return;
-        if (authenticated.caller.identity.id !== session.connection.identity.id) return sendProblem(res, 'ERR_FORBIDDEN', 'this session belongs to another identity');
-        if (authenticated.caller.taskId !== undefined && authenticated.caller.taskId !== session.connection.task?.id) {
-          return sendProblem(res, 'ERR_FORBIDDEN', 'this session acts for another task');
-        }
-        session.bearer = bearer;
-        session.bearerExpiresAt = gateway.credentialExpiry(bearer);
+      const session = sessions.get(sessionId);
+      // The fast path: the session's own credential, unexpired, and no certificate to check
+      // again. A certificate-bound session proves its certificate on every request, or a
+      // copied bearer and session id would do without the private key.
+      const bound = session?.connection.presenter.certificateThumbprint;
+      if (session !== undefined && bound === undefined && sameSecret(bearer, session.bearer) && writ.clock.now() < session.bearerExpiresAt) {
+        session.lastUsed = writ.clock.now();
+        return session.transport.handleRequest(req, res, parsedBody);
       }
+      // Anything else authenticates first: whether a session exists is not told to a stranger.
+      const authenticated = await authenticate(res, bearer, chain);
+      if (authenticated === undefined) return;
+      if (session === undefined) return sendProblem(res, 'ERR_NOT_FOUND', 'no such MCP session (it ended, or expired); initialize a new one');
+      const { caller } = authenticated;
+      const refuse = async (detail: string): Promise<void> => {
+        await recordRefusal(caller.identity.id, detail);
+        sendProblem(res, 'ERR_FORBIDDEN', detail);
+      };
+      if (caller.identity.id !== session.connection.identity.id) return refuse('this session belongs to another identity');
+      if (caller.taskId !== undefined && caller.taskId !== session.connection.task?.id) return refuse('this session acts for another task');
+      if (bound !== undefined && caller.certificateThumbprint !== bound) return refuse('this session is bound to a client certificate this request did not present');
+      session.bearer = bearer;
+      session.bearerExpiresAt = gateway.credentialExpiry(bearer);
+      session.connection.credentialExpiresAt = Math.max(session.connection.credentialExpiresAt, caller.taskId === undefined ? session.bearerExpiresAt : 0);
       session.lastUsed = writ.clock.now();
       return session.transport.handleRequest(req, res, parsedBody);
     }
@@ -195,6 +214,10 @@ export function createMcpHttpFront(options: { readonly writ: Writ; readonly gate
     const key = bound === undefined ? `identity:${caller.identity.id}` : `task:${bound.id}`;
     let entry = handlers.get(key);
     if (entry === undefined) {
+      // The same shares as sessions: past its share an identity's least recently used handler makes way; past the total, none is made.
+      if (handlers.size >= settings.maxSessions) return sendProblem(res, 'ERR_OVER_CAPACITY', 'too many open MCP handlers; try again later');
+      const own = [...handlers.values()].filter((h) => h.connection.identity.id === caller.identity.id).sort((x, y) => x.lastUsed - y.lastUsed);
+      for (const stale of own.slice(0, Math.max(0, own.length - settings.maxSessionsPerIdentity + 1))) stale.connection.close('the identity opened more handlers than it may hold');
       const connection = connectionFor(
         caller,
         bearer as string,
@@ -215,7 +238,7 @@ export function createMcpHttpFront(options: { readonly writ: Writ; readonly gate
           const token = ctx.authInfo?.token ?? '';
           return gateway.serverFor(extra === undefined ? connection : connectionFor(extra.caller, token, extra.bound, false, connection.notifyToolsChanged, connection.close));
         },
-        { legacy: 'reject', responseMode: 'json', onerror: (error) => logger?.debug({ err: error }, 'MCP request refused') },
+        { legacy: 'reject', onerror: (error) => logger?.debug({ err: error }, 'MCP request refused') },
       );
       const created: TaskHandler = { handler, connection, untrack: () => undefined, lastUsed: writ.clock.now() };
       created.untrack = bound === undefined ? () => undefined : gateway.track(connection);
@@ -235,8 +258,13 @@ export function createMcpHttpFront(options: { readonly writ: Writ; readonly gate
     },
 
     async handle(req, res, { parsedBody, certificateChain }) {
+      res.setHeader('cache-control', 'no-store');
+      res.setHeader('x-content-type-options', 'nosniff');
       const origin = headerOf(req, 'origin');
-      if (origin !== undefined && !allowedOrigins.has(origin)) return sendProblem(res, 'ERR_FORBIDDEN', 'this Origin may not call the MCP gateway');
+      if (origin !== undefined && !allowedOrigins.has(origin)) {
+        await recordRefusal(undefined, `a request from Origin ${JSON.stringify(origin.slice(0, 200))}, which gateway.allowedOrigins does not list`);
+        return sendProblem(res, 'ERR_FORBIDDEN', 'this Origin may not call the MCP gateway');
+      }
       const bearer = bearerOf(req);
       try {
         const onSession = headerOf(req, 'mcp-session-id') !== undefined;

@@ -4,11 +4,12 @@
  * shows it at all. Pure functions, no I/O.
  *
  * A call is decided as (action, resource):
- *   - action: from the operator's config, else from the tool's annotations.
- *     Annotations are hints an upstream writes about itself, so they can only
- *     raise the tier, never lower it below what the MCP spec's defaults imply:
- *     a tool is `read` only if it says it is read-only AND closed-world; an
- *     unannotated tool is `export` (the spec's defaults: destructive, open world).
+ *   - action: from the operator's config, else from the tool's annotations,
+ *     read with the MCP spec's defaults for what they leave out: a tool is
+ *     `read` only if it says it is read-only AND closed-world; an unannotated
+ *     tool is `export` (the spec's defaults: destructive, open world). The
+ *     hints are the upstream's own claims; an operator who does not trust them
+ *     names the action (or exposes only the tools it listed).
  *   - resource: from the config's template, `{arg}` placeholders filled from the
  *     call's own arguments (`payments:refunds/{ticketId}`), else
  *     `tool:<upstream>/<tool>`. An argument that cannot be a resource name
@@ -60,6 +61,11 @@ export function splitToolName(name: string): { readonly upstream: string; readon
   if (at <= 0) return undefined;
   const tool = name.slice(at + TOOL_SEPARATOR.length);
   return tool.length === 0 ? undefined : { upstream: name.slice(0, at), tool };
+}
+
+/** The operator's mapping of `tool`, by own key only: a tool named `constructor` is not configured by Object.prototype. */
+export function configuredMapping(tools: Readonly<Record<string, ToolMappingConfig>>, tool: string): ToolMappingConfig | undefined {
+  return Object.hasOwn(tools, tool) ? tools[tool] : undefined;
 }
 
 /** The action a tool's annotations imply, with the MCP spec's defaults for what they leave out. */

@@ -243,10 +243,14 @@ export function createUpstreamPool(options: UpstreamPoolOptions): UpstreamPool {
   function logStderr(stream: Readable | null, upstream: string, secrets: readonly string[]): void {
     if (stream === null) return;
     const lines = createInterface({ input: stream, crlfDelay: Infinity });
+    // Masked before anything is cut; a line holding the start or the end of a
+    // secret (one split over two lines, say) is withheld whole.
+    const pieces = secrets.filter((s) => s.length >= 8).flatMap((s) => [s.slice(0, 8), s.slice(-8)]);
     lines.on('line', (line) => {
-      let text = line.length > 2000 ? `${line.slice(0, 2000)}…` : line;
+      let text = line;
       for (const secret of secrets) if (secret.length > 0) text = text.split(secret).join('[secret]');
-      logger?.debug({ upstream, stderr: text }, 'upstream stderr');
+      if (pieces.some((piece) => text.includes(piece))) text = '[line withheld: it held part of an injected secret]';
+      logger?.debug({ upstream, stderr: text.length > 2000 ? `${text.slice(0, 2000)}…` : text }, 'upstream stderr');
     });
     lines.on('error', () => undefined);
   }

@@ -1,0 +1,113 @@
+/**
+ * The MCP gateway under mTLS: a task token bound to a client certificate
+ * (`cnf.x5t#S256`) is worth nothing on a session without that certificate, on
+ * every request, not only the first; and `clientCertificates: required` covers
+ * /mcp as it covers /v1.
+ */
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import { createManualClock } from '../src/core/clock.js';
+import { PACKAGE_ROOT } from '../src/core/config.js';
+import { claimsOf, startHarness, supportTask, type Harness } from './helpers/harness.js';
+import { createCa, issueServerCert, issueSvid } from './helpers/pki.js';
+
+const AGENT = 'spiffe://prod.example/agent/support';
+const TICKETS = join(PACKAGE_ROOT, 'examples', 'mcp-gateway', 'tickets-server.mjs');
+const initialize = { jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-11-25', capabilities: {}, clientInfo: { name: 'x', version: '1' } } };
+
+async function setUp(mode: 'optional' | 'required') {
+  const clock = createManualClock();
+  const now = clock.now();
+  const validity = { notBefore: new Date(now - 86_400_000), notAfter: new Date(now + 86_400_000) };
+  const root = await createCa({ name: 'root', ...validity });
+  const inter = await createCa({ name: 'int', parent: root, ...validity });
+  const serverCa = await createCa({ name: 'srv', ...validity });
+  const server = await issueServerCert(serverCa, ['127.0.0.1']);
+  const svid = await issueSvid(inter, AGENT);
+  const dir = mkdtempSync(join(tmpdir(), 'writ-mcp-mtls-'));
+  writeFileSync(join(dir, 'server.crt'), server.chainPem);
+  writeFileSync(join(dir, 'server.key'), server.keyPem);
+  writeFileSync(join(dir, 'bundle.pem'), root.certPem);
+  const h = await startHarness({
+    clock,
+    config: {
+      server: { tls: { certFile: join(dir, 'server.crt'), keyFile: join(dir, 'server.key'), clientCertificates: mode } },
+      identity: { sources: [{ type: 'spiffe', name: 'prod', trustDomain: 'prod.example', x509BundleFile: join(dir, 'bundle.pem') }] },
+      gateway: { upstreams: [{ name: 'tickets', command: process.execPath, args: [TICKETS], inject: [{ secret: 'k', env: 'TICKETS_API_KEY' }], tools: { add_comment: { resource: 'tickets:{ticketId}' } } }] },
+    },
+  });
+  await h.writ.vault.put('k', 'sk_test', { id: 'test' });
+  await h.registerAgent(AGENT);
+  const port = (h.app.server.address() as AddressInfo).port;
+  const request = (method: string, path: string, o: { body?: unknown; bearer?: string; cert?: boolean; headers?: Record<string, string> } = {}) => {
+    const payload = o.body === undefined ? undefined : JSON.stringify(o.body);
+    return new Promise<{ status: number; body: string; headers: Record<string, unknown> }>((resolve, reject) => {
+      const r = https.request(
+        {
+          host: '127.0.0.1',
+          port,
+          method,
+          path,
+          ca: serverCa.certPem,
+          agent: false,
+          ...(o.cert === true ? { cert: svid.chainPem, key: svid.keyPem } : {}),
+          headers: {
+            ...(payload === undefined ? {} : { 'content-type': 'application/json' }),
+            accept: 'application/json, text/event-stream',
+            ...(o.bearer === undefined ? {} : { authorization: `Bearer ${o.bearer}` }),
+            ...(o.headers ?? {}),
+          },
+        },
+        (res) => {
+          let text = '';
+          res.on('data', (c) => (text += c));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text, headers: res.headers }));
+        },
+      );
+      r.on('error', reject);
+      r.end(payload);
+    });
+  };
+  return { h, request, cleanup: async () => { await h.close(); rmSync(dir, { recursive: true, force: true }); } };
+}
+
+describe('MCP gateway with client certificates', () => {
+  const cleanups: (() => Promise<void>)[] = [];
+  after(async () => {
+    for (const c of cleanups) await c();
+  });
+
+  test('a certificate-bound session refuses a request that does not present the certificate, whatever it copied', async () => {
+    const { request, cleanup } = await setUp('optional');
+    cleanups.push(cleanup);
+    const granted = await request('POST', '/v1/tasks', { cert: true, body: supportTask({ scopes: [{ action: 'write', resource: 'tickets:*' }] }) });
+    assert.equal(granted.status, 201, granted.body);
+    const token = JSON.parse(granted.body).token as string;
+    assert.ok(claimsOf(token).cnf?.['x5t#S256'], 'the token is bound to the certificate');
+    assert.equal((await request('POST', '/mcp', { bearer: token, body: initialize })).status, 401, 'no session without the certificate');
+    const opened = await request('POST', '/mcp', { bearer: token, cert: true, body: initialize });
+    assert.equal(opened.status, 200, opened.body);
+    const headers = { 'mcp-session-id': String(opened.headers['mcp-session-id']), 'mcp-protocol-version': '2025-11-25' };
+    await request('POST', '/mcp', { bearer: token, cert: true, headers, body: { jsonrpc: '2.0', method: 'notifications/initialized' } });
+    const call = { jsonrpc: '2.0', id: 2, method: 'tools/call', params: { name: 'tickets__add_comment', arguments: { ticketId: 'T-1042', text: 'hello' } } };
+    const stolen = await request('POST', '/mcp', { bearer: token, headers, body: call });
+    assert.equal(stolen.status, 401, `bearer and session id without the key: ${stolen.body}`);
+    const owner = await request('POST', '/mcp', { bearer: token, cert: true, headers, body: call });
+    assert.equal(owner.status, 200);
+    assert.match(owner.body, /commentId/);
+  });
+
+  test('clientCertificates: required covers /mcp: no certificate, no session', async () => {
+    const { h, request, cleanup } = await setUp('required');
+    cleanups.push(cleanup);
+    const identityToken = await h.identityToken(AGENT).catch(() => undefined);
+    const answer = await request('POST', '/mcp', { ...(identityToken === undefined ? {} : { bearer: identityToken }), body: initialize });
+    assert.equal(answer.status, 401);
+    assert.equal(JSON.parse(answer.body).code, 'ERR_UNAUTHENTICATED');
+  });
+});
