@@ -274,9 +274,11 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
     if (identity === undefined || inactive !== undefined) return deny(connection, 'request_access', 'ERR_IDENTITY_INACTIVE', inactive ?? 'identity is not active');
     const entries = await currentCatalog();
     const names = Array.isArray(args.tools) ? args.tools : [];
+    if (names.length === 0 || names.length > 32) return deny(connection, 'request_access', 'ERR_VALIDATION', 'tools names 1 to 32 offered tools');
     const unknown = names.filter((n) => typeof n !== 'string' || !entries.has(n));
-    if (names.length === 0 || unknown.length > 0) {
-      return deny(connection, 'request_access', 'ERR_VALIDATION', `tools must name offered tools${unknown.length > 0 ? `; unknown: ${unknown.slice(0, 5).map((n) => JSON.stringify(n)).join(', ')}` : ''}`);
+    if (unknown.length > 0) {
+      const shown = unknown.slice(0, 5).map((n) => JSON.stringify(typeof n === 'string' ? n.slice(0, 64) : typeof n));
+      return deny(connection, 'request_access', 'ERR_VALIDATION', `tools must name offered tools; unknown: ${shown.join(', ')}`);
     }
     const scopes = [...new Map((names as string[]).map((n) => entries.get(n)!.mapped).map((m) => [`${m.action} ${m.reach}`, { action: m.action, resource: m.reach }])).values()];
     let result;
