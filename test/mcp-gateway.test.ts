@@ -551,6 +551,32 @@ describe('writ mcp: the gateway on stdio', () => {
     assert.ok(records.some((r) => r.type === 'tool.call' && (r as any).data.tool === 'get_ticket' && (r as any).data.status === 'ok'), 'the stdio process wrote to the same chain');
   });
 
+  test('writ gateway serves /mcp alone: no REST API beside it, the same 401 challenge', async () => {
+    const child = spawn(process.execPath, [join(PACKAGE_ROOT, 'bin', 'writ.js'), 'gateway', '--config', join(h.dataDir, 'writ.yaml'), '--data-dir', h.dataDir, '--port', '0'], {
+      env: { PATH: process.env.PATH ?? '' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    try {
+      const url = await new Promise<string>((resolve, reject) => {
+        let out = '';
+        child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
+          out += chunk;
+          const match = /Writ listening on (http:\/\/[^"\s]+)/.exec(out);
+          if (match) resolve(match[1]!);
+        });
+        child.once('exit', (code) => reject(new Error(`writ gateway exited ${code}`)));
+      });
+      assert.equal((await fetch(`${url}/healthz`)).status, 200);
+      assert.equal((await fetch(`${url}/v1/identities`)).status, 404, 'the REST API is not served');
+      const challenge = await fetch(`${url}/mcp`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' });
+      assert.equal(challenge.status, 401);
+      assert.match(challenge.headers.get('www-authenticate') ?? '', /resource_metadata=/);
+    } finally {
+      child.kill('SIGTERM');
+      await new Promise((r) => (child.exitCode !== null ? r(undefined) : child.once('exit', r)));
+    }
+  });
+
   test('without a credential it refuses to start', async () => {
     const result = await runWrit(['mcp', '--config', join(h.dataDir, 'writ.yaml'), '--data-dir', h.dataDir], h.dataDir);
     assert.equal(result.code, 2);
