@@ -18,6 +18,7 @@ import { createManualClock } from '../src/core/clock.js';
 import { PACKAGE_ROOT } from '../src/core/config.js';
 import { AGENT, startHarness, supportTask, tokenFromUnknownKey, unsignedToken, type Harness } from './helpers/harness.js';
 import { runWrit } from './helpers/cli.js';
+import { createTestDatabase } from './helpers/pg.js';
 import { EXAMPLE_POLICIES, policyFolder } from './helpers/policy-folder.js';
 
 const TICKETS_SERVER = join(PACKAGE_ROOT, 'examples', 'mcp-gateway', 'tickets-server.mjs');
@@ -272,6 +273,22 @@ describe('MCP gateway over Streamable HTTP', () => {
     }
   });
 
+  test('2026 revision: ending a task closes its handler and listen stream; the next request is refused', async () => {
+    const pinned = { versionNegotiation: { mode: { pin: '2026-07-28' } } } as const;
+    const { token, taskId } = await taskToken(h, [{ action: 'read', resource: 'tickets:*' }]);
+    const modern = await httpClient(h, token, { ...pinned, listChanged: { tools: { debounceMs: 0, onChanged: () => undefined } } } as never);
+    try {
+      assert.equal((await modern.callTool({ name: 'tickets__list_tickets', arguments: {} })).isError, undefined);
+      const subscription = modern.autoOpenedSubscription;
+      assert.ok(subscription, 'a listen stream is open');
+      assert.equal((await h.post(`/v1/tasks/${taskId}/revoke`, undefined, token)).status, 200);
+      await Promise.race([subscription.closed, new Promise((_, reject) => setTimeout(() => reject(new Error('listen stream still open')), 3000))]);
+      await assert.rejects(modern.callTool({ name: 'tickets__list_tickets', arguments: {} }), /401|Unauthorized|invalid_token/i);
+    } finally {
+      await modern.close().catch(() => undefined);
+    }
+  });
+
   test('ending a task elsewhere closes its session at once; the next call is refused', async () => {
     const { token, taskId } = await taskToken(h, [{ action: 'read', resource: 'tickets:*' }]);
     const client = await httpClient(h, token);
@@ -358,6 +375,36 @@ describe('MCP gateway over Streamable HTTP', () => {
     } finally {
       await client.close();
     }
+  });
+});
+
+describe('MCP gateway on PostgreSQL (a cluster\'s store)', () => {
+  let h: Harness | undefined;
+  before(async () => {
+    const database = await createTestDatabase();
+    if (database === undefined) return;
+    h = await startHarness({ backend: 'postgres', database, config: { gateway: { upstreams: [ticketsUpstream] } } });
+    await h.writ.vault.put('tickets-api-key', API_KEY, { id: 'test' });
+    await h.registerAgent();
+  });
+  after(() => h?.close());
+
+  test('request_access, a checked call, a refusal and the end of the task, all on the PostgreSQL audit chain', async (t) => {
+    if (h === undefined) return t.skip('PostgreSQL not available');
+    const client = await httpClient(h, await h.identityToken());
+    try {
+      const granted = await client.callTool({ name: 'request_access', arguments: { purpose: 'Answer T-1042', intent: 'customer-support', tools: ['tickets__get_ticket'] } });
+      assert.equal(structured(granted).status, 'granted');
+      assert.equal(JSON.parse(textOf(await client.callTool({ name: 'tickets__get_ticket', arguments: { ticketId: 'T-1042' } }))).id, 'T-1042');
+      assert.equal(structured(await client.callTool({ name: 'tickets__add_comment', arguments: { ticketId: 'T-1042', text: 'x' } })).code, 'ERR_SCOPE_NOT_GRANTED');
+      assert.equal(structured(await client.callTool({ name: 'complete_task', arguments: {} })).state, 'completed');
+    } finally {
+      await client.close();
+    }
+    const records = await h.auditRecords();
+    assert.ok(records.some((r) => r.type === 'tool.call' && (r as any).data.status === 'ok'));
+    const { verifyAuditChain } = await import('../src/audit/log.js');
+    assert.equal((await verifyAuditChain(h.writ.store)).ok, true);
   });
 });
 
