@@ -598,6 +598,26 @@ describe('writ mcp: the gateway on stdio', () => {
     assert.ok(records.some((r) => r.type === 'tool.call' && (r as any).data.tool === 'get_ticket' && (r as any).data.status === 'ok'), 'the stdio process wrote to the same chain');
   });
 
+  test('on a laptop, writ mcp --dev --identity mints its own identity token', async () => {
+    const client = new Client({ name: 'stdio-agent', version: '1.0.0' });
+    await client.connect(
+      new StdioClientTransport({
+        command: process.execPath,
+        args: [join(PACKAGE_ROOT, 'bin', 'writ.js'), 'mcp', '--dev', '--identity', AGENT, '--config', join(h.dataDir, 'writ.yaml'), '--data-dir', h.dataDir],
+        stderr: 'pipe',
+      }),
+    );
+    try {
+      assert.deepEqual(names((await client.listTools()).tools), ['request_access']);
+      const granted = await client.callTool({ name: 'request_access', arguments: { purpose: 'Read T-1042', intent: 'customer-support', tools: ['tickets__get_ticket'] } });
+      assert.equal(structured(granted).status, 'granted', textOf(granted));
+    } finally {
+      await client.close();
+    }
+    const refused = await runWrit(['mcp', '--identity', AGENT, '--config', join(h.dataDir, 'writ.yaml'), '--data-dir', h.dataDir], h.dataDir);
+    assert.equal(refused.code, 2, 'without --dev, --identity is refused');
+  });
+
   test('writ gateway serves /mcp alone: no REST API beside it, the same 401 challenge', async () => {
     const child = spawn(process.execPath, [join(PACKAGE_ROOT, 'bin', 'writ.js'), 'gateway', '--config', join(h.dataDir, 'writ.yaml'), '--data-dir', h.dataDir, '--port', '0'], {
       env: { PATH: process.env.PATH ?? '' },
