@@ -170,6 +170,27 @@ describe('MCP gateway over Streamable HTTP', () => {
     }
   });
 
+  test('request_access can ask for less than a tool\'s reach: one ticket, not every ticket', async () => {
+    const client = await httpClient(h, await h.identityToken());
+    try {
+      for (const resources of [{ tickets__get_ticket: 'db:orders/1' }, { tickets__get_ticket: 'tickets:../x' }, { tickets__add_comment: 'tickets:T-1' }, [1]]) {
+        const refused = await client.callTool({ name: 'request_access', arguments: { purpose: 'Read T-1042', intent: 'customer-support', tools: ['tickets__get_ticket'], resources } });
+        assert.equal(structured(refused).code, 'ERR_VALIDATION', JSON.stringify(resources));
+      }
+      const granted = await client.callTool({
+        name: 'request_access',
+        arguments: { purpose: 'Read T-1042', intent: 'customer-support', tools: ['tickets__get_ticket'], resources: { tickets__get_ticket: 'tickets:T-1042' } },
+      });
+      assert.equal(structured(granted).status, 'granted', textOf(granted));
+      assert.deepEqual(structured(await client.callTool({ name: 'task_status', arguments: {} })).scopes, ['read tickets:T-1042']);
+      assert.deepEqual(names((await client.listTools()).tools), ['complete_task', 'task_status', 'tickets__get_ticket'], 'list_tickets (tickets:list) is not in it');
+      assert.equal((await client.callTool({ name: 'tickets__get_ticket', arguments: { ticketId: 'T-1042' } })).isError, undefined);
+      assert.equal(structured(await client.callTool({ name: 'tickets__get_ticket', arguments: { ticketId: 'T-1043' } })).code, 'ERR_SCOPE_NOT_GRANTED');
+    } finally {
+      await client.close();
+    }
+  });
+
   test('arguments cannot walk out of a resource template; the refusal is audited, the upstream never called', async () => {
     const { token } = await taskToken(h, [{ action: 'read', resource: 'tickets:*' }]);
     const client = await httpClient(h, token);

@@ -25,6 +25,7 @@ import type { Logger } from 'pino';
 import { auditActor } from '../../audit/log.js';
 import { canonicalize } from '../../core/canonical-json.js';
 import { isWritError } from '../../core/errors.js';
+import { isValidResource, resourceCovers } from '../../core/scope.js';
 import type { Identity, Scope } from '../../core/types.js';
 import { WRIT_VERSION } from '../../core/version.js';
 import type { Caller } from '../../broker/broker.js';
@@ -188,6 +189,13 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
             purpose: { type: 'string', minLength: 1, maxLength: 500, description: 'What the task is, e.g. "Answer ticket T-1042"' },
             intent: { type: 'string', pattern: '^[a-z][a-z0-9-]{0,63}$', description: 'The declared class of work, e.g. customer-support' },
             tools: { type: 'array', minItems: 1, maxItems: 32, uniqueItems: true, items: offered.length > 0 ? { type: 'string', enum: [...offered] } : { type: 'string' } },
+            resources: {
+              type: 'object',
+              description:
+                'Optional, per tool: the one resource (or prefix ending in *) the task needs it for, e.g. {"tickets__get_ticket": "tickets:T-1042"}. ' +
+                'Narrower than the tool\'s whole reach; it must lie within it.',
+              additionalProperties: { type: 'string', maxLength: 256 },
+            },
             environment: { type: 'string', description: `Default: ${connection.identity.environment}` },
             ttl: { type: ['string', 'integer'], description: 'How long, e.g. 5m (capped by Writ)' },
           },
@@ -280,7 +288,26 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
       const shown = unknown.slice(0, 5).map((n) => JSON.stringify(typeof n === 'string' ? n.slice(0, 64) : typeof n));
       return deny(connection, 'request_access', 'ERR_VALIDATION', `tools must name offered tools; unknown: ${shown.join(', ')}`);
     }
-    const scopes = [...new Map((names as string[]).map((n) => entries.get(n)!.mapped).map((m) => [`${m.action} ${m.reach}`, { action: m.action, resource: m.reach }])).values()];
+    // Each tool's scope is its whole reach, or the narrower resource the agent names for it.
+    const narrower = args.resources === undefined ? {} : args.resources;
+    if (typeof narrower !== 'object' || narrower === null || Array.isArray(narrower)) return deny(connection, 'request_access', 'ERR_VALIDATION', 'resources maps tool names to resources');
+    const wanted: Scope[] = [];
+    for (const name of names as string[]) {
+      const { mapped } = entries.get(name)!;
+      const given = Object.hasOwn(narrower, name) ? (narrower as Record<string, unknown>)[name] : undefined;
+      if (given === undefined) {
+        wanted.push({ action: mapped.action, resource: mapped.reach });
+        continue;
+      }
+      if (typeof given !== 'string' || !isValidResource(given) || !resourceCovers(mapped.reach, given)) {
+        return deny(connection, 'request_access', 'ERR_VALIDATION', `resources.${name.slice(0, 64)} must be a resource within ${mapped.reach}`);
+      }
+      wanted.push({ action: mapped.action, resource: given });
+    }
+    for (const key of Object.keys(narrower)) {
+      if (!(names as string[]).includes(key)) return deny(connection, 'request_access', 'ERR_VALIDATION', `resources names ${JSON.stringify(key.slice(0, 64))}, which tools does not`);
+    }
+    const scopes = [...new Map(wanted.map((s) => [`${s.action} ${s.resource}`, s])).values()];
     let result;
     try {
       result = await writ.broker.requestTask({ ...callerOf(connection), identity }, {
