@@ -81,6 +81,8 @@ describe('bad input', () => {
     ['a scope over everything', () => h.post('/v1/tasks', supportTask({ scopes: [{ action: 'read', resource: '*' }] }), identityToken), 400, 'ERR_VALIDATION'],
     ['an environment not configured', () => h.post('/v1/tasks', supportTask({ environment: 'moon' }), identityToken), 400, 'ERR_VALIDATION'],
     ['a purpose with control characters', () => h.post('/v1/tasks', supportTask({ purpose: 'ok\n{"forged":"log line"}' }), identityToken), 400, 'ERR_VALIDATION'],
+    // JSON.stringify writes it as the escape \ud800; parsed, it is half a character, which Cedar would refuse whole.
+    ['a purpose with a lone surrogate', () => h.post('/v1/tasks', supportTask({ purpose: 'refund \uD800 now' }), identityToken), 400, 'ERR_VALIDATION'],
     ['a TTL that is not a duration', () => h.post('/v1/tasks', supportTask({ ttl: '5 minutes' }), identityToken), 400, 'ERR_VALIDATION'],
     ['an intent with SQL in it', () => h.post('/v1/tasks', supportTask({ intent: "x'; drop table tasks; --" }), identityToken), 400, 'ERR_VALIDATION'],
     ['a JSON array body', () => h.post('/v1/tasks', '[1,2,3]', identityToken), 400, 'ERR_VALIDATION'],

@@ -36,7 +36,7 @@ export const taskRequestSchema = z
       .string()
       .min(1)
       .max(500)
-      .regex(/^[^\p{Cc}\p{Cf}]+$/u, 'no control or format characters'),
+      .regex(/^[^\p{Cc}\p{Cf}\p{Cs}]+$/u, 'no control or format characters'),
     intent: slug,
     scopes: z
       .array(

@@ -34,7 +34,7 @@ export const createAdminTokenSchema = z
       .string()
       .min(1)
       .max(128)
-      .regex(/^[^\p{Cc}\p{Cf}]+$/u, 'no control or format characters'),
+      .regex(/^[^\p{Cc}\p{Cf}\p{Cs}]+$/u, 'no control or format characters'),
     scopes: z.array(z.enum(ADMIN_SCOPES)).min(1).max(ADMIN_SCOPES.length),
     /** Lifetime in seconds; absent = no expiry. */
     ttlSeconds: z.number().int().min(60).max(366 * 86_400).optional(),

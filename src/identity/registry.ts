@@ -17,7 +17,7 @@ const printable = (max: number) =>
     .string()
     .min(1)
     .max(max)
-    .regex(/^[^\p{Cc}\p{Cf}]+$/u, 'no control or format characters');
+    .regex(/^[^\p{Cc}\p{Cf}\p{Cs}]+$/u, 'no control or format characters');
 
 /**
  * An identity id: a SPIFFE ID, or `<issuer>#<subject>` for identities from an
@@ -25,7 +25,7 @@ const printable = (max: number) =>
  */
 export function isIdentityId(value: string): boolean {
   if (isSpiffeId(value)) return true;
-  if (value.length > 2048 || /[\s\p{Cc}\p{Cf}]/u.test(value)) return false;
+  if (value.length > 2048 || /[\s\p{Cc}\p{Cf}\p{Cs}]/u.test(value)) return false;
   const hash = value.indexOf('#');
   if (hash <= 0 || hash === value.length - 1) return false;
   try {

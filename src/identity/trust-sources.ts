@@ -387,7 +387,7 @@ export function claimString(payload: JWTPayload, ref: string): string | undefine
     value = Object.hasOwn(payload, ref) ? (payload as Record<string, unknown>)[ref] : undefined;
   }
   if (typeof value === 'number' || typeof value === 'boolean') value = String(value);
-  if (typeof value !== 'string' || value.length === 0 || value.length > 256 || /[\p{Cc}\p{Cf}]/u.test(value)) return undefined;
+  if (typeof value !== 'string' || value.length === 0 || value.length > 256 || /[\p{Cc}\p{Cf}\p{Cs}]/u.test(value)) return undefined;
   return value;
 }
 

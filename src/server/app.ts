@@ -37,7 +37,7 @@ const authorizeBodySchema = z
   .strict();
 
 const endBodySchema = z
-  .object({ note: z.string().max(500).regex(/^[^\p{Cc}\p{Cf}]*$/u, 'no control characters').optional() })
+  .object({ note: z.string().max(500).regex(/^[^\p{Cc}\p{Cf}\p{Cs}]*$/u, 'no control characters').optional() })
   .strict();
 
 /** The JSON shape of an identity in API responses. */

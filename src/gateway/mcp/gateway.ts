@@ -374,7 +374,9 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
     if (bound === undefined) return deny(connection, 'complete_task', 'ERR_TASK_NOT_FOUND', 'this connection holds no task');
     const outcome = args.outcome === undefined ? 'completed' : args.outcome;
     if (outcome !== 'completed' && outcome !== 'failed') return deny(connection, 'complete_task', 'ERR_VALIDATION', 'outcome is completed or failed');
-    if (args.note !== undefined && (typeof args.note !== 'string' || args.note.length > 500)) return deny(connection, 'complete_task', 'ERR_VALIDATION', 'note is a string of at most 500 characters');
+    if (args.note !== undefined && (typeof args.note !== 'string' || args.note.length > 500 || !/^[^\p{Cc}\p{Cf}\p{Cs}]*$/u.test(args.note))) {
+      return deny(connection, 'complete_task', 'ERR_VALIDATION', 'note is text of at most 500 characters, without control or format characters');
+    }
     // Unbound first, so the end event does not close this connection: it stays, with its meta-tools.
     connection.task = undefined;
     try {
