@@ -170,6 +170,24 @@ describe('MCP gateway over Streamable HTTP', () => {
     }
   });
 
+  test('a task granted in a session ends with the session: its token never left Writ, so nothing else could use it', async () => {
+    const client = await httpClient(h, await h.identityToken());
+    const granted = await client.callTool({ name: 'request_access', arguments: { purpose: 'Read T-1042', intent: 'customer-support', tools: ['tickets__get_ticket'] } });
+    const taskId = structured(granted).taskId as string;
+    assert.equal((await h.writ.store.getTask(taskId))?.state, 'active');
+    await (client.transport as StreamableHTTPClientTransport).terminateSession();
+    await client.close();
+    const task = await h.writ.store.getTask(taskId);
+    assert.equal(task?.state, 'revoked');
+    assert.match(task?.endReason ?? '', /MCP connection that held it ended/);
+    // A task token presented by the client is not the session's to end.
+    const { token, taskId: presented } = await taskToken(h, [{ action: 'read', resource: 'tickets:*' }]);
+    const other = await httpClient(h, token);
+    await (other.transport as StreamableHTTPClientTransport).terminateSession();
+    await other.close();
+    assert.equal((await h.writ.store.getTask(presented))?.state, 'active');
+  });
+
   test('request_access can ask for less than a tool\'s reach: one ticket, not every ticket', async () => {
     const client = await httpClient(h, await h.identityToken());
     try {
@@ -619,7 +637,8 @@ describe('writ mcp: the gateway on stdio', () => {
     assert.ok(records.some((r) => r.type === 'tool.call' && (r as any).data.tool === 'get_ticket' && (r as any).data.status === 'ok'), 'the stdio process wrote to the same chain');
   });
 
-  test('on a laptop, writ mcp --dev --identity mints its own identity token', async () => {
+  test('on a laptop, writ mcp --dev --identity mints its own identity token; its task ends with the process', async () => {
+    let taskId = '';
     const client = new Client({ name: 'stdio-agent', version: '1.0.0' });
     await client.connect(
       new StdioClientTransport({
@@ -632,9 +651,11 @@ describe('writ mcp: the gateway on stdio', () => {
       assert.deepEqual(names((await client.listTools()).tools), ['request_access']);
       const granted = await client.callTool({ name: 'request_access', arguments: { purpose: 'Read T-1042', intent: 'customer-support', tools: ['tickets__get_ticket'] } });
       assert.equal(structured(granted).status, 'granted', textOf(granted));
+      taskId = structured(granted).taskId as string;
     } finally {
       await client.close();
     }
+    await eventually(async () => (await h.writ.store.getTask(taskId))?.state === 'revoked', 'the task to end with the stdio connection');
     const refused = await runWrit(['mcp', '--identity', AGENT, '--config', join(h.dataDir, 'writ.yaml'), '--data-dir', h.dataDir], h.dataDir);
     assert.equal(refused.code, 2, 'without --dev, --identity is refused');
   });

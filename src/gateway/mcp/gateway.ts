@@ -65,6 +65,12 @@ export interface Connection {
   readonly holdsTasks: boolean;
   readonly presenter: Presenter;
   task: BoundTask | undefined;
+  /**
+   * True when the bound task was granted in this connection: its token never
+   * left Writ, so the task ends when the connection does (no grant outlives
+   * the only thing that could use it).
+   */
+  ownsTask?: boolean;
   /** Tells the client its tool list changed. */
   notifyToolsChanged(): void;
   /** Ends the connection (its task ended elsewhere). */
@@ -87,6 +93,8 @@ export interface McpGateway {
   serverFor(connection: Connection): Server;
   /** Registers a connection holding a task, so grant changes reach it; returns the unregister function. */
   track(connection: Connection): () => void;
+  /** The connection is going away: a task it owns (granted in it) is revoked. Never throws. */
+  release(connection: Connection, reason: string): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -334,6 +342,7 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
       const bound: BoundTask = { id: result.task.id, token: result.token, scopes: result.task.grantedScopes, expiresAt: result.task.expiresAt };
       if (connection.holdsTasks) {
         connection.task = bound;
+        connection.ownsTask = true;
         track(connection);
         connection.notifyToolsChanged();
       }
@@ -379,6 +388,8 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
     }
     // Unbound first, so the end event does not close this connection: it stays, with its meta-tools.
     connection.task = undefined;
+    const owned = connection.ownsTask === true;
+    connection.ownsTask = false;
     try {
       const task = await writ.broker.endTask({ identity: connection.identity, taskId: bound.id }, bound.id, outcome, args.note as string | undefined);
       connection.notifyToolsChanged();
@@ -386,6 +397,7 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
       return { content: [{ type: 'text', text: `Task ${task.id} ${task.state}; its access has ended.` }], structuredContent: summary };
     } catch (error) {
       connection.task = bound;
+      connection.ownsTask = owned;
       if (isWritError(error)) return deny(connection, 'complete_task', error.code, error.detail);
       throw error;
     }
@@ -459,6 +471,19 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
     }
   };
 
+  const release = async (connection: Connection, reason: string): Promise<void> => {
+    const task = connection.task;
+    if (task === undefined || connection.ownsTask !== true) return;
+    connection.task = undefined;
+    connection.ownsTask = false;
+    try {
+      await writ.broker.endTask({ identity: connection.identity, taskId: task.id }, task.id, 'revoked', `the MCP connection that held it ended (${reason})`);
+    } catch (error) {
+      // Ended already (completed, expired, revoked elsewhere) is fine; anything else is logged, and the task still expires.
+      if (!isWritError(error, 'ERR_TASK_STATE_CONFLICT', 'ERR_TASK_NOT_FOUND')) logger?.error({ err: error, task: task.id }, 'could not revoke the task of a closed MCP connection');
+    }
+  };
+
   const track = (connection: Connection): (() => void) => {
     connections.add(connection);
     return () => connections.delete(connection);
@@ -520,10 +545,12 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
     },
 
     track,
+    release,
 
     async close() {
       stopWatchingBus();
       stopWatchingPool();
+      await Promise.all([...connections].map((connection) => release(connection, 'the gateway is closing')));
       for (const connection of connections) connection.close('gateway closing');
       connections.clear();
       await pool.close();

@@ -86,6 +86,7 @@ export function createMcpHttpFront(options: { readonly writ: Writ; readonly gate
   const closeSession = async (session: Session, reason: string): Promise<void> => {
     if (!sessions.delete(session.id)) return;
     session.untrack();
+    await gateway.release(session.connection, reason);
     logger?.debug({ session: session.id, reason }, 'MCP session closed');
     await session.transport.close().catch(() => undefined);
   };

@@ -51,27 +51,30 @@ export async function serveGatewayStdio(options: {
     },
   };
   const untrack = gateway.track(connection);
+  // The connection's end ends a task granted in it, before `closed` resolves.
+  let ending: Promise<void> | undefined;
+  const end = (reason: string): Promise<void> => {
+    ending ??= (async () => {
+      untrack();
+      await gateway.release(connection, reason);
+      finish();
+    })();
+    return ending;
+  };
   handle = serveStdio(
     () => {
       current = gateway.serverFor(connection);
-      current.onclose = () => {
-        untrack();
-        finish();
-      };
+      current.onclose = () => void end('the client closed the connection');
       return current;
     },
     { onerror: (error) => logger?.debug({ err: error }, 'MCP stdio message refused') },
   );
-  process.stdin.once('end', () => {
-    untrack();
-    finish();
-  });
+  process.stdin.once('end', () => void end('stdin ended'));
   return {
     closed,
     async close() {
-      untrack();
       await handle?.close();
-      finish();
+      await end('closed');
     },
   };
 }
