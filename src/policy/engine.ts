@@ -20,7 +20,7 @@
  */
 import { cedar } from './cedar.js';
 import { resourceKind } from '../core/scope.js';
-import { tierRank, type Identity, type Sensitivity, type Tier } from '../core/types.js';
+import { sensitivityRank, tierRank, type Identity, type Scope, type Sensitivity, type Tier } from '../core/types.js';
 import { type PolicySet } from './policy-set.js';
 import { ACTION_TYPE, CEDAR_NAMESPACE, PRINCIPAL_TYPES } from './request-plan.js';
 import { riskSettingsSchema, scoreRisk, type RiskScore, type RiskSettings } from './risk.js';
@@ -78,6 +78,32 @@ export interface DecisionInput {
   readonly observed?: RiskObservations;
 }
 
+/**
+ * A step of a task's life decided on the task itself (`approve`, `delegate`,
+ * `break_glass`): the principal is who takes the step (an approver, a
+ * delegating planner), the resource is the task, `Writ::Task::"<id>"`, with
+ * its intent, purpose, environment, delegation depth, and the sensitivity and
+ * tier of the most sensitive and highest-tier scope it holds.
+ */
+export interface TaskActionInput {
+  readonly principal: Identity;
+  /** A task-level action of the schema (`PolicySet.taskActions`). */
+  readonly action: string;
+  readonly task: {
+    readonly id: string;
+    readonly intent: string;
+    readonly purpose: string;
+    readonly environment: string;
+    readonly delegationDepth: number;
+    /** The scopes the step is about (the task's grant, or what a delegation asks for). */
+    readonly scopes: readonly Scope[];
+  };
+  readonly now: number;
+  readonly breakGlass?: boolean;
+  readonly approval?: ApprovalState;
+  readonly observed?: RiskObservations;
+}
+
 export interface PolicyEngine {
   readonly version: string;
   readonly set: PolicySet;
@@ -87,6 +113,12 @@ export interface PolicyEngine {
   tierFor(action: string, resource: string): Tier | undefined;
   /** Decides one request. Never throws: an error is a deny with `errors` filled in. */
   decide(input: DecisionInput): PolicyDecision;
+  /**
+   * Decides a task-level action, the plain way: validated against the schema,
+   * every policy of the task's environment, every field. Never cached (these
+   * steps are rare and each is its own decision). Never throws.
+   */
+  decideTaskAction(input: TaskActionInput): PolicyDecision;
   /**
    * The exact call `decide` makes to Cedar for `input` (its plan: the slice's
    * preparsed set, only the fields it reads), or undefined when it decides
@@ -312,7 +344,95 @@ export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions 
     return 'decision' in call ? undefined : call;
   };
 
-  return { version: set.version, set, tierOf: (action) => set.actionTiers.get(action), tierFor, decide, cedarRequestFor };
+  const decideTaskAction = (input: TaskActionInput): PolicyDecision => {
+    const { task } = input;
+    // The task is as sensitive, and at as high a tier, as the most of what it holds.
+    let sensitivity: Sensitivity = 'public';
+    let tier: Tier = 'read';
+    for (const scope of task.scopes) {
+      const s = set.catalog.sensitivityOf(scope.resource);
+      if (sensitivityRank(s) > sensitivityRank(sensitivity)) sensitivity = s;
+      const t = tierFor(scope.action, scope.resource) ?? 'admin';
+      if (tierRank(t) > tierRank(tier)) tier = t;
+    }
+    const risk = scoreRisk(
+      {
+        environment: task.environment,
+        tier,
+        sensitivity,
+        identityCreatedAt: input.principal.createdAt,
+        now: input.now,
+        unusualResource: input.observed?.unusualResource ?? true,
+        callsLastMinute: input.observed?.callsLastMinute ?? Number.NaN,
+        delegationDepth: task.delegationDepth,
+        breakGlass: input.breakGlass === true,
+      },
+      riskSettings,
+    );
+    const base = { policyVersion: set.version, sensitivity, tier, risk } as const;
+    const deny = (error: string): PolicyDecision => ({ ...base, outcome: 'deny', policies: [], errors: [error] });
+    if (!set.taskActions.has(input.action)) return deny(`${input.action} is not a task-level action of the schema`);
+    const plan = set.planFor(task.environment, input.action);
+    if (plan === undefined) return deny(`${input.action} has no plan`);
+    if (plan.broken !== undefined) return deny(plan.broken);
+    if (plan.preparsedId === undefined) return { ...base, outcome: 'deny', policies: [], errors: [] };
+    const p = input.principal;
+    const strings = [p.id, p.owner ?? '', p.environment, p.actorType, task.id, task.intent, task.purpose, task.environment, input.approval ?? ''];
+    for (const [name, value] of Object.entries(p.labels)) strings.push(name, value);
+    if (strings.some((s) => LONE_SURROGATE.test(s))) return deny('a string in the request is not well-formed Unicode (a lone surrogate)');
+    const date = new Date(input.now);
+    const principal = { type: PRINCIPAL_TYPES[p.actorType], id: p.id };
+    const resource = { type: `${CEDAR_NAMESPACE}::Task`, id: task.id };
+    let answer: cedar.AuthorizationAnswer;
+    try {
+      answer = cedar.statefulIsAuthorized({
+        principal,
+        action: { type: ACTION_TYPE, id: input.action },
+        resource,
+        context: {
+          stage: 'task',
+          environment: task.environment,
+          actorType: p.actorType,
+          intent: task.intent,
+          purpose: task.purpose,
+          sensitivity,
+          tier,
+          risk: risk.score,
+          riskLevel: risk.level,
+          delegationDepth: task.delegationDepth,
+          breakGlass: input.breakGlass === true,
+          approval: input.approval ?? 'none',
+          hour: date.getUTCHours(),
+          weekday: date.getUTCDay(),
+          args: {},
+        },
+        entities: [
+          { uid: principal, attrs: { owner: p.owner ?? '', environment: p.environment, actorType: p.actorType }, parents: [], tags: { ...p.labels } },
+          {
+            uid: resource,
+            attrs: { kind: 'task', sensitivity, tier, intent: task.intent, purpose: task.purpose, environment: task.environment, delegationDepth: task.delegationDepth },
+            parents: [],
+          },
+        ],
+        preparsedPolicySetId: plan.preparsedId,
+        preparsedSchemaName: set.compiledId,
+        validateRequest: true,
+      });
+    } catch (error) {
+      return deny(`cedar threw: ${(error as Error).message}`);
+    }
+    if (answer.type === 'failure') return { ...base, outcome: 'deny', policies: [], errors: answer.errors.map((e) => e.message) };
+    const { decision, diagnostics } = answer.response;
+    const reason = [...diagnostics.reason].sort();
+    const errors = diagnostics.errors.map((e) => `${e.policyId}: ${e.error.message}`);
+    // INVARIANT: as in decide(), an erroring policy denies.
+    if (errors.length > 0) return { ...base, outcome: 'deny', policies: [...new Set(diagnostics.errors.map((e) => e.policyId))].sort(), errors };
+    if (decision === 'deny') return { ...base, outcome: 'deny', policies: reason, errors };
+    const unconditional = input.approval === 'approved' || reason.some((id) => !requiresApproval.has(id));
+    return { ...base, outcome: unconditional ? 'allow' : 'approval_required', policies: reason, errors };
+  };
+
+  return { version: set.version, set, tierOf: (action) => set.actionTiers.get(action), tierFor, decide, decideTaskAction, cedarRequestFor };
 }
 
 const ANY_SURROGATE = /[\uD800-\uDFFF]/;

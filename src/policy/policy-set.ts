@@ -48,6 +48,12 @@ export interface PolicySet {
   readonly policies: ReadonlyMap<string, LoadedPolicy>;
   /** Tier of every action a scope may name (actions reachable from a tier group). */
   readonly actionTiers: ReadonlyMap<string, Tier>;
+  /**
+   * Task-level actions: in no tier group, applying to the `Task` resource type
+   * (`approve`, `delegate`, `break_glass` in the default schema). Decided by
+   * `engine.decideTaskAction`, never held as a scope.
+   */
+  readonly taskActions: ReadonlySet<string>;
   readonly catalog: ResourceCatalog;
   /**
    * The call arguments the schema declares (`context.args`), name → Cedar type
@@ -220,6 +226,7 @@ export function loadPolicySet(dir: string, options: LoadOptions = {}): PolicySet
 
   const version = `sha256:${hash.digest('hex').slice(0, 32)}`;
   const actionTiers = deriveActionTiers(schemaJson.json[CEDAR_NAMESPACE]?.actions ?? {});
+  const taskActions = deriveTaskActions(schemaJson.json[CEDAR_NAMESPACE]?.actions ?? {}, actionTiers);
   // INVARIANT: Cedar keeps preparsed sets in one table per thread, by id. Each
   // load compiles under an id of its own (or its caller's slot, reused only
   // once that slot's engine is retired), so loading a set never changes what an
@@ -237,6 +244,7 @@ export function loadPolicySet(dir: string, options: LoadOptions = {}): PolicySet
       schemaText,
       schemaJson: schemaJson.json as Record<string, NamespaceJson>,
       actions: actionTiers.keys(),
+      taskActions,
       resourceTypes: resourceCatalog.entityTypes,
       everywhere: inEnvironment(undefined),
       environments: new Map(environments.map((environment) => [environment, inEnvironment(environment)])),
@@ -252,6 +260,7 @@ export function loadPolicySet(dir: string, options: LoadOptions = {}): PolicySet
     schemaText,
     policies,
     actionTiers,
+    taskActions,
     catalog: resourceCatalog,
     argTypes,
     environments,
@@ -318,6 +327,17 @@ function policyFiles(dir: string, problems: PolicyProblem[]): { file: string; en
  * An action's tier is the highest tier group it belongs to, directly or
  * through other groups. Actions outside every tier group cannot be scoped.
  */
+/** Actions in no tier group whose `appliesTo` names the `Task` resource type. */
+function deriveTaskActions(actions: Record<string, { appliesTo?: { resourceTypes?: string[] } }>, tiers: ReadonlyMap<string, Tier>): Set<string> {
+  const found = new Set<string>();
+  for (const [name, action] of Object.entries(actions)) {
+    if (tiers.has(name)) continue;
+    const types = action.appliesTo?.resourceTypes ?? [];
+    if (types.some((t) => t === 'Task' || t === `${CEDAR_NAMESPACE}::Task`)) found.add(name);
+  }
+  return found;
+}
+
 function deriveActionTiers(actions: Record<string, { memberOf?: { id: string; type?: string }[] }>): Map<string, Tier> {
   const tiers = new Map<string, Tier>();
   const resolve = (name: string, seen: Set<string>): Tier | undefined => {

@@ -122,7 +122,7 @@ export interface PlannedPolicy {
 }
 
 export interface PlannedSet {
-  /** The plan for `action` in `environment`, or undefined when the action is in no tier group. */
+  /** The plan for `action` in `environment`, or undefined when the action is neither in a tier group nor task-level. */
   planFor(environment: string, action: string): RequestPlan | undefined;
   /**
    * Why every request of the set is validated against the schema, sent whole,
@@ -183,6 +183,13 @@ export function planRequests(options: {
   /** The whole schema as JSON (cedar.schemaToJson), every namespace. */
   readonly schemaJson: Readonly<Record<string, NamespaceJson>>;
   readonly actions: Iterable<string>;
+  /**
+   * Task-level actions (`approve`, `delegate`, `break_glass`: steps of a task's
+   * life, decided on a `Task` resource). Rare, so never sliced: each is
+   * validated against the schema and sent whole, with every policy of the
+   * environment, the plain way.
+   */
+  readonly taskActions?: Iterable<string>;
   /** Entity types a resource can have (the catalog's kinds and the untyped one), unqualified. */
   readonly resourceTypes: Iterable<string>;
   /** Policies for every environment. */
@@ -224,16 +231,19 @@ export function planRequests(options: {
   const key = (environment: string, action: string) => `${environment}\u0000${action}`;
   const environments: [string, readonly PlannedPolicy[]][] = [['*', options.everywhere]];
   for (const [environment, own] of options.environments) environments.push([environment, [...options.everywhere, ...own]]);
+  const taskActions = new Set(options.taskActions ?? []);
   for (const [environment, policies] of environments) {
-    for (const action of actions) {
+    for (const action of [...actions, ...taskActions]) {
       const appliesTo = namespace?.actions?.[action]?.appliesTo;
       const types = { principalTypes: new Set((appliesTo?.principalTypes ?? []).map(qualify)), resourceTypes: new Set((appliesTo?.resourceTypes ?? []).map(qualify)) };
       let plan: Omit<RequestPlan, 'preparsedId'>;
       let members: Record<string, cedar.Policy>;
-      if (perRequestValidation !== undefined) {
-        // The schema is not one the plan can reason about: the plain request, every policy of the environment.
+      const whole = perRequestValidation ?? (taskActions.has(action) ? 'a task-level action is validated against the schema and sent whole' : undefined);
+      if (whole !== undefined) {
+        // The schema is not one the plan can reason about, or the action is a task's
+        // step: the plain request, every policy of the environment.
         members = Object.fromEntries([...policies].sort(byId).map((p) => [p.id, p.text]));
-        plan = { action, policyIds: Object.keys(members), actionEntity: undefined, ...types, reads: EVERYTHING, validated: perRequestValidation };
+        plan = { action, policyIds: Object.keys(members), actionEntity: undefined, ...types, reads: EVERYTHING, validated: whole };
       } else {
         const lineage = actionLineage(namespace, action);
         const applicable = policies.filter((p) => scopeMatch(p.json.action, lineage) !== 'never').sort(byId);
