@@ -321,20 +321,24 @@ export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions 
     } catch (error) {
       return { decision: { ...base, outcome: 'deny', policies: [], errors: [`cedar threw: ${(error as Error).message}`] }, cacheable: false };
     }
-    if (answer.type === 'failure') return { decision: { ...base, outcome: 'deny', policies: [], errors: answer.errors.map((e) => e.message) }, cacheable: true };
+    return { decision: outcomeOf(answer, base, input.approval), cacheable: true };
+  };
 
+  /** Cedar's answer as Writ's decision. */
+  const outcomeOf = (answer: cedar.AuthorizationAnswer, base: Base, approval: ApprovalState | undefined): PolicyDecision => {
+    if (answer.type === 'failure') return { ...base, outcome: 'deny', policies: [], errors: answer.errors.map((e) => e.message) };
     const { decision, diagnostics } = answer.response;
     // Cedar returns the deciding policies as a set, in no fixed order; records and tests want one.
     const reason = [...diagnostics.reason].sort();
     const errors = diagnostics.errors.map((e) => `${e.policyId}: ${e.error.message}`);
     // INVARIANT: Cedar skips a policy whose evaluation errors, so an erroring forbid
     // would silently stop forbidding. Any evaluation error denies, naming the policies.
-    if (errors.length > 0) return { decision: { ...base, outcome: 'deny', policies: [...new Set(diagnostics.errors.map((e) => e.policyId))].sort(), errors }, cacheable: true };
-    if (decision === 'deny') return { decision: { ...base, outcome: 'deny', policies: reason, errors }, cacheable: true };
+    if (errors.length > 0) return { ...base, outcome: 'deny', policies: [...new Set(diagnostics.errors.map((e) => e.policyId))].sort(), errors };
+    if (decision === 'deny') return { ...base, outcome: 'deny', policies: reason, errors };
     // Approval outranks nothing: any unconditional permit allows outright. An
     // approved action (context.approval) is allowed by its approval permit.
-    const unconditional = input.approval === 'approved' || reason.some((id) => !requiresApproval.has(id));
-    return { decision: { ...base, outcome: unconditional ? 'allow' : 'approval_required', policies: reason, errors }, cacheable: true };
+    const unconditional = approval === 'approved' || reason.some((id) => !requiresApproval.has(id));
+    return { ...base, outcome: unconditional ? 'allow' : 'approval_required', policies: reason, errors };
   };
 
   const cedarRequestFor = (input: DecisionInput): cedar.StatefulAuthorizationCall | undefined => {
@@ -421,15 +425,7 @@ export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions 
     } catch (error) {
       return deny(`cedar threw: ${(error as Error).message}`);
     }
-    if (answer.type === 'failure') return { ...base, outcome: 'deny', policies: [], errors: answer.errors.map((e) => e.message) };
-    const { decision, diagnostics } = answer.response;
-    const reason = [...diagnostics.reason].sort();
-    const errors = diagnostics.errors.map((e) => `${e.policyId}: ${e.error.message}`);
-    // INVARIANT: as in decide(), an erroring policy denies.
-    if (errors.length > 0) return { ...base, outcome: 'deny', policies: [...new Set(diagnostics.errors.map((e) => e.policyId))].sort(), errors };
-    if (decision === 'deny') return { ...base, outcome: 'deny', policies: reason, errors };
-    const unconditional = input.approval === 'approved' || reason.some((id) => !requiresApproval.has(id));
-    return { ...base, outcome: unconditional ? 'allow' : 'approval_required', policies: reason, errors };
+    return outcomeOf(answer, base, input.approval);
   };
 
   return { version: set.version, set, tierOf: (action) => set.actionTiers.get(action), tierFor, decide, decideTaskAction, cedarRequestFor };
