@@ -38,7 +38,6 @@ import type { UpstreamPool } from './upstreams.js';
 /** JSON-RPC "invalid params", which the MCP spec uses for an unknown tool. */
 const INVALID_PARAMS = -32602;
 
-export const META_TOOLS = ['request_access', 'task_status', 'complete_task'] as const;
 
 /** The task a connection acts for. */
 export interface BoundTask {
@@ -78,7 +77,6 @@ export interface Connection {
 }
 
 export interface McpGateway {
-  readonly pool: UpstreamPool;
   /**
    * Who a bearer credential is, for a new connection: a task token (bound to its
    * task) or an identity token (meta-tools only until it asks for access).
@@ -490,8 +488,6 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
   };
 
   return {
-    pool,
-
     async authenticate(bearer, certificateChain) {
       return writ.broker.authenticate({ bearer, certificateChain }, { allowTaskToken: true, endpoint: '/mcp' });
     },
