@@ -7,7 +7,8 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Client, StreamableHTTPClientTransport, type CallToolResult } from '@modelcontextprotocol/client';
@@ -15,7 +16,9 @@ import { StdioClientTransport } from '@modelcontextprotocol/client/stdio';
 import { Client as V1Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport as V1Transport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { createManualClock } from '../src/core/clock.js';
-import { PACKAGE_ROOT } from '../src/core/config.js';
+import { loadConfig, PACKAGE_ROOT } from '../src/core/config.js';
+import { createUpstreamPool } from '../src/gateway/mcp/upstreams.js';
+import { pino } from 'pino';
 import { AGENT, startHarness, supportTask, tokenFromUnknownKey, unsignedToken, type Harness } from './helpers/harness.js';
 import { runWrit } from './helpers/cli.js';
 import { createTestDatabase } from './helpers/pg.js';
@@ -70,6 +73,8 @@ async function eventually(check: () => Promise<boolean> | boolean, what: string,
 describe('MCP gateway over Streamable HTTP', () => {
   let h: Harness;
   before(async () => {
+    // A canary in Writ's own environment: an upstream child must never see it.
+    process.env.WRIT_CANARY = 'must-not-reach-upstreams';
     h = await startHarness({ config: { gateway: { upstreams: [ticketsUpstream] } } });
     await h.writ.vault.put('tickets-api-key', API_KEY, { id: 'test' });
     await h.registerAgent();
@@ -261,7 +266,8 @@ describe('MCP gateway over Streamable HTTP', () => {
       const seen = JSON.parse(textOf(await client.callTool({ name: 'tickets__whoami', arguments: {} })));
       const { createHash } = await import('node:crypto');
       assert.equal(seen.apiKeyFingerprint, createHash('sha256').update(API_KEY).digest('hex').slice(0, 16));
-      assert.deepEqual(seen.writEnvironment, []);
+      assert.equal(process.env.WRIT_CANARY, 'must-not-reach-upstreams');
+      assert.deepEqual(seen.writEnvironment, [], 'Writ\'s environment stays with Writ');
     } finally {
       await client.close();
     }
@@ -514,6 +520,41 @@ describe('MCP gateway: grants that change, and upstreams over HTTP', () => {
     }
   });
 });
+
+describe('an upstream that prints its secret on stderr', () => {
+  test('the gateway logs its stderr with the secret masked, and withholds a line holding half of it', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'writ-leaky-'));
+    const lines: string[] = [];
+    const logger = pino({ level: 'debug' }, { write: (line: string) => void lines.push(line) });
+    const key = 'sk_live_0123456789abcdefghijKLMNOP';
+    const config = loadConfig({
+      configFile: writeConfig(dir, { gateway: { upstreams: [{ name: 'leaky', command: process.execPath, args: [join(PACKAGE_ROOT, 'test', 'fixtures', 'leaky-mcp-server.mjs')], inject: [{ secret: 'leaky-key', env: 'LEAKY_KEY' }] }] } }),
+      env: {},
+      flags: { dataDir: dir },
+    });
+    const vault = { reveal: async () => key } as unknown as Parameters<typeof createUpstreamPool>[0]['vault'];
+    const pool = createUpstreamPool({ config, vault, logger });
+    try {
+      const [listing] = await pool.listings();
+      assert.deepEqual(listing?.tools?.map((t) => t.name), ['noop']);
+      await eventually(() => lines.some((l) => l.includes('an ordinary line')), 'the stderr lines to be logged');
+      const logged = lines.join('\n');
+      assert.ok(!logged.includes(key), 'never the whole key');
+      assert.ok(!logged.includes(key.slice(0, 16)) && !logged.includes(key.slice(16)), 'never a half of it');
+      assert.match(logged, /key=\[secret\] \(oops\)/);
+      assert.match(logged, /line withheld/);
+    } finally {
+      await pool.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+function writeConfig(dir: string, yaml: Record<string, unknown>): string {
+  const file = join(dir, 'writ.yaml');
+  writeFileSync(file, JSON.stringify(yaml));
+  return file;
+}
 
 describe('MCP gateway sessions and their credentials', () => {
   let h: Harness;
