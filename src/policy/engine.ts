@@ -272,23 +272,7 @@ export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions 
     if (plan.preparsedId === undefined) return { decision: { ...base, outcome: 'deny', policies: [], errors: [] }, cacheable: true };
 
     const { reads } = plan;
-    const context: Record<string, cedar.CedarValueJson> = {
-      stage: input.stage ?? 'grant',
-      environment: input.environment,
-      actorType: input.principal.actorType,
-      intent: input.intent,
-      purpose: input.purpose ?? '',
-      sensitivity: base.sensitivity,
-      tier: base.tier,
-      risk: base.risk.score,
-      riskLevel: base.risk.level,
-      delegationDepth: input.delegationDepth ?? 0,
-      breakGlass: input.breakGlass === true,
-      approval: input.approval ?? 'none',
-      hour: date.getUTCHours(),
-      weekday: date.getUTCDay(),
-      args: args as Record<string, cedar.CedarValueJson>,
-    };
+    const context = decisionContext(input.stage ?? 'grant', input, input.principal, base, date, args);
     const principalAttrs: Record<string, string> = { owner: input.principal.owner ?? '', environment: input.principal.environment, actorType: input.principal.actorType };
     const resourceAttrs: Record<string, string> = { kind, sensitivity: base.sensitivity, tier: set.catalog.tierFloorOf(input.resource) };
     // An entity no policy reads anything off adds nothing: `==`, `is` and `in`
@@ -393,23 +377,7 @@ export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions 
         principal,
         action: { type: ACTION_TYPE, id: input.action },
         resource,
-        context: {
-          stage: 'task',
-          environment: task.environment,
-          actorType: p.actorType,
-          intent: task.intent,
-          purpose: task.purpose,
-          sensitivity,
-          tier,
-          risk: risk.score,
-          riskLevel: risk.level,
-          delegationDepth: task.delegationDepth,
-          breakGlass: input.breakGlass === true,
-          approval: input.approval ?? 'none',
-          hour: date.getUTCHours(),
-          weekday: date.getUTCDay(),
-          args: {},
-        },
+        context: decisionContext('task', { ...task, breakGlass: input.breakGlass, approval: input.approval }, p, base, date, {}),
         entities: [
           { uid: principal, attrs: { owner: p.owner ?? '', environment: p.environment, actorType: p.actorType }, parents: [], tags: { ...p.labels } },
           {
@@ -429,6 +397,34 @@ export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions 
   };
 
   return { version: set.version, set, tierOf: (action) => set.actionTiers.get(action), tierFor, decide, decideTaskAction, cedarRequestFor };
+}
+
+/** The `DecisionContext` of the schema: what every decision sees, tiered or task-level. */
+function decisionContext(
+  stage: string,
+  request: { readonly environment: string; readonly intent: string; readonly purpose?: string; readonly delegationDepth?: number; readonly breakGlass?: boolean | undefined; readonly approval?: ApprovalState | undefined },
+  principal: Identity,
+  base: Pick<PolicyDecision, 'sensitivity' | 'tier' | 'risk'>,
+  date: Date,
+  args: Record<string, unknown>,
+): Record<string, cedar.CedarValueJson> {
+  return {
+    stage,
+    environment: request.environment,
+    actorType: principal.actorType,
+    intent: request.intent,
+    purpose: request.purpose ?? '',
+    sensitivity: base.sensitivity,
+    tier: base.tier,
+    risk: base.risk.score,
+    riskLevel: base.risk.level,
+    delegationDepth: request.delegationDepth ?? 0,
+    breakGlass: request.breakGlass === true,
+    approval: request.approval ?? 'none',
+    hour: date.getUTCHours(),
+    weekday: date.getUTCDay(),
+    args: args as Record<string, cedar.CedarValueJson>,
+  };
 }
 
 const ANY_SURROGATE = /[\uD800-\uDFFF]/;
