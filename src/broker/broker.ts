@@ -67,6 +67,12 @@ export interface Caller {
   readonly taskId?: string;
   /** `x5t#S256` of the verified X.509-SVID the caller presented over mTLS; task tokens are bound to it. */
   readonly certificateThumbprint?: string;
+  /**
+   * When the credential that authenticated the caller expires (epoch ms): the
+   * token's `exp`, or the certificate's notAfter. Set by `authenticate`; a
+   * connection that outlives a request (the MCP gateway's) asks for nothing new after it.
+   */
+  readonly credentialExpiresAt?: number;
 }
 
 /** What a request carried to prove who it is. */
@@ -180,11 +186,11 @@ export function createBroker(options: BrokerOptions): Broker {
       if (bearer !== undefined && bearer.length > MAX_TOKEN_LENGTH) return unauthenticated(endpoint, 'ERR_TOKEN_MALFORMED', 'oversized bearer token');
 
       // A presented certificate must verify, even when a bearer token comes with it.
-      let certified: { identity: Identity; thumbprint: string } | undefined;
+      let certified: { identity: Identity; thumbprint: string; expiresAt: number } | undefined;
       if (hasCertificate) {
         const result = await options.authenticator.authenticateCertificate(certificateChain);
         if (!result.ok) return unauthenticated(endpoint, result.code, result.detail, undefined, result.subject);
-        certified = { identity: result.identity, thumbprint: result.credential.certificateThumbprint ?? '' };
+        certified = { identity: result.identity, thumbprint: result.credential.certificateThumbprint ?? '', expiresAt: result.credential.expiresAt };
       }
       const sameIdentity = async (identity: Identity, token: string): Promise<void> => {
         if (certified !== undefined && certified.identity.id !== identity.id) {
@@ -195,7 +201,7 @@ export function createBroker(options: BrokerOptions): Broker {
       if (bearer === undefined || bearer.length === 0) {
         if (certified === undefined) throw new WritError('ERR_UNAUTHENTICATED');
         await registry.touch(certified.identity.id).catch(() => undefined);
-        return { identity: certified.identity, certificateThumbprint: certified.thumbprint };
+        return { identity: certified.identity, certificateThumbprint: certified.thumbprint, credentialExpiresAt: certified.expiresAt };
       }
       const now = clock.now();
       if (allowTaskToken && peekTyp(bearer) === TASK_TOKEN_TYP) {
@@ -215,13 +221,13 @@ export function createBroker(options: BrokerOptions): Broker {
         const inactive = identityInactiveReason(identity, now);
         if (inactive !== undefined) return unauthenticated(endpoint, 'ERR_IDENTITY_INACTIVE', inactive, bearer, claims.sub);
         await sameIdentity(identity, bearer);
-        return { identity, taskId: task.id, ...(certified === undefined ? {} : { certificateThumbprint: certified.thumbprint }) };
+        return { identity, taskId: task.id, credentialExpiresAt: checked.token.expiresAt, ...(certified === undefined ? {} : { certificateThumbprint: certified.thumbprint }) };
       }
       const result = await options.authenticator.authenticate(bearer);
       if (!result.ok) return unauthenticated(endpoint, result.code, result.detail, bearer, result.subject);
       await sameIdentity(result.identity, bearer);
       await registry.touch(result.identity.id).catch(() => undefined);
-      return { identity: result.identity, ...(certified === undefined ? {} : { certificateThumbprint: certified.thumbprint }) };
+      return { identity: result.identity, credentialExpiresAt: result.credential.expiresAt, ...(certified === undefined ? {} : { certificateThumbprint: certified.thumbprint }) };
     },
 
     async requestTask(caller, rawRequest) {

@@ -171,6 +171,29 @@ export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions 
     if (policy.effect === 'permit' && policy.annotations.approval === 'required') requiresApproval.add(policy.id);
   }
 
+  /** The risk score of a request; what is not observed counts as the riskiest. */
+  const riskOf = (
+    input: Pick<DecisionInput, 'principal' | 'now' | 'observed' | 'breakGlass'>,
+    environment: string,
+    tier: Tier,
+    sensitivity: Sensitivity,
+    delegationDepth: number,
+  ): RiskScore =>
+    scoreRisk(
+      {
+        environment,
+        tier,
+        sensitivity,
+        identityCreatedAt: input.principal.createdAt,
+        now: input.now,
+        unusualResource: input.observed?.unusualResource ?? true,
+        callsLastMinute: input.observed?.callsLastMinute ?? Number.NaN,
+        delegationDepth,
+        breakGlass: input.breakGlass === true,
+      },
+      riskSettings,
+    );
+
   const tierFor = (action: string, resource: string): Tier | undefined => {
     const tier = set.actionTiers.get(action);
     if (tier === undefined) return undefined;
@@ -185,20 +208,7 @@ export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions 
     const date = new Date(input.now);
     const tier = tierFor(input.action, input.resource);
     const sensitivity = set.catalog.sensitivityOf(input.resource);
-    const risk = scoreRisk(
-      {
-        environment: input.environment,
-        tier: tier ?? 'admin',
-        sensitivity,
-        identityCreatedAt: input.principal.createdAt,
-        now: input.now,
-        unusualResource: input.observed?.unusualResource ?? true,
-        callsLastMinute: input.observed?.callsLastMinute ?? Number.NaN,
-        delegationDepth: input.delegationDepth ?? 0,
-        breakGlass: input.breakGlass === true,
-      },
-      riskSettings,
-    );
+    const risk = riskOf(input, input.environment, tier ?? 'admin', sensitivity, input.delegationDepth ?? 0);
     const base = { policyVersion: set.version, sensitivity, tier: tier ?? 'admin', risk } as const;
     if (tier === undefined) return { ...base, outcome: 'deny', policies: [], errors: [`action ${input.action} is not in a tier group`] };
     let args: Record<string, unknown> | string;
@@ -343,20 +353,7 @@ export function createPolicyEngine(set: PolicySet, options: PolicyEngineOptions 
       const t = tierFor(scope.action, scope.resource) ?? 'admin';
       if (tierRank(t) > tierRank(tier)) tier = t;
     }
-    const risk = scoreRisk(
-      {
-        environment: task.environment,
-        tier,
-        sensitivity,
-        identityCreatedAt: input.principal.createdAt,
-        now: input.now,
-        unusualResource: input.observed?.unusualResource ?? true,
-        callsLastMinute: input.observed?.callsLastMinute ?? Number.NaN,
-        delegationDepth: task.delegationDepth,
-        breakGlass: input.breakGlass === true,
-      },
-      riskSettings,
-    );
+    const risk = riskOf(input, task.environment, tier, sensitivity, task.delegationDepth);
     const base = { policyVersion: set.version, sensitivity, tier, risk } as const;
     const deny = (error: string): PolicyDecision => ({ ...base, outcome: 'deny', policies: [], errors: [error] });
     if (!set.taskActions.has(input.action)) return deny(`${input.action} is not a task-level action of the schema`);

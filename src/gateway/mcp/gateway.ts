@@ -83,8 +83,8 @@ export interface McpGateway {
    * @throws WritError ERR_UNAUTHENTICATED (the precise reason is audited)
    */
   authenticate(bearer: string | undefined, certificateChain?: Parameters<Writ['broker']['authenticate']>[0]['certificateChain']): Promise<Caller>;
-  /** When a bearer credential (a JWT that authenticated) expires, epoch ms. */
-  credentialExpiry(bearer: string): number;
+  /** Until when a caller may ask for new tasks: its credential's expiry, plus the clock skew tokens are allowed. */
+  credentialExpiry(caller: Caller): number;
   /** The task a caller's task token is bound to; undefined for an identity token. */
   boundTaskOf(caller: Caller, bearer: string): Promise<BoundTask | undefined>;
   /** A new SDK server answering for `connection`. */
@@ -492,15 +492,7 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
       return writ.broker.authenticate({ bearer, certificateChain }, { allowTaskToken: true, endpoint: '/mcp' });
     },
 
-    credentialExpiry(bearer) {
-      // Read off a token that has just verified; a token without exp (none here) lasts no longer than now.
-      try {
-        const exp = (JSON.parse(Buffer.from(bearer.split('.')[1] ?? '', 'base64url').toString('utf8')) as { exp?: unknown }).exp;
-        return typeof exp === 'number' && Number.isFinite(exp) ? exp * 1000 + writ.config.tokens.clockSkew * 1000 : 0;
-      } catch {
-        return 0;
-      }
-    },
+    credentialExpiry: (caller) => (caller.credentialExpiresAt ?? 0) + writ.config.tokens.clockSkew * 1000,
 
     async boundTaskOf(caller, bearer) {
       if (caller.taskId === undefined) return undefined;

@@ -122,9 +122,9 @@ export function createMcpHttpFront(options: { readonly writ: Writ; readonly gate
     }
   };
 
-  const connectionFor = (caller: Caller, bearer: string, bound: BoundTask | undefined, holdsTasks: boolean, notify: () => void, close: (reason: string) => void): Connection => ({
+  const connectionFor = (caller: Caller, bound: BoundTask | undefined, holdsTasks: boolean, notify: () => void, close: (reason: string) => void): Connection => ({
     identity: caller.identity,
-    credentialExpiresAt: gateway.credentialExpiry(bearer),
+    credentialExpiresAt: gateway.credentialExpiry(caller),
     mayRequestAccess: caller.taskId === undefined,
     holdsTasks,
     presenter: { certificateThumbprint: caller.certificateThumbprint },
@@ -160,7 +160,7 @@ export function createMcpHttpFront(options: { readonly writ: Writ; readonly gate
       if (caller.taskId !== undefined && caller.taskId !== session.connection.task?.id) return refuse('this session acts for another task');
       if (bound !== undefined && caller.certificateThumbprint !== bound) return refuse('this session is bound to a client certificate this request did not present');
       session.bearer = bearer;
-      session.bearerExpiresAt = gateway.credentialExpiry(bearer);
+      session.bearerExpiresAt = gateway.credentialExpiry(caller);
       session.connection.credentialExpiresAt = Math.max(session.connection.credentialExpiresAt, caller.taskId === undefined ? session.bearerExpiresAt : 0);
       session.lastUsed = writ.clock.now();
       return session.transport.handleRequest(req, res, parsedBody);
@@ -183,7 +183,7 @@ export function createMcpHttpFront(options: { readonly writ: Writ; readonly gate
       enableJsonResponse: true,
       onsessioninitialized: (id) => {
         if (session !== undefined) return;
-        session = { id, connection, transport, bearer: bearer as string, bearerExpiresAt: gateway.credentialExpiry(bearer as string), lastUsed: writ.clock.now(), untrack: () => undefined };
+        session = { id, connection, transport, bearer: bearer as string, bearerExpiresAt: gateway.credentialExpiry(authenticated.caller), lastUsed: writ.clock.now(), untrack: () => undefined };
         sessions.set(id, session);
         session.untrack = gateway.track(connection);
       },
@@ -194,7 +194,6 @@ export function createMcpHttpFront(options: { readonly writ: Writ; readonly gate
     });
     const connection = connectionFor(
       authenticated.caller,
-      bearer as string,
       authenticated.bound,
       true,
       () => void server.sendToolListChanged().catch(() => undefined),
@@ -221,7 +220,6 @@ export function createMcpHttpFront(options: { readonly writ: Writ; readonly gate
       for (const stale of own.slice(0, Math.max(0, own.length - settings.maxSessionsPerIdentity + 1))) stale.connection.close('the identity opened more handlers than it may hold');
       const connection = connectionFor(
         caller,
-        bearer as string,
         bound,
         false,
         () => created.handler.notify.toolsChanged(),
@@ -236,8 +234,7 @@ export function createMcpHttpFront(options: { readonly writ: Writ; readonly gate
         (ctx) => {
           // Each request's own caller (its certificate, its token), on the task's handler.
           const extra = ctx.authInfo?.extra as { caller: Caller; bound: BoundTask | undefined } | undefined;
-          const token = ctx.authInfo?.token ?? '';
-          return gateway.serverFor(extra === undefined ? connection : connectionFor(extra.caller, token, extra.bound, false, connection.notifyToolsChanged, connection.close));
+          return gateway.serverFor(extra === undefined ? connection : connectionFor(extra.caller, extra.bound, false, connection.notifyToolsChanged, connection.close));
         },
         { legacy: 'reject', onerror: (error) => logger?.debug({ err: error }, 'MCP request refused') },
       );

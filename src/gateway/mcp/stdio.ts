@@ -39,7 +39,7 @@ export async function serveGatewayStdio(options: {
   let handle: { close(): Promise<void> } | undefined;
   const connection: Connection = {
     identity: caller.identity,
-    credentialExpiresAt: options.credentialExpiresAt ?? gateway.credentialExpiry(bearer),
+    credentialExpiresAt: options.credentialExpiresAt ?? gateway.credentialExpiry(caller),
     mayRequestAccess: caller.taskId === undefined,
     holdsTasks: true,
     presenter: {},
