@@ -12,11 +12,11 @@ import { createInterface, type Interface } from 'node:readline';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { createChainVerifier, linkEntry } from '../src/audit/chain.js';
-import type { Task } from '../src/core/types.js';
+import type { ApprovalVote, Task } from '../src/core/types.js';
 import { sql, type Kysely } from 'kysely';
 import pg from 'pg';
 import { openPostgresStore, openSqliteStore } from '../src/store/kysely-store.js';
-import type { NewTask, Store } from '../src/store/store.js';
+import type { ApprovalBinding, NewApprovalRequest, NewOutboxMessage, NewTask, Store } from '../src/store/store.js';
 import { createTestDatabase, type TestDatabase } from './helpers/pg.js';
 
 const WORKER = fileURLToPath(new URL('./fixtures/store-worker.ts', import.meta.url));
@@ -66,6 +66,48 @@ function newTask(id: string, overrides: Partial<NewTask> = {}): NewTask {
     expiresAt: now + 60_000,
     ...overrides,
   };
+}
+
+const DIGEST_A = `sha256:${'a'.repeat(64)}`;
+const DIGEST_B = `sha256:${'b'.repeat(64)}`;
+
+function newApproval(id: string, at: number, overrides: Partial<NewApprovalRequest> = {}): NewApprovalRequest {
+  return {
+    id,
+    stage: 'call',
+    taskId: 'task_approval',
+    identityId: 'spiffe://demo.local/agent/a',
+    action: 'refund',
+    resource: 'payments:refunds/R-1',
+    argsDigest: DIGEST_A,
+    arguments: '{"amount":120,"note":"caf\u00e9 \"quoted\""}',
+    environment: 'production',
+    intent: 'refund order 1',
+    purpose: 'support',
+    owner: 'alice@example.com',
+    tier: 'write',
+    risk: { score: 72, factors: [{ name: 'amount', weight: 0.5 }] },
+    policies: ['refunds-need-approval', 'large-amounts'],
+    policyVersion: 'sha256:policy-v1',
+    requiredApprovals: 1,
+    requestRecord: 'aud_request',
+    createdAt: at,
+    expiresAt: at + 60_000,
+    ...overrides,
+  };
+}
+
+function bindingOf(request: NewApprovalRequest): ApprovalBinding {
+  const { stage, taskId, identityId, action, resource, argsDigest } = request;
+  return { stage, taskId, identityId, action, resource, argsDigest };
+}
+
+function voteOf(approver: string, at: number, decision: ApprovalVote['decision'] = 'approve'): ApprovalVote {
+  return { approver, decision, at, selfApproval: false, note: null };
+}
+
+function newMessage(id: string, createdAt: number): NewOutboxMessage {
+  return { id, target: 'ops-hook', event: 'approval.requested', body: `{"id":"${id}"}`, createdAt };
 }
 
 const backends = {
@@ -421,6 +463,426 @@ for (const [backend, setup] of Object.entries(backends)) {
       } finally {
         await Promise.all(workers.map((w) => w.close()));
       }
+    });
+
+    maybe('activateTask: a pending task becomes active with its grant, exactly once, and nothing else is activated', async () => {
+      const pending = newTask('task_activate', { state: 'pending_approval', grantedScopes: [], tokenId: null, policyVersion: 'sha256:act-v1' });
+      await store.createTask(pending);
+      const refused = { action: 'delete', resource: 'db:x/1', outcome: 'deny' as const, policies: ['no-deletes'], reason: 'ERR_POLICY_DENIED' };
+      // Keys in the other order: stored as {action, resource}, so a later re-decision compares it as text.
+      const change = { grantedScopes: [{ resource: 'db:x/*', action: 'read' }], refusedScopes: [refused], policyVersion: 'sha256:act-v2', tokenId: 'jti_activated' };
+      const activated = await store.activateTask(pending.id, change);
+      const expected: Task = { ...pending, state: 'active', grantedScopes: [{ action: 'read', resource: 'db:x/*' }], refusedScopes: [refused], policyVersion: 'sha256:act-v2', tokenId: 'jti_activated', endedAt: null, endReason: null };
+      assert.deepEqual(activated, expected);
+      assert.deepEqual(await store.getTask(pending.id), expected);
+      assert.equal(await store.activateTask(pending.id, { ...change, tokenId: 'jti_second' }), undefined, 'a second activation changes nothing');
+      assert.equal((await store.getTask(pending.id))?.tokenId, 'jti_activated');
+      assert.ok(await store.updateGrant(pending.id, { grantedScopes: [{ action: 'read', resource: 'db:x/*' }], policyVersion: 'sha256:act-v2' }, { grantedScopes: [], refusedScopes: [], policyVersion: 'sha256:act-v3' }), 'stored in the same encoding as every grant');
+
+      await store.createTask(newTask('task_activate_active'));
+      assert.equal(await store.activateTask('task_activate_active', change), undefined, 'an active task is not re-activated');
+      await store.createTask(newTask('task_activate_revoked', { state: 'pending_approval', tokenId: null }));
+      await store.transitionTask('task_activate_revoked', ['pending_approval'], 'revoked', { at: 1 });
+      assert.equal(await store.activateTask('task_activate_revoked', change), undefined, 'an ended task stays ended');
+      assert.equal((await store.getTask('task_activate_revoked'))?.state, 'revoked');
+      assert.equal(await store.activateTask('task_missing', change), undefined);
+
+      await store.createTask(newTask('task_activate_race', { state: 'pending_approval', tokenId: null }));
+      const racers = await Promise.all(Array.from({ length: 8 }, (_, i) => store.activateTask('task_activate_race', { ...change, tokenId: `jti_race_${i}` })));
+      const winners = racers.filter((t) => t !== undefined);
+      assert.equal(winners.length, 1);
+      assert.equal((await store.getTask('task_activate_race'))?.tokenId, winners[0]?.tokenId);
+    });
+
+    maybe('approvals: read back exactly; opening the same binding again returns the pending request and writes nothing', async () => {
+      const at = Date.now();
+      const request = newApproval('apr_reuse_1', at, { taskId: 'task_apr_reuse' });
+      const first = await store.openApproval(request, at);
+      assert.deepEqual(first, { approval: { ...request, state: 'pending', decidedAt: null, consumedAt: null, votes: [] }, created: true, expired: [] });
+      assert.deepEqual(await store.getApproval(request.id), first.approval);
+      const again = await store.openApproval({ ...request, id: 'apr_reuse_2', intent: 'another intent', expiresAt: at + 999_999 }, at + 1);
+      assert.deepEqual(again, { approval: first.approval, created: false, expired: [] });
+      assert.equal(await store.getApproval('apr_reuse_2'), undefined, 'nothing written');
+      assert.equal(await store.getApproval('apr_missing'), undefined);
+
+      // A grant-stage request has no digest: its binding is still one request.
+      const grant = newApproval('apr_reuse_grant_1', at, { taskId: 'task_apr_reuse', stage: 'grant', argsDigest: null, arguments: null, owner: null });
+      const grantOpened = await store.openApproval(grant, at);
+      assert.equal(grantOpened.created, true);
+      assert.deepEqual(grantOpened.approval, { ...grant, state: 'pending', decidedAt: null, consumedAt: null, votes: [] });
+      const grantAgain = await store.openApproval({ ...grant, id: 'apr_reuse_grant_2' }, at);
+      assert.deepEqual([grantAgain.created, grantAgain.approval.id], [false, grant.id]);
+    });
+
+    maybe('approvals: a different stage, task, identity, action, resource or argsDigest is a different request', async () => {
+      const at = Date.now();
+      const base = newApproval('apr_bind_base', at, { taskId: 'task_apr_bind', action: 'ab', resource: 'c' });
+      assert.equal((await store.openApproval(base, at)).created, true);
+      const variants: Partial<NewApprovalRequest>[] = [
+        { argsDigest: DIGEST_B },
+        { stage: 'grant', argsDigest: null },
+        { argsDigest: null },
+        { stage: 'grant' },
+        { taskId: 'task_apr_bind_other' },
+        { identityId: 'spiffe://demo.local/agent/b' },
+        { action: 'a', resource: 'bc' },
+        { resource: 'c2' },
+        { action: 'ab","c', resource: '' },
+      ];
+      for (const [i, variant] of variants.entries()) {
+        const request = { ...base, ...variant, id: `apr_bind_${i}` };
+        const opened = await store.openApproval(request, at);
+        assert.deepEqual([opened.created, opened.approval.id], [true, request.id], JSON.stringify(variant));
+        const again = await store.openApproval({ ...request, id: `apr_bind_${i}_again` }, at);
+        assert.deepEqual([again.created, again.approval.id], [false, request.id], `reopened: ${JSON.stringify(variant)}`);
+      }
+      const reopened = await store.openApproval({ ...base, id: 'apr_bind_base_again' }, at);
+      assert.deepEqual([reopened.created, reopened.approval.id], [false, base.id]);
+    });
+
+    maybe('approvals: a pending request whose time ran out is expired, reported once, and a new one opens', async () => {
+      const at = Date.now();
+      const old = newApproval('apr_stale_1', at, { taskId: 'task_apr_stale', expiresAt: at + 10 });
+      await store.openApproval(old, at);
+      const fresh = newApproval('apr_stale_2', at + 10, { taskId: 'task_apr_stale' });
+      const before = await store.openApproval({ ...fresh, id: 'apr_stale_early' }, at + 9);
+      assert.deepEqual([before.created, before.approval.id, before.expired], [false, old.id, []], 'one millisecond before its end it still counts');
+      const opened = await store.openApproval(fresh, at + 10);
+      assert.deepEqual([opened.created, opened.approval.id], [true, fresh.id]);
+      assert.deepEqual(opened.expired, [{ ...old, arguments: null, state: 'expired', decidedAt: at + 10, consumedAt: null, votes: [] }]);
+      const third = await store.openApproval({ ...fresh, id: 'apr_stale_3' }, at + 11);
+      assert.deepEqual([third.created, third.approval.id, third.expired], [false, fresh.id, []], 'reported once');
+      assert.equal((await store.getApproval(old.id))?.state, 'expired');
+    });
+
+    maybe('concurrent opens of one binding yield one request, in one process and across processes', async () => {
+      const at = Date.now();
+      const request = newApproval('apr_open_race', at, { taskId: 'task_apr_open_race' });
+      const opened = await Promise.all(Array.from({ length: 20 }, (_, i) => store.openApproval({ ...request, id: `apr_open_race_${i}` }, at)));
+      assert.equal(new Set(opened.map((o) => o.approval.id)).size, 1);
+      assert.equal(opened.filter((o) => o.created).length, 1);
+      assert.equal((await store.listApprovals({ taskId: request.taskId, limit: 100 })).length, 1);
+
+      const workers = await Promise.all([1, 2, 3].map((i) => startWorker(env!.target, `w${i}`)));
+      try {
+        for (let round = 0; round < 3; round++) {
+          const shared = newApproval(`apr_open_xrace_${round}`, at, { taskId: `task_apr_open_xrace_${round}` });
+          const answers = await Promise.all(workers.map((w) => w.send({ op: 'open', request: shared, now: at, n: 5 })));
+          const ids = answers.flatMap((a) => (a.ids ?? []) as string[]);
+          assert.equal(ids.length, 15, JSON.stringify(answers));
+          assert.equal(new Set(ids).size, 1, JSON.stringify(answers));
+          assert.equal(answers.reduce((sum, a) => sum + (a.created as number), 0), 1, JSON.stringify(answers));
+          assert.deepEqual((await store.listApprovals({ taskId: shared.taskId, limit: 100 })).map((a) => a.id), [ids[0]]);
+        }
+      } finally {
+        await Promise.all(workers.map((w) => w.close()));
+      }
+    });
+
+    maybe('votes: one approve of one required approves; a deny denies and erases the arguments; an unknown request is not found', async () => {
+      const at = Date.now();
+      const one = newApproval('apr_vote_one', at, { taskId: 'task_apr_vote' });
+      await store.openApproval(one, at);
+      const yes = { ...voteOf('human:alice', at + 5), note: 'looks right' };
+      assert.deepEqual(await store.castApprovalVote(one.id, yes, at + 5), {
+        outcome: 'recorded',
+        approval: { ...one, state: 'approved', decidedAt: at + 5, consumedAt: null, votes: [yes] },
+      }, 'approved keeps the arguments for the approved call');
+      const late = await store.castApprovalVote(one.id, voteOf('human:bob', at + 6), at + 6);
+      assert.equal(late.outcome, 'closed');
+      assert.deepEqual(late.outcome === 'closed' && late.approval.votes, [yes], 'a vote after the decision is not recorded');
+
+      const two = newApproval('apr_vote_deny', at, { taskId: 'task_apr_vote', resource: 'payments:refunds/R-2', requiredApprovals: 2 });
+      await store.openApproval(two, at);
+      const first = voteOf('human:alice', at + 6);
+      const pending = await store.castApprovalVote(two.id, first, at + 6);
+      assert.deepEqual(pending.outcome === 'recorded' && [pending.approval.state, pending.approval.arguments, pending.approval.decidedAt], ['pending', two.arguments, null]);
+      const no: ApprovalVote = { approver: 'human:bob', decision: 'deny', at: at + 7, selfApproval: true, note: 'not this one' };
+      assert.deepEqual(await store.castApprovalVote(two.id, no, at + 7), {
+        outcome: 'recorded',
+        approval: { ...two, state: 'denied', arguments: null, decidedAt: at + 7, consumedAt: null, votes: [first, no] },
+      });
+      assert.deepEqual(await store.getApproval(two.id), { ...two, state: 'denied', arguments: null, decidedAt: at + 7, consumedAt: null, votes: [first, no] });
+      assert.equal((await store.castApprovalVote(two.id, voteOf('human:carol', at + 8), at + 8)).outcome, 'closed');
+      assert.deepEqual(await store.castApprovalVote('apr_missing', yes, at), { outcome: 'not_found' });
+    });
+
+    maybe('votes: approvers are distinct: the same approver twice is a duplicate and does not count toward N of M', async () => {
+      const at = Date.now();
+      const request = newApproval('apr_vote_distinct', at, { taskId: 'task_apr_distinct', requiredApprovals: 2 });
+      await store.openApproval(request, at);
+      const alice = voteOf('human:alice', at + 1);
+      assert.equal((await store.castApprovalVote(request.id, alice, at + 1)).outcome, 'recorded');
+      for (const again of [voteOf('human:alice', at + 2), voteOf('human:alice', at + 3, 'deny')]) {
+        const answer = await store.castApprovalVote(request.id, again, again.at);
+        assert.equal(answer.outcome, 'duplicate', `${again.decision} again`);
+        assert.deepEqual(answer.outcome === 'duplicate' && [answer.approval.state, answer.approval.votes], ['pending', [alice]]);
+      }
+      assert.deepEqual(await store.getApproval(request.id), { ...request, state: 'pending', decidedAt: null, consumedAt: null, votes: [alice] }, 'nothing changed');
+      const bob = voteOf('human:bob', at + 4);
+      const approved = await store.castApprovalVote(request.id, bob, at + 4);
+      assert.deepEqual(approved, { outcome: 'recorded', approval: { ...request, state: 'approved', decidedAt: at + 4, consumedAt: null, votes: [alice, bob] } });
+
+      // Votes are listed by time, then approver.
+      const three = newApproval('apr_vote_order', at, { taskId: 'task_apr_distinct', resource: 'payments:refunds/R-3', requiredApprovals: 3 });
+      await store.openApproval(three, at);
+      const zed = voteOf('human:zed', at + 1);
+      const amy = { ...voteOf('human:amy', at + 1), selfApproval: true };
+      const Bob = voteOf('human:Bob', at);
+      for (const vote of [zed, amy, Bob]) await store.castApprovalVote(three.id, vote, at + 2);
+      assert.deepEqual((await store.getApproval(three.id))?.votes, [Bob, amy, zed]);
+      assert.equal((await store.getApproval(three.id))?.state, 'approved');
+    });
+
+    maybe('votes: a request whose time ran out takes no vote, though no reaper has moved it yet', async () => {
+      const at = Date.now();
+      const request = newApproval('apr_vote_late', at, { taskId: 'task_apr_late', expiresAt: at + 100 });
+      await store.openApproval(request, at);
+      const late = await store.castApprovalVote(request.id, voteOf('human:alice', at + 100), at + 100);
+      assert.deepEqual(late, { outcome: 'closed', approval: { ...request, state: 'pending', decidedAt: null, consumedAt: null, votes: [] } });
+      const inTime = await store.castApprovalVote(request.id, voteOf('human:alice', at + 99), at + 99);
+      assert.deepEqual(inTime.outcome === 'recorded' && inTime.approval.state, 'approved', 'one millisecond before its end it still takes a vote');
+    });
+
+    maybe('racing approvers: of two on one-of-one exactly one vote approves; on two-of-two neither vote is lost', async () => {
+      const at = Date.now();
+      const workers = await Promise.all([1, 2].map((i) => startWorker(env!.target, `w${i}`)));
+      try {
+        for (let round = 0; round < 5; round++) {
+          const oneOfOne = newApproval(`apr_race_one_${round}`, at, { taskId: 'task_apr_vote_race', resource: `one/${round}` });
+          await store.openApproval(oneOfOne, at);
+          const answers = await Promise.all(workers.map((w, i) => w.send({ op: 'vote', id: oneOfOne.id, vote: voteOf(`human:${i}`, at + 1), now: at + 1 })));
+          assert.deepEqual(answers.map((a) => `${a.outcome}/${a.state}/${a.votes}`).sort(), ['closed/approved/1', 'recorded/approved/1'], JSON.stringify(answers));
+          const decided = await store.getApproval(oneOfOne.id);
+          assert.deepEqual([decided?.state, decided?.votes.length], ['approved', 1]);
+
+          const twoOfTwo = newApproval(`apr_race_two_${round}`, at, { taskId: 'task_apr_vote_race', resource: `two/${round}`, requiredApprovals: 2 });
+          await store.openApproval(twoOfTwo, at);
+          const both = await Promise.all(workers.map((w, i) => w.send({ op: 'vote', id: twoOfTwo.id, vote: voteOf(`human:${i}`, at + 1), now: at + 1 })));
+          assert.deepEqual(both.map((a) => `${a.outcome}/${a.state}/${a.votes}`).sort(), ['recorded/approved/2', 'recorded/pending/1'], JSON.stringify(both));
+          const approved = await store.getApproval(twoOfTwo.id);
+          assert.deepEqual([approved?.state, approved?.votes.length], ['approved', 2]);
+        }
+      } finally {
+        await Promise.all(workers.map((w) => w.close()));
+      }
+
+      // In one process: five approvers on three-of-five.
+      const threeOfFive = newApproval('apr_race_local', at, { taskId: 'task_apr_vote_race', resource: 'local', requiredApprovals: 3 });
+      await store.openApproval(threeOfFive, at);
+      const answers = await Promise.all(Array.from({ length: 5 }, (_, i) => store.castApprovalVote(threeOfFive.id, voteOf(`human:local${i}`, at + 1), at + 1)));
+      assert.deepEqual(answers.map((a) => a.outcome).sort(), ['closed', 'closed', 'recorded', 'recorded', 'recorded']);
+      assert.equal(answers.filter((a) => a.outcome === 'recorded' && a.approval.state === 'approved').length, 1, 'exactly one vote decides');
+      const decided = await store.getApproval(threeOfFive.id);
+      assert.deepEqual([decided?.state, decided?.votes.length], ['approved', 3]);
+    });
+
+    maybe('an approval is consumed once: of many racing consumers, in one process and across processes, exactly one gets it', async () => {
+      const at = Date.now();
+      const request = newApproval('apr_consume_race', at, { taskId: 'task_apr_consume_race' });
+      await store.openApproval(request, at);
+      const yes = voteOf('human:alice', at + 1);
+      await store.castApprovalVote(request.id, yes, at + 1);
+      const got = await Promise.all(Array.from({ length: 20 }, () => store.consumeApproval(bindingOf(request), at + 2)));
+      const winners = got.filter((a) => a !== undefined);
+      assert.equal(winners.length, 1);
+      assert.deepEqual(winners[0], { ...request, state: 'consumed', arguments: null, decidedAt: at + 1, consumedAt: at + 2, votes: [yes] });
+      assert.deepEqual(await store.getApproval(request.id), winners[0]);
+
+      const workers = await Promise.all([1, 2, 3].map((i) => startWorker(env!.target, `w${i}`)));
+      try {
+        for (let round = 0; round < 3; round++) {
+          const shared = newApproval(`apr_consume_xrace_${round}`, at, { taskId: 'task_apr_consume_race', resource: `x/${round}` });
+          await store.openApproval(shared, at);
+          await store.castApprovalVote(shared.id, yes, at + 1);
+          const answers = await Promise.all(workers.map((w) => w.send({ op: 'consume', binding: bindingOf(shared), now: at + 2, n: 5 })));
+          assert.deepEqual(answers.flatMap((a) => a.consumed ?? [a.error]), [shared.id], JSON.stringify(answers));
+          assert.equal((await store.getApproval(shared.id))?.state, 'consumed');
+        }
+      } finally {
+        await Promise.all(workers.map((w) => w.close()));
+      }
+    });
+
+    maybe('an approval cannot be used for different arguments, another resource, before it is approved, after its time, or twice', async () => {
+      const at = Date.now();
+      const request = newApproval('apr_consume_bound', at, { taskId: 'task_apr_consume_bound', expiresAt: at + 100 });
+      await store.openApproval(request, at);
+      const binding = bindingOf(request);
+      assert.equal(await store.consumeApproval(binding, at + 1), undefined, 'pending: not yet approved');
+      await store.castApprovalVote(request.id, voteOf('human:alice', at + 1), at + 1);
+      const others: Partial<ApprovalBinding>[] = [
+        { argsDigest: DIGEST_B },
+        { argsDigest: null },
+        { resource: 'payments:refunds/R-2' },
+        { resource: 'payments:refunds/*' },
+        { action: 'refund.bulk' },
+        { identityId: 'spiffe://demo.local/agent/b' },
+        { taskId: 'task_other' },
+        { stage: 'grant' },
+      ];
+      for (const other of others) assert.equal(await store.consumeApproval({ ...binding, ...other }, at + 2), undefined, JSON.stringify(other));
+      assert.equal(await store.consumeApproval(binding, at + 100), undefined, 'its time ran out');
+      assert.equal((await store.getApproval(request.id))?.state, 'approved', 'the refusals changed nothing');
+      assert.equal((await store.consumeApproval(binding, at + 99))?.id, request.id);
+      assert.equal(await store.consumeApproval(binding, at + 99), undefined, 'single use');
+
+      const grant = newApproval('apr_consume_grant', at, { taskId: 'task_apr_consume_bound', stage: 'grant', argsDigest: null, arguments: null });
+      await store.openApproval(grant, at);
+      await store.castApprovalVote(grant.id, voteOf('human:alice', at + 1), at + 1);
+      assert.equal(await store.consumeApproval({ ...bindingOf(grant), argsDigest: DIGEST_A }, at + 2), undefined);
+      assert.equal((await store.consumeApproval(bindingOf(grant), at + 2))?.id, grant.id, 'a grant-stage approval binds no digest');
+    });
+
+    maybe('closeApproval moves a request only from the states named, once, and erases its arguments', async () => {
+      const at = Date.now();
+      const request = newApproval('apr_close', at, { taskId: 'task_apr_close' });
+      await store.openApproval(request, at);
+      assert.equal(await store.closeApproval(request.id, ['approved'], 'expired', at + 1), undefined, 'wrong from-state changes nothing');
+      assert.equal(await store.closeApproval(request.id, [], 'cancelled', at + 1), undefined);
+      assert.deepEqual(await store.getApproval(request.id), { ...request, state: 'pending', decidedAt: null, consumedAt: null, votes: [] });
+      const cancelled = await store.closeApproval(request.id, ['pending'], 'cancelled', at + 2);
+      assert.deepEqual(cancelled, { ...request, state: 'cancelled', arguments: null, decidedAt: at + 2, consumedAt: null, votes: [] });
+      assert.equal(await store.closeApproval(request.id, ['pending'], 'cancelled', at + 3), undefined, 'once');
+      assert.equal(await store.closeApproval('apr_missing', ['pending'], 'cancelled', at + 3), undefined);
+
+      const approved = newApproval('apr_close_approved', at, { taskId: 'task_apr_close', resource: 'payments:refunds/R-9' });
+      await store.openApproval(approved, at);
+      await store.castApprovalVote(approved.id, voteOf('human:alice', at + 1), at + 1);
+      const racers = await Promise.all([
+        store.closeApproval(approved.id, ['pending', 'approved'], 'cancelled', at + 2),
+        store.closeApproval(approved.id, ['pending', 'approved'], 'expired', at + 2),
+        store.consumeApproval(bindingOf(approved), at + 2),
+      ]);
+      assert.equal(racers.filter((r) => r !== undefined).length, 1, 'a close and a consume race: one wins');
+      const after = await store.getApproval(approved.id);
+      assert.deepEqual([after?.arguments, after?.votes.length], [null, 1]);
+    });
+
+    maybe('racing reapers expire each overdue request once, pending or approved, and leave the rest', async () => {
+      const at = Date.now();
+      const open = async (id: string, overrides: Partial<NewApprovalRequest>) => {
+        const request = newApproval(id, at - 100, { taskId: 'task_apr_reap', resource: id, ...overrides });
+        await store.openApproval(request, at - 100);
+        return request;
+      };
+      const overdue = Array.from({ length: 12 }, (_, i) => `apr_reap_pending_${i}`);
+      for (const id of overdue) await open(id, { expiresAt: at });
+      const approved = Array.from({ length: 6 }, (_, i) => `apr_reap_approved_${i}`);
+      for (const id of approved) {
+        await open(id, { expiresAt: at - 1 });
+        await store.castApprovalVote(id, voteOf('human:alice', at - 50), at - 50);
+      }
+      await open('apr_reap_consumed', { expiresAt: at - 1 });
+      await store.castApprovalVote('apr_reap_consumed', voteOf('human:alice', at - 50), at - 50);
+      await store.consumeApproval(bindingOf(newApproval('apr_reap_consumed', at - 100, { taskId: 'task_apr_reap', resource: 'apr_reap_consumed' })), at - 40);
+      await open('apr_reap_denied', { expiresAt: at - 1 });
+      await store.castApprovalVote('apr_reap_denied', voteOf('human:alice', at - 50, 'deny'), at - 50);
+      await open('apr_reap_not_due', { expiresAt: at + 1 });
+
+      const workers = await Promise.all([1, 2, 3].map((i) => startWorker(env!.target, `w${i}`)));
+      try {
+        const answers = await Promise.all(workers.map((w) => w.send({ op: 'expireApprovals', now: at })));
+        const all = answers.flatMap((a) => (a.expired ?? [a.error]) as string[]);
+        assert.equal(new Set(all).size, all.length, `no request reported twice: ${JSON.stringify(answers)}`);
+        assert.deepEqual(new Set(all.filter((id) => id.startsWith('apr_reap_'))), new Set([...overdue, ...approved]));
+      } finally {
+        await Promise.all(workers.map((w) => w.close()));
+      }
+      const expired = await store.getApproval('apr_reap_approved_0');
+      assert.deepEqual([expired?.state, expired?.arguments, expired?.decidedAt, expired?.votes.length], ['expired', null, at, 1]);
+      assert.equal((await store.getApproval('apr_reap_consumed'))?.state, 'consumed');
+      assert.equal((await store.getApproval('apr_reap_denied'))?.state, 'denied');
+      assert.equal((await store.getApproval('apr_reap_not_due'))?.state, 'pending');
+      assert.deepEqual(await store.expireApprovals(at), [], 'nothing left to expire');
+    });
+
+    maybe('approvals are listed newest first, with their votes, filtered by state and task, page by page', async () => {
+      const at = Date.now();
+      // Ids deliberately out of creation order: the listing follows time, not id.
+      const order: [string, number][] = [['apr_list_3', 0], ['apr_list_1', 1], ['apr_list_4', 2], ['apr_list_0', 3], ['apr_list_2', 4], ['apr_list_5', 5], ['apr_list_6', 5]];
+      for (const [id, offset] of order) await store.openApproval(newApproval(id, at + offset, { taskId: 'task_apr_list', resource: id }), at + offset);
+      await store.openApproval(newApproval('apr_list_elsewhere', at + 9, { taskId: 'task_apr_list_other' }), at + 9);
+      const yes = voteOf('human:alice', at + 6);
+      await store.castApprovalVote('apr_list_4', yes, at + 6);
+      const newestFirst = ['apr_list_6', 'apr_list_5', 'apr_list_2', 'apr_list_0', 'apr_list_4', 'apr_list_1', 'apr_list_3'];
+      assert.deepEqual((await store.listApprovals({ taskId: 'task_apr_list', limit: 100 })).map((a) => a.id), newestFirst);
+      const pages: string[][] = [];
+      let beforeId: string | undefined;
+      for (;;) {
+        const page = await store.listApprovals({ taskId: 'task_apr_list', limit: 3, ...(beforeId === undefined ? {} : { beforeId }) });
+        if (page.length === 0) break;
+        pages.push(page.map((a) => a.id));
+        beforeId = page.at(-1)!.id;
+      }
+      assert.deepEqual(pages, [newestFirst.slice(0, 3), newestFirst.slice(3, 6), newestFirst.slice(6)]);
+      const approved = await store.listApprovals({ taskId: 'task_apr_list', states: ['approved'], limit: 100 });
+      assert.deepEqual(approved.map((a) => [a.id, a.state, a.votes]), [['apr_list_4', 'approved', [yes]]]);
+      assert.deepEqual(await store.listApprovals({ taskId: 'task_apr_list', states: [], limit: 100 }), [], 'no states, no requests');
+      assert.deepEqual(await store.listApprovals({ taskId: 'task_apr_list', beforeId: 'apr_missing', limit: 100 }), [], 'an unknown cursor gives nothing');
+      const everywhere = (await store.listApprovals({ states: ['pending'], limit: 10_000 })).map((a) => a.id);
+      assert.ok(everywhere.includes('apr_list_elsewhere') && everywhere.includes('apr_list_6') && !everywhere.includes('apr_list_4'));
+    });
+
+    maybe('outbox: a message waits until claimed; a claim leases it and counts an attempt; a settled message is never claimed again', async () => {
+      const at = Date.now();
+      const messages = [newMessage('msg_1', at), newMessage('msg_2', at + 1), newMessage('msg_3', at + 2), newMessage('msg_4', at + 1000)];
+      await store.enqueueMessages(messages);
+      await store.enqueueMessages([]);
+      assert.deepEqual(await store.getMessage('msg_1'), { ...messages[0], attempts: 0, nextAttemptAt: at, state: 'pending', lastError: null, settledAt: null });
+      const claim = async (now: number, limit = 10) => (await store.claimMessages(now, limit, 1000)).map((m) => [m.id, m.attempts, m.nextAttemptAt]);
+      assert.deepEqual(await claim(at + 10, 2), [['msg_1', 1, at + 1010], ['msg_2', 1, at + 1010]], 'oldest first, up to the limit');
+      assert.deepEqual(await claim(at + 10), [['msg_3', 1, at + 1010]], 'a leased message is hidden; one not yet due waits');
+      assert.deepEqual(await claim(at + 500), []);
+      await store.settleMessage('msg_1', { state: 'delivered', at: at + 20 });
+      assert.deepEqual(await store.getMessage('msg_1'), { ...messages[0], attempts: 1, nextAttemptAt: at + 1010, state: 'delivered', lastError: null, settledAt: at + 20 });
+      await store.settleMessage('msg_2', { state: 'pending', nextAttemptAt: at + 2000, error: 'HTTP 503' });
+      assert.deepEqual(await store.getMessage('msg_2'), { ...messages[1], attempts: 1, nextAttemptAt: at + 2000, state: 'pending', lastError: 'HTTP 503', settledAt: null });
+      assert.deepEqual(await claim(at + 1010), [['msg_3', 2, at + 2010], ['msg_4', 1, at + 2010]], 'a lease that ran out frees the message; a retry waits for its time');
+      await store.settleMessage('msg_3', { state: 'failed', at: at + 1020, error: 'gave up' });
+      assert.deepEqual(await store.getMessage('msg_3'), { ...messages[2], attempts: 2, nextAttemptAt: at + 2010, state: 'failed', lastError: 'gave up', settledAt: at + 1020 });
+      assert.deepEqual(await claim(at + 5000), [['msg_2', 2, at + 6000], ['msg_4', 2, at + 6000]], 'delivered and failed messages are never claimed again');
+      await store.settleMessage('msg_1', { state: 'failed', at: at + 5001, error: 'late' });
+      assert.equal((await store.getMessage('msg_1'))?.state, 'delivered', 'a settled message stays settled');
+      for (const id of ['msg_2', 'msg_4']) await store.settleMessage(id, { state: 'delivered', at: at + 5002 });
+      assert.deepEqual(await claim(at + 100_000), []);
+
+      await assert.rejects(store.enqueueMessages([newMessage('msg_5', at), newMessage('msg_5', at)]), 'a duplicate id fails the batch');
+      assert.equal(await store.getMessage('msg_5'), undefined, 'all or none');
+      assert.equal(await store.getMessage('msg_missing'), undefined);
+    });
+
+    maybe('racing claimers get disjoint messages, in one process and across processes', async () => {
+      const at = Date.now();
+      const settleAll = async (ids: readonly string[]) => {
+        for (const id of ids) await store.settleMessage(id, { state: 'delivered', at });
+      };
+      const local = Array.from({ length: 30 }, (_, i) => newMessage(`msg_race_${String(i).padStart(2, '0')}`, at + i));
+      await store.enqueueMessages(local);
+      const claims = await Promise.all(Array.from({ length: 10 }, () => store.claimMessages(at + 100, 5, 60_000)));
+      const claimed = claims.flat().map((m) => m.id);
+      assert.equal(new Set(claimed).size, claimed.length, 'no message claimed twice');
+      const rest = (await store.claimMessages(at + 100, 100, 60_000)).map((m) => m.id);
+      assert.deepEqual(new Set([...claimed, ...rest]), new Set(local.map((m) => m.id)));
+      assert.equal(claimed.length + rest.length, local.length);
+      await settleAll(local.map((m) => m.id));
+
+      const shared = Array.from({ length: 30 }, (_, i) => newMessage(`msg_xrace_${String(i).padStart(2, '0')}`, at + i));
+      await store.enqueueMessages(shared);
+      const workers = await Promise.all([1, 2, 3].map((i) => startWorker(env!.target, `w${i}`)));
+      try {
+        const answers = await Promise.all(workers.map((w) => w.send({ op: 'claim', now: at + 100, limit: 5, leaseMs: 60_000, n: 4 })));
+        const all = answers.flatMap((a) => (a.claimed ?? [a.error]) as string[]);
+        assert.equal(new Set(all).size, all.length, `no message claimed twice: ${JSON.stringify(answers)}`);
+        const sweep = (await store.claimMessages(at + 100, 100, 60_000)).map((m) => m.id);
+        assert.deepEqual(new Set([...all, ...sweep]), new Set(shared.map((m) => m.id)));
+        assert.equal(all.length + sweep.length, shared.length);
+        assert.ok(all.every((id) => id.startsWith('msg_xrace_')));
+      } finally {
+        await Promise.all(workers.map((w) => w.close()));
+      }
+      await settleAll(shared.map((m) => m.id));
+      for (const message of [...local, ...shared]) assert.equal((await store.getMessage(message.id))?.attempts, 1, `${message.id} claimed once`);
     });
   });
 }

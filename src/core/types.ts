@@ -104,3 +104,70 @@ export interface Task {
   /** Why the task ended (`completed`, `failed: <note>`, `revoked: <reason>`, `expired`). */
   readonly endReason: string | null;
 }
+
+/**
+ * The life of an approval request:
+ *
+ *   pending ──> approved ──> consumed      (the approved action ran, once)
+ *      │            └──────> expired | cancelled
+ *      └──> denied | expired | cancelled   (cancelled: its task ended first)
+ */
+export const APPROVAL_REQUEST_STATES = ['pending', 'approved', 'denied', 'consumed', 'expired', 'cancelled'] as const;
+export type ApprovalRequestState = (typeof APPROVAL_REQUEST_STATES)[number];
+
+/** One approver's answer to an approval request. */
+export interface ApprovalVote {
+  /** The approver's identity id (a human). */
+  readonly approver: string;
+  readonly decision: 'approve' | 'deny';
+  readonly at: number;
+  /** The approver is the requester or in its delegation chain, and a knob allowed it. */
+  readonly selfApproval: boolean;
+  readonly note: string | null;
+}
+
+/**
+ * A human's yes asked for one exact action: bound to a task, the identity that
+ * asked, the action, the resource and the digest of the call's canonical
+ * arguments. Single use, short-lived.
+ */
+export interface ApprovalRequest {
+  readonly id: string;
+  readonly state: ApprovalRequestState;
+  /** `grant`: a scope of a task request; `call`: one call under a grant. */
+  readonly stage: 'grant' | 'call';
+  readonly taskId: string;
+  /** The requester. */
+  readonly identityId: string;
+  readonly action: string;
+  readonly resource: string;
+  /** `sha256:<hex>` of the call's canonical (RFC 8785) arguments; null for a grant. */
+  readonly argsDigest: string | null;
+  /**
+   * The arguments as canonical JSON, for approvers to read, kept only while
+   * the request is pending or approved (erased when it ends); null when there
+   * were none, or too many to keep (`argsDigest` still binds them).
+   */
+  readonly arguments: string | null;
+  readonly environment: string;
+  readonly intent: string;
+  readonly purpose: string;
+  /** The requester's accountable owner. */
+  readonly owner: string | null;
+  readonly tier: Tier;
+  /** The risk score of the decision that asked for it (`riskRecord`). */
+  readonly risk: Readonly<Record<string, unknown>>;
+  /** The policies that required the approval. */
+  readonly policies: readonly string[];
+  readonly policyVersion: string;
+  /** How many distinct approvers must approve (N of M). */
+  readonly requiredApprovals: number;
+  /** The audit record of the decision that asked for it. */
+  readonly requestRecord: string;
+  readonly createdAt: number;
+  readonly expiresAt: number;
+  /** When it became approved, denied, expired or cancelled. */
+  readonly decidedAt: number | null;
+  readonly consumedAt: number | null;
+  readonly votes: readonly ApprovalVote[];
+}

@@ -1,18 +1,23 @@
 /**
  * The store over Kysely: one implementation for SQLite (better-sqlite3, WAL)
- * and PostgreSQL (pg). Where the two differ (how the audit appender takes its
- * lock) the difference is named and local.
+ * and PostgreSQL (pg). Where the two differ (how a transaction takes its
+ * locks: BEGIN IMMEDIATE against row locks, advisory locks and SKIP LOCKED)
+ * the difference is named and local.
  */
+import { createHash } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
-import { CompiledQuery, Kysely, Migrator, PostgresDialect, SqliteDialect, sql, type Transaction } from 'kysely';
+import { CompiledQuery, Kysely, Migrator, PostgresDialect, SqliteDialect, sql } from 'kysely';
 import pg from 'pg';
-import type { AdminScope, Identity, IdentityState, RefusedScope, Scope, Task, TaskState } from '../core/types.js';
+import { canonicalize } from '../core/canonical-json.js';
+import type { AdminScope, ApprovalRequest, ApprovalRequestState, ApprovalVote, Identity, IdentityState, RefusedScope, Scope, Task, TaskState, Tier } from '../core/types.js';
 import { migrationProvider } from './migrations.js';
 import type {
   ActiveTaskQuery,
   AdminTokenRecord,
+  ApprovalBinding,
+  ApprovalQuery,
   AuditRow,
   ChainHead,
   ChainLinker,
@@ -20,12 +25,18 @@ import type {
   IdentityChange,
   NewIdentity,
   NarrowedTask,
+  NewApprovalRequest,
+  NewOutboxMessage,
   NewTask,
+  OutboxMessage,
+  OutboxSettlement,
   SealedSecret,
   SigningKeyUse,
   Store,
   StoredSigningKey,
+  TaskActivation,
   TaskTransition,
+  VoteResult,
 } from './store.js';
 
 interface IdentityTable {
@@ -110,6 +121,55 @@ interface SecretTable {
   updated_at: number;
 }
 
+interface ApprovalTable {
+  id: string;
+  state: string;
+  stage: string;
+  binding_key: string;
+  task_id: string;
+  identity_id: string;
+  action: string;
+  resource: string;
+  args_digest: string | null;
+  arguments: string | null;
+  environment: string;
+  intent: string;
+  purpose: string;
+  owner: string | null;
+  tier: string;
+  risk: string;
+  policies: string;
+  policy_version: string;
+  required_approvals: number;
+  request_record: string;
+  created_at: number;
+  expires_at: number;
+  decided_at: number | null;
+  consumed_at: number | null;
+}
+
+interface ApprovalVoteTable {
+  approval_id: string;
+  approver: string;
+  decision: string;
+  at: number;
+  self_approval: number;
+  note: string | null;
+}
+
+interface OutboxTable {
+  id: string;
+  target: string;
+  event: string;
+  body: string;
+  created_at: number;
+  attempts: number;
+  next_attempt_at: number;
+  state: string;
+  last_error: string | null;
+  settled_at: number | null;
+}
+
 interface Tables {
   identities: IdentityTable;
   tasks: TaskTable;
@@ -118,6 +178,9 @@ interface Tables {
   admin_tokens: AdminTokenTable;
   store_facts: StoreFactTable;
   secrets: SecretTable;
+  approvals: ApprovalTable;
+  approval_votes: ApprovalVoteTable;
+  outbox: OutboxTable;
 }
 
 const NON_TERMINAL: readonly TaskState[] = ['active', 'pending_approval'];
@@ -337,6 +400,23 @@ class KyselyStore implements Store {
     return row && toTask(row);
   }
 
+  async activateTask(id: string, change: TaskActivation): Promise<Task | undefined> {
+    const row = await this.db
+      .updateTable('tasks')
+      .set({
+        state: 'active',
+        granted_scopes: JSON.stringify(change.grantedScopes.map(scopeRow)),
+        refused_scopes: JSON.stringify(change.refusedScopes),
+        policy_version: change.policyVersion,
+        token_id: change.tokenId,
+      })
+      .where('id', '=', id)
+      .where('state', '=', 'pending_approval')
+      .returningAll()
+      .executeTakeFirst();
+    return row && toTask(row);
+  }
+
   async expireTasks(now: number): Promise<Task[]> {
     const rows = await this.db
       .updateTable('tasks')
@@ -519,6 +599,206 @@ class KyselyStore implements Store {
     return Number(result.numDeletedRows) > 0;
   }
 
+  async openApproval(request: NewApprovalRequest, now: number): Promise<{ approval: ApprovalRequest; created: boolean; expired: ApprovalRequest[] }> {
+    const key = bindingKey(request);
+    return this.atomically(async (trx) => {
+      const expired: ApprovalRequest[] = [];
+      // PostgreSQL: another node may move the pending request of this binding
+      // between our statements (a vote approves it, a reaper expires it); each
+      // pass sees what was committed before it, and the unique index makes the
+      // insert wait for, then yield to, a racing insert. SQLite: one pass.
+      for (let pass = 0; pass < 5; pass++) {
+        const stale = await trx
+          .updateTable('approvals')
+          .set({ state: 'expired', decided_at: now, arguments: null })
+          .where('binding_key', '=', key)
+          .where('state', '=', 'pending')
+          .where('expires_at', '<=', now)
+          .returningAll()
+          .execute();
+        expired.push(...(await withVotes(trx, stale)));
+        const inserted = await trx
+          .insertInto('approvals')
+          .values(approvalRow(request, key))
+          .onConflict((oc) => oc.column('binding_key').where('state', '=', sql.lit('pending')).doNothing())
+          .returningAll()
+          .executeTakeFirst();
+        if (inserted !== undefined) return { approval: toApproval(inserted, []), created: true, expired };
+        const pending = await trx.selectFrom('approvals').selectAll().where('binding_key', '=', key).where('state', '=', 'pending').executeTakeFirst();
+        if (pending !== undefined && pending.expires_at > now) {
+          const [approval] = await withVotes(trx, [pending]);
+          return { approval: approval!, created: false, expired };
+        }
+      }
+      throw new Error(`approval binding ${key} kept changing under openApproval`);
+    });
+  }
+
+  async getApproval(id: string): Promise<ApprovalRequest | undefined> {
+    const row = await this.db.selectFrom('approvals').selectAll().where('id', '=', id).executeTakeFirst();
+    return row && (await withVotes(this.db, [row]))[0];
+  }
+
+  async listApprovals(query: ApprovalQuery): Promise<ApprovalRequest[]> {
+    if (query.states !== undefined && query.states.length === 0) return [];
+    let select = this.db.selectFrom('approvals').selectAll();
+    if (query.states !== undefined) select = select.where('state', 'in', [...query.states]);
+    if (query.taskId !== undefined) select = select.where('task_id', '=', query.taskId);
+    if (query.beforeId !== undefined) {
+      const beforeId = query.beforeId;
+      const cursor = await this.db.selectFrom('approvals').select('created_at').where('id', '=', beforeId).executeTakeFirst();
+      if (cursor === undefined) return [];
+      select = select.where((eb) =>
+        eb.or([eb('created_at', '<', cursor.created_at), eb.and([eb('created_at', '=', cursor.created_at), eb('id', '<', beforeId)])]),
+      );
+    }
+    const rows = await select.orderBy('created_at', 'desc').orderBy('id', 'desc').limit(query.limit).execute();
+    return withVotes(this.db, rows);
+  }
+
+  async castApprovalVote(id: string, vote: ApprovalVote, now: number): Promise<VoteResult> {
+    return this.atomically(async (trx) => {
+      // INVARIANT: the request's row is locked (PostgreSQL) or the database is
+      // (SQLite) from this read to the commit, so votes on it count one at a time.
+      const row = await trx
+        .selectFrom('approvals')
+        .selectAll()
+        .where('id', '=', id)
+        .$if(this.dialect === 'postgres', (q) => q.forUpdate())
+        .executeTakeFirst();
+      if (row === undefined) return { outcome: 'not_found' };
+      if (row.state !== 'pending' || now >= row.expires_at) return { outcome: 'closed', approval: (await withVotes(trx, [row]))[0]! };
+      const cast = await trx
+        .insertInto('approval_votes')
+        .values({ approval_id: id, approver: vote.approver, decision: vote.decision, at: vote.at, self_approval: vote.selfApproval ? 1 : 0, note: vote.note })
+        .onConflict((oc) => oc.columns(['approval_id', 'approver']).doNothing())
+        .returning('approver')
+        .executeTakeFirst();
+      if (cast === undefined) return { outcome: 'duplicate', approval: (await withVotes(trx, [row]))[0]! };
+      let after = row;
+      if (vote.decision === 'deny') {
+        after = await trx.updateTable('approvals').set({ state: 'denied', decided_at: now, arguments: null }).where('id', '=', id).returningAll().executeTakeFirstOrThrow();
+      } else {
+        const { n } = await trx
+          .selectFrom('approval_votes')
+          .select((eb) => eb.fn.countAll<number | string>().as('n'))
+          .where('approval_id', '=', id)
+          .where('decision', '=', 'approve')
+          .executeTakeFirstOrThrow();
+        if (Number(n) >= row.required_approvals) {
+          after = await trx.updateTable('approvals').set({ state: 'approved', decided_at: now }).where('id', '=', id).returningAll().executeTakeFirstOrThrow();
+        }
+      }
+      return { outcome: 'recorded', approval: (await withVotes(trx, [after]))[0]! };
+    });
+  }
+
+  async consumeApproval(binding: ApprovalBinding, now: number): Promise<ApprovalRequest | undefined> {
+    const row = await this.db
+      .updateTable('approvals')
+      .set({ state: 'consumed', consumed_at: now, arguments: null })
+      .where('id', '=', (eb) =>
+        eb
+          .selectFrom('approvals')
+          .select('id')
+          .where('binding_key', '=', bindingKey(binding))
+          .where('state', '=', 'approved')
+          .where('expires_at', '>', now)
+          .orderBy('created_at')
+          .limit(1)
+          .$if(this.dialect === 'postgres', (q) => q.forUpdate().skipLocked()),
+      )
+      // INVARIANT: re-checked on the row itself, so of racing consumers only the first to write it wins.
+      .where('state', '=', 'approved')
+      .returningAll()
+      .executeTakeFirst();
+    return row && (await withVotes(this.db, [row]))[0];
+  }
+
+  async closeApproval(id: string, from: readonly ApprovalRequestState[], to: 'expired' | 'cancelled', at: number): Promise<ApprovalRequest | undefined> {
+    if (from.length === 0) return undefined;
+    const row = await this.db
+      .updateTable('approvals')
+      .set({ state: to, decided_at: at, arguments: null })
+      .where('id', '=', id)
+      .where('state', 'in', [...from])
+      .returningAll()
+      .executeTakeFirst();
+    return row && (await withVotes(this.db, [row]))[0];
+  }
+
+  async expireApprovals(now: number): Promise<ApprovalRequest[]> {
+    const rows = await this.db
+      .updateTable('approvals')
+      .set({ state: 'expired', decided_at: now, arguments: null })
+      .where('state', 'in', ['pending', 'approved'])
+      .where('expires_at', '<=', now)
+      .returningAll()
+      .execute();
+    return withVotes(this.db, rows);
+  }
+
+  async enqueueMessages(messages: readonly NewOutboxMessage[]): Promise<void> {
+    if (messages.length === 0) return;
+    const rows = messages.map((m) => ({
+      id: m.id,
+      target: m.target,
+      event: m.event,
+      body: m.body,
+      created_at: m.createdAt,
+      attempts: 0,
+      next_attempt_at: m.createdAt,
+      state: 'pending',
+      last_error: null,
+      settled_at: null,
+    }));
+    await this.atomically(async (trx) => {
+      // SQLite caps bound parameters per statement; 10 per row keeps 500 rows well under it.
+      for (let i = 0; i < rows.length; i += 500) await trx.insertInto('outbox').values(rows.slice(i, i + 500)).execute();
+    });
+  }
+
+  async claimMessages(now: number, limit: number, leaseMs: number): Promise<OutboxMessage[]> {
+    const due = this.db
+      .selectFrom('outbox')
+      .select('id')
+      .where('state', '=', 'pending')
+      .where('next_attempt_at', '<=', now)
+      .orderBy('created_at')
+      .orderBy('id')
+      .limit(limit);
+    const rows = await this.db
+      .updateTable('outbox')
+      .set((eb) => ({ next_attempt_at: now + leaseMs, attempts: eb('attempts', '+', 1) }))
+      // PostgreSQL: `= any(array(…))` runs the locking subquery exactly once
+      // (an `in (…)` may be rescanned), and SKIP LOCKED lets racing claimers
+      // take disjoint rows instead of queueing on the same ones.
+      .$if(this.dialect === 'postgres', (q) => q.where(sql<boolean>`id = any(array(${due.forUpdate().skipLocked()}))`))
+      .$if(this.dialect === 'sqlite', (q) => q.where('id', 'in', due))
+      // INVARIANT: re-checked on the row itself, so a row another claimer leased meanwhile is not claimed again.
+      .where('state', '=', 'pending')
+      .where('next_attempt_at', '<=', now)
+      .returningAll()
+      .execute();
+    return rows.map(toOutboxMessage).sort((a, b) => a.createdAt - b.createdAt || compareText(a.id, b.id));
+  }
+
+  async settleMessage(id: string, settlement: OutboxSettlement): Promise<void> {
+    const change =
+      settlement.state === 'delivered'
+        ? { state: 'delivered', settled_at: settlement.at }
+        : settlement.state === 'failed'
+          ? { state: 'failed', settled_at: settlement.at, last_error: settlement.error }
+          : { next_attempt_at: settlement.nextAttemptAt, last_error: settlement.error };
+    // A message already settled (by a claimer whose lease outlived ours) stays as it is.
+    await this.db.updateTable('outbox').set(change).where('id', '=', id).where('state', '=', 'pending').execute();
+  }
+
+  async getMessage(id: string): Promise<OutboxMessage | undefined> {
+    const row = await this.db.selectFrom('outbox').selectAll().where('id', '=', id).executeTakeFirst();
+    return row && toOutboxMessage(row);
+  }
+
   async claimFact(name: string, value: string, at: number): Promise<boolean> {
     const inserted = await this.db
       .insertInto('store_facts')
@@ -612,7 +892,7 @@ class KyselyStore implements Store {
     if (linkers.length === 0) return [];
     const appended = this.appendSqliteNow(linkers);
     if (appended !== undefined) return appended;
-    const write = async (conn: Kysely<Tables> | Transaction<Tables>): Promise<AuditRow[]> => {
+    const write = async (conn: Kysely<Tables>): Promise<AuditRow[]> => {
       const headRow = (await conn.executeQuery<Pick<AuditTable, 'seq' | 'hash'>>(this.auditHeadQuery)).rows[0];
       let head: ChainHead | null = headRow ? { seq: Number(headRow.seq), hash: headRow.hash } : null;
       const rows: AuditRow[] = [];
@@ -626,21 +906,30 @@ class KyselyStore implements Store {
       return rows;
     };
 
-    if (this.dialect === 'postgres') {
-      return this.db.transaction().execute(async (trx) => {
-        // INVARIANT: every appender on every node takes this lock before reading the head.
-        await sql`select pg_advisory_xact_lock(${AUDIT_LOCK_KEY})`.execute(trx);
-        return write(trx);
-      });
-    }
-    // SQLite: BEGIN IMMEDIATE takes the write lock before the head is read, so a
-    // second process (the CLI beside a running server) cannot interleave.
+    return this.atomically(async (trx) => {
+      // INVARIANT: every appender on every node takes this lock before reading the head.
+      // (SQLite: BEGIN IMMEDIATE already holds the database's one write lock.)
+      if (this.dialect === 'postgres') await sql`select pg_advisory_xact_lock(${AUDIT_LOCK_KEY})`.execute(trx);
+      return write(trx);
+    });
+  }
+
+  /**
+   * Runs `work` as one transaction. PostgreSQL: READ COMMITTED, so `work` takes
+   * the row locks it needs (`select … for update`) and each statement sees what
+   * others committed before it. SQLite: BEGIN IMMEDIATE on the one connection,
+   * which takes the database's write lock before the first read, so nothing in
+   * this process (Kysely holds the connection) or another (the CLI beside a
+   * running server) interleaves. `work` must use only the handle it is given.
+   */
+  private atomically<T>(work: (db: Kysely<Tables>) => Promise<T>): Promise<T> {
+    if (this.dialect === 'postgres') return this.db.transaction().execute(work);
     return this.db.connection().execute(async (conn) => {
       await conn.executeQuery(BEGIN_IMMEDIATE);
       try {
-        const rows = await write(conn);
+        const result = await work(conn);
         await conn.executeQuery(COMMIT);
-        return rows;
+        return result;
       } catch (error) {
         await conn.executeQuery(ROLLBACK).catch(() => undefined);
         throw error;
@@ -728,6 +1017,118 @@ function scopeRow(scope: Scope): Scope {
 
 function toNarrowedTask(row: Pick<TaskTable, 'id' | 'granted_scopes' | 'expires_at'>): NarrowedTask {
   return { id: row.id, grantedScopes: JSON.parse(row.granted_scopes) as Scope[], expiresAt: row.expires_at };
+}
+
+/**
+ * The key an approval is found by: sha256 (hex) of the canonical JSON array of
+ * its binding. Never null (a grant's argsDigest is), so it can carry the
+ * unique index of pending requests.
+ */
+function bindingKey(binding: ApprovalBinding): string {
+  const parts = [binding.stage, binding.taskId, binding.identityId, binding.action, binding.resource, binding.argsDigest];
+  return createHash('sha256').update(canonicalize(parts)).digest('hex');
+}
+
+function approvalRow(request: NewApprovalRequest, key: string): ApprovalTable {
+  return {
+    id: request.id,
+    state: 'pending',
+    stage: request.stage,
+    binding_key: key,
+    task_id: request.taskId,
+    identity_id: request.identityId,
+    action: request.action,
+    resource: request.resource,
+    args_digest: request.argsDigest,
+    arguments: request.arguments,
+    environment: request.environment,
+    intent: request.intent,
+    purpose: request.purpose,
+    owner: request.owner,
+    tier: request.tier,
+    risk: JSON.stringify(request.risk),
+    policies: JSON.stringify(request.policies),
+    policy_version: request.policyVersion,
+    required_approvals: request.requiredApprovals,
+    request_record: request.requestRecord,
+    created_at: request.createdAt,
+    expires_at: request.expiresAt,
+    decided_at: null,
+    consumed_at: null,
+  };
+}
+
+/** The requests with their votes, in the order given; votes by time, then approver. */
+async function withVotes(db: Kysely<Tables>, rows: readonly ApprovalTable[]): Promise<ApprovalRequest[]> {
+  if (rows.length === 0) return [];
+  const votes = await db
+    .selectFrom('approval_votes')
+    .selectAll()
+    .where('approval_id', 'in', rows.map((r) => r.id))
+    .execute();
+  const byApproval = new Map<string, ApprovalVoteTable[]>();
+  for (const vote of votes) {
+    const list = byApproval.get(vote.approval_id);
+    if (list === undefined) byApproval.set(vote.approval_id, [vote]);
+    else list.push(vote);
+  }
+  // Sorted here, not in SQL, so the order does not depend on the database's collation.
+  return rows.map((row) => toApproval(row, (byApproval.get(row.id) ?? []).sort((a, b) => a.at - b.at || compareText(a.approver, b.approver))));
+}
+
+function toApproval(row: ApprovalTable, votes: readonly ApprovalVoteTable[]): ApprovalRequest {
+  return {
+    id: row.id,
+    state: row.state as ApprovalRequestState,
+    stage: row.stage as ApprovalRequest['stage'],
+    taskId: row.task_id,
+    identityId: row.identity_id,
+    action: row.action,
+    resource: row.resource,
+    argsDigest: row.args_digest,
+    arguments: row.arguments,
+    environment: row.environment,
+    intent: row.intent,
+    purpose: row.purpose,
+    owner: row.owner,
+    tier: row.tier as Tier,
+    risk: JSON.parse(row.risk) as Record<string, unknown>,
+    policies: JSON.parse(row.policies) as string[],
+    policyVersion: row.policy_version,
+    requiredApprovals: row.required_approvals,
+    requestRecord: row.request_record,
+    createdAt: row.created_at,
+    expiresAt: row.expires_at,
+    decidedAt: row.decided_at,
+    consumedAt: row.consumed_at,
+    votes: votes.map((v) => ({
+      approver: v.approver,
+      decision: v.decision as ApprovalVote['decision'],
+      at: v.at,
+      selfApproval: v.self_approval === 1,
+      note: v.note,
+    })),
+  };
+}
+
+function toOutboxMessage(row: OutboxTable): OutboxMessage {
+  return {
+    id: row.id,
+    target: row.target,
+    event: row.event,
+    body: row.body,
+    createdAt: row.created_at,
+    attempts: row.attempts,
+    nextAttemptAt: row.next_attempt_at,
+    state: row.state as OutboxMessage['state'],
+    lastError: row.last_error,
+    settledAt: row.settled_at,
+  };
+}
+
+/** Orders strings by UTF-16 code units, as SQLite does and unlike a PostgreSQL locale. */
+function compareText(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
 }
 
 function toSigningKey(row: SigningKeyTable): StoredSigningKey {

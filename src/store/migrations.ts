@@ -143,6 +143,85 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+
+  '0005_approvals': {
+    async up(db: Kysely<unknown>) {
+      // A human's yes to one exact action. `binding_key` is the sha256 (hex) of the
+      // canonical JSON array [stage, task_id, identity_id, action, resource,
+      // args_digest]: never null, unlike args_digest, so a unique index on it holds
+      // for grant-stage requests too (NULLs are distinct in unique indexes).
+      await db.schema
+        .createTable('approvals')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('stage', 'text', (c) => c.notNull())
+        .addColumn('binding_key', 'text', (c) => c.notNull())
+        .addColumn('task_id', 'text', (c) => c.notNull())
+        .addColumn('identity_id', 'text', (c) => c.notNull())
+        .addColumn('action', 'text', (c) => c.notNull())
+        .addColumn('resource', 'text', (c) => c.notNull())
+        .addColumn('args_digest', 'text')
+        // Kept only while pending or approved: every move to an end state erases it.
+        .addColumn('arguments', 'text')
+        .addColumn('environment', 'text', (c) => c.notNull())
+        .addColumn('intent', 'text', (c) => c.notNull())
+        .addColumn('purpose', 'text', (c) => c.notNull())
+        .addColumn('owner', 'text')
+        .addColumn('tier', 'text', (c) => c.notNull())
+        .addColumn('risk', 'text', (c) => c.notNull())
+        .addColumn('policies', 'text', (c) => c.notNull())
+        .addColumn('policy_version', 'text', (c) => c.notNull())
+        .addColumn('required_approvals', 'integer', (c) => c.notNull())
+        .addColumn('request_record', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('expires_at', 'bigint', (c) => c.notNull())
+        .addColumn('decided_at', 'bigint')
+        .addColumn('consumed_at', 'bigint')
+        .execute();
+      await db.schema.createIndex('approvals_binding').on('approvals').columns(['binding_key', 'state', 'created_at']).execute();
+      // INVARIANT: at most one pending request per binding, so concurrent opens on any node agree on one.
+      await db.schema
+        .createIndex('approvals_one_pending')
+        .on('approvals')
+        .column('binding_key')
+        .unique()
+        .where(sql.ref('state'), '=', 'pending')
+        .execute();
+      await db.schema.createIndex('approvals_state_expires').on('approvals').columns(['state', 'expires_at']).execute();
+      await db.schema.createIndex('approvals_task').on('approvals').column('task_id').execute();
+      await db.schema.createIndex('approvals_created').on('approvals').columns(['created_at', 'id']).execute();
+
+      // One vote per approver per request: the primary key is what makes approvers distinct.
+      await db.schema
+        .createTable('approval_votes')
+        .addColumn('approval_id', 'text', (c) => c.notNull().references('approvals.id'))
+        .addColumn('approver', 'text', (c) => c.notNull())
+        .addColumn('decision', 'text', (c) => c.notNull())
+        .addColumn('at', 'bigint', (c) => c.notNull())
+        // 1 when the approver is the requester or in its delegation chain (allowed by a knob), else 0.
+        .addColumn('self_approval', 'integer', (c) => c.notNull())
+        .addColumn('note', 'text')
+        .addPrimaryKeyConstraint('approval_votes_pk', ['approval_id', 'approver'])
+        .execute();
+
+      // Webhook deliveries, written with the change they tell of and delivered by
+      // whichever node claims them (a claim is a lease on next_attempt_at).
+      await db.schema
+        .createTable('outbox')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('target', 'text', (c) => c.notNull())
+        .addColumn('event', 'text', (c) => c.notNull())
+        .addColumn('body', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('attempts', 'integer', (c) => c.notNull())
+        .addColumn('next_attempt_at', 'bigint', (c) => c.notNull())
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('last_error', 'text')
+        .addColumn('settled_at', 'bigint')
+        .execute();
+      await db.schema.createIndex('outbox_due').on('outbox').columns(['state', 'next_attempt_at']).execute();
+    },
+  },
 };
 
 export const migrationProvider: MigrationProvider = {

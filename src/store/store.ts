@@ -5,7 +5,7 @@
  * One conformance suite (test/store-conformance.test.ts) runs against every
  * implementation; SQLite (default) and PostgreSQL (clusters) both pass it.
  */
-import type { AdminScope, Identity, IdentityState, RefusedScope, Scope, Task, TaskState } from '../core/types.js';
+import type { AdminScope, ApprovalRequest, ApprovalRequestState, ApprovalVote, Identity, IdentityState, RefusedScope, Scope, Task, TaskState } from '../core/types.js';
 
 /** What a new identity needs. */
 export interface NewIdentity {
@@ -58,6 +58,14 @@ export interface TaskTransition {
   readonly tokenId?: string;
 }
 
+/** The grant a pending task becomes active with (see `Store.activateTask`). */
+export interface TaskActivation {
+  readonly grantedScopes: readonly Scope[];
+  readonly refusedScopes: readonly RefusedScope[];
+  readonly policyVersion: string;
+  readonly tokenId: string;
+}
+
 /** Which active tasks to list for re-decision (see `Store.listActiveTasks`). */
 export interface ActiveTaskQuery {
   /** Only tasks decided by a policy version other than this one. */
@@ -94,6 +102,70 @@ export interface SealedSecret {
   readonly createdAt: number;
   readonly updatedAt: number;
 }
+
+/** An approval request as first written: pending, with no votes. */
+export type NewApprovalRequest = Omit<ApprovalRequest, 'state' | 'decidedAt' | 'consumedAt' | 'votes'>;
+
+/** What an approval is bound to: the exact action it lets through once. */
+export interface ApprovalBinding {
+  readonly stage: ApprovalRequest['stage'];
+  readonly taskId: string;
+  readonly identityId: string;
+  readonly action: string;
+  readonly resource: string;
+  /** null for a grant-stage approval (no arguments). */
+  readonly argsDigest: string | null;
+}
+
+/** Which approval requests to list. */
+export interface ApprovalQuery {
+  /** Only these states (none given: every state). */
+  readonly states?: readonly ApprovalRequestState[];
+  readonly taskId?: string;
+  /**
+   * Only requests listed after this one: the last id of the previous page.
+   * An id that is not stored gives an empty page.
+   */
+  readonly beforeId?: string;
+  readonly limit: number;
+}
+
+/** The result of `castApprovalVote`. */
+export type VoteResult =
+  /** The vote counts; `approval` is the request after it (still pending, or now approved or denied). */
+  | { readonly outcome: 'recorded'; readonly approval: ApprovalRequest }
+  /** This approver already voted on it; nothing changed. */
+  | { readonly outcome: 'duplicate'; readonly approval: ApprovalRequest }
+  /** The request is no longer pending (or its time ran out); nothing changed. */
+  | { readonly outcome: 'closed'; readonly approval: ApprovalRequest }
+  | { readonly outcome: 'not_found' };
+
+/** A webhook delivery waiting in the outbox (delivered by whichever node claims it). */
+export interface OutboxMessage {
+  readonly id: string;
+  /** The configured webhook's name. */
+  readonly target: string;
+  /** What happened, e.g. `approval.requested`. */
+  readonly event: string;
+  /** The request body exactly as it will be sent (and signed). */
+  readonly body: string;
+  readonly createdAt: number;
+  /** Delivery attempts started so far (a claim starts one). */
+  readonly attempts: number;
+  readonly nextAttemptAt: number;
+  readonly state: 'pending' | 'delivered' | 'failed';
+  readonly lastError: string | null;
+  /** When it was delivered, or given up on. */
+  readonly settledAt: number | null;
+}
+
+export type NewOutboxMessage = Pick<OutboxMessage, 'id' | 'target' | 'event' | 'body' | 'createdAt'>;
+
+/** How a claimed delivery attempt ended. */
+export type OutboxSettlement =
+  | { readonly state: 'delivered'; readonly at: number }
+  | { readonly state: 'pending'; readonly nextAttemptAt: number; readonly error: string }
+  | { readonly state: 'failed'; readonly at: number; readonly error: string };
 
 export type SigningKeyUse = 'task' | 'identity-dev';
 
@@ -165,6 +237,13 @@ export interface Store {
    */
   transitionTask(id: string, from: readonly TaskState[], to: TaskState, change: TaskTransition): Promise<Task | undefined>;
   /**
+   * Atomic compare-and-set: a `pending_approval` task becomes `active` with the
+   * grant decided when its approvals were answered. Returns the updated task,
+   * or undefined when it is absent or no longer pending (it expired, was
+   * revoked, or another activation won).
+   */
+  activateTask(id: string, change: TaskActivation): Promise<Task | undefined>;
+  /**
    * Atomically moves every non-terminal task whose `expiresAt <= now` to
    * `expired` and returns exactly the tasks this call moved. Two reapers never
    * both report the same task.
@@ -229,6 +308,64 @@ export interface Store {
   listSecrets(): Promise<Omit<SealedSecret, 'sealed'>[]>;
   /** Returns true when it existed. */
   deleteSecret(name: string): Promise<boolean>;
+
+  /**
+   * Opens an approval request for `request`'s binding, atomically: if a pending,
+   * unexpired request with exactly the same binding (stage, task, identity,
+   * action, resource, argsDigest) exists, returns it (`created: false`) and
+   * writes nothing; otherwise inserts `request`. Two concurrent opens of one
+   * binding, in any process or node, yield one request. Pending requests of
+   * the binding whose time ran out (`expiresAt <= now`) are moved to `expired`
+   * first and returned in `expired`, for the caller to record.
+   */
+  openApproval(request: NewApprovalRequest, now: number): Promise<{ approval: ApprovalRequest; created: boolean; expired: ApprovalRequest[] }>;
+  getApproval(id: string): Promise<ApprovalRequest | undefined>;
+  /** Newest first (by `createdAt`, then id, both descending: ids are random). Votes included. */
+  listApprovals(query: ApprovalQuery): Promise<ApprovalRequest[]>;
+  /**
+   * Casts one approver's vote, atomically against every other voter and
+   * consumer: only while the request is `pending` and `now < expiresAt`, and
+   * only once per approver (distinct approvers, whatever else races). A `deny`
+   * vote moves the request to `denied`; the approve vote that brings the count
+   * of distinct approvers to `requiredApprovals` moves it to `approved`. Either
+   * move sets `decidedAt`; `denied` erases `arguments`.
+   */
+  castApprovalVote(id: string, vote: ApprovalVote, now: number): Promise<VoteResult>;
+  /**
+   * Consumes the one approval covering `binding`, atomically: an `approved`
+   * request with exactly this binding and `now < expiresAt` moves to `consumed`
+   * (`consumedAt = now`, `arguments` erased) and is returned. However many
+   * callers race, exactly one gets it; the others get undefined.
+   */
+  consumeApproval(binding: ApprovalBinding, now: number): Promise<ApprovalRequest | undefined>;
+  /**
+   * Atomic compare-and-set: moves the request to `to` only if its state is one
+   * of `from` (sets `decidedAt`, erases `arguments`). Returns it, or undefined
+   * when absent or in another state.
+   */
+  closeApproval(id: string, from: readonly ApprovalRequestState[], to: Extract<ApprovalRequestState, 'expired' | 'cancelled'>, at: number): Promise<ApprovalRequest | undefined>;
+  /**
+   * Atomically moves every `pending` or `approved` request with
+   * `expiresAt <= now` to `expired` and returns exactly the requests this call
+   * moved. Two reapers never both report the same one.
+   */
+  expireApprovals(now: number): Promise<ApprovalRequest[]>;
+
+  /** Queues webhook deliveries, all or none. */
+  enqueueMessages(messages: readonly NewOutboxMessage[]): Promise<void>;
+  /**
+   * Claims up to `limit` pending messages due at `now` (`nextAttemptAt <= now`),
+   * oldest first, atomically: each moves its `nextAttemptAt` to `now + leaseMs`
+   * and counts one more attempt, so no other claimer (process or node) gets it
+   * until the lease runs out. Returns them as claimed.
+   */
+  claimMessages(now: number, limit: number, leaseMs: number): Promise<OutboxMessage[]>;
+  /**
+   * Records how a claimed attempt ended. Only a `pending` message changes: one
+   * already settled (by a claimer whose lease outlived another's) stays as it is.
+   */
+  settleMessage(id: string, settlement: OutboxSettlement): Promise<void>;
+  getMessage(id: string): Promise<OutboxMessage | undefined>;
 
   /**
    * Records a one-time fact (`name` → `value`) unless it is already recorded.
