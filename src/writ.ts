@@ -10,7 +10,7 @@
  * answered.
  */
 import { watch, type FSWatcher } from 'node:fs';
-import type { Logger } from 'pino';
+import { pino, type Logger } from 'pino';
 import { auditActor, createAuditLog, type AuditActor, type AuditEvent, type AuditEventType, type AuditLog } from './audit/log.js';
 import { createBroker, type Broker } from './broker/broker.js';
 import { createDrift, type DriftSummary } from './broker/drift.js';
@@ -41,6 +41,8 @@ import { createObservations } from './policy/observations.js';
 import { loadPolicySet, type PolicyProblem, type PolicySet } from './policy/policy-set.js';
 import { releaseCompiledSets } from './policy/request-plan.js';
 import { createVault, type Vault } from './leases/vault.js';
+import { createApprovals, type Approvals } from './broker/approvals.js';
+import { createNotifier } from './events/webhooks.js';
 import { loadMasterKey } from './secrets/master-key.js';
 import { openStore } from './store/open.js';
 import type { AdminTokenRecord, Store } from './store/store.js';
@@ -68,6 +70,8 @@ export interface Writ {
   readonly adminTokens: AdminTokens;
   /** Downstream credentials, sealed under the master key, injected by enforcement points and never shown to agents. */
   readonly vault: Vault;
+  /** Human approvals of exact actions: listed, answered, waited for. */
+  readonly approvals: Approvals;
   /** True when this start generated the master key file. */
   readonly masterKeyCreated: boolean;
   /**
@@ -394,7 +398,25 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     reloading = next.catch(() => undefined);
     return next;
   };
+  // Webhooks: state changes of approvals (and break-glass) go to a durable outbox; any node delivers them.
+  const notifier = createNotifier({ store, vault, webhooks: config.notifications.webhooks, audit, clock, logger: logger ?? pino({ level: 'silent' }) });
+  const approvals = createApprovals({
+    notify: (event) => notifier.notify(event),
+    store,
+    audit,
+    clock,
+    policy,
+    registry,
+    observations,
+    settings: {
+      ttlSeconds: config.approvals.ttl,
+      required: config.approvals.required,
+      allowSelfApproval: config.approvals.allowSelfApproval,
+      environments: config.approvals.environments,
+    },
+  });
   const broker = createBroker({
+    approvals,
     registry,
     authenticator,
     policy,
@@ -414,7 +436,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
       environments: config.policy.environments,
     },
   });
-  const authorize = createActionCheck({ verifier: taskTokens, revocations, narrowings, registry, policy, shadow, observations, audit, clock });
+  const authorize = createActionCheck({ verifier: taskTokens, revocations, narrowings, registry, policy, shadow, observations, audit, clock, approvals });
 
   // Other nodes' clocks may lag ours: look back well past one sync interval,
   // from the start of the last sync that succeeded (the start-up load counts as
@@ -484,6 +506,11 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     inFlight.add(settled);
     void settled.then(() => inFlight.delete(settled));
   };
+  // A task that ends takes its unanswered approval requests with it (here or on any node: the sync publishes those too).
+  bus.subscribe((event) => {
+    if (event.type !== 'task.ended') return;
+    background(approvals.cancelOfTask(event.taskId).catch((error: unknown) => logger?.warn({ err: error, taskId: event.taskId }, 'cancelling the approval requests of an ended task failed')));
+  });
   let closed = false;
   return {
     config,
@@ -502,6 +529,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     authenticator,
     adminTokens,
     vault,
+    approvals,
     masterKeyCreated: masterKey.created,
     authorize,
     policy,
@@ -661,10 +689,12 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
             .reapExpired()
             .then(() => broker.flushEndRecords())
             .then(() => flushIdentityRecords())
+            .then(() => approvals.expire())
             .catch((error: unknown) => logger?.error({ err: error }, 'reaper failed')),
         );
       }, config.reaper.intervalMs);
       reaper.unref();
+      notifier.start();
       revocationSync = setInterval(() => {
         background(syncRevocations().catch((error: unknown) => logger?.error({ err: error }, 'revocation sync failed')));
         // Serialized with reloads' re-decisions inside drift.
@@ -705,6 +735,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
       await Promise.all(inFlight);
       await reloading;
       await drift.idle();
+      await notifier.stop();
       await audit.flush();
       await store.close();
       releaseCompiledSets(`${slotPrefix}/`);

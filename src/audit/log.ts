@@ -36,7 +36,19 @@ export type AuditEventType =
   | 'action.check'
   | 'tool.call'
   | 'secret.set'
-  | 'secret.deleted';
+  | 'secret.deleted'
+  | 'approval.requested'
+  | 'approval.voted'
+  | 'approval.approved'
+  | 'approval.denied'
+  | 'approval.consumed'
+  | 'approval.expired'
+  | 'approval.cancelled'
+  | 'task.activated'
+  | 'break_glass.started'
+  | 'break_glass.ended'
+  | 'break_glass.reviewed'
+  | 'notification.failed';
 
 export type AuditDecision = 'allow' | 'deny' | 'approval_required' | 'partial';
 

@@ -13,16 +13,17 @@ import { parseDurationSeconds } from '../core/config.js';
 import { WritError, type WritErrorCode } from '../core/errors.js';
 import { looksLikeId, newId } from '../core/ids.js';
 import { formatScope, isValidAction, isValidResource } from '../core/scope.js';
-import type { Identity, RefusedScope, Scope, Task, TaskState } from '../core/types.js';
+import type { ApprovalRequest, Identity, RefusedScope, Scope, Task, TaskState } from '../core/types.js';
 import type { EventBus } from '../events/bus.js';
 import type { IdentityAuthenticator } from '../identity/authenticate.js';
 import { identityInactiveReason, type Registry } from '../identity/registry.js';
-import { decideShadow, riskRecord, type DecisionInput, type PolicyEngine, type ShadowDecision } from '../policy/engine.js';
+import { decideShadow, riskRecord, type DecisionInput, type PolicyDecision, type PolicyEngine, type ShadowDecision } from '../policy/engine.js';
 import type { Observations } from '../policy/observations.js';
 import type { Store } from '../store/store.js';
 import { MAX_TOKEN_LENGTH } from '../tokens/jwt.js';
 import type { KeyRing } from '../tokens/key-ring.js';
 import { boundCertificate, mintTaskToken, TASK_TOKEN_TYP, type TaskTokenVerifier } from '../tokens/task-token.js';
+import type { Approvals, GrantApprovalInput } from './approvals.js';
 import { isTerminal, statesLeadingTo } from './task-states.js';
 
 /** How old an unrecorded task end must be before the flush records it (a fresh one may still be recording). */
@@ -85,7 +86,8 @@ export interface Credentials {
 
 export type TaskRequestResult =
   | { readonly status: 'granted' | 'partial'; readonly task: Task; readonly token: string; readonly expiresIn: number; readonly warnings: readonly string[] }
-  | { readonly status: 'pending_approval'; readonly task: Task; readonly warnings: readonly string[] }
+  /** `approvals`: the requests a human must answer, one per scope waiting; then `activateTask`. */
+  | { readonly status: 'pending_approval'; readonly task: Task; readonly approvals: readonly ApprovalRequest[]; readonly warnings: readonly string[] }
   | { readonly status: 'denied'; readonly task: Task; readonly policies: readonly string[]; readonly warnings: readonly string[] };
 
 export type EndState = Extract<TaskState, 'completed' | 'failed' | 'revoked'>;
@@ -104,6 +106,15 @@ export interface Broker {
    * @throws WritError ERR_VALIDATION, ERR_AUDIT_UNAVAILABLE
    */
   requestTask(caller: Caller, request: unknown): Promise<TaskRequestResult>;
+  /**
+   * Turns a task whose scopes waited for approval into a grant, once every
+   * request is answered: each scope is decided again now, an approved one
+   * with its approval (consumed here), and the task becomes active with what
+   * is allowed, or denied when nothing is. While a request is still pending,
+   * returns `pending_approval` and changes nothing.
+   * @throws WritError ERR_TASK_NOT_FOUND, ERR_TASK_STATE_CONFLICT, ERR_FORBIDDEN (a task token), ERR_AUDIT_UNAVAILABLE
+   */
+  activateTask(caller: Caller, taskId: string): Promise<TaskRequestResult>;
   /** @throws WritError ERR_TASK_NOT_FOUND (also for another identity's task) */
   getTask(caller: Caller, taskId: string): Promise<Task>;
   /**
@@ -124,6 +135,7 @@ export interface Broker {
 
 export interface BrokerOptions {
   readonly registry: Registry;
+  readonly approvals: Approvals;
   readonly authenticator: IdentityAuthenticator;
   readonly policy: () => PolicyEngine;
   /** The shadow (candidate) engine trialled for tasks in `environment`, if any: decided and recorded, never enforced. */
@@ -252,31 +264,7 @@ export function createBroker(options: BrokerOptions): Broker {
       }
 
       const scopes = dedupeScopes(request.scopes);
-      const granted: Scope[] = [];
-      const pending: Scope[] = [];
-      const refused: RefusedScope[] = [];
-      const deciding = new Set<string>();
-      const policyErrors: string[] = [];
-      const decisions: Record<string, unknown>[] = [];
-      const shadowed: (ShadowDecision & { scope: string })[] = [];
-      for (const scope of scopes) {
-        if (engine.tierOf(scope.action) === undefined) {
-          refused.push({ ...scope, outcome: 'deny', policies: [], reason: 'ERR_UNKNOWN_ACTION' });
-          continue;
-        }
-        const input = await grantDecisionInput(options.observations, identity, request, scope, now);
-        const decision = engine.decide(input);
-        decisions.push({ scope: formatScope(scope), outcome: decision.outcome, tier: decision.tier, sensitivity: decision.sensitivity, risk: riskRecord(decision.risk) });
-        const would = decideShadow(shadow, input, decision);
-        if (would !== undefined) shadowed.push({ scope: formatScope(scope), ...would });
-        decision.policies.forEach((p) => deciding.add(p));
-        policyErrors.push(...decision.errors);
-        if (decision.outcome === 'allow') granted.push(scope);
-        else if (decision.outcome === 'approval_required') {
-          pending.push(scope);
-          refused.push({ ...scope, outcome: 'approval_required', policies: decision.policies, reason: 'ERR_APPROVAL_REQUIRED' });
-        } else refused.push({ ...scope, outcome: 'deny', policies: decision.policies, reason: 'ERR_POLICY_DENIED' });
-      }
+      const { granted, pending, refused, deciding, policyErrors, decisions, shadowed } = await decideGrant(engine, shadow, options.observations, identity, request, scopes, now);
 
       const state: TaskState = pending.length > 0 ? 'pending_approval' : granted.length > 0 ? 'active' : 'denied';
       const taskId = newId('task');
@@ -363,9 +351,115 @@ export function createBroker(options: BrokerOptions): Broker {
         await store.markTaskEndAudited(taskId, decisionRecord);
         return { status: 'denied', task, policies: [...deciding].sort(), warnings };
       }
-      if (state === 'pending_approval') return { status: 'pending_approval', task, warnings };
+      if (state === 'pending_approval') {
+        let approvals: ApprovalRequest[];
+        try {
+          approvals = await options.approvals.openForGrant(pending.map(({ scope, decision }) => ({ task, identity, action: scope.action, resource: scope.resource, decision, requestRecord: decisionRecord })));
+        } catch (error) {
+          // A pending task nobody can be asked to approve is no task.
+          const ended = await store.transitionTask(taskId, ['pending_approval'], 'revoked', { at: clock.now(), endReason: 'revoked: its approval requests could not be opened' }).catch(() => undefined);
+          if (ended) {
+            announceEnd(ended);
+            await recordEnd(ended, identity, 'its approval requests could not be opened').catch(() => undefined);
+          }
+          throw error;
+        }
+        return { status: 'pending_approval', task, approvals, warnings };
+      }
       if (minted === undefined) throw new Error('active task without a token');
       return { status: refused.length > 0 ? 'partial' : 'granted', task, token: minted.token, expiresIn: ttl, warnings };
+    },
+
+    async activateTask(caller, taskId) {
+      if (caller.taskId !== undefined) throw new WritError('ERR_FORBIDDEN', { detail: 'activate a task with an identity token, not a task token' });
+      const task = await visibleTask(caller, taskId);
+      const now = clock.now();
+      if (task.state !== 'pending_approval' || task.expiresAt <= now) {
+        throw new WritError('ERR_TASK_STATE_CONFLICT', { detail: `task is ${task.expiresAt <= now ? 'expired' : task.state}; only a task waiting for approval activates`, extensions: { state: task.state } });
+      }
+      // The newest request of each scope that waited is the one that counts.
+      const latest = new Map<string, ApprovalRequest>();
+      for (const approval of await options.approvals.ofTask(task.id)) {
+        const key = formatScope(approval);
+        if (approval.stage === 'grant' && !latest.has(key)) latest.set(key, approval);
+      }
+      const waiting = [...latest.values()].filter((a) => a.state === 'pending' && a.expiresAt > now);
+      if (waiting.length > 0) return { status: 'pending_approval', task, approvals: waiting, warnings: [] };
+      const approved = new Set([...latest.values()].filter((a) => a.state === 'approved' && a.expiresAt > now).map(formatScope));
+
+      const engine = options.policy();
+      const identity = caller.identity;
+      const decided = await decideGrant(engine, options.shadow?.(task.environment), options.observations, identity, task, task.requestedScopes, now, approved);
+      const granted: Scope[] = [];
+      const refused = [...decided.refused];
+      const used: string[] = [];
+      for (const scope of decided.granted) {
+        if (!approved.has(formatScope(scope))) {
+          granted.push(scope);
+          continue;
+        }
+        // Each approval lets its scope in once: a concurrent activation gets none.
+        const approval = await options.approvals.consumeGrant({ taskId: task.id, identityId: identity.id, action: scope.action, resource: scope.resource });
+        if (approval === undefined) refused.push({ ...scope, outcome: 'approval_required', policies: [], reason: 'ERR_APPROVAL_CLOSED' });
+        else {
+          granted.push(scope);
+          used.push(approval.id);
+        }
+      }
+
+      const recordActivation = (decision: AuditDecision, state: TaskState, jti?: string) =>
+        audit.append({
+          type: 'task.activated',
+          decision,
+          actor: auditActor(identity),
+          task: { id: task.id, purpose: task.purpose, intent: task.intent, environment: task.environment },
+          policies: [...decided.deciding].sort(),
+          policyVersion: engine.version,
+          data: {
+            state,
+            granted: granted.map(formatScope),
+            refused: refused.map((r) => ({ scope: formatScope(r), outcome: r.outcome, policies: r.policies, reason: r.reason })),
+            approvals: used,
+            expiresAt: task.expiresAt,
+            ...(jti === undefined ? {} : { jti }),
+            decisions: decided.decisions,
+            ...(decided.shadowed.length > 0 ? { shadow: decided.shadowed } : {}),
+          },
+        });
+
+      if (granted.length === 0) {
+        const ended = await store.transitionTask(task.id, ['pending_approval'], 'denied', { at: clock.now(), endReason: 'denied: no scope approved' });
+        if (ended === undefined) throw new WritError('ERR_TASK_STATE_CONFLICT', { detail: 'task is no longer waiting for approval' });
+        announceEnd(ended);
+        const receipt = await recordActivation('deny', 'denied');
+        await store.markTaskEndAudited(ended.id, receipt.id);
+        return { status: 'denied', task: ended, policies: [...decided.deciding].sort(), warnings: [] };
+      }
+
+      const minted = mintTaskToken(options.taskKeys, {
+        issuer: settings.issuer,
+        audience: settings.audience,
+        identityId: identity.id,
+        task: { id: task.id, purpose: task.purpose, intent: task.intent },
+        scopes: granted,
+        environment: task.environment,
+        issuedAt: now,
+        // The TTL runs from the request: waiting for approval does not lengthen it.
+        expiresAt: task.expiresAt,
+        ...(caller.certificateThumbprint === undefined ? {} : { certificateThumbprint: caller.certificateThumbprint }),
+      });
+      const active = await store.activateTask(task.id, { grantedScopes: granted, refusedScopes: refused, policyVersion: engine.version, tokenId: minted.jti });
+      if (active === undefined) throw new WritError('ERR_TASK_STATE_CONFLICT', { detail: 'task is no longer waiting for approval' });
+      try {
+        await recordActivation(refused.length > 0 ? 'partial' : 'allow', 'active', minted.jti);
+      } catch (error) {
+        // The token never left this function; make sure the task cannot be used either.
+        const ended = await store.transitionTask(task.id, ['active'], 'revoked', { at: clock.now(), endReason: 'audit_unavailable' }).catch(() => undefined);
+        if (ended) announceEnd(ended);
+        throw error;
+      }
+      options.observations.recordGrant(identity.id, granted);
+      return { status: refused.length > 0 ? 'partial' : 'granted', task: active, token: minted.token, expiresIn: Math.max(1, Math.floor((task.expiresAt - now) / 1000)), warnings: [] };
     },
 
     getTask: visibleTask,
@@ -445,6 +539,56 @@ export async function grantDecisionInput(observations: Observations, principal: 
   };
 }
 
+interface GrantDecisions {
+  readonly granted: Scope[];
+  /** Allowed only with a human's approval (and not approved). */
+  readonly pending: { readonly scope: Scope; readonly decision: PolicyDecision }[];
+  /** Everything not granted, pending ones included, with why. */
+  readonly refused: RefusedScope[];
+  readonly deciding: Set<string>;
+  readonly policyErrors: string[];
+  readonly decisions: Record<string, unknown>[];
+  readonly shadowed: (ShadowDecision & { scope: string })[];
+}
+
+/**
+ * Decides each scope of a grant. `approved` holds the scopes (`formatScope`)
+ * a human approved: they are decided with `approval: approved`, and allowed
+ * only if policy then allows them.
+ */
+async function decideGrant(
+  engine: PolicyEngine,
+  shadow: PolicyEngine | undefined,
+  observations: Observations,
+  identity: Identity,
+  task: GrantContext,
+  scopes: readonly Scope[],
+  now: number,
+  approved: ReadonlySet<string> = new Set(),
+): Promise<GrantDecisions> {
+  const result: GrantDecisions = { granted: [], pending: [], refused: [], deciding: new Set(), policyErrors: [], decisions: [], shadowed: [] };
+  for (const scope of scopes) {
+    if (engine.tierOf(scope.action) === undefined) {
+      result.refused.push({ ...scope, outcome: 'deny', policies: [], reason: 'ERR_UNKNOWN_ACTION' });
+      continue;
+    }
+    const base = await grantDecisionInput(observations, identity, task, scope, now);
+    const input: DecisionInput = approved.has(formatScope(scope)) ? { ...base, approval: 'approved' } : base;
+    const decision = engine.decide(input);
+    result.decisions.push({ scope: formatScope(scope), outcome: decision.outcome, tier: decision.tier, sensitivity: decision.sensitivity, risk: riskRecord(decision.risk), ...(input.approval === undefined ? {} : { approval: input.approval }) });
+    const would = decideShadow(shadow, input, decision);
+    if (would !== undefined) result.shadowed.push({ scope: formatScope(scope), ...would });
+    decision.policies.forEach((p) => result.deciding.add(p));
+    result.policyErrors.push(...decision.errors);
+    if (decision.outcome === 'allow') result.granted.push(scope);
+    else if (decision.outcome === 'approval_required') {
+      result.pending.push({ scope, decision });
+      result.refused.push({ ...scope, outcome: 'approval_required', policies: decision.policies, reason: 'ERR_APPROVAL_REQUIRED' });
+    } else result.refused.push({ ...scope, outcome: 'deny', policies: decision.policies, reason: 'ERR_POLICY_DENIED' });
+  }
+  return result;
+}
+
 /**
  * Appends a task's end to the audit chain and marks it recorded. If the
  * append fails the task stays ended (safe) and owes its record, which the
@@ -486,7 +630,8 @@ function dedupeScopes(scopes: readonly Scope[]): Scope[] {
   return result;
 }
 
-function validationError(issues: readonly { path: readonly PropertyKey[]; message: string }[]): WritError {
+/** ERR_VALIDATION naming each field that failed (`errors`). */
+export function validationError(issues: readonly { path: readonly PropertyKey[]; message: string }[]): WritError {
   const errors = issues.map((i) => ({ field: i.path.map(String).join('.'), message: i.message }));
   return new WritError('ERR_VALIDATION', {
     detail: errors.map((e) => `${e.field || '(body)'}: ${e.message}`).join('; '),

@@ -13,7 +13,8 @@ import { verifyAuditChain, type AuditActor } from '../audit/log.js';
 import { loadConfig, parseDurationSeconds, type WritConfig } from '../core/config.js';
 import { isWritError } from '../core/errors.js';
 import { WRIT_VERSION } from '../core/version.js';
-import { ACTOR_TYPES, ADMIN_SCOPES, type ActorType, type AdminScope } from '../core/types.js';
+import { ACTOR_TYPES, ADMIN_SCOPES, APPROVAL_REQUEST_STATES, type ActorType, type AdminScope, type ApprovalRequest, type ApprovalRequestState } from '../core/types.js';
+import { approvalView, isApprovalState, noticeOf } from '../broker/approvals.js';
 import { createMcpGateway } from '../gateway/mcp/gateway.js';
 import { serveGatewayStdio } from '../gateway/mcp/stdio.js';
 import { createUpstreamPool } from '../gateway/mcp/upstreams.js';
@@ -65,6 +66,15 @@ Commands:
                              sealed under the master key; gateway upstreams inject it by name
   secret list                list secret names and when they changed (never the values)
   secret delete <name>       delete a secret
+  approvals list             approval requests you may answer (or asked for), newest first
+      --state <s,...>          pending (default), approved, denied, consumed, expired, cancelled
+      --task <id>              only this task's
+  approvals show <id>        the exact action, its arguments, purpose, agent, owner, risk, votes
+  approvals approve <id>     approve that one action, once (policy decides who may)
+  approvals deny <id>        deny it
+      --note <text>            why (audited)
+                             The approver is WRIT_TOKEN (a human's identity token), or with
+                             --dev, --identity <id> (dev issuer; laptops only)
   audit verify               check the audit hash chain; exit 1 naming the first bad record
   policy validate            parse the policy set and check it against its schema;
                              exit 3 with one file:line:column: problem line each
@@ -152,6 +162,8 @@ const OPTIONS = {
   'calls-per-minute': { type: 'string' },
   'first-use': { type: 'boolean' },
   registered: { type: 'string' },
+  state: { type: 'string' },
+  task: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
   version: { type: 'boolean', short: 'v' },
 } as const satisfies ParseArgsConfig['options'];
@@ -194,6 +206,8 @@ export async function main(argv: readonly string[]): Promise<number> {
         return await adminCommand(sub, rest, values);
       case 'secret':
         return await secretCommand(sub, rest, values);
+      case 'approvals':
+        return await approvalsCommand(sub, rest, values);
       case 'audit':
         if (sub !== 'verify') throw new UsageError('usage: writ audit verify');
         return await auditVerify(values);
@@ -248,19 +262,80 @@ function createLogger(config: WritConfig, destination: 1 | 2 = 1): Logger {
   return pino({ level: config.log.level, base: { service: 'writ' }, redact: ['req.headers.authorization', 'token'] }, pino.destination(destination));
 }
 
+/**
+ * Who a command acts as: WRIT_TOKEN (an identity or task token from a trust
+ * source), or with --dev, --identity <id> (a dev-issuer token minted here; laptops only).
+ */
+function credentialFrom(values: Values, command: string): { identity: string | undefined; bearer: (writ: Writ) => Promise<string> } {
+  const identityId = values.identity;
+  const envToken = process.env.WRIT_TOKEN;
+  if ((identityId === undefined) === (envToken === undefined || envToken === '')) throw new UsageError(`${command} needs exactly one credential: WRIT_TOKEN, or --identity <id> with --dev`);
+  if (identityId !== undefined && values.dev !== true) throw new UsageError('--identity mints a dev-issuer identity token: pass --dev too (laptops only)');
+  return {
+    identity: identityId,
+    bearer: async (writ) => (identityId === undefined ? (envToken as string) : (await writ.issueIdentityToken(identityId)).token),
+  };
+}
+
+/**
+ * `writ approvals`: a human lists, reads and answers approval requests, as
+ * the identity of its credential; policy decides which it may answer.
+ */
+async function approvalsCommand(sub: string | undefined, rest: string[], values: Values): Promise<number> {
+  const id = rest[0];
+  const usage = 'usage: writ approvals list [--state <s,...>] [--task <id>] | show <id> | approve <id> [--note <text>] | deny <id> [--note <text>]';
+  if (sub === 'list' ? rest.length > 0 : !['show', 'approve', 'deny'].includes(sub ?? '') || id === undefined || rest.length > 1) throw new UsageError(usage);
+  const credential = credentialFrom(values, `writ approvals ${sub}`);
+  const writ = await createWrit({ config: configFrom(values) });
+  try {
+    const caller = await writ.broker.authenticate({ bearer: await credential.bearer(writ) }, { allowTaskToken: false, endpoint: `cli approvals ${sub}` });
+    if (sub === 'list') {
+      const states = values.state?.split(',');
+      if (states !== undefined && !states.every(isApprovalState)) throw new UsageError(`--state: comma-separated states: ${APPROVAL_REQUEST_STATES.join(', ')}`);
+      const approvals = await writ.approvals.list(caller, { ...(states === undefined ? {} : { states: states as ApprovalRequestState[] }), ...(values.task === undefined ? {} : { taskId: values.task }) });
+      if (values.json === true) process.stdout.write(`${JSON.stringify(approvals.map(approvalView), null, 2)}\n`);
+      else if (approvals.length === 0) process.stdout.write('no approval requests\n');
+      else for (const a of approvals) process.stdout.write(`${approvalLine(a)}\n`);
+      return 0;
+    }
+    if (sub === 'show') {
+      const approval = await writ.approvals.get(caller, id as string);
+      process.stdout.write(values.json === true ? `${JSON.stringify(approvalView(approval), null, 2)}\n` : describeApproval(approval));
+      return 0;
+    }
+    const after = await writ.approvals.vote(caller, id as string, sub as 'approve' | 'deny', values.note);
+    const approvals = after.votes.filter((v) => v.decision === 'approve').length;
+    process.stdout.write(`${after.id} is ${after.state} (${approvals} of ${after.requiredApprovals} approvals)\n`);
+    return 0;
+  } finally {
+    await writ.close();
+  }
+}
+
+/** One line per request: id, state, who asks to do what, where, until when. */
+function approvalLine(a: ApprovalRequest): string {
+  const approvals = a.votes.filter((v) => v.decision === 'approve').length;
+  return `${a.id}  ${a.state}  ${a.identityId} ${a.action} ${a.resource}  ${a.environment}  ${approvals}/${a.requiredApprovals}  expires=${new Date(a.expiresAt).toISOString()}`;
+}
+
+/** Everything an approver must read before answering. */
+function describeApproval(a: ApprovalRequest): string {
+  const lines = noticeOf('approval.requested', a, a.createdAt).fields.map((f) => `${f.label.padEnd(12)} ${f.value}`);
+  const votes = a.votes.map((v) => `${''.padEnd(12)} ${v.decision} by ${v.approver} at ${new Date(v.at).toISOString()}${v.selfApproval ? ' (self-approval)' : ''}${v.note === null ? '' : `: ${v.note}`}`);
+  return `${a.id} (${a.state}, ${a.stage} stage)\n${lines.join('\n')}\nTask         ${a.taskId}\nPolicies     ${a.policies.join(', ') || 'none'}\n${votes.length > 0 ? `Votes\n${votes.join('\n')}\n` : ''}`;
+}
+
 /** `writ mcp`: the gateway on stdio. stdout carries MCP messages only; logs go to stderr. */
 async function mcpStdio(values: Values): Promise<number> {
   const config = configFrom(values);
   const logger = createLogger(config, 2);
-  const identityId = values.identity;
-  const envToken = process.env.WRIT_TOKEN;
-  if ((identityId === undefined) === (envToken === undefined || envToken === '')) throw new UsageError('writ mcp needs exactly one credential: WRIT_TOKEN, or --identity <id> with --dev');
-  if (identityId !== undefined && values.dev !== true) throw new UsageError('--identity mints a dev-issuer identity token: pass --dev too (laptops only)');
+  const credential = credentialFrom(values, 'writ mcp');
   const writ = await createWrit({ config, logger });
   const pool = createUpstreamPool({ config, vault: writ.vault, logger });
   const gateway = createMcpGateway({ writ, pool, logger });
+  const identityId = credential.identity;
   try {
-    const bearer = identityId === undefined ? (envToken as string) : (await writ.issueIdentityToken(identityId)).token;
+    const bearer = await credential.bearer(writ);
     writ.startReaper();
     // With --identity the process mints its own token (the local operator's dev issuer), so its expiry does not end the connection.
     const served = await serveGatewayStdio({ gateway, bearer, logger, ...(identityId === undefined ? {} : { credentialExpiresAt: Number.POSITIVE_INFINITY }) });

@@ -218,6 +218,37 @@ const upstreamSchema = z
     });
   });
 
+/**
+ * A webhook: every approval and break-glass state change is POSTed to it as
+ * JSON, signed with HMAC-SHA256 under a secret from the vault, and retried
+ * with backoff until it answers 2xx or the attempts run out.
+ */
+const webhookSchema = z
+  .object({
+    name: z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, 'lowercase letters, digits and dashes, at most 32'),
+    url: z.string().url(),
+    /** Name of the signing secret in the vault (`writ secret set <name>`). */
+    secret: z.string().regex(/^[a-z][a-z0-9._-]{0,63}$/, 'a secret name'),
+    /** `json`: Writ's event; `slack`: a Slack-compatible message (incoming webhooks, Block Kit). */
+    format: z.enum(['json', 'slack']).default('json'),
+    /** Only these events (default: every one). */
+    events: z.array(z.string().regex(/^[a-z_]+\.[a-z_]+$/, 'an event such as approval.requested')).min(1).max(32).optional(),
+    /** Longest one delivery attempt may take. */
+    timeout: duration(10),
+    /** Attempts before a delivery is given up (and the failure audited). */
+    maxAttempts: z.number().int().min(1).max(50).default(8),
+  })
+  .strict()
+  .superRefine((w, ctx) => {
+    const url = new URL(w.url);
+    if (url.username !== '' || url.password !== '') ctx.addIssue({ code: 'custom', path: ['url'], message: 'no credentials in the URL' });
+    if (url.protocol !== 'https:' && !(url.protocol === 'http:' && LOOPBACK_HOSTS.has(url.hostname))) {
+      ctx.addIssue({ code: 'custom', path: ['url'], message: 'an https:// URL (http:// only on loopback)' });
+    }
+  });
+
+export type WebhookConfig = z.output<typeof webhookSchema>;
+
 export type UpstreamConfig = z.output<typeof upstreamSchema>;
 export type ToolMappingConfig = z.output<typeof toolMapping>;
 
@@ -355,6 +386,34 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    /** Human approval of one exact action (`@approval("required")` permits). */
+    approvals: z
+      .object({
+        /** How long a request waits for its approvers before it expires. */
+        ttl: duration(600),
+        /** Distinct approvers each request needs (N of M), unless its environment says otherwise. */
+        required: z.number().int().min(1).max(10).default(1),
+        /**
+         * Let the requester, or an identity in its delegation chain, approve its
+         * own action. Off by default; when on, the vote's audit record says so.
+         */
+        allowSelfApproval: z.boolean().default(false),
+        /** Per environment: `production: { required: 2 }`. */
+        environments: z
+          .record(slug, z.object({ required: z.number().int().min(1).max(10).optional(), allowSelfApproval: z.boolean().optional() }).strict())
+          .default({}),
+        /** Longest an MCP client may ask the gateway to hold a call while its approval is pending. */
+        maxWait: duration(300),
+      })
+      .strict()
+      .prefault({}),
+    /** Where state changes of approvals and break-glass grants are sent. */
+    notifications: z
+      .object({
+        webhooks: z.array(webhookSchema).max(16).default([]),
+      })
+      .strict()
+      .prefault({}),
     reaper: z
       .object({
         intervalMs: z.number().int().min(100).max(3_600_000).default(5000),
@@ -413,6 +472,16 @@ export const configSchema = z
       if (upstreams.has(u.name)) ctx.addIssue({ code: 'custom', path: ['gateway', 'upstreams', index, 'name'], message: `two upstreams are named ${u.name}` });
       upstreams.add(u.name);
     });
+    const hooks = new Set<string>();
+    config.notifications.webhooks.forEach((w, index) => {
+      if (hooks.has(w.name)) ctx.addIssue({ code: 'custom', path: ['notifications', 'webhooks', index, 'name'], message: `two webhooks are named ${w.name}` });
+      hooks.add(w.name);
+    });
+    for (const environment of Object.keys(config.approvals.environments)) {
+      if (!config.policy.environments.includes(environment)) {
+        ctx.addIssue({ code: 'custom', path: ['approvals', 'environments', environment], message: `not one of policy.environments (${config.policy.environments.join(', ')})` });
+      }
+    }
     if (config.identity.devIssuer.maxTtl > 300) {
       ctx.addIssue({ code: 'custom', path: ['identity', 'devIssuer', 'maxTtl'], message: 'identity tokens live at most 5 minutes' });
     }

@@ -64,6 +64,26 @@ export const errorCatalog = {
     title: 'Approval required',
     description: 'Policy allows this only with a human approval of the exact action.',
   },
+  ERR_APPROVAL_NOT_FOUND: {
+    status: 404,
+    title: 'Approval request not found',
+    description: 'No approval request with that id is visible to the caller (its requester, or a human policy lets approve it).',
+  },
+  ERR_APPROVAL_CLOSED: {
+    status: 409,
+    title: 'Approval request closed',
+    description: 'The approval request is no longer pending: it was approved, denied, consumed, expired or cancelled (its task ended). A new call asks anew.',
+  },
+  ERR_APPROVAL_ALREADY_VOTED: {
+    status: 409,
+    title: 'Already voted',
+    description: 'This approver has already answered this approval request; N-of-M approvals count distinct approvers.',
+  },
+  ERR_SELF_APPROVAL: {
+    status: 403,
+    title: 'Self-approval refused',
+    description: 'The approver is the requester, or in its delegation chain; nobody approves their own action unless `approvals.allowSelfApproval` says so.',
+  },
   ERR_UNKNOWN_ACTION: {
     status: 400,
     title: 'Unknown action',

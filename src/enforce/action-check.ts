@@ -11,7 +11,12 @@
  *   5. policy    above `read` (the action's tier, raised by the resource's
  *                tier floor), policy is decided again with fresh context: the
  *                call's arguments, its risk score, the time
- *   6. audit     the decision is appended to the audit chain
+ *   6. approval  when policy allows the call only with a human's approval,
+ *                an approved request bound to exactly this call (task,
+ *                identity, action, resource, arguments digest) is consumed,
+ *                once; without one, a pending request is opened (or the
+ *                open one for this same call reused) and its id returned
+ *   7. audit     the decision is appended to the audit chain
  *
  * The first failing step decides, with a stable reason code. Nothing here
  * throws for a bad request; every error is a deny. An allow is returned only
@@ -47,6 +52,47 @@ export interface ActionRequest {
    * of the context's digest.
    */
   readonly argumentsDigest?: string;
+  /**
+   * In process only: the call's whole arguments, shown to a human asked to
+   * approve it (when `argumentsDigest` is set, the arguments it digests).
+   * Default: `context`.
+   */
+  readonly arguments?: unknown;
+}
+
+/** One exact call, as an approval binds it. */
+export interface ApprovalBinding {
+  readonly stage: 'call';
+  readonly taskId: string;
+  readonly identityId: string;
+  readonly action: string;
+  readonly resource: string;
+  /** `sha256:` digest of the call's canonical arguments; null for a call without any. */
+  readonly argsDigest: string | null;
+}
+
+/** A call policy allows only with a human's approval: what its approvers see. */
+export interface ApprovalCall extends ApprovalBinding {
+  readonly identity: Identity;
+  readonly task: { readonly purpose: string; readonly intent: string; readonly environment: string };
+  /** The arguments as canonical JSON, or null (none, or too large to show: the digest still binds them). */
+  readonly arguments: string | null;
+  readonly tier: Tier;
+  readonly risk: RiskScore;
+  readonly policies: readonly string[];
+  readonly policyVersion: string;
+  /** The audit record of the decision that asked for it. */
+  readonly requestRecord: string;
+  /** The approval cannot outlive the token (epoch ms). */
+  readonly notAfter: number;
+}
+
+/** Where approvals live (the broker's): the action check consumes and opens them. */
+export interface ApprovalGate {
+  /** Consumes the approved request bound to exactly this call, once; undefined when there is none. */
+  consume(binding: ApprovalBinding): Promise<{ readonly id: string } | undefined>;
+  /** Opens a pending request for this call, or returns the one already open for it. */
+  open(call: ApprovalCall): Promise<{ readonly id: string; readonly expiresAt: number }>;
 }
 
 export type ActionReason =
@@ -84,6 +130,12 @@ export interface ActionDecision {
   readonly policyVersion: string | null;
   /** The audit record of this decision; null only when it could not be written. */
   readonly auditId: string | null;
+  /**
+   * The approval request: the one this allowed call consumed, or (approval
+   * required) the pending one a human must answer before the same call is
+   * made again. Absent when none is involved or it could not be opened.
+   */
+  readonly approval?: { readonly id: string; readonly state: 'consumed' | 'pending'; readonly expiresAt?: number };
 }
 
 export type ActionCheck = (token: string, request: ActionRequest, presenter?: Presenter) => Promise<ActionDecision>;
@@ -102,9 +154,13 @@ export interface ActionCheckOptions {
   readonly observations: Observations;
   readonly audit: AuditLog;
   readonly clock: Clock;
+  /** Approval requests; without them an approval-required call is refused with no request to answer. */
+  readonly approvals?: ApprovalGate;
 }
 
 const MAX_CONTEXT_BYTES = 16 * 1024;
+/** Arguments larger than this are bound by their digest but not kept for approvers to read. */
+const MAX_SHOWN_ARGUMENTS_BYTES = 64 * 1024;
 
 interface Outcome {
   readonly decision: ActionDecision['decision'];
@@ -117,6 +173,8 @@ interface Outcome {
   readonly policyVersion?: string;
   readonly risk?: RiskScore;
   readonly shadow?: ShadowDecision;
+  /** Allowed by consuming this approval. */
+  readonly consumed?: string;
 }
 
 export function createActionCheck(options: ActionCheckOptions): ActionCheck {
@@ -124,7 +182,7 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
 
   const deny = (reason: ActionReason, detail: string, partial: Partial<Outcome> = {}): Outcome => ({ decision: 'deny', reason, detail, ...partial });
 
-  const decide = async (token: string, request: ActionRequest, presenter: Presenter | undefined, now: number): Promise<Outcome> => {
+  const decide = async (token: string, request: ActionRequest, argsDigest: string | null, presenter: Presenter | undefined, now: number): Promise<Outcome> => {
     const checked = verifier.verifyCached(token, now) ?? (await verifier.verify(token, now));
     if (!checked.ok) return deny(checked.code, checked.detail);
     const verified = checked.token;
@@ -176,7 +234,15 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
     const decided = { token: verified, identity, tier, policies: decision.policies, policyVersion: decision.policyVersion, risk: decision.risk, ...(shadow === undefined ? {} : { shadow }) };
     if (decision.outcome === 'allow') return { decision: 'allow', reason: null, ...decided };
     if (decision.outcome === 'approval_required') {
-      return { decision: 'approval_required', reason: 'ERR_APPROVAL_REQUIRED', detail: 'policy requires a human approval', ...decided };
+      // An approval counts only if policy, asked again now with it, allows the
+      // call: it is spent only on a call that then goes through.
+      const approved = options.approvals === undefined ? undefined : engine.decide({ ...input, approval: 'approved' });
+      if (approved?.outcome === 'allow') {
+        const binding = { stage: 'call', taskId, identityId: identity.id, action: request.action, resource: request.resource, argsDigest } as const;
+        const consumed = await options.approvals?.consume(binding);
+        if (consumed !== undefined) return { decision: 'allow', reason: null, ...decided, policies: approved.policies, consumed: consumed.id };
+      }
+      return { decision: 'approval_required', reason: 'ERR_APPROVAL_REQUIRED', detail: 'policy requires a human approval of this exact call', ...decided };
     }
     return deny('ERR_POLICY_DENIED', decision.errors.length > 0 ? `policy errors: ${decision.errors.join('; ')}` : 'policy denied', decided);
   };
@@ -195,11 +261,12 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
     const context = shapeOk ? copyContext(request.context) : undefined;
     const givenDigest = shapeOk ? request.argumentsDigest : undefined;
     const argsDigest = typeof givenDigest === 'string' && /^sha256:[0-9a-f]{64}$/.test(givenDigest) ? givenDigest : context?.digest;
+    const call = shapeOk && context !== null ? { action: request.action, resource: request.resource, ...(context === undefined ? {} : { context: context.copy }) } : undefined;
     let outcome: Outcome;
     if (!shapeOk || context === null) outcome = deny('ERR_VALIDATION', 'request is not {action, resource, context?}');
     else {
       try {
-        outcome = await decide(token, { action: request.action, resource: request.resource, ...(context === undefined ? {} : { context: context.copy }) }, presenter, now);
+        outcome = await decide(token, call as ActionRequest, argsDigest ?? null, presenter, now);
       } catch (error) {
         // A failure while deciding (the store unreachable, say) is a deny, audited like any other.
         outcome = deny('ERR_INTERNAL', `check failed: ${(error as Error)?.message ?? String(error)}`);
@@ -230,22 +297,75 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
         ...(outcome.tier === undefined ? {} : { tier: outcome.tier }),
         policies: base.policies,
         ...(outcome.policyVersion === undefined ? {} : { policyVersion: outcome.policyVersion }),
-        ...(argsDigest || outcome.risk || outcome.shadow
+        ...(argsDigest || outcome.risk || outcome.shadow || outcome.consumed
           ? {
               data: {
                 ...(argsDigest ? { argsDigest } : {}),
                 ...(outcome.risk ? { risk: riskRecord(outcome.risk) } : {}),
                 ...(outcome.shadow ? { shadow: outcome.shadow } : {}),
+                ...(outcome.consumed === undefined ? {} : { approval: outcome.consumed }),
               },
             }
           : {}),
       });
-      return { allowed: outcome.decision === 'allow', decision: outcome.decision, reason: outcome.reason, ...base, auditId: receipt.id };
+      const decided = { allowed: outcome.decision === 'allow', decision: outcome.decision, reason: outcome.reason, ...base, auditId: receipt.id };
+      if (outcome.consumed !== undefined) return { ...decided, approval: { id: outcome.consumed, state: 'consumed' } };
+      if (outcome.decision !== 'approval_required' || options.approvals === undefined || call === undefined) return decided;
+      const pending = await openApproval(options.approvals, outcome, call, argsDigest ?? null, shownArguments(request.arguments, context?.copy), receipt.id);
+      return pending === undefined ? decided : { ...decided, approval: { id: pending.id, state: 'pending', expiresAt: pending.expiresAt } };
     } catch {
       // INVARIANT: a decision that could not be audited is not carried out.
       return { allowed: false, decision: 'deny', reason: 'ERR_AUDIT_UNAVAILABLE', ...base, auditId: null };
     }
   };
+}
+
+/** Opens (or finds) the approval request for a call policy allows only with one; undefined when it could not. */
+async function openApproval(
+  gate: ApprovalGate,
+  outcome: Outcome,
+  call: ActionRequest,
+  argsDigest: string | null,
+  shown: string | null,
+  requestRecord: string,
+): Promise<{ id: string; expiresAt: number } | undefined> {
+  const { token, identity, tier, risk } = outcome;
+  if (token === undefined || identity === undefined || tier === undefined || risk === undefined) return undefined;
+  const { claims } = token;
+  try {
+    return await gate.open({
+      stage: 'call',
+      taskId: claims.task.id,
+      identityId: identity.id,
+      action: call.action,
+      resource: call.resource,
+      argsDigest,
+      identity,
+      task: { purpose: claims.task.purpose, intent: claims.task.intent, environment: claims.env },
+      arguments: shown,
+      tier,
+      risk,
+      policies: outcome.policies ?? [],
+      policyVersion: outcome.policyVersion ?? '',
+      requestRecord,
+      notAfter: token.expiresAt,
+    });
+  } catch {
+    // The call is refused either way; without a request there is just nothing to approve.
+    return undefined;
+  }
+}
+
+/** The arguments an approver reads, as canonical JSON; null when there are none or they are too large to keep. */
+function shownArguments(whole: unknown, context: Readonly<Record<string, unknown>> | undefined): string | null {
+  const value = whole !== undefined ? whole : context;
+  if (value === undefined) return null;
+  try {
+    const text = canonicalize(value);
+    return Buffer.byteLength(text) > MAX_SHOWN_ARGUMENTS_BYTES ? null : text;
+  } catch {
+    return null;
+  }
 }
 
 /** A plain copy of the context and the SHA-256 of its canonical form; undefined when absent, null when unusable. */

@@ -14,8 +14,9 @@ import { z } from 'zod';
 import { resolveConfigPath } from '../core/config.js';
 import { WritError, toProblem } from '../core/errors.js';
 import { WRIT_VERSION } from '../core/version.js';
-import type { AdminScope, Identity, Task } from '../core/types.js';
-import type { Credentials, EndState } from '../broker/broker.js';
+import { APPROVAL_REQUEST_STATES, type AdminScope, type ApprovalRequestState, type Identity, type Task } from '../core/types.js';
+import { approvalView, isApprovalState } from '../broker/approvals.js';
+import { validationError, type Credentials, type EndState, type TaskRequestResult } from '../broker/broker.js';
 import { requireScope, type AdminPrincipal } from '../identity/admin-tokens.js';
 import type { CredentialResult } from '../identity/trust-sources.js';
 import { peerCertificateChain } from '../identity/x509-svid.js';
@@ -33,6 +34,19 @@ const authorizeBodySchema = z
     action: z.string(),
     resource: z.string(),
     context: z.record(z.string(), z.unknown()).optional(),
+  })
+  .strict();
+
+const approvalQuerySchema = z
+  .object({
+    /** Comma-separated states; default pending. */
+    state: z
+      .string()
+      .max(100)
+      .refine((v) => v.split(',').every(isApprovalState), `comma-separated states: ${APPROVAL_REQUEST_STATES.join(', ')}`)
+      .optional(),
+    task: z.string().max(64).regex(/^task_[A-Za-z0-9_-]{22}$/, 'a task id').optional(),
+    limit: z.coerce.number().int().min(1).max(200).optional(),
   })
   .strict();
 
@@ -204,7 +218,12 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
       'POST /v1/tasks/{id}/complete',
       'POST /v1/tasks/{id}/fail',
       'POST /v1/tasks/{id}/revoke',
+      'POST /v1/tasks/{id}/activate',
       'POST /v1/authorize',
+      'GET /v1/approvals',
+      'GET /v1/approvals/{id}',
+      'POST /v1/approvals/{id}/approve',
+      'POST /v1/approvals/{id}/deny',
       'GET /v1/identities',
       'POST /v1/identities',
       'GET /v1/identities/{id}',
@@ -258,9 +277,7 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
     app.get('/dev-issuer/jwks.json', async () => devIssuer.ring.jwks());
   }
 
-  app.post('/v1/tasks', async (request, reply) => {
-    const caller = await writ.broker.authenticate(credentialsOf(request), { allowTaskToken: false, endpoint: 'POST /v1/tasks' });
-    const result = await writ.broker.requestTask(caller, request.body);
+  const sendTaskResult = (reply: FastifyReply, result: TaskRequestResult) => {
     switch (result.status) {
       case 'granted':
       case 'partial':
@@ -273,14 +290,49 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
           warnings: result.warnings,
         });
       case 'pending_approval':
-        return reply.code(202).send({ status: result.status, task: taskView(result.task), warnings: result.warnings });
+        return reply.code(202).send({ status: result.status, task: taskView(result.task), approvals: result.approvals.map(approvalView), warnings: result.warnings });
       case 'denied':
         throw new WritError('ERR_POLICY_DENIED', {
           detail: 'policy refused every requested scope',
           extensions: { taskId: result.task.id, policies: result.policies, refusedScopes: result.task.refusedScopes },
         });
     }
+  };
+
+  app.post('/v1/tasks', async (request, reply) => {
+    const caller = await writ.broker.authenticate(credentialsOf(request), { allowTaskToken: false, endpoint: 'POST /v1/tasks' });
+    return sendTaskResult(reply, await writ.broker.requestTask(caller, request.body));
   });
+
+  app.post<{ Params: { id: string } }>('/v1/tasks/:id/activate', async (request, reply) => {
+    const caller = await writ.broker.authenticate(credentialsOf(request), { allowTaskToken: false, endpoint: 'POST /v1/tasks/{id}/activate' });
+    return sendTaskResult(reply, await writ.broker.activateTask(caller, request.params.id));
+  });
+
+  app.get<{ Querystring: Record<string, unknown> }>('/v1/approvals', async (request) => {
+    const caller = await writ.broker.authenticate(credentialsOf(request), { allowTaskToken: true, endpoint: 'GET /v1/approvals' });
+    const query = approvalQuerySchema.safeParse(request.query ?? {});
+    if (!query.success) throw validationError(query.error.issues);
+    const { state, task, limit } = query.data;
+    const approvals = await writ.approvals.list(caller, { ...(state === undefined ? {} : { states: state.split(',') as ApprovalRequestState[] }), ...(task === undefined ? {} : { taskId: task }), ...(limit === undefined ? {} : { limit }) });
+    return { approvals: approvals.map(approvalView) };
+  });
+
+  app.get<{ Params: { id: string } }>('/v1/approvals/:id', async (request) => {
+    const caller = await writ.broker.authenticate(credentialsOf(request), { allowTaskToken: true, endpoint: 'GET /v1/approvals/{id}' });
+    return { approval: approvalView(await writ.approvals.get(caller, request.params.id)) };
+  });
+
+  const voteRoute = (verb: 'approve' | 'deny') => {
+    app.post<{ Params: { id: string } }>(`/v1/approvals/:id/${verb}`, async (request) => {
+      const caller = await writ.broker.authenticate(credentialsOf(request), { allowTaskToken: true, endpoint: `POST /v1/approvals/{id}/${verb}` });
+      const body = endBodySchema.safeParse(request.body ?? {});
+      if (!body.success) throw validationError(body.error.issues);
+      return { approval: approvalView(await writ.approvals.vote(caller, request.params.id, verb, body.data.note)) };
+    });
+  };
+  voteRoute('approve');
+  voteRoute('deny');
 
   app.get<{ Params: { id: string } }>('/v1/tasks/:id', async (request) => {
     const caller = await writ.broker.authenticate(credentialsOf(request), { allowTaskToken: true, endpoint: 'GET /v1/tasks/{id}' });
@@ -291,7 +343,7 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
     app.post<{ Params: { id: string } }>(`/v1/tasks/:id/${verb}`, async (request) => {
       const caller = await writ.broker.authenticate(credentialsOf(request), { allowTaskToken: true, endpoint: `POST /v1/tasks/{id}/${verb}` });
       const body = endBodySchema.safeParse(request.body ?? {});
-      if (!body.success) throw new WritError('ERR_VALIDATION', { detail: body.error.issues.map((i) => i.message).join('; ') });
+      if (!body.success) throw validationError(body.error.issues);
       return { task: taskView(await writ.broker.endTask(caller, request.params.id, state, body.data.note)) };
     });
   };
@@ -301,10 +353,7 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
 
   app.post('/v1/authorize', async (request) => {
     const body = authorizeBodySchema.safeParse(request.body);
-    if (!body.success) {
-      const errors = body.error.issues.map((i) => ({ field: i.path.map(String).join('.'), message: i.message }));
-      throw new WritError('ERR_VALIDATION', { detail: errors.map((e) => `${e.field || '(body)'}: ${e.message}`).join('; '), extensions: { errors } });
-    }
+    if (!body.success) throw validationError(body.error.issues);
     const { token, ...call } = body.data;
     // A certificate-bound token passes only over a connection presenting that (verified) certificate.
     const verified = verifiedCertificateOf(request);
@@ -338,7 +387,7 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
     app.post<{ Params: { id: string } }>(`/v1/identities/:id/${verb}`, async (request) => {
       const principal = await admin(request, 'identities:write', `POST /v1/identities/{id}/${verb}`);
       const body = endBodySchema.safeParse(request.body ?? {});
-      if (!body.success) throw new WritError('ERR_VALIDATION', { detail: body.error.issues.map((i) => i.message).join('; ') });
+      if (!body.success) throw validationError(body.error.issues);
       const result = await writ.changeIdentityState(request.params.id, verb, adminActor(principal), body.data.note);
       return { identity: identityView(result.identity), revokedTasks: result.revokedTasks };
     });
