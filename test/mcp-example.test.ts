@@ -9,7 +9,7 @@ import { test } from 'node:test';
 import { PACKAGE_ROOT } from '../src/core/config.js';
 import { cleanEnv } from './helpers/cli.js';
 
-test('npm run example:mcp: tools listed, access partly granted, export denied, refund held for approval, task completed, chain OK', async () => {
+test('npm run example:mcp: tools listed, access partly granted, export denied, a refund held until writ approvals approve, then once only, task completed, chain OK', async () => {
   const child = spawn(process.execPath, [join(PACKAGE_ROOT, 'examples', 'mcp-gateway', 'run.mjs')], { env: cleanEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
@@ -21,8 +21,11 @@ test('npm run example:mcp: tools listed, access partly granted, export denied, r
   assert.match(out, /decision\s+partial/);
   assert.match(out, /refused\s+\["tickets__export_customer_data","tickets__rotate_api_keys"\]/);
   assert.match(out, /Writ refused this call \(ERR_SCOPE_NOT_GRANTED\)/);
-  assert.match(out, /needs a human's approval of exactly this action/);
-  assert.match(out, /"refunded":4000/);
+  assert.match(out, /Amount|amountCents/);
+  assert.match(out, /Arguments\s+\{"amountCents":25000,"ticketId":"T-1042"\}/, 'the approver reads the exact arguments');
+  assert.match(out, /apr_[A-Za-z0-9_-]{22} is approved \(1 of 1 approvals\)/);
+  assert.match(out, /"refunded":25000/);
+  assert.match(out, /needs a human's approval of exactly this call \(approval request apr_/, 'the same refund again asks anew');
   assert.match(out, /"state":"completed"/);
   assert.match(out, /audit chain OK/);
   assert.doesNotMatch(out, /sk_live_tickets_example_key/, 'the upstream key never shows');

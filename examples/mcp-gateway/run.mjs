@@ -8,8 +8,9 @@
  *      support agent, and gets it an identity token (Writ's dev issuer);
  *   3. runs a scripted agent with the official MCP SDK client against
  *      Writ's /mcp: it lists its tools, asks for access for one task, reads a
- *      ticket, is denied an export, triggers an approval for a large refund,
- *      makes a small one, and completes its task;
+ *      ticket, is denied an export, and asks for a large refund, which Writ
+ *      holds until a human, Bob, reads it and runs `writ approvals approve`;
+ *      then it notes the refund on the ticket and completes its task;
  *   4. checks the audit chain.
  */
 import { spawn } from 'node:child_process';
@@ -23,6 +24,7 @@ import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/cli
 const here = dirname(fileURLToPath(import.meta.url));
 const WRIT = join(here, '..', '..', 'bin', 'writ.js');
 const AGENT = 'spiffe://demo.local/agent/support';
+const APPROVER = 'spiffe://demo.local/human/bob';
 
 const say = (line = '') => process.stdout.write(`${line}\n`);
 const show = (label, value) => say(`  ${label.padEnd(22)} ${typeof value === 'string' ? value : JSON.stringify(value)}`);
@@ -75,13 +77,15 @@ try {
   await writ(['identity', 'register', '--spiffe-id', AGENT, '--owner', 'alice@example.com', '--environment', 'production']);
   const identityToken = await writ(['identity', 'token', AGENT]);
   say(`Registered ${AGENT} (owner alice@example.com) and got it an identity token.`);
+  await writ(['identity', 'register', '--spiffe-id', APPROVER, '--actor-type', 'human', '--environment', 'production', '--label', 'approver=production']);
+  say(`Registered ${APPROVER}, a human who approves production actions (policies/approvers.cedar).`);
   say();
 
   client = new Client({ name: 'support-agent', version: '1.0.0' });
   await client.connect(new StreamableHTTPClientTransport(new URL(`${url}/mcp`), { requestInit: { headers: { Authorization: `Bearer ${identityToken}` } } }));
   const list = async () => (await client.listTools()).tools.map((t) => t.name);
-  const call = async (name, args) => {
-    const result = await client.callTool({ name, arguments: args });
+  const call = async (name, args, meta) => {
+    const result = await client.callTool({ name, arguments: args, ...(meta === undefined ? {} : { _meta: meta }) });
     return { result, text: result.content?.[0]?.text ?? '' };
   };
 
@@ -107,15 +111,29 @@ try {
   const exported = await call('tickets__export_customer_data', { customerId: 'C-7', destination: 'https://paste.example' });
   show('answer', exported.text);
 
-  say('Agent: refunds $250, over the $100 it may refund alone');
-  const big = await call('tickets__create_refund', { ticketId: 'T-1042', amountCents: 25000 });
-  show('answer', big.text);
-
-  say('Agent: refunds $40 instead, within its limit');
-  show('tickets__create_refund', (await call('tickets__create_refund', { ticketId: 'T-1042', amountCents: 4000 })).text);
+  say('Agent: refunds $250, over the $100 it may refund alone, and asks Writ to hold the call for an approval (up to 60 s)');
+  const held = call('tickets__create_refund', { ticketId: 'T-1042', amountCents: 25000 }, { 'dev.writ/approvalWait': 60 });
+  // Meanwhile, Bob, at a terminal: the request is there, with exactly what the agent wants to do.
+  const bob = ['--dev', '--identity', APPROVER];
+  let request;
+  for (let tries = 0; request === undefined; tries++) {
+    [request] = JSON.parse(await writ(['approvals', 'list', '--json', ...bob]));
+    if (request === undefined) {
+      if (tries > 100) throw new Error('no approval request appeared');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  say(`Bob: writ approvals list, then writ approvals show ${request.id}`);
+  for (const line of (await writ(['approvals', 'show', request.id, ...bob])).split('\n')) say(`    ${line}`);
+  say(`Bob: writ approvals approve ${request.id}`);
+  show('answer', await writ(['approvals', 'approve', request.id, '--note', 'damage confirmed from the photos', ...bob]));
+  say('Agent: its held call goes through, once');
+  show('tickets__create_refund', (await held).text);
+  say('Agent: the same refund again is a new request (an approval is spent once)');
+  show('answer', (await call('tickets__create_refund', { ticketId: 'T-1042', amountCents: 25000 })).text);
 
   say('Agent: notes it on the ticket and completes its task');
-  show('tickets__add_comment', (await call('tickets__add_comment', { ticketId: 'T-1042', text: 'Refunded $40 for the damaged parcel.' })).text);
+  show('tickets__add_comment', (await call('tickets__add_comment', { ticketId: 'T-1042', text: 'Refunded $250 for the damaged parcel (approved by Bob).' })).text);
   show('complete_task', (await call('complete_task', { note: 'refund issued' })).result.structuredContent);
   show('tools now', await list());
   say();

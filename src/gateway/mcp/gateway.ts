@@ -28,7 +28,7 @@ import { isWritError } from '../../core/errors.js';
 import { isValidResource, resourceCovers } from '../../core/scope.js';
 import type { Identity, Scope } from '../../core/types.js';
 import { WRIT_VERSION } from '../../core/version.js';
-import type { Caller } from '../../broker/broker.js';
+import type { Caller, TaskRequestResult } from '../../broker/broker.js';
 import { identityInactiveReason } from '../../identity/registry.js';
 import type { Presenter } from '../../enforce/action-check.js';
 import type { Writ } from '../../writ.js';
@@ -64,6 +64,8 @@ export interface Connection {
   readonly holdsTasks: boolean;
   readonly presenter: Presenter;
   task: BoundTask | undefined;
+  /** A task asked for here that waits for approvals; `task_status` activates it once they are answered. */
+  pendingTaskId?: string | undefined;
   /**
    * True when the bound task was granted in this connection: its token never
    * left Writ, so the task ends when the connection does (no grant outlives
@@ -327,15 +329,25 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
       if (isWritError(error)) return deny(connection, 'request_access', error.code, error.detail);
       throw error;
     }
-    const toolsOf = (granted: readonly Scope[]) =>
-      [...entries.values()].filter(({ mapped }) => grantShows(granted, mapped)).map(({ mapped }) => mapped.name);
+    return answerTaskResult(connection, result, entries);
+  };
+
+  /** A task request's (or activation's) result as the agent sees it; a grant is bound to the connection that holds tasks. */
+  const answerTaskResult = (connection: Connection, result: TaskRequestResult, entries: ReadonlyMap<string, CatalogEntry>): CallToolResult => {
+    const toolsOf = (scopes: readonly Scope[]) =>
+      [...entries.values()].filter(({ mapped }) => grantShows(scopes, mapped)).map(({ mapped }) => mapped.name);
+    const grantedTools = toolsOf(result.task.grantedScopes);
     const summary: Record<string, unknown> = {
       status: result.status,
       taskId: result.task.id,
-      grantedTools: toolsOf(result.task.grantedScopes),
-      refusedTools: (names as string[]).filter((n) => !toolsOf(result.task.grantedScopes).includes(n)),
+      grantedTools,
+      refusedTools: toolsOf(result.task.requestedScopes).filter((n) => !grantedTools.includes(n)),
       ...(result.status === 'granted' || result.status === 'partial' ? { expiresIn: result.expiresIn } : {}),
+      ...(result.status === 'pending_approval'
+        ? { approvals: result.approvals.map((a) => ({ id: a.id, action: a.action, resource: a.resource, expiresAt: new Date(a.expiresAt).toISOString() })) }
+        : {}),
     };
+    connection.pendingTaskId = result.status === 'pending_approval' && connection.holdsTasks ? result.task.id : undefined;
     if (result.status === 'granted' || result.status === 'partial') {
       const bound: BoundTask = { id: result.task.id, token: result.token, scopes: result.task.grantedScopes, expiresAt: result.task.expiresAt };
       if (connection.holdsTasks) {
@@ -352,13 +364,20 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
       };
     }
     if (result.status === 'pending_approval') {
-      return { content: [{ type: 'text', text: `Task ${result.task.id} waits for a human's approval before it is granted.` }], structuredContent: summary };
+      const ids = result.approvals.map((a) => a.id).join(', ');
+      const next = connection.holdsTasks ? 'Call task_status once they are answered to receive the grant.' : `Activate it with POST /v1/tasks/${result.task.id}/activate once they are answered.`;
+      return { content: [{ type: 'text', text: `Task ${result.task.id} waits for a human's approval (requests ${ids}). ${next}` }], structuredContent: summary };
     }
     return refusal('ERR_POLICY_DENIED', 'policy refused every requested tool', summary);
   };
 
   const taskStatus = async (connection: Connection): Promise<CallToolResult> => {
     const bound = connection.task;
+    if (bound === undefined && connection.pendingTaskId !== undefined) {
+      // The task waited for approvals: activate it if they are answered (it stays pending otherwise).
+      const result = await writ.broker.activateTask({ ...callerOf(connection), identity: connection.identity }, connection.pendingTaskId);
+      return answerTaskResult(connection, result, await currentCatalog());
+    }
     if (bound === undefined) return deny(connection, 'task_status', 'ERR_TASK_NOT_FOUND', 'this connection holds no task');
     const task = await writ.broker.getTask(callerOf(connection), bound.id);
     const entries = await currentCatalog();
@@ -401,7 +420,8 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
     }
   };
 
-  const callUpstreamTool = async (connection: Connection, name: string, args: Record<string, unknown>, signal: AbortSignal | undefined): Promise<CallToolResult> => {
+  const callUpstreamTool = async (connection: Connection, name: string, args: Record<string, unknown>, request: CallContext): Promise<CallToolResult> => {
+    const { signal } = request;
     let entry = (await currentCatalog()).get(name);
     // A tool not seen yet may belong to an upstream that has just come up.
     if (entry === undefined && splitToolName(name) !== undefined) entry = (await refreshCatalog()).get(name);
@@ -420,13 +440,39 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
     const declared = writ.policy().set.argTypes;
     const context: Record<string, unknown> = {};
     for (const key of declared.keys()) if (Object.hasOwn(args, key)) context[key] = args[key];
-    const decision = await writ.authorize(task.token, { action: mapped.action, resource: resource.resource, context, argumentsDigest }, connection.presenter);
+    const call = { action: mapped.action, resource: resource.resource, context, argumentsDigest, arguments: args };
+    let decision = await writ.authorize(task.token, call, connection.presenter);
+    const pending = decision.approval?.state === 'pending' ? decision.approval : undefined;
+    const waitMs = pending === undefined ? 0 : approvalWaitMs(request.meta, writ.config.approvals.maxWait);
+    if (pending !== undefined && waitMs > 0) {
+      // The client asked to wait: hold the call until a human answers (or the bound), then decide it again.
+      const progress = request.progress;
+      const waiting = `waiting for a human to answer approval request ${pending.id}`;
+      await progress?.(waiting);
+      // Progress keeps a client that resets its timeout on progress from giving up first.
+      const ticker = progress === undefined ? undefined : setInterval(() => void progress(waiting), APPROVAL_PROGRESS_MS);
+      let answered;
+      try {
+        answered = await writ.approvals.waitFor(pending.id, Math.min(writ.clock.now() + waitMs, pending.expiresAt ?? Infinity), signal);
+      } finally {
+        if (ticker !== undefined) clearInterval(ticker);
+      }
+      if (answered?.state === 'approved') decision = await writ.authorize(task.token, call, connection.presenter);
+      else if (answered?.state === 'denied') return refusal('ERR_POLICY_DENIED', 'a human denied this call', { approvalId: pending.id, decisionId: decision.auditId });
+    }
     if (!decision.allowed) {
       if (decision.decision === 'approval_required') {
+        const approval = decision.approval;
+        const asked = approval === undefined ? 'no approval request could be opened; try again' : `approval request ${approval.id}${approval.expiresAt === undefined ? '' : `, open until ${new Date(approval.expiresAt).toISOString()}`}`;
         return {
           isError: true,
-          content: [{ type: 'text', text: `This call needs a human's approval of exactly this action before it can run (decision ${decision.auditId ?? 'unrecorded'}).` }],
-          structuredContent: { decision: 'approval_required', code: 'ERR_APPROVAL_REQUIRED', decisionId: decision.auditId },
+          content: [{ type: 'text', text: `This call needs a human's approval of exactly this call (${asked}). Once it is approved, make the same call again with the same arguments; it goes through once.` }],
+          structuredContent: {
+            decision: 'approval_required',
+            code: 'ERR_APPROVAL_REQUIRED',
+            decisionId: decision.auditId,
+            ...(approval === undefined ? {} : { approvalId: approval.id, ...(approval.expiresAt === undefined ? {} : { expiresAt: new Date(approval.expiresAt).toISOString() }) }),
+          },
         };
       }
       return refusal(decision.reason ?? 'ERR_POLICY_DENIED', denialSentence(decision.reason), { decisionId: decision.auditId });
@@ -520,7 +566,11 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
             case 'complete_task':
               return await completeTask(connection, args);
             default:
-              return await callUpstreamTool(connection, name, args, ctx.mcpReq.signal);
+              return await callUpstreamTool(connection, name, args, {
+                signal: ctx.mcpReq.signal,
+                meta: ctx.mcpReq._meta,
+                progress: progressOf(ctx.mcpReq._meta?.progressToken, (notification) => ctx.mcpReq.notify(notification)),
+              });
           }
         } catch (error) {
           if (error instanceof ProtocolError) throw error;
@@ -581,3 +631,32 @@ function digestOf(args: Record<string, unknown>): string {
   return `sha256:${createHash('sha256').update(canonicalize(args)).digest('hex')}`;
 }
 
+
+/** What a tool call carries besides its name and arguments. */
+interface CallContext {
+  readonly signal: AbortSignal | undefined;
+  /** The request's `_meta`. */
+  readonly meta: Readonly<Record<string, unknown>> | undefined;
+  /** Sends a progress notification, when the client asked for them. */
+  readonly progress?: ((message: string) => Promise<void>) | undefined;
+}
+
+/** How often a held call tells its client it is still waiting. */
+const APPROVAL_PROGRESS_MS = 10_000;
+
+/** The `_meta` key a client sets (seconds) to have an approval-required call held until a human answers. */
+export const APPROVAL_WAIT_META = 'dev.writ/approvalWait';
+
+/** How long to hold a call for its approval: what the client asked, at most `maxSeconds`; 0 when it did not ask. */
+export function approvalWaitMs(meta: Readonly<Record<string, unknown>> | undefined, maxSeconds: number): number {
+  const asked = meta?.[APPROVAL_WAIT_META];
+  if (typeof asked !== 'number' || !Number.isFinite(asked) || asked <= 0) return 0;
+  return Math.min(asked, maxSeconds) * 1000;
+}
+
+/** A progress sender for the request's progress token, or undefined without one. */
+function progressOf(token: unknown, notify: (notification: { method: 'notifications/progress'; params: Record<string, unknown> }) => Promise<void>) {
+  if (typeof token !== 'string' && typeof token !== 'number') return undefined;
+  let progress = 0;
+  return (message: string) => notify({ method: 'notifications/progress', params: { progressToken: token, progress: ++progress, message } }).catch(() => undefined);
+}
