@@ -175,6 +175,60 @@ describe('MCP gateway over Streamable HTTP', () => {
     }
   });
 
+  test('an approval-required call names its request; held (_meta approvalWait) it runs once a human approves; a deny answers at once; the hold is bounded', async () => {
+    const approver = 'spiffe://demo.local/human/carol-mcp';
+    await h.writ.registerIdentity({ id: approver, actorType: 'human', environment: 'production', labels: { approver: 'production' } });
+    const carol = await h.identityToken(approver);
+    const { token } = await taskToken(h, [{ action: 'refund', resource: 'payments:refunds/*' }]);
+    const client = await httpClient(h, token);
+    try {
+      const refund = (amountCents: number, wait?: number, onprogress?: () => void) =>
+        client.callTool(
+          { name: 'tickets__create_refund', arguments: { ticketId: 'T-1042', amountCents }, ...(wait === undefined ? {} : { _meta: { 'dev.writ/approvalWait': wait } }) },
+          onprogress === undefined ? undefined : { onprogress, resetTimeoutOnProgress: true },
+        );
+      const pending = await refund(30_000);
+      assert.equal(pending.isError, true);
+      const id = structured(pending).approvalId as string;
+      assert.match(id, /^apr_/);
+      assert.match(textOf(pending), new RegExp(`approval request ${id}`));
+      const shown = await h.get(`/v1/approvals/${id}`, carol);
+      assert.deepEqual(shown.body.approval.arguments, { amountCents: 30_000, ticketId: 'T-1042' }, 'the approver reads the whole call');
+
+      // Held: the call returns once Carol approves, and runs.
+      const held = refund(30_000, 30);
+      await eventually(async () => (await h.get(`/v1/approvals/${id}`, carol)).body.approval.state === 'pending', 'the held call to be waiting');
+      const approved = await h.post(`/v1/approvals/${id}/approve`, {}, carol);
+      assert.equal(approved.body.approval.state, 'approved');
+      const ran = await held;
+      assert.equal(ran.isError, undefined, JSON.stringify(ran));
+      assert.equal(JSON.parse(textOf(ran)).refunded, 30_000);
+      assert.equal((await h.get(`/v1/approvals/${id}`, carol)).body.approval.state, 'consumed');
+
+      // A deny answers the held call at once, refused.
+      const heldAgain = refund(31_000, 30);
+      let nextId: string | undefined;
+      await eventually(async () => {
+        nextId = (await h.get('/v1/approvals?state=pending', carol)).body.approvals.find((a: { arguments: { amountCents?: number } | null }) => a.arguments?.amountCents === 31_000)?.id;
+        return nextId !== undefined;
+      }, 'the second request');
+      const started = Date.now();
+      await h.post(`/v1/approvals/${nextId}/deny`, { note: 'duplicate refund' }, carol);
+      const refused = await heldAgain;
+      assert.equal(structured(refused).code, 'ERR_POLICY_DENIED');
+      assert.equal(structured(refused).approvalId, nextId);
+      assert.ok(Date.now() - started < 5000, 'answered when denied, not at the end of the hold');
+
+      // Unanswered, the hold ends at its bound with the pending answer.
+      const bounded = Date.now();
+      const unanswered = await refund(32_000, 1);
+      assert.equal(structured(unanswered).code, 'ERR_APPROVAL_REQUIRED');
+      assert.ok(Date.now() - bounded >= 900, 'held for the second it asked');
+    } finally {
+      await client.close();
+    }
+  });
+
   test('a task granted in a session ends with the session: its token never left Writ, so nothing else could use it', async () => {
     const client = await httpClient(h, await h.identityToken());
     const granted = await client.callTool({ name: 'request_access', arguments: { purpose: 'Read T-1042', intent: 'customer-support', tools: ['tickets__get_ticket'] } });
