@@ -12,11 +12,11 @@ import { createInterface, type Interface } from 'node:readline';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { createChainVerifier, linkEntry } from '../src/audit/chain.js';
-import type { ApprovalVote, Task } from '../src/core/types.js';
+import type { ApprovalVote, BreakGlass, Task } from '../src/core/types.js';
 import { sql, type Kysely } from 'kysely';
 import pg from 'pg';
 import { openPostgresStore, openSqliteStore } from '../src/store/kysely-store.js';
-import type { ApprovalBinding, NewApprovalRequest, NewOutboxMessage, NewTask, Store } from '../src/store/store.js';
+import type { ApprovalBinding, NewApprovalRequest, NewBreakGlass, NewOutboxMessage, NewTask, Store } from '../src/store/store.js';
 import { createTestDatabase, type TestDatabase } from './helpers/pg.js';
 
 const WORKER = fileURLToPath(new URL('./fixtures/store-worker.ts', import.meta.url));
@@ -108,6 +108,27 @@ function voteOf(approver: string, at: number, decision: ApprovalVote['decision']
 
 function newMessage(id: string, createdAt: number): NewOutboxMessage {
   return { id, target: 'ops-hook', event: 'approval.requested', body: `{"id":"${id}"}`, createdAt };
+}
+
+function newBreakGlass(id: string, taskId: string, at: number, overrides: Partial<NewBreakGlass> = {}): NewBreakGlass {
+  return {
+    id,
+    taskId,
+    identityId: 'spiffe://demo.local/agent/a',
+    requestedBy: 'human:alice@example.com',
+    reason: 'orders table locked; caf\u00e9 "quoted"; drop table break_glass --',
+    incident: 'INC-4521',
+    environment: 'production',
+    scopes: [{ action: 'write', resource: 'db:orders/*' }, { action: 'use', resource: 'secrets:db-admin' }],
+    createdAt: at,
+    expiresAt: at + 900_000,
+    ...overrides,
+  };
+}
+
+/** A grant as it reads back right after it was written. */
+function runningGrant(grant: NewBreakGlass): BreakGlass {
+  return { ...grant, endedAt: null, endState: null, reviewedAt: null, reviewedBy: null, reviewNote: null, used: [] };
 }
 
 const backends = {
@@ -883,6 +904,177 @@ for (const [backend, setup] of Object.entries(backends)) {
       }
       await settleAll(shared.map((m) => m.id));
       for (const message of [...local, ...shared]) assert.equal((await store.getMessage(message.id))?.attempts, 1, `${message.id} claimed once`);
+    });
+
+    maybe('break-glass: a grant reads back exactly, by id and by its task; a task has at most one', async () => {
+      const at = Date.now();
+      const grant = newBreakGlass('bg_read', 'task_bg_read', at);
+      await store.createBreakGlass(grant);
+      assert.deepEqual(await store.getBreakGlass('bg_read'), runningGrant(grant));
+      assert.deepEqual(await store.getBreakGlassOfTask('task_bg_read'), runningGrant(grant));
+      assert.equal(await store.getBreakGlass('bg_missing'), undefined);
+      assert.equal(await store.getBreakGlassOfTask('task_not_break_glass'), undefined);
+      await assert.rejects(store.createBreakGlass({ ...grant, id: 'bg_read_again' }), 'a second grant for the same task');
+      await assert.rejects(store.createBreakGlass({ ...grant, taskId: 'task_bg_read_other' }), 'a taken id');
+      assert.equal(await store.getBreakGlass('bg_read_again'), undefined);
+      assert.equal(await store.getBreakGlassOfTask('task_bg_read_other'), undefined);
+      assert.deepEqual(await store.getBreakGlass('bg_read'), runningGrant(grant), 'the refusals changed nothing');
+    });
+
+    maybe('break-glass: what was used is kept once each, sorted by code unit; nothing is recorded for a task that is no grant', async () => {
+      const at = Date.now();
+      await store.createBreakGlass(newBreakGlass('bg_use', 'task_bg_use', at));
+      await store.createBreakGlass(newBreakGlass('bg_use_other', 'task_bg_use_other', at));
+      await store.recordBreakGlassUse('task_bg_use', ['write db:orders/1', 'secret:db-admin', 'write db:orders/1']);
+      await store.recordBreakGlassUse('task_bg_use', ['secret:db-admin', 'read db:orders/2', 'secret:Zeta']);
+      await store.recordBreakGlassUse('task_bg_use', []);
+      // 'Z' before 'd' (code units), whatever the database's collation says.
+      const used = ['read db:orders/2', 'secret:Zeta', 'secret:db-admin', 'write db:orders/1'];
+      assert.deepEqual((await store.getBreakGlass('bg_use'))?.used, used);
+      assert.deepEqual((await store.getBreakGlassOfTask('task_bg_use'))?.used, used);
+      assert.deepEqual((await store.getBreakGlass('bg_use_other'))?.used, [], "another grant's uses are its own");
+
+      await store.recordBreakGlassUse('task_bg_none', ['secret:bg-none-marker']);
+      const { db } = store as unknown as { db: Kysely<Record<string, never>> };
+      const { rows } = await sql<{ n: number | string }>`select count(*) as n from break_glass_uses where item = ${'secret:bg-none-marker'}`.execute(db);
+      assert.equal(Number(rows[0]?.n), 0, 'a task that is no grant records nothing');
+    });
+
+    maybe('break-glass: racing recorders of overlapping uses, in one process and across processes, keep each item exactly once', async () => {
+      const at = Date.now();
+      const { db } = store as unknown as { db: Kysely<Record<string, never>> };
+      const stored = async (id: string) => Number((await sql<{ n: number | string }>`select count(*) as n from break_glass_uses where break_glass_id = ${id}`.execute(db)).rows[0]?.n);
+      const items = Array.from({ length: 12 }, (_, i) => `write db:orders/${String(i).padStart(2, '0')}`);
+
+      await store.createBreakGlass(newBreakGlass('bg_use_race', 'task_bg_use_race', at));
+      // Sixteen recorders, each a window of six items starting elsewhere: every item is in several, in different orders.
+      await Promise.all(
+        Array.from({ length: 16 }, (_, i) => store.recordBreakGlassUse('task_bg_use_race', Array.from({ length: 6 }, (_, j) => items[(i * 5 + j) % items.length]!).reverse())),
+      );
+      assert.deepEqual((await store.getBreakGlass('bg_use_race'))?.used, items);
+      assert.equal(await stored('bg_use_race'), items.length);
+
+      await store.createBreakGlass(newBreakGlass('bg_use_xrace', 'task_bg_use_xrace', at));
+      const shared = [...items, 'secret:db-admin', 'secret:stripe'];
+      const workers = await Promise.all([1, 2, 3].map((i) => startWorker(env!.target, `w${i}`)));
+      try {
+        const answers = await Promise.all(workers.map((w) => w.send({ op: 'recordBreakGlassUse', taskId: 'task_bg_use_xrace', items: shared, n: 4 })));
+        assert.deepEqual(answers, [{ recorded: true }, { recorded: true }, { recorded: true }], JSON.stringify(answers));
+      } finally {
+        await Promise.all(workers.map((w) => w.close()));
+      }
+      assert.deepEqual((await store.getBreakGlass('bg_use_xrace'))?.used, [...shared].sort());
+      assert.equal(await stored('bg_use_xrace'), shared.length);
+    });
+
+    maybe('break-glass: a grant ends once: of many racing enders, in one process and across processes, exactly one gets it, with what was used', async () => {
+      const at = Date.now();
+      const grant = newBreakGlass('bg_end', 'task_bg_end', at);
+      await store.createBreakGlass(grant);
+      await store.recordBreakGlassUse('task_bg_end', ['secret:db-admin']);
+      const got = await Promise.all(Array.from({ length: 20 }, (_, i) => store.endBreakGlass('task_bg_end', i % 2 === 0 ? 'expired' : 'revoked', at + 10 + i)));
+      const winners = got.filter((g) => g !== undefined);
+      assert.equal(winners.length, 1);
+      const winner = got.findIndex((g) => g !== undefined);
+      const ended = { ...runningGrant(grant), endedAt: at + 10 + winner, endState: winner % 2 === 0 ? 'expired' : 'revoked', used: ['secret:db-admin'] };
+      assert.deepEqual(winners[0], ended);
+      assert.deepEqual(await store.getBreakGlass('bg_end'), ended);
+      assert.equal(await store.endBreakGlass('task_bg_end', 'completed', at + 100), undefined, 'an ended grant stays ended');
+      assert.deepEqual(await store.getBreakGlass('bg_end'), ended);
+      assert.equal(await store.endBreakGlass('task_not_break_glass', 'completed', at), undefined);
+
+      const workers = await Promise.all([1, 2, 3].map((i) => startWorker(env!.target, `w${i}`)));
+      try {
+        for (let round = 0; round < 3; round++) {
+          const shared = newBreakGlass(`bg_end_xrace_${round}`, `task_bg_end_xrace_${round}`, at);
+          await store.createBreakGlass(shared);
+          await store.recordBreakGlassUse(shared.taskId, ['write db:orders/1']);
+          const answers = await Promise.all(workers.map((w) => w.send({ op: 'endBreakGlass', taskId: shared.taskId, now: at + 10, n: 5 })));
+          const all = answers.flatMap((a) => a.ended ?? [a.error]);
+          assert.equal(all.length, 1, JSON.stringify(answers));
+          const endedBy = answers.findIndex((a) => a.ended?.length === 1);
+          assert.deepEqual(all[0], { id: shared.id, endState: `w${endedBy + 1}`, used: ['write db:orders/1'] });
+          const stored = await store.getBreakGlass(shared.id);
+          assert.deepEqual([stored?.endedAt, stored?.endState], [at + 10, `w${endedBy + 1}`]);
+        }
+      } finally {
+        await Promise.all(workers.map((w) => w.close()));
+      }
+    });
+
+    maybe('break-glass: a review is refused while the grant runs, taken once after it ends, and a second review is refused', async () => {
+      const at = Date.now();
+      const grant = newBreakGlass('bg_review', 'task_bg_review', at);
+      await store.createBreakGlass(grant);
+      const review = { by: 'human:bob@example.com', note: 'rotated db-admin; nothing else touched', at: at + 50 };
+      assert.equal(await store.reviewBreakGlass('bg_review', review), undefined, 'still running');
+      assert.deepEqual(await store.getBreakGlass('bg_review'), runningGrant(grant), 'the refusal changed nothing');
+      await store.endBreakGlass('task_bg_review', 'completed', at + 20);
+      const reviewed = await store.reviewBreakGlass('bg_review', review);
+      const expected = { ...runningGrant(grant), endedAt: at + 20, endState: 'completed', reviewedAt: at + 50, reviewedBy: 'human:bob@example.com', reviewNote: review.note };
+      assert.deepEqual(reviewed, expected);
+      assert.equal(await store.reviewBreakGlass('bg_review', { by: 'human:mallory@example.com', note: 'nothing to see', at: at + 60 }), undefined, 'reviewed once');
+      assert.deepEqual(await store.getBreakGlass('bg_review'), expected, 'the first review stands');
+      assert.equal(await store.reviewBreakGlass('bg_missing', review), undefined);
+
+      const racing = newBreakGlass('bg_review_race', 'task_bg_review_race', at);
+      await store.createBreakGlass(racing);
+      await store.endBreakGlass(racing.taskId, 'revoked', at + 20);
+      const answers = await Promise.all(Array.from({ length: 10 }, (_, i) => store.reviewBreakGlass(racing.id, { by: `human:r${i}`, note: `note ${i}`, at: at + 30 + i })));
+      assert.equal(answers.filter((a) => a !== undefined).length, 1, 'of racing reviewers exactly one reviews');
+      const by = answers.findIndex((a) => a !== undefined);
+      const stored = await store.getBreakGlass(racing.id);
+      assert.deepEqual([stored?.reviewedBy, stored?.reviewNote, stored?.reviewedAt], [`human:r${by}`, `note ${by}`, at + 30 + by]);
+    });
+
+    maybe('break-glass grants are listed newest first, with their uses, filtered by whether they were reviewed, page by page', async () => {
+      // Far in the future, so these are the newest grants whatever else this suite stored.
+      const base = 4_000_000_000_000;
+      // Ids deliberately out of creation order: the listing follows time, then id.
+      const order: [string, number][] = [['bg_list_3', 0], ['bg_list_1', 1], ['bg_list_4', 2], ['bg_list_0', 3], ['bg_list_2', 4], ['bg_list_5', 5], ['bg_list_6', 5]];
+      for (const [id, offset] of order) await store.createBreakGlass(newBreakGlass(id, `task_${id}`, base + offset));
+      for (const id of ['bg_list_4', 'bg_list_5']) {
+        await store.endBreakGlass(`task_${id}`, 'expired', base + 10);
+        await store.reviewBreakGlass(id, { by: 'human:bob@example.com', note: 'ok', at: base + 20 });
+      }
+      await store.endBreakGlass('task_bg_list_0', 'revoked', base + 10);
+      await store.recordBreakGlassUse('task_bg_list_2', ['secret:db-admin']);
+      const ids = (grants: readonly BreakGlass[]) => grants.map((g) => g.id);
+      const mine = (grants: readonly BreakGlass[]) => ids(grants).filter((id) => id.startsWith('bg_list_'));
+
+      const newestFirst = ['bg_list_6', 'bg_list_5', 'bg_list_2', 'bg_list_0', 'bg_list_4', 'bg_list_1', 'bg_list_3'];
+      const all = await store.listBreakGlass({ limit: 10_000 });
+      assert.deepEqual(ids(all).slice(0, 7), newestFirst);
+      assert.deepEqual(mine(all), newestFirst);
+      assert.deepEqual(all[2]?.used, ['secret:db-admin'], 'uses included');
+      assert.deepEqual(ids(await store.listBreakGlass({ limit: 2 })), newestFirst.slice(0, 2));
+
+      const reviewed = await store.listBreakGlass({ reviewed: true, limit: 10_000 });
+      assert.deepEqual(mine(reviewed), ['bg_list_5', 'bg_list_4']);
+      assert.ok(reviewed.every((g) => g.reviewedAt !== null));
+      const owed = await store.listBreakGlass({ reviewed: false, limit: 10_000 });
+      assert.deepEqual(mine(owed), ['bg_list_6', 'bg_list_2', 'bg_list_0', 'bg_list_1', 'bg_list_3'], 'ended and running ones alike');
+      assert.ok(owed.every((g) => g.reviewedAt === null));
+      assert.equal(reviewed.length + owed.length, all.length);
+
+      const pageThrough = async (reviewed?: boolean) => {
+        const pages: string[][] = [];
+        let beforeId: string | undefined;
+        for (;;) {
+          const page = await store.listBreakGlass({ limit: 3, ...(reviewed === undefined ? {} : { reviewed }), ...(beforeId === undefined ? {} : { beforeId }) });
+          if (page.length === 0) return pages;
+          pages.push(ids(page));
+          beforeId = page.at(-1)!.id;
+        }
+      };
+      for (const [filter, whole] of [[undefined, all], [true, reviewed], [false, owed]] as const) {
+        const pages = await pageThrough(filter);
+        assert.deepEqual(pages.flat(), ids(whole), `paged like listed whole (reviewed: ${filter})`);
+        assert.ok(pages.slice(0, -1).every((p) => p.length === 3));
+      }
+      assert.deepEqual((await pageThrough()).slice(0, 2), [newestFirst.slice(0, 3), newestFirst.slice(3, 6)]);
+      assert.deepEqual(mine(await store.listBreakGlass({ reviewed: false, beforeId: 'bg_list_5', limit: 10_000 })), ['bg_list_2', 'bg_list_0', 'bg_list_1', 'bg_list_3'], 'a cursor of the other kind still marks a place');
+      assert.deepEqual(await store.listBreakGlass({ beforeId: 'bg_missing', limit: 100 }), [], 'an unknown cursor gives nothing');
     });
   });
 }

@@ -171,3 +171,38 @@ export interface ApprovalRequest {
   readonly consumedAt: number | null;
   readonly votes: readonly ApprovalVote[];
 }
+
+/**
+ * An emergency grant: a human broke the glass for a task (its own, or an
+ * agent's it owns), with a reason and an incident, time-boxed, decided by the
+ * separate break-glass policy set, loud, and reviewed afterwards.
+ */
+export interface BreakGlass {
+  readonly id: string;
+  readonly taskId: string;
+  /** Who the grant is for: the human itself, or an agent it owns. */
+  readonly identityId: string;
+  /** The human who broke the glass. */
+  readonly requestedBy: string;
+  readonly reason: string;
+  /** The incident reference, e.g. INC-4521. */
+  readonly incident: string;
+  readonly environment: string;
+  /** The scopes granted under it. */
+  readonly scopes: readonly Scope[];
+  readonly createdAt: number;
+  readonly expiresAt: number;
+  /** When its task ended (expired, completed, revoked); null while it runs. */
+  readonly endedAt: number | null;
+  /** The task's end state. */
+  readonly endState: string | null;
+  readonly reviewedAt: number | null;
+  readonly reviewedBy: string | null;
+  readonly reviewNote: string | null;
+  /**
+   * What was used under it, sorted, each once: `secret:<name>` for a credential
+   * Writ injected on its behalf (to rotate), `<action> <resource>` for an
+   * allowed action.
+   */
+  readonly used: readonly string[];
+}

@@ -11,7 +11,7 @@ import Database from 'better-sqlite3';
 import { CompiledQuery, Kysely, Migrator, PostgresDialect, SqliteDialect, sql } from 'kysely';
 import pg from 'pg';
 import { canonicalize } from '../core/canonical-json.js';
-import type { AdminScope, ApprovalRequest, ApprovalRequestState, ApprovalVote, Identity, IdentityState, RefusedScope, Scope, Task, TaskState, Tier } from '../core/types.js';
+import type { AdminScope, ApprovalRequest, ApprovalRequestState, ApprovalVote, BreakGlass, Identity, IdentityState, RefusedScope, Scope, Task, TaskState, Tier } from '../core/types.js';
 import { migrationProvider } from './migrations.js';
 import type {
   ActiveTaskQuery,
@@ -19,6 +19,7 @@ import type {
   ApprovalBinding,
   ApprovalQuery,
   AuditRow,
+  BreakGlassQuery,
   ChainHead,
   ChainLinker,
   GrantChange,
@@ -26,6 +27,7 @@ import type {
   NewIdentity,
   NarrowedTask,
   NewApprovalRequest,
+  NewBreakGlass,
   NewOutboxMessage,
   NewTask,
   OutboxMessage,
@@ -170,6 +172,29 @@ interface OutboxTable {
   settled_at: number | null;
 }
 
+interface BreakGlassTable {
+  id: string;
+  task_id: string;
+  identity_id: string;
+  requested_by: string;
+  reason: string;
+  incident: string;
+  environment: string;
+  scopes: string;
+  created_at: number;
+  expires_at: number;
+  ended_at: number | null;
+  end_state: string | null;
+  reviewed_at: number | null;
+  reviewed_by: string | null;
+  review_note: string | null;
+}
+
+interface BreakGlassUseTable {
+  break_glass_id: string;
+  item: string;
+}
+
 interface Tables {
   identities: IdentityTable;
   tasks: TaskTable;
@@ -181,6 +206,8 @@ interface Tables {
   approvals: ApprovalTable;
   approval_votes: ApprovalVoteTable;
   outbox: OutboxTable;
+  break_glass: BreakGlassTable;
+  break_glass_uses: BreakGlassUseTable;
 }
 
 const NON_TERMINAL: readonly TaskState[] = ['active', 'pending_approval'];
@@ -799,6 +826,100 @@ class KyselyStore implements Store {
     return row && toOutboxMessage(row);
   }
 
+  async createBreakGlass(grant: NewBreakGlass): Promise<void> {
+    await this.db
+      .insertInto('break_glass')
+      .values({
+        id: grant.id,
+        task_id: grant.taskId,
+        identity_id: grant.identityId,
+        requested_by: grant.requestedBy,
+        reason: grant.reason,
+        incident: grant.incident,
+        environment: grant.environment,
+        scopes: JSON.stringify(grant.scopes.map(scopeRow)),
+        created_at: grant.createdAt,
+        expires_at: grant.expiresAt,
+        ended_at: null,
+        end_state: null,
+        reviewed_at: null,
+        reviewed_by: null,
+        review_note: null,
+      })
+      .execute();
+  }
+
+  async getBreakGlass(id: string): Promise<BreakGlass | undefined> {
+    const row = await this.db.selectFrom('break_glass').selectAll().where('id', '=', id).executeTakeFirst();
+    return row && (await withUses(this.db, [row]))[0];
+  }
+
+  async getBreakGlassOfTask(taskId: string): Promise<BreakGlass | undefined> {
+    const row = await this.db.selectFrom('break_glass').selectAll().where('task_id', '=', taskId).executeTakeFirst();
+    return row && (await withUses(this.db, [row]))[0];
+  }
+
+  async listBreakGlass(query: BreakGlassQuery): Promise<BreakGlass[]> {
+    let select = this.db.selectFrom('break_glass').selectAll();
+    if (query.reviewed !== undefined) select = select.where('reviewed_at', query.reviewed ? 'is not' : 'is', null);
+    if (query.beforeId !== undefined) {
+      const beforeId = query.beforeId;
+      const cursor = await this.db.selectFrom('break_glass').select('created_at').where('id', '=', beforeId).executeTakeFirst();
+      if (cursor === undefined) return [];
+      select = select.where((eb) =>
+        eb.or([eb('created_at', '<', cursor.created_at), eb.and([eb('created_at', '=', cursor.created_at), eb('id', '<', beforeId)])]),
+      );
+    }
+    const rows = await select.orderBy('created_at', 'desc').orderBy('id', 'desc').limit(query.limit).execute();
+    return withUses(this.db, rows);
+  }
+
+  async recordBreakGlassUse(taskId: string, items: readonly string[]): Promise<void> {
+    if (items.length === 0) return;
+    // The grant's id and task never change once written, so reading it apart from the insert races with nothing.
+    const grant = await this.db.selectFrom('break_glass').select('id').where('task_id', '=', taskId).executeTakeFirst();
+    if (grant === undefined) return;
+    // Sorted, so racing inserts of overlapping items take their keys in one
+    // order (PostgreSQL: a conflicting insert waits on the other's, and two
+    // taking the same keys in opposite orders would deadlock).
+    const rows = [...new Set(items)].sort(compareText).map((item) => ({ break_glass_id: grant.id, item }));
+    // INVARIANT: the primary key (break_glass_id, item) keeps each item once
+    // however many recorders race; a conflicting insert waits for, then yields to, the first.
+    // SQLite caps bound parameters per statement; 2 per row keeps 500 rows well under it.
+    for (let i = 0; i < rows.length; i += 500) {
+      await this.db
+        .insertInto('break_glass_uses')
+        .values(rows.slice(i, i + 500))
+        .onConflict((oc) => oc.columns(['break_glass_id', 'item']).doNothing())
+        .execute();
+    }
+  }
+
+  async endBreakGlass(taskId: string, endState: string, at: number): Promise<BreakGlass | undefined> {
+    const row = await this.db
+      .updateTable('break_glass')
+      .set({ ended_at: at, end_state: endState })
+      .where('task_id', '=', taskId)
+      // INVARIANT: re-checked on the row itself, so of racing enders (every node hears the end) only the first to write it wins.
+      .where('ended_at', 'is', null)
+      .returningAll()
+      .executeTakeFirst();
+    return row && (await withUses(this.db, [row]))[0];
+  }
+
+  async reviewBreakGlass(id: string, review: { readonly by: string; readonly note: string; readonly at: number }): Promise<BreakGlass | undefined> {
+    const row = await this.db
+      .updateTable('break_glass')
+      .set({ reviewed_at: review.at, reviewed_by: review.by, review_note: review.note })
+      .where('id', '=', id)
+      // INVARIANT: only an ended grant is reviewed, and only once; a racing second review finds it reviewed.
+      .where('ended_at', 'is not', null)
+      .where('reviewed_at', 'is', null)
+      .returningAll()
+      .executeTakeFirst();
+    return row && (await withUses(this.db, [row]))[0];
+  }
+
   async claimFact(name: string, value: string, at: number): Promise<boolean> {
     const inserted = await this.db
       .insertInto('store_facts')
@@ -1108,6 +1229,45 @@ function toApproval(row: ApprovalTable, votes: readonly ApprovalVoteTable[]): Ap
       selfApproval: v.self_approval === 1,
       note: v.note,
     })),
+  };
+}
+
+/** The grants with what was used under each, in the order given; `used` sorted, each once. */
+async function withUses(db: Kysely<Tables>, rows: readonly BreakGlassTable[]): Promise<BreakGlass[]> {
+  if (rows.length === 0) return [];
+  const uses = await db
+    .selectFrom('break_glass_uses')
+    .select(['break_glass_id', 'item'])
+    .where('break_glass_id', 'in', rows.map((r) => r.id))
+    .execute();
+  const byGrant = new Map<string, string[]>();
+  for (const use of uses) {
+    const list = byGrant.get(use.break_glass_id);
+    if (list === undefined) byGrant.set(use.break_glass_id, [use.item]);
+    else list.push(use.item);
+  }
+  // Sorted here, not in SQL, so the order does not depend on the database's collation.
+  return rows.map((row) => toBreakGlass(row, (byGrant.get(row.id) ?? []).sort(compareText)));
+}
+
+function toBreakGlass(row: BreakGlassTable, used: readonly string[]): BreakGlass {
+  return {
+    id: row.id,
+    taskId: row.task_id,
+    identityId: row.identity_id,
+    requestedBy: row.requested_by,
+    reason: row.reason,
+    incident: row.incident,
+    environment: row.environment,
+    scopes: JSON.parse(row.scopes) as Scope[],
+    createdAt: row.created_at,
+    expiresAt: row.expires_at,
+    endedAt: row.ended_at,
+    endState: row.end_state,
+    reviewedAt: row.reviewed_at,
+    reviewedBy: row.reviewed_by,
+    reviewNote: row.review_note,
+    used,
   };
 }
 

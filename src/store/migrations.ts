@@ -222,6 +222,43 @@ const migrations: Record<string, Migration> = {
       await db.schema.createIndex('outbox_due').on('outbox').columns(['state', 'next_attempt_at']).execute();
     },
   },
+
+  '0006_break_glass': {
+    async up(db: Kysely<unknown>) {
+      // An emergency grant, one per task (the task carries the grant; this row
+      // carries why, what was used under it, how it ended and its review).
+      await db.schema
+        .createTable('break_glass')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('task_id', 'text', (c) => c.notNull().unique())
+        .addColumn('identity_id', 'text', (c) => c.notNull())
+        .addColumn('requested_by', 'text', (c) => c.notNull())
+        .addColumn('reason', 'text', (c) => c.notNull())
+        .addColumn('incident', 'text', (c) => c.notNull())
+        .addColumn('environment', 'text', (c) => c.notNull())
+        .addColumn('scopes', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('expires_at', 'bigint', (c) => c.notNull())
+        .addColumn('ended_at', 'bigint')
+        .addColumn('end_state', 'text')
+        .addColumn('reviewed_at', 'bigint')
+        .addColumn('reviewed_by', 'text')
+        .addColumn('review_note', 'text')
+        .execute();
+      // Listing those still owed a review (reviewed_at is null), newest first; and all, newest first.
+      await db.schema.createIndex('break_glass_review').on('break_glass').columns(['reviewed_at', 'created_at', 'id']).execute();
+      await db.schema.createIndex('break_glass_created').on('break_glass').columns(['created_at', 'id']).execute();
+
+      // What was used under a grant, each item once: the primary key is what keeps
+      // racing recorders (every node records its own uses) from duplicating one.
+      await db.schema
+        .createTable('break_glass_uses')
+        .addColumn('break_glass_id', 'text', (c) => c.notNull().references('break_glass.id'))
+        .addColumn('item', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('break_glass_uses_pk', ['break_glass_id', 'item'])
+        .execute();
+    },
+  },
 };
 
 export const migrationProvider: MigrationProvider = {

@@ -5,7 +5,7 @@
  * One conformance suite (test/store-conformance.test.ts) runs against every
  * implementation; SQLite (default) and PostgreSQL (clusters) both pass it.
  */
-import type { AdminScope, ApprovalRequest, ApprovalRequestState, ApprovalVote, Identity, IdentityState, RefusedScope, Scope, Task, TaskState } from '../core/types.js';
+import type { AdminScope, ApprovalRequest, BreakGlass, ApprovalRequestState, ApprovalVote, Identity, IdentityState, RefusedScope, Scope, Task, TaskState } from '../core/types.js';
 
 /** What a new identity needs. */
 export interface NewIdentity {
@@ -166,6 +166,24 @@ export type OutboxSettlement =
   | { readonly state: 'delivered'; readonly at: number }
   | { readonly state: 'pending'; readonly nextAttemptAt: number; readonly error: string }
   | { readonly state: 'failed'; readonly at: number; readonly error: string };
+
+/** A break-glass grant as first written: running, unreviewed, nothing used yet. */
+export type NewBreakGlass = Omit<BreakGlass, 'endedAt' | 'endState' | 'reviewedAt' | 'reviewedBy' | 'reviewNote' | 'used'>;
+
+/** Which break-glass grants to list. */
+export interface BreakGlassQuery {
+  /**
+   * true: only reviewed ones; false: only those still owed a review (not yet
+   * reviewed, running ones included: they owe it once they end); absent: all.
+   */
+  readonly reviewed?: boolean;
+  /**
+   * Only grants listed after this one (newest first): the last id of the
+   * previous page. An id that is not stored gives an empty page.
+   */
+  readonly beforeId?: string;
+  readonly limit: number;
+}
 
 export type SigningKeyUse = 'task' | 'identity-dev';
 
@@ -366,6 +384,31 @@ export interface Store {
    */
   settleMessage(id: string, settlement: OutboxSettlement): Promise<void>;
   getMessage(id: string): Promise<OutboxMessage | undefined>;
+
+  /** Writes a new grant; throws if its id is taken or its task already has one. */
+  createBreakGlass(grant: NewBreakGlass): Promise<void>;
+  getBreakGlass(id: string): Promise<BreakGlass | undefined>;
+  /** The break-glass grant a task was made for, if it was one. */
+  getBreakGlassOfTask(taskId: string): Promise<BreakGlass | undefined>;
+  /** Newest first (createdAt, then id); `used` included. */
+  listBreakGlass(query: BreakGlassQuery): Promise<BreakGlass[]>;
+  /**
+   * Adds what was used under the grant of task `taskId` (each item kept once,
+   * however many callers race); nothing when the task is no break-glass grant.
+   */
+  recordBreakGlassUse(taskId: string, items: readonly string[]): Promise<void>;
+  /**
+   * Atomic: marks the grant of task `taskId` ended (`endedAt`, `endState`)
+   * only if it has not ended; returns it then (with `used`), else undefined.
+   * Of racing callers (every node hears a task end) exactly one gets it.
+   */
+  endBreakGlass(taskId: string, endState: string, at: number): Promise<BreakGlass | undefined>;
+  /**
+   * Atomic: closes the grant's review only if it has ended and is not yet
+   * reviewed. Returns it then; undefined when absent, still running, or
+   * already reviewed (read it to tell which).
+   */
+  reviewBreakGlass(id: string, review: { readonly by: string; readonly note: string; readonly at: number }): Promise<BreakGlass | undefined>;
 
   /**
    * Records a one-time fact (`name` → `value`) unless it is already recorded.
