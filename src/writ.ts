@@ -10,6 +10,7 @@
  * answered.
  */
 import { watch, type FSWatcher } from 'node:fs';
+import { relative } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { auditActor, createAuditLog, type AuditActor, type AuditEvent, type AuditEventType, type AuditLog } from './audit/log.js';
 import { createBroker, type Broker } from './broker/broker.js';
@@ -42,6 +43,7 @@ import { loadPolicySet, type PolicyProblem, type PolicySet } from './policy/poli
 import { releaseCompiledSets } from './policy/request-plan.js';
 import { createVault, type Vault } from './leases/vault.js';
 import { createApprovals, type Approvals } from './broker/approvals.js';
+import { createBreakGlass, type BreakGlassService } from './broker/break-glass.js';
 import { createNotifier } from './events/webhooks.js';
 import { loadMasterKey } from './secrets/master-key.js';
 import { openStore } from './store/open.js';
@@ -72,6 +74,10 @@ export interface Writ {
   readonly vault: Vault;
   /** Human approvals of exact actions: listed, answered, waited for. */
   readonly approvals: Approvals;
+  /** Emergency grants: started, ended, reviewed. */
+  readonly breakGlass: BreakGlassService;
+  /** The break-glass policy set's engine; undefined when break-glass is off. */
+  breakGlassPolicy(): PolicyEngine | undefined;
   /** True when this start generated the master key file. */
   readonly masterKeyCreated: boolean;
   /**
@@ -270,6 +276,11 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
   const shadowEnvironments = config.policy.shadow?.environments;
   // An invalid shadow set never stops Writ: it is trialled once it loads.
   let shadowEngine = shadowDir === undefined ? undefined : loadShadow(shadowDir, `${slotPrefix}/shadow-0`, engineOf, logger);
+  // The break-glass set: its own slots, the schema and catalog of the policy folder. An
+  // invalid one stops the start, like the enforced set: an emergency is no time to find out.
+  const breakGlassDir = config.paths.breakGlassDir;
+  const breakGlassSlot = slotRing(`${slotPrefix}/break-glass`);
+  let breakGlassEngine = breakGlassDir === null ? undefined : engineOf(loadPolicySet(breakGlassDir, { slot: breakGlassSlot(undefined), inherit: config.paths.policyDir }));
   const bus = createEventBus((error, event) => logger?.error({ err: error, event: event.type }, 'event handler failed'));
   const audit = createAuditLog({ store, clock, onError: (error) => logger?.error({ err: error }, 'audit append failed') });
   const registry = createRegistry({ store, clock });
@@ -341,25 +352,40 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     onError: (error, what, taskId) => logger?.error({ err: error, ...(taskId === undefined ? {} : { taskId }) }, `policy drift: ${what}`),
   });
 
-  const reloadShadow = async (trigger: string): Promise<void> => {
-    if (shadowDir === undefined) return;
+  /**
+   * Reloads a set that serves beside the enforced one (the shadow set, the
+   * break-glass set): the new engine when its files changed and are valid;
+   * the current one when unchanged or invalid (refused on the record).
+   */
+  const reloadBeside = async (role: 'shadow' | 'breakGlass', dir: string, current: PolicyEngine | undefined, slot: string, trigger: string, inherit?: string): Promise<PolicyEngine | undefined> => {
+    const name = role === 'shadow' ? 'shadow' : 'break-glass';
     try {
-      const set = loadPolicySet(shadowDir, { slot: shadowSlot(shadowEngine?.set.compiledId) });
-      if (set.version === shadowEngine?.version) return;
-      shadowEngine = engineOf(set);
-      logger?.info({ trigger, shadow: set.version }, 'shadow policy set loaded; its decisions are recorded, not enforced');
-      await audit.append({ type: 'policy.reloaded', decision: 'allow', policyVersion: set.version, data: { trigger, shadow: true, policies: set.policies.size } }).catch(() => undefined);
+      const set = loadPolicySet(dir, { slot, ...(inherit === undefined ? {} : { inherit }) });
+      if (set.version === current?.version) return current;
+      logger?.info({ trigger, [role]: set.version }, role === 'shadow' ? 'shadow policy set loaded; its decisions are recorded, not enforced' : 'break-glass policy set loaded');
+      await audit.append({ type: 'policy.reloaded', decision: 'allow', policyVersion: set.version, data: { trigger, [role]: true, policies: set.policies.size } }).catch(() => undefined);
+      return engineOf(set);
     } catch (error) {
-      const problems = problemsOf(error, shadowDir);
-      logger?.error({ trigger, problems: problems.slice(0, 20) }, 'shadow policy set refused: it is invalid; the previous shadow set (if any) stays');
+      const problems = problemsOf(error, dir);
+      logger?.error({ trigger, problems: problems.slice(0, 20) }, `${name} policy set refused: it is invalid; the previous one (if any) stays`);
       await audit
-        .append({ type: 'policy.reload_refused', decision: 'deny', reason: 'ERR_POLICY_INVALID', detail: `shadow set: ${problems.length} problem(s)`, data: { trigger, shadow: true, problems: problems.slice(0, 20) } })
+        .append({ type: 'policy.reload_refused', decision: 'deny', reason: 'ERR_POLICY_INVALID', detail: `${name} set: ${problems.length} problem(s)`, data: { trigger, [role]: true, problems: problems.slice(0, 20) } })
         .catch(() => undefined);
+      return current;
+    }
+  };
+  const reloadShadow = async (trigger: string): Promise<void> => {
+    if (shadowDir !== undefined) shadowEngine = await reloadBeside('shadow', shadowDir, shadowEngine, shadowSlot(shadowEngine?.set.compiledId), trigger);
+  };
+  const reloadBreakGlass = async (trigger: string): Promise<void> => {
+    if (breakGlassDir !== null) {
+      breakGlassEngine = await reloadBeside('breakGlass', breakGlassDir, breakGlassEngine, breakGlassSlot(breakGlassEngine?.set.compiledId), trigger, config.paths.policyDir);
     }
   };
 
   const loadAndSwap = async (trigger: string): Promise<PolicyReload> => {
     await reloadShadow(trigger);
+    await reloadBreakGlass(trigger);
     const previous = engine.version;
     let set: PolicySet;
     try {
@@ -436,7 +462,40 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
       environments: config.policy.environments,
     },
   });
-  const authorize = createActionCheck({ verifier: taskTokens, revocations, narrowings, registry, policy, shadow, observations, audit, clock, approvals });
+  const breakGlass = createBreakGlass({
+    store,
+    audit,
+    bus,
+    clock,
+    registry,
+    observations,
+    policy: () => breakGlassEngine,
+    mainPolicy: policy,
+    taskKeys,
+    notify: (event) => notifier.notify(event),
+    warn: (message, fields) => logger?.warn(fields, message),
+    settings: {
+      issuer: config.issuer,
+      audience: config.tokens.audience,
+      defaultDurationSeconds: config.breakGlass.defaultDuration,
+      maxDurationSeconds: config.breakGlass.maxDuration,
+      environments: config.policy.environments,
+    },
+  });
+  const authorize = createActionCheck({
+    verifier: taskTokens,
+    revocations,
+    narrowings,
+    registry,
+    policy,
+    shadow,
+    observations,
+    audit,
+    clock,
+    approvals,
+    breakGlassPolicy: () => breakGlassEngine,
+    onBreakGlassUse: (taskId, item) => background(breakGlass.use(taskId, [item]).catch((error: unknown) => logger?.warn({ err: error, taskId }, 'could not record a use under a break-glass grant'))),
+  });
 
   // Other nodes' clocks may lag ours: look back well past one sync interval,
   // from the start of the last sync that succeeded (the start-up load counts as
@@ -506,10 +565,13 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     inFlight.add(settled);
     void settled.then(() => inFlight.delete(settled));
   };
-  // A task that ends takes its unanswered approval requests with it (here or on any node: the sync publishes those too).
+  // A task that ends takes its unanswered approval requests with it, and a
+  // break-glass grant's end is recorded with what to rotate (here or on any
+  // node: the sync publishes those ends too; the store records each once).
   bus.subscribe((event) => {
     if (event.type !== 'task.ended') return;
     background(approvals.cancelOfTask(event.taskId).catch((error: unknown) => logger?.warn({ err: error, taskId: event.taskId }, 'cancelling the approval requests of an ended task failed')));
+    background(breakGlass.ended(event.taskId).catch((error: unknown) => logger?.warn({ err: error, taskId: event.taskId }, 'recording the end of a break-glass grant failed')));
   });
   let closed = false;
   return {
@@ -530,6 +592,8 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     adminTokens,
     vault,
     approvals,
+    breakGlass,
+    breakGlassPolicy: () => breakGlassEngine,
     masterKeyCreated: masterKey.created,
     authorize,
     policy,
@@ -714,7 +778,9 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
           reloadDebounce.unref();
         };
         // Recursive: environments/<env>/ holds policies too.
-        for (const dir of shadowDir === undefined ? [config.paths.policyDir] : [config.paths.policyDir, shadowDir]) {
+        const watched = [config.paths.policyDir, ...(shadowDir === undefined ? [] : [shadowDir])];
+        if (breakGlassDir !== null && relative(config.paths.policyDir, breakGlassDir).startsWith('..')) watched.push(breakGlassDir);
+        for (const dir of watched) {
           const watcher = watch(dir, { recursive: true }, changed);
           watcher.on('error', (error) => logger?.warn({ err: error, dir }, 'watching a policy folder failed; reload through the admin API'));
           watcher.unref();

@@ -229,6 +229,32 @@ describe('MCP gateway over Streamable HTTP', () => {
     }
   });
 
+  test('under break-glass, the credentials the gateway injected are listed for rotation when it ends', async () => {
+    const olga = 'spiffe://demo.local/human/olga-mcp';
+    await h.writ.registerIdentity({ id: olga, actorType: 'human', environment: 'production', labels: { 'on-call': 'production', email: 'alice@example.com' } });
+    const human = await h.identityToken(olga);
+    const started = await h.post(
+      '/v1/break-glass',
+      { reason: 'Tickets stuck in a loop; comment on them by hand', incident: 'INC-77', environment: 'production', scopes: [{ action: 'write', resource: 'tickets:*' }], duration: '15m', identity: AGENT },
+      human,
+    );
+    assert.equal(started.status, 201, JSON.stringify(started.body));
+    const client = await httpClient(h, started.body.token);
+    try {
+      const commented = await client.callTool({ name: 'tickets__add_comment', arguments: { ticketId: 'T-1042', text: 'fixed by hand' } });
+      assert.equal(commented.isError, undefined, JSON.stringify(commented));
+    } finally {
+      await client.close();
+    }
+    const id = started.body.breakGlass.id as string;
+    await eventually(async () => (await h.get(`/v1/break-glass/${id}`, human)).body.breakGlass.used.includes('secret:tickets-api-key'), 'the injected key to be recorded');
+    const ended = await h.post(`/v1/break-glass/${id}/end`, { note: 'done' }, human);
+    assert.deepEqual(ended.body.breakGlass.rotate, ['tickets-api-key']);
+    const record = (await h.auditRecords()).find((r) => r.type === 'break_glass.ended' && (r.data as { breakGlassId: string }).breakGlassId === id);
+    assert.deepEqual((record?.data as { rotate: string[] }).rotate, ['tickets-api-key']);
+    assert.doesNotMatch(JSON.stringify(record), new RegExp(API_KEY), 'the name, never the value');
+  });
+
   test('a task granted in a session ends with the session: its token never left Writ, so nothing else could use it', async () => {
     const client = await httpClient(h, await h.identityToken());
     const granted = await client.callTool({ name: 'request_access', arguments: { purpose: 'Read T-1042', intent: 'customer-support', tools: ['tickets__get_ticket'] } });

@@ -85,6 +85,8 @@ export interface AuditEvent {
   readonly task?: { readonly id: string; readonly purpose?: string; readonly intent?: string; readonly environment?: string };
   readonly policies?: readonly string[];
   readonly policyVersion?: string;
+  /** The decision was made under a break-glass grant (or is one). */
+  readonly breakGlass?: true;
   readonly data?: Readonly<Record<string, unknown>>;
 }
 

@@ -29,32 +29,40 @@ import { isTerminal, statesLeadingTo } from './task-states.js';
 /** How old an unrecorded task end must be before the flush records it (a fresh one may still be recording). */
 const END_RECORD_GRACE_MS = 5000;
 
-const slug = z.string().regex(/^[a-z][a-z0-9-]{0,63}$/, 'lowercase letters, digits and dashes, at most 64');
+export const slug = z.string().regex(/^[a-z][a-z0-9-]{0,63}$/, 'lowercase letters, digits and dashes, at most 64');
+
+/** Free text a person reads (a purpose, a reason): no control or format characters, no lone surrogates. */
+export const plainText = (max: number) =>
+  z
+    .string()
+    .min(1)
+    .max(max)
+    .regex(/^[^\p{Cc}\p{Cf}\p{Cs}]+$/u, 'no control or format characters');
+
+/** The scopes a task asks for: 1 to 32 (action, resource) pairs. */
+export const scopesSchema = z
+  .array(
+    z
+      .object({
+        action: z.string().refine(isValidAction, 'an action name like read or refund'),
+        resource: z.string().refine(isValidResource, 'a resource like db:orders/42 or a pattern like db:orders/*'),
+      })
+      .strict(),
+  )
+  .min(1)
+  .max(32);
+
+/** Seconds, or a duration such as `5m`. */
+export const durationSchema = z
+  .union([z.number(), z.string()])
+  .refine((v) => (parseDurationSeconds(v) ?? 0) >= 1, 'seconds (at least 1) or a duration like 5m');
 
 export const taskRequestSchema = z
   .object({
-    purpose: z
-      .string()
-      .min(1)
-      .max(500)
-      .regex(/^[^\p{Cc}\p{Cf}\p{Cs}]+$/u, 'no control or format characters'),
+    purpose: plainText(500),
     intent: slug,
-    scopes: z
-      .array(
-        z
-          .object({
-            action: z.string().refine(isValidAction, 'an action name like read or refund'),
-            resource: z.string().refine(isValidResource, 'a resource like db:orders/42 or a pattern like db:orders/*'),
-          })
-          .strict(),
-      )
-      .min(1)
-      .max(32),
-    /** Seconds, or a duration such as `5m`. */
-    ttl: z
-      .union([z.number(), z.string()])
-      .optional()
-      .refine((v) => v === undefined || (parseDurationSeconds(v) ?? 0) >= 1, 'seconds (at least 1) or a duration like 5m'),
+    scopes: scopesSchema,
+    ttl: durationSchema.optional(),
     environment: slug,
   })
   .strict();
@@ -617,7 +625,7 @@ export async function recordTaskEnd(
   await deps.store.markTaskEndAudited(task.id, receipt.id);
 }
 
-function dedupeScopes(scopes: readonly Scope[]): Scope[] {
+export function dedupeScopes(scopes: readonly Scope[]): Scope[] {
   const seen = new Set<string>();
   const result: Scope[] = [];
   for (const scope of scopes) {

@@ -6,7 +6,7 @@
  * (`WRIT_*`), command-line flags.
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { dirname, isAbsolute, resolve } from 'node:path';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
@@ -407,6 +407,26 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    /**
+     * Break-glass: an emergency grant a human asks for with a reason and an
+     * incident, decided by its own policy set (never the normal one), time-boxed,
+     * announced to every webhook at once, and reviewed afterwards.
+     */
+    breakGlass: z
+      .object({
+        /**
+         * The break-glass policy folder: *.cedar files (and environments/<env>/),
+         * with the schema and catalog of policy.dir unless it has its own.
+         * Default: break-glass/ inside policy.dir; without it, break-glass is off.
+         */
+        dir: z.string().min(1).optional(),
+        /** How long a grant lasts when the request names no duration. */
+        defaultDuration: duration(3600),
+        /** The longest a grant may last; a request for more is refused, not cut. At most 4h. */
+        maxDuration: duration(3600),
+      })
+      .strict()
+      .prefault({}),
     /** Where state changes of approvals and break-glass grants are sent. */
     notifications: z
       .object({
@@ -472,6 +492,12 @@ export const configSchema = z
       if (upstreams.has(u.name)) ctx.addIssue({ code: 'custom', path: ['gateway', 'upstreams', index, 'name'], message: `two upstreams are named ${u.name}` });
       upstreams.add(u.name);
     });
+    if (config.breakGlass.maxDuration > 4 * 3600) {
+      ctx.addIssue({ code: 'custom', path: ['breakGlass', 'maxDuration'], message: 'break-glass is time-boxed: at most 4h' });
+    }
+    if (config.breakGlass.defaultDuration > config.breakGlass.maxDuration) {
+      ctx.addIssue({ code: 'custom', path: ['breakGlass', 'defaultDuration'], message: 'must not exceed breakGlass.maxDuration' });
+    }
     const hooks = new Set<string>();
     config.notifications.webhooks.forEach((w, index) => {
       if (hooks.has(w.name)) ctx.addIssue({ code: 'custom', path: ['notifications', 'webhooks', index, 'name'], message: `two webhooks are named ${w.name}` });
@@ -489,7 +515,14 @@ export const configSchema = z
 
 export type WritConfig = z.output<typeof configSchema> & {
   /** Absolute paths, resolved at load time. */
-  readonly paths: { readonly dataDir: string; readonly policyDir: string; readonly configFile: string | null; readonly base: string };
+  readonly paths: {
+    readonly dataDir: string;
+    readonly policyDir: string;
+    /** The break-glass policy folder; null when there is none (break-glass is then off). */
+    readonly breakGlassDir: string | null;
+    readonly configFile: string | null;
+    readonly base: string;
+  };
 };
 
 /** The folder this package is installed in (holds `policies/`). */
@@ -573,7 +606,13 @@ export function loadConfig(options: LoadConfigOptions = {}): WritConfig {
       : isAbsolute(result.data.policy.dir)
         ? result.data.policy.dir
         : resolve(base, result.data.policy.dir);
-  return deepFreeze({ ...result.data, paths: { dataDir, policyDir, configFile, base } });
+  const breakGlassDir =
+    result.data.breakGlass.dir === undefined
+      ? existsSync(join(policyDir, 'break-glass'))
+        ? join(policyDir, 'break-glass')
+        : null
+      : resolve(base, result.data.breakGlass.dir);
+  return deepFreeze({ ...result.data, paths: { dataDir, policyDir, breakGlassDir, configFile, base } });
 }
 
 /** A path from the configuration, resolved against the config file's folder (or the working folder). */

@@ -84,6 +84,11 @@ export const errorCatalog = {
     title: 'Self-approval refused',
     description: 'The approver is the requester, or in its delegation chain; nobody approves their own action unless `approvals.allowSelfApproval` says so.',
   },
+  ERR_BREAK_GLASS_OFF: {
+    status: 403,
+    title: 'Break-glass is off',
+    description: 'No break-glass policy set is configured (breakGlass.dir, or break-glass/ in the policy folder), so no emergency grant can be decided.',
+  },
   ERR_UNKNOWN_ACTION: {
     status: 400,
     title: 'Unknown action',

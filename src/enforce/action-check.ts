@@ -136,6 +136,8 @@ export interface ActionDecision {
    * made again. Absent when none is involved or it could not be opened.
    */
   readonly approval?: { readonly id: string; readonly state: 'consumed' | 'pending'; readonly expiresAt?: number };
+  /** Decided under a break-glass grant, by the break-glass set. */
+  readonly breakGlass?: true;
 }
 
 export type ActionCheck = (token: string, request: ActionRequest, presenter?: Presenter) => Promise<ActionDecision>;
@@ -156,6 +158,13 @@ export interface ActionCheckOptions {
   readonly clock: Clock;
   /** Approval requests; without them an approval-required call is refused with no request to answer. */
   readonly approvals?: ApprovalGate;
+  /**
+   * The break-glass engine: it alone decides calls under a break-glass token
+   * (undefined: break-glass is off, and such a token is refused).
+   */
+  readonly breakGlassPolicy?: () => PolicyEngine | undefined;
+  /** Told of each allowed call under a break-glass token (`<action> <resource>`), for its end and review. */
+  readonly onBreakGlassUse?: (taskId: string, item: string) => void;
 }
 
 const MAX_CONTEXT_BYTES = 16 * 1024;
@@ -175,6 +184,8 @@ interface Outcome {
   readonly shadow?: ShadowDecision;
   /** Allowed by consuming this approval. */
   readonly consumed?: string;
+  /** Decided under a break-glass grant. */
+  readonly breakGlass?: true;
 }
 
 export function createActionCheck(options: ActionCheckOptions): ActionCheck {
@@ -200,20 +211,23 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
     const inactive = identityInactiveReason(identity, now);
     if (inactive !== undefined) return deny('ERR_IDENTITY_INACTIVE', inactive, { token: verified });
 
+    const breakGlass = verified.claims.task.breakGlass === true ? ({ breakGlass: true } as const) : {};
     if (!isValidAction(request.action) || !isValidResource(request.resource)) {
-      return deny('ERR_VALIDATION', 'action or resource is not well formed', { token: verified, identity });
+      return deny('ERR_VALIDATION', 'action or resource is not well formed', { token: verified, identity, ...breakGlass });
     }
-    const engine = options.policy();
+    // A break-glass grant is decided by the break-glass set, never the normal one.
+    const engine = 'breakGlass' in breakGlass ? options.breakGlassPolicy?.() : options.policy();
+    if (engine === undefined) return deny('ERR_POLICY_DENIED', 'break-glass is off: no break-glass policy set decides this token', { token: verified, identity, ...breakGlass });
     const tier = engine.tierFor(request.action, request.resource);
-    if (tier === undefined) return deny('ERR_UNKNOWN_ACTION', `action ${request.action} is not in the schema`, { token: verified, identity });
+    if (tier === undefined) return deny('ERR_UNKNOWN_ACTION', `action ${request.action} is not in the schema`, { token: verified, identity, ...breakGlass });
     if (findCoveringScope(verified.scopes, request) === undefined) {
-      return deny('ERR_SCOPE_NOT_GRANTED', 'no granted scope covers this action and resource', { token: verified, identity, tier });
+      return deny('ERR_SCOPE_NOT_GRANTED', 'no granted scope covers this action and resource', { token: verified, identity, tier, ...breakGlass });
     }
     const kept = narrowings.remainingOf(taskId);
     if (kept !== undefined && findCoveringScope(kept, request) === undefined) {
-      return deny('ERR_SCOPE_NOT_GRANTED', 'narrowed by policy drift: the token\'s scope covers this, the grant no longer does', { token: verified, identity, tier });
+      return deny('ERR_SCOPE_NOT_GRANTED', 'narrowed by policy drift: the token\'s scope covers this, the grant no longer does', { token: verified, identity, tier, ...breakGlass });
     }
-    if (tier === 'read') return { decision: 'allow', reason: null, token: verified, identity, tier };
+    if (tier === 'read') return { decision: 'allow', reason: null, token: verified, identity, tier, ...breakGlass };
 
     const observing = options.observations.observe(identity.id, request.resource, now);
     const input = {
@@ -228,10 +242,12 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
       ...(request.context === undefined ? {} : { args: request.context }),
       // Not awaited when already known: the hot path stays synchronous.
       observed: observing instanceof Promise ? await observing : observing,
+      ...breakGlass,
     };
     const decision = engine.decide(input);
-    const shadow = decideShadow(options.shadow?.(verified.claims.env), input, decision);
-    const decided = { token: verified, identity, tier, policies: decision.policies, policyVersion: decision.policyVersion, risk: decision.risk, ...(shadow === undefined ? {} : { shadow }) };
+    // The shadow set trials changes to the normal set: a break-glass decision is not one of its.
+    const shadow = 'breakGlass' in breakGlass ? undefined : decideShadow(options.shadow?.(verified.claims.env), input, decision);
+    const decided = { token: verified, identity, tier, policies: decision.policies, policyVersion: decision.policyVersion, risk: decision.risk, ...(shadow === undefined ? {} : { shadow }), ...breakGlass };
     if (decision.outcome === 'allow') return { decision: 'allow', reason: null, ...decided };
     if (decision.outcome === 'approval_required') {
       // An approval counts only if policy, asked again now with it, allows the
@@ -297,6 +313,7 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
         ...(outcome.tier === undefined ? {} : { tier: outcome.tier }),
         policies: base.policies,
         ...(outcome.policyVersion === undefined ? {} : { policyVersion: outcome.policyVersion }),
+        ...(outcome.breakGlass === undefined ? {} : { breakGlass: true }),
         ...(argsDigest || outcome.risk || outcome.shadow || outcome.consumed
           ? {
               data: {
@@ -308,7 +325,8 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
             }
           : {}),
       });
-      const decided = { allowed: outcome.decision === 'allow', decision: outcome.decision, reason: outcome.reason, ...base, auditId: receipt.id };
+      const decided = { allowed: outcome.decision === 'allow', decision: outcome.decision, reason: outcome.reason, ...base, auditId: receipt.id, ...(outcome.breakGlass === undefined ? {} : { breakGlass: true as const }) };
+      if (outcome.breakGlass !== undefined && decided.allowed && base.taskId !== null && call !== undefined) options.onBreakGlassUse?.(base.taskId, `${call.action} ${call.resource}`);
       if (outcome.consumed !== undefined) return { ...decided, approval: { id: outcome.consumed, state: 'consumed' } };
       if (outcome.decision !== 'approval_required' || options.approvals === undefined || call === undefined) return decided;
       const pending = await openApproval(options.approvals, outcome, call, argsDigest ?? null, shownArguments(request.arguments, context?.copy), receipt.id);

@@ -98,6 +98,12 @@ export interface LoadOptions {
    * Default: a new id per load (fine for short-lived processes and tests).
    */
   readonly slot?: string;
+  /**
+   * A folder whose schema.cedarschema and resources.yaml are used when `dir`
+   * has none of its own: the break-glass set decides over the same schema and
+   * catalog as the set beside it, with policies of its own.
+   */
+  readonly inherit?: string;
 }
 
 let loads = 0;
@@ -110,7 +116,8 @@ const MAX_ENVIRONMENT_FOLDERS = 32;
  */
 export function loadPolicySet(dir: string, options: LoadOptions = {}): PolicySet {
   const problems: PolicyProblem[] = [];
-  const schemaPath = join(dir, SCHEMA_FILE);
+  const sharedFile = (name: string) => (options.inherit !== undefined && !existsSync(join(dir, name)) ? join(options.inherit, name) : join(dir, name));
+  const schemaPath = sharedFile(SCHEMA_FILE);
   if (!existsSync(schemaPath)) throw invalid([{ file: SCHEMA_FILE, message: `missing ${schemaPath}` }]);
   const schemaText = readFileSync(schemaPath, 'utf8');
   // checkParseSchema places errors in the schema text; schemaToJson's may point at offset 0.
@@ -178,7 +185,7 @@ export function loadPolicySet(dir: string, options: LoadOptions = {}): PolicySet
     });
   }
 
-  const catalogPath = join(dir, CATALOG_FILE);
+  const catalogPath = sharedFile(CATALOG_FILE);
   let catalogDocument: unknown = {};
   let catalogYaml: YamlWithPositions | undefined;
   if (existsSync(catalogPath)) {

@@ -16,6 +16,7 @@ import { WritError, toProblem } from '../core/errors.js';
 import { WRIT_VERSION } from '../core/version.js';
 import { APPROVAL_REQUEST_STATES, type AdminScope, type ApprovalRequestState, type Identity, type Task } from '../core/types.js';
 import { approvalView, isApprovalState } from '../broker/approvals.js';
+import { breakGlassView } from '../broker/break-glass.js';
 import { validationError, type Credentials, type EndState, type TaskRequestResult } from '../broker/broker.js';
 import { requireScope, type AdminPrincipal } from '../identity/admin-tokens.js';
 import type { CredentialResult } from '../identity/trust-sources.js';
@@ -49,6 +50,17 @@ const approvalQuerySchema = z
     limit: z.coerce.number().int().min(1).max(200).optional(),
   })
   .strict();
+
+const breakGlassQuerySchema = z
+  .object({
+    /** false (default): grants owed a review; true: reviewed; all. */
+    reviewed: z.enum(['false', 'true', 'all']).optional(),
+    limit: z.coerce.number().int().min(1).max(200).optional(),
+  })
+  .strict();
+
+/** A review's note is required: it is the post-incident record. */
+const reviewBodySchema = z.object({ note: z.string().min(1).max(2000).regex(/^[^\p{Cc}\p{Cf}\p{Cs}]+$/u, 'no control or format characters') }).strict();
 
 const endBodySchema = z
   .object({ note: z.string().max(500).regex(/^[^\p{Cc}\p{Cf}\p{Cs}]*$/u, 'no control characters').optional() })
@@ -224,6 +236,11 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
       'GET /v1/approvals/{id}',
       'POST /v1/approvals/{id}/approve',
       'POST /v1/approvals/{id}/deny',
+      'POST /v1/break-glass',
+      'GET /v1/break-glass',
+      'GET /v1/break-glass/{id}',
+      'POST /v1/break-glass/{id}/end',
+      'POST /v1/break-glass/{id}/review',
       'GET /v1/identities',
       'POST /v1/identities',
       'GET /v1/identities/{id}',
@@ -333,6 +350,47 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
   };
   voteRoute('approve');
   voteRoute('deny');
+
+  app.post('/v1/break-glass', async (request, reply) => {
+    const caller = await writ.broker.authenticate(credentialsOf(request), { allowTaskToken: true, endpoint: 'POST /v1/break-glass' });
+    const started = await writ.breakGlass.start(caller, request.body);
+    return reply.code(201).send({
+      breakGlass: breakGlassView(started.grant),
+      task: taskView(started.task),
+      token: started.token,
+      tokenType: 'Bearer',
+      expiresIn: started.expiresIn,
+      warnings: ['break-glass: every webhook has been told; every decision under it is flagged; a review is owed when it ends'],
+    });
+  });
+
+  app.get<{ Querystring: Record<string, unknown> }>('/v1/break-glass', async (request) => {
+    const caller = await writ.broker.authenticate(credentialsOf(request), { allowTaskToken: true, endpoint: 'GET /v1/break-glass' });
+    const query = breakGlassQuerySchema.safeParse(request.query ?? {});
+    if (!query.success) throw validationError(query.error.issues);
+    const reviewed = query.data.reviewed ?? 'false';
+    const grants = await writ.breakGlass.list(caller, { reviewed: reviewed === 'all' ? undefined : reviewed === 'true', ...(query.data.limit === undefined ? {} : { limit: query.data.limit }) });
+    return { breakGlass: grants.map(breakGlassView) };
+  });
+
+  app.get<{ Params: { id: string } }>('/v1/break-glass/:id', async (request) => {
+    const caller = await writ.broker.authenticate(credentialsOf(request), { allowTaskToken: true, endpoint: 'GET /v1/break-glass/{id}' });
+    return { breakGlass: breakGlassView(await writ.breakGlass.get(caller, request.params.id)) };
+  });
+
+  app.post<{ Params: { id: string } }>('/v1/break-glass/:id/end', async (request) => {
+    const caller = await writ.broker.authenticate(credentialsOf(request), { allowTaskToken: true, endpoint: 'POST /v1/break-glass/{id}/end' });
+    const body = endBodySchema.safeParse(request.body ?? {});
+    if (!body.success) throw validationError(body.error.issues);
+    return { breakGlass: breakGlassView(await writ.breakGlass.end(caller, request.params.id, body.data.note)) };
+  });
+
+  app.post<{ Params: { id: string } }>('/v1/break-glass/:id/review', async (request) => {
+    const caller = await writ.broker.authenticate(credentialsOf(request), { allowTaskToken: true, endpoint: 'POST /v1/break-glass/{id}/review' });
+    const body = reviewBodySchema.safeParse(request.body ?? {});
+    if (!body.success) throw validationError(body.error.issues);
+    return { breakGlass: breakGlassView(await writ.breakGlass.review(caller, request.params.id, body.data.note)) };
+  });
 
   app.get<{ Params: { id: string } }>('/v1/tasks/:id', async (request) => {
     const caller = await writ.broker.authenticate(credentialsOf(request), { allowTaskToken: true, endpoint: 'GET /v1/tasks/{id}' });

@@ -24,7 +24,8 @@ export interface TaskTokenClaims {
   readonly nbf: number;
   readonly exp: number;
   readonly jti: string;
-  readonly task: { readonly id: string; readonly purpose: string; readonly intent: string };
+  /** `breakGlass`: the task is a break-glass grant, decided (at every call too) by the break-glass policy set. */
+  readonly task: { readonly id: string; readonly purpose: string; readonly intent: string; readonly breakGlass?: true };
   /** Space-separated `action:resource` entries (RFC 8693 §4.2 shape). */
   readonly scope: string;
   readonly env: string;
@@ -156,6 +157,7 @@ export function createTaskTokenVerifier(options: TaskTokenVerifierOptions): Task
         typeof task !== 'object' ||
         task === null ||
         typeof (task as { id?: unknown }).id !== 'string' ||
+        ((task as { breakGlass?: unknown }).breakGlass !== undefined && (task as { breakGlass?: unknown }).breakGlass !== true) ||
         typeof claims.env !== 'string' ||
         typeof claims.jti !== 'string' ||
         !validConfirmation(claims.cnf)

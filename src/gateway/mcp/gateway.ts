@@ -478,6 +478,11 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
       return refusal(decision.reason ?? 'ERR_POLICY_DENIED', denialSentence(decision.reason), { decisionId: decision.auditId });
     }
 
+    if (decision.breakGlass === true) {
+      // The credentials Writ injects for this upstream are touched under break-glass: listed for rotation when it ends.
+      const injected = writ.config.gateway.upstreams.find((u) => u.name === mapped.upstream)?.inject.map((i) => `secret:${i.secret}`) ?? [];
+      void writ.breakGlass.use(task.id, injected).catch((error: unknown) => logger?.warn({ err: error, taskId: task.id }, 'could not record the credentials used under a break-glass grant'));
+    }
     const started = performance.now();
     let status: 'ok' | 'tool_error' | 'upstream_error' = 'upstream_error';
     try {
