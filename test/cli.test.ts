@@ -341,3 +341,55 @@ describe('writ serve', () => {
     assert.equal(answer.stdout, '');
   });
 });
+
+describe('writ break-glass and writ review break-glass', () => {
+  const dataDir = tempDir();
+  const human = (id: string, labels: string[]) =>
+    writ(['identity', 'register', '--spiffe-id', id, '--actor-type', 'human', '--environment', 'production', ...labels.flatMap((l) => ['--label', l]), '--data-dir', dataDir]);
+  const as = (id: string) => ['--dev', '--identity', id, '--data-dir', dataDir];
+  const OLGA = 'spiffe://demo.local/human/olga';
+  const CAROL = 'spiffe://demo.local/human/carol';
+
+  test('a human on call breaks the glass for an agent it owns; the token is printed once; a review is owed; ended, someone else closes it', () => {
+    assert.equal(register(dataDir, 'spiffe://demo.local/agent/support').code, 0);
+    assert.equal(human(OLGA, ['on-call=production', 'email=alice@example.com']).code, 0);
+    assert.equal(human(CAROL, ['approver=production']).code, 0);
+    const args = ['break-glass', '--reason', 'Checkout down; fix stuck orders by hand', '--incident', 'INC-4521', '--environment', 'production', '--scope', 'write:db:orders/*', '--duration', '15m', '--for', 'spiffe://demo.local/agent/support'];
+
+    const noReason = writ([...args.filter((a, i) => a !== '--reason' && args[i - 1] !== '--reason'), ...as(OLGA)]);
+    assert.equal(noReason.code, 1);
+    assert.match(noReason.stderr, /ERR_VALIDATION: reason/);
+    const tooLong = writ([...args.map((a) => (a === '15m' ? '5h' : a)), ...as(OLGA)]);
+    assert.equal(tooLong.code, 1);
+    assert.match(tooLong.stderr, /ERR_VALIDATION: duration/);
+    assert.equal(writ([...args, '--scope', 'not-a-scope', ...as(OLGA)]).code, 2);
+    assert.equal(writ(args.concat('--data-dir', dataDir)).code, 2, 'no credential: usage error');
+
+    const started = writ([...args, ...as(OLGA)]);
+    assert.equal(started.code, 0, started.stderr);
+    assert.match(started.stderr, /BREAK-GLASS brk_[A-Za-z0-9_-]{22} for spiffe:\/\/demo.local\/agent\/support \(INC-4521\)/);
+    const claims = claimsOf(started.stdout.trim());
+    assert.equal(claims.task.breakGlass, true);
+    assert.equal(claims.exp - claims.iat, 15 * 60);
+
+    const owed = writ(['review', 'break-glass', '--json', ...as(CAROL)]);
+    assert.equal(owed.code, 0, owed.stderr);
+    const [grant] = JSON.parse(owed.stdout);
+    assert.equal(grant.state, 'running');
+    assert.equal(grant.incident, 'INC-4521');
+    const early = writ(['review', 'break-glass', grant.id, '--note', 'fine', ...as(CAROL)]);
+    assert.equal(early.code, 1);
+    assert.match(early.stderr, /ERR_TASK_STATE_CONFLICT/);
+
+    const ended = writ(['break-glass', 'end', grant.id, '--note', 'incident resolved', ...as(OLGA)]);
+    assert.equal(ended.code, 0, ended.stderr);
+    assert.match(ended.stdout, /ended; review owed/);
+    const own = writ(['review', 'break-glass', grant.id, '--note', 'all good', ...as(OLGA)]);
+    assert.equal(own.code, 1);
+    assert.match(own.stderr, /ERR_FORBIDDEN/, 'who broke the glass does not review it');
+    const reviewed = writ(['review', 'break-glass', grant.id, '--note', 'Orders fixed; access justified', ...as(CAROL)]);
+    assert.equal(reviewed.code, 0, reviewed.stderr);
+    assert.match(reviewed.stdout, new RegExp(`${grant.id} reviewed by ${CAROL}`));
+    assert.match(writ(['review', 'break-glass', ...as(CAROL)]).stdout, /no break-glass grant is owed a review/);
+  });
+});

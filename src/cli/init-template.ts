@@ -109,6 +109,29 @@ gateway:
   allowedOrigins: []           # browser origins allowed to call /mcp; agents send none
   maxRequestBytes: 4194304
 
+# Human approval of one exact action (@approval("required") permits). See docs/approvals.md.
+approvals:
+  ttl: 10m                     # how long a request waits for its approvers
+  required: 1                  # distinct approvers each request needs (N of M)
+  allowSelfApproval: false     # the requester (or its delegation chain) approving its own action
+  environments: {}             # per environment, e.g. { production: { required: 2 } }
+  maxWait: 5m                  # longest an MCP client may have a call held for its approval
+
+# Break-glass: emergency grants decided by their own policy set. See docs/break-glass.md.
+breakGlass:
+  # dir: ./policies/break-glass   # default: break-glass/ in policy.dir; without it, break-glass is off
+  defaultDuration: 1h
+  maxDuration: 1h              # longer requests are refused; at most 4h
+
+# Signed webhooks on every approval and break-glass state change. See docs/webhooks.md.
+notifications:
+  webhooks: []
+  # - name: ops
+  #   url: https://hooks.example/writ
+  #   secret: ops-webhook-secret   # in the vault: writ secret set ops-webhook-secret
+  #   format: json                 # json | slack
+  #   events: [approval.requested, break_glass.started]   # default: every event
+
 reaper:
   intervalMs: 5000             # how often tasks past their expiry are moved to expired
 

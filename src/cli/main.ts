@@ -13,8 +13,10 @@ import { verifyAuditChain, type AuditActor } from '../audit/log.js';
 import { loadConfig, parseDurationSeconds, type WritConfig } from '../core/config.js';
 import { isWritError } from '../core/errors.js';
 import { WRIT_VERSION } from '../core/version.js';
-import { ACTOR_TYPES, ADMIN_SCOPES, APPROVAL_REQUEST_STATES, type ActorType, type AdminScope, type ApprovalRequest, type ApprovalRequestState } from '../core/types.js';
+import { ACTOR_TYPES, ADMIN_SCOPES, APPROVAL_REQUEST_STATES, type ActorType, type AdminScope, type ApprovalRequest, type ApprovalRequestState, type Scope } from '../core/types.js';
 import { approvalView, isApprovalState, noticeOf } from '../broker/approvals.js';
+import { breakGlassView } from '../broker/break-glass.js';
+import { formatScope, parseScopeClaim } from '../core/scope.js';
 import { createMcpGateway } from '../gateway/mcp/gateway.js';
 import { serveGatewayStdio } from '../gateway/mcp/stdio.js';
 import { createUpstreamPool } from '../gateway/mcp/upstreams.js';
@@ -75,6 +77,20 @@ Commands:
       --note <text>            why (audited)
                              The approver is WRIT_TOKEN (a human's identity token), or with
                              --dev, --identity <id> (dev issuer; laptops only)
+  break-glass                an emergency grant, decided by the break-glass policy set; prints its
+                             task token. Loud: webhooks told at once, every decision flagged,
+                             never renewed, credentials it touched listed for rotation, review owed
+      --reason <text>          why (required)
+      --incident <ref>         the incident, e.g. INC-4521 (required)
+      --environment <env>      (required)
+      --scope <action:resource> e.g. read:db:orders/*; repeat for more (required)
+      --duration <duration>    default breakGlass.defaultDuration (1h); more than breakGlass.maxDuration is refused
+      --for <identity>         an agent you own (default: yourself)
+                             As WRIT_TOKEN (a human's identity token), or --dev --identity <id>
+  break-glass end <id>       end a break-glass grant now (who broke it, who it is for, or a reviewer)
+  review break-glass         break-glass grants owed a post-incident review (--all: every one)
+  review break-glass <id>    close a review (not by who broke the glass, nor who it was for)
+      --note <text>            what was done and found (required)
   audit verify               check the audit hash chain; exit 1 naming the first bad record
   policy validate            parse the policy set and check it against its schema;
                              exit 3 with one file:line:column: problem line each
@@ -164,6 +180,11 @@ const OPTIONS = {
   registered: { type: 'string' },
   state: { type: 'string' },
   task: { type: 'string' },
+  reason: { type: 'string' },
+  incident: { type: 'string' },
+  duration: { type: 'string' },
+  for: { type: 'string' },
+  all: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
   version: { type: 'boolean', short: 'v' },
 } as const satisfies ParseArgsConfig['options'];
@@ -208,6 +229,11 @@ export async function main(argv: readonly string[]): Promise<number> {
         return await secretCommand(sub, rest, values);
       case 'approvals':
         return await approvalsCommand(sub, rest, values);
+      case 'break-glass':
+        return await breakGlassCommand(sub, rest, values);
+      case 'review':
+        if (sub !== 'break-glass') throw new UsageError('usage: writ review break-glass [<id> --note <text>] [--all]');
+        return await reviewBreakGlassCommand(rest, values);
       case 'audit':
         if (sub !== 'verify') throw new UsageError('usage: writ audit verify');
         return await auditVerify(values);
@@ -306,6 +332,91 @@ async function approvalsCommand(sub: string | undefined, rest: string[], values:
     const after = await writ.approvals.vote(caller, id as string, sub as 'approve' | 'deny', values.note);
     const approvals = after.votes.filter((v) => v.decision === 'approve').length;
     process.stdout.write(`${after.id} is ${after.state} (${approvals} of ${after.requiredApprovals} approvals)\n`);
+    return 0;
+  } finally {
+    await writ.close();
+  }
+}
+
+/**
+ * `writ break-glass`: a human asks for an emergency grant, for itself or for
+ * an agent it owns (--for). Prints the task token on stdout, and says loudly
+ * on stderr what follows from it.
+ */
+async function breakGlassCommand(sub: string | undefined, rest: string[], values: Values): Promise<number> {
+  if (sub === 'end') {
+    const [id, ...extra] = rest;
+    if (id === undefined || extra.length > 0) throw new UsageError('usage: writ break-glass end <id> [--note <text>]');
+    const credential = credentialFrom(values, 'writ break-glass end');
+    const writ = await createWrit({ config: configFrom(values) });
+    try {
+      const caller = await writ.broker.authenticate({ bearer: await credential.bearer(writ) }, { allowTaskToken: false, endpoint: 'cli break-glass end' });
+      const ended = breakGlassView(await writ.breakGlass.end(caller, id, values.note));
+      process.stdout.write(`${ended.id} ended; review owed${ended.rotate.length > 0 ? `; rotate ${ended.rotate.join(', ')}` : ''}\n`);
+      return 0;
+    } finally {
+      await writ.close();
+    }
+  }
+  if (sub !== undefined || rest.length > 0) throw new UsageError('usage: writ break-glass --reason <text> --incident <ref> --environment <env> --scope <action:resource>... [--duration 1h] [--for <identity>] | writ break-glass end <id>');
+  const scopes = (values.scope ?? []).map((entry) => {
+    const parsed = parseScopeClaim(entry);
+    if (parsed === undefined || parsed.length !== 1) throw new UsageError(`--scope: action:resource, e.g. read:db:orders/*, got ${JSON.stringify(entry)}`);
+    return parsed[0] as Scope;
+  });
+  const credential = credentialFrom(values, 'writ break-glass');
+  const writ = await createWrit({ config: configFrom(values) });
+  try {
+    const caller = await writ.broker.authenticate({ bearer: await credential.bearer(writ) }, { allowTaskToken: false, endpoint: 'cli break-glass' });
+    const started = await writ.breakGlass.start(caller, {
+      ...(values.reason === undefined ? {} : { reason: values.reason }),
+      ...(values.incident === undefined ? {} : { incident: values.incident }),
+      ...(values.environment === undefined ? {} : { environment: values.environment }),
+      scopes,
+      ...(values.duration === undefined ? {} : { duration: values.duration }),
+      ...(values.for === undefined ? {} : { identity: values.for }),
+    });
+    const grant = started.grant;
+    process.stderr.write(
+      `BREAK-GLASS ${grant.id} for ${grant.identityId} (${grant.incident}), until ${new Date(grant.expiresAt).toISOString()}:\n` +
+        `  granted: ${grant.scopes.map(formatScope).join(', ')}\n` +
+        (started.refused.length > 0 ? `  refused: ${started.refused.map(formatScope).join(', ')}\n` : '') +
+        `  every webhook has been told; every decision under it is flagged; it is never renewed;\n` +
+        `  when it ends the credentials it touched are listed for rotation, and a review is owed (writ review break-glass).\n` +
+        `Task token (shown once):\n`,
+    );
+    process.stdout.write(`${started.token}\n`);
+    return 0;
+  } finally {
+    await writ.close();
+  }
+}
+
+/** `writ review break-glass`: lists grants owed a review (or all), or closes one with a note. */
+async function reviewBreakGlassCommand(rest: string[], values: Values): Promise<number> {
+  const id = rest[0];
+  if (rest.length > 1 || (id !== undefined && values.note === undefined)) throw new UsageError('usage: writ review break-glass [--all] | writ review break-glass <id> --note <text>');
+  const credential = credentialFrom(values, 'writ review break-glass');
+  const writ = await createWrit({ config: configFrom(values) });
+  try {
+    const caller = await writ.broker.authenticate({ bearer: await credential.bearer(writ) }, { allowTaskToken: false, endpoint: 'cli review break-glass' });
+    if (id !== undefined) {
+      const reviewed = await writ.breakGlass.review(caller, id, values.note as string);
+      process.stdout.write(`${reviewed.id} reviewed by ${reviewed.reviewedBy}\n`);
+      return 0;
+    }
+    const grants = await writ.breakGlass.list(caller, { reviewed: values.all === true ? undefined : false });
+    if (values.json === true) process.stdout.write(`${JSON.stringify(grants.map(breakGlassView), null, 2)}\n`);
+    else if (grants.length === 0) process.stdout.write(values.all === true ? 'no break-glass grants\n' : 'no break-glass grant is owed a review\n');
+    else {
+      for (const g of grants) {
+        const view = breakGlassView(g);
+        process.stdout.write(
+          `${g.id}  ${view.state}  ${g.incident}  by ${g.requestedBy} for ${g.identityId}  ${g.environment}  ${new Date(g.createdAt).toISOString()}..${new Date(g.endedAt ?? g.expiresAt).toISOString()}\n` +
+            `    reason: ${g.reason}\n    used: ${g.used.join(', ') || 'nothing'}${view.rotate.length > 0 ? `\n    rotate: ${view.rotate.join(', ')}` : ''}\n`,
+        );
+      }
+    }
     return 0;
   } finally {
     await writ.close();
