@@ -50,11 +50,17 @@ const SYNTAX_ERROR = '// a comment with ünïcode before the error\n\n@id("broke
 const TYPE_ERROR = '@id("typo")\npermit (principal, action, resource)\n  when { context.enviroment == "production" };\n';
 
 describe('writ policy validate', async () => {
-  test('the bundled set is valid: version, policy and action counts', async () => {
+  test('the bundled set is valid, and its break-glass set: version, policy and action counts', async () => {
     const answer = await writ(['policy', 'validate']);
     assert.equal(answer.code, 0, answer.stderr);
-    assert.match(answer.stdout, /^policy set OK: sha256:[0-9a-f]{32}, \d+ policies, \d+ actions\n$/);
+    assert.match(answer.stdout, /^policy set OK: sha256:[0-9a-f]{32}, \d+ policies, \d+ actions\n\nbreak-glass set \(.*break-glass\):\npolicy set OK: sha256:[0-9a-f]{32}, 4 policies, \d+ actions\n$/);
     assert.equal(answer.stdout, (await writ(['policy', 'validate', '--policy-dir', EXAMPLES])).stdout, 'the default is the configured (bundled) folder');
+  });
+
+  test('a broken break-glass set is caught like the normal one (exit 3), with its file and line', async () => {
+    const answer = await writ(['policy', 'validate', '--policy-dir', policyDir({ 'break-glass/typo.cedar': TYPE_ERROR })]);
+    assert.equal(answer.code, 3, answer.stdout + answer.stderr);
+    assert.match(answer.stderr, /break-glass\/typo\.cedar:3:\d+: /);
   });
 
   test('a syntax error exits 3 with file:line:column, the column counted in characters', async () => {
@@ -112,7 +118,11 @@ describe('writ policy test', async () => {
     const cases = answer.stdout.split('\n').filter((line) => /^ {2}[✔✖] /.test(line));
     assert.ok(cases.length >= 20, answer.stdout);
     assert.ok(cases.every((line) => line.startsWith('  ✔ ')));
-    assert.match(answer.stdout, new RegExp(`\\n${cases.length} cases: ${cases.length} passed, 0 failed \\(policy set sha256:[0-9a-f]{32}\\)\\n$`));
+    const [main, breakGlass] = answer.stdout.split('\nbreak-glass set');
+    const count = (text = '') => text.split('\n').filter((line) => /^ {2}✔ /.test(line)).length;
+    assert.match(main ?? '', new RegExp(`\\n${count(main)} cases: ${count(main)} passed, 0 failed \\(policy set sha256:[0-9a-f]{32}\\)\\n$`));
+    assert.match(breakGlass ?? '', new RegExp(`\\n${count(breakGlass)} cases: ${count(breakGlass)} passed, 0 failed \\(policy set sha256:[0-9a-f]{32}\\)\\n$`));
+    assert.ok(count(breakGlass) >= 5, 'the break-glass set has cases of its own');
     assert.match(answer.stdout, /baseline\.tests\.yaml\n/);
     assert.match(answer.stdout, /support-agent\.tests\.yaml\n/);
   });
@@ -328,6 +338,22 @@ describe('policy test cases (in process)', () => {
 
   test('test files are not part of the policy set: adding or breaking one leaves the version alone', () => {
     assert.equal(loadPolicySet(policyDir({ 'extra.tests.yaml': 'not: [valid\n' })).version, engine.version);
+  });
+
+  test('every bundled break-glass policy is named by a case, and those cases fail once the policy is removed', () => {
+    const bgDir = join(EXAMPLES, 'break-glass');
+    const bgEngine = createPolicyEngine(loadPolicySet(bgDir, { inherit: EXAMPLES }));
+    const cases = loadPolicyTests(bgDir);
+    assert.ok(runPolicyTests(bgEngine, cases).every((r) => r.passed));
+    for (const policy of bgEngine.set.policies.values()) {
+      const naming = cases.filter((c) => c.policies?.includes(policy.id));
+      assert.ok(naming.length > 0, `no case names ${policy.id}`);
+      const dir = policyDir();
+      const path = join(dir, 'break-glass', policy.file);
+      writeFileSync(path, readFileSync(path, 'utf8').replace(policy.text, ''));
+      const without = createPolicyEngine(loadPolicySet(join(dir, 'break-glass'), { inherit: dir }));
+      for (const result of runPolicyTests(without, naming)) assert.equal(result.passed, false, `${result.case.name} passes without ${policy.id}`);
+    }
   });
 
   test('every bundled policy is named by a case, and those cases fail once the policy is removed', () => {

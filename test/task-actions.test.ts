@@ -11,12 +11,8 @@ import { createPolicyEngine, type TaskActionInput } from '../src/policy/engine.j
 import { loadPolicySet } from '../src/policy/policy-set.js';
 import { policyFolder } from './helpers/policy-folder.js';
 
+// The approver policy is the bundled one (policies/approvers.cedar); these add the other steps.
 const TASK_POLICIES = `
-// A human approves actions of tasks in the environment their approver label names.
-@id("approvers-approve-in-their-environment")
-permit (principal is Writ::Human, action == Writ::Action::"approve", resource is Writ::Task)
-when { principal.hasTag("approver") && principal.getTag("approver") == resource.environment };
-
 // A planner hands read-only work to workers, at most three hops deep.
 @id("planners-delegate-reads")
 permit (principal is Writ::Agent, action == Writ::Action::"delegate", resource is Writ::Task)

@@ -10,7 +10,7 @@
  * policy set is invalid (one `file:line:column: message` line per problem on
  * stderr), 4 (`policy lint`) a finding at or above `--fail-on`.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { isAbsolute, join, relative, resolve } from 'node:path';
 import { z } from 'zod';
 import { loadConfig } from '../core/config.js';
@@ -75,8 +75,14 @@ export function runPolicyCommand(sub: string | undefined, rest: readonly string[
     if (sub === 'lint') return lint(options);
     const config = loadConfig({ configFile: options.config });
     const dir = options['policy-dir'] === undefined ? config.paths.policyDir : resolve(options['policy-dir']);
+    // The break-glass set beside it: break-glass/ in the folder given, or the configured one.
+    const breakGlassDir = options['policy-dir'] === undefined ? config.paths.breakGlassDir : existsSync(join(dir, 'break-glass')) ? join(dir, 'break-glass') : null;
     // Cases decide with the configured risk settings: the weights that will be deployed.
-    return sub === 'validate' ? validate(dir, config.policy.environments) : test(dir, config.policy.risk);
+    const code = sub === 'validate' ? validate(dir, config.policy.environments) : test(dir, config.policy.risk);
+    if (code !== EXIT_OK || breakGlassDir === null) return code;
+    // The break-glass set is checked as strictly: an emergency is no time to find it broken.
+    process.stdout.write(`\nbreak-glass set (${displayPath(dir, relative(dir, breakGlassDir) || '.')}):\n`);
+    return sub === 'validate' ? validate(breakGlassDir, config.policy.environments, dir) : test(breakGlassDir, config.policy.risk, dir, true);
   } catch (error) {
     if (error instanceof UsageError) {
       process.stderr.write(`writ: ${error.message}\nRun writ --help for usage.\n`);
@@ -87,9 +93,9 @@ export function runPolicyCommand(sub: string | undefined, rest: readonly string[
 }
 
 /** Loads the set and builds its engine, or prints every problem and gives the exit code. */
-function loadEngine(dir: string, risk?: RiskSettings): PolicyEngine | number {
+function loadEngine(dir: string, risk?: RiskSettings, inherit?: string): PolicyEngine | number {
   try {
-    return createPolicyEngine(loadPolicySet(dir), risk === undefined ? {} : { risk });
+    return createPolicyEngine(loadPolicySet(dir, inherit === undefined ? {} : { inherit }), risk === undefined ? {} : { risk });
   } catch (error) {
     if (!isWritError(error, 'ERR_POLICY_INVALID')) throw error;
     const problems = (error.extensions.problems ?? []) as PolicyProblem[];
@@ -102,8 +108,9 @@ function loadEngine(dir: string, risk?: RiskSettings): PolicyEngine | number {
   }
 }
 
-function validate(dir: string, environments: readonly string[]): number {
-  const engine = loadEngine(dir);
+/** `inherit`: the folder whose schema and catalog a break-glass set shares. */
+function validate(dir: string, environments: readonly string[], inherit?: string): number {
+  const engine = loadEngine(dir, undefined, inherit);
   if (typeof engine === 'number') return engine;
   const { set } = engine;
   process.stdout.write(`policy set OK: ${set.version}, ${plural(set.policies.size, 'policy', 'policies')}, ${plural(set.actionTiers.size, 'action')}\n`);
@@ -113,8 +120,9 @@ function validate(dir: string, environments: readonly string[]): number {
   return EXIT_OK;
 }
 
-function test(dir: string, risk: RiskSettings): number {
-  const engine = loadEngine(dir, risk);
+/** `optional`: a folder without test files passes (the break-glass set's tests are welcome, not required). */
+function test(dir: string, risk: RiskSettings, inherit?: string, optional = false): number {
+  const engine = loadEngine(dir, risk, inherit);
   if (typeof engine === 'number') return engine;
   let cases;
   try {
@@ -127,6 +135,10 @@ function test(dir: string, risk: RiskSettings): number {
     return EXIT_FAILED;
   }
   if (cases.length === 0) {
+    if (optional) {
+      process.stdout.write(`no *${POLICY_TESTS_SUFFIX} files: nothing to test\n`);
+      return EXIT_OK;
+    }
     process.stderr.write(`writ: no *${POLICY_TESTS_SUFFIX} files in ${displayPath(dir, '.')}: nothing to test\n`);
     return EXIT_FAILED;
   }

@@ -18,6 +18,16 @@
  *       expect: allow                             # allow | deny | approval_required
  *       policies: [agents-read-non-restricted]    # optional: the deciding policies, in any order
  *
+ * A task-level step (`approve`, `delegate`, `break_glass`) is decided on the
+ * task, not on a resource: the case names instead what the step is about,
+ *
+ *     - name: an approver of production approves a refund there
+ *       principal: { id: https://idp.example#carol, actorType: human, labels: { approver: production } }
+ *       action: approve
+ *       about: [{ action: refund, resource: payments:refunds/R-1 }]   # the task's scopes at that step
+ *       expect: allow
+ *
+ * and the task's environment, intent, purpose and delegation depth come from `context`.
  * `at` is required (from the case or the defaults) so that a case decides the
  * same way every day: it gives the policies `context.hour` and `context.weekday`.
  * The rest of `context` is optional:
@@ -39,8 +49,8 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { WritError } from '../core/errors.js';
 import { isValidAction, isValidResource } from '../core/scope.js';
-import { ACTOR_TYPES, type ActorType, type Identity } from '../core/types.js';
-import { APPROVAL_STATES, type DecisionInput, type PolicyDecision, type PolicyEngine, type PolicyOutcome } from './engine.js';
+import { ACTOR_TYPES, type ActorType, type Identity, type Scope } from '../core/types.js';
+import { APPROVAL_STATES, type DecisionInput, type PolicyDecision, type PolicyEngine, type PolicyOutcome, type TaskActionInput } from './engine.js';
 import { ENVIRONMENTS_DIR, parseYamlWithPositions, type SourcePosition } from './policy-set.js';
 
 export const POLICY_TESTS_SUFFIX = '.tests.yaml';
@@ -80,12 +90,19 @@ const caseSchema = z
       .object({ ...principalFields, owner: principalFields.owner.optional(), labels: principalFields.labels.optional(), registered: principalFields.registered.optional() })
       .strict(),
     action: z.string().refine(isValidAction, 'an action name such as read or refund'),
-    resource: z.string().refine(isValidResource, 'a resource like db:orders/42 or a pattern like db:orders/*'),
+    resource: z.string().refine(isValidResource, 'a resource like db:orders/42 or a pattern like db:orders/*').optional(),
+    /** A task-level step: the scopes it is about (instead of `resource`). */
+    about: z
+      .array(z.object({ action: z.string().refine(isValidAction, 'an action name'), resource: z.string().refine(isValidResource, 'a resource or pattern') }).strict())
+      .min(1)
+      .max(32)
+      .optional(),
     context: z.object(contextFields).partial(Object.fromEntries(optionalContext.map((k) => [k, true])) as { [K in (typeof optionalContext)[number]]: true }).strict(),
     expect: z.enum(POLICY_OUTCOMES),
     policies: z.array(z.string().min(1)).optional(),
   })
-  .strict();
+  .strict()
+  .refine((c) => (c.resource === undefined) !== (c.about === undefined), { message: 'give resource (an action on a resource) or about (a task-level step), not both', path: ['resource'] });
 
 const fileSchema = z
   .object({
@@ -106,6 +123,8 @@ export interface PolicyTestCase {
   readonly file: string;
   readonly name: string;
   readonly request: DecisionInput;
+  /** A task-level step (`approve`...): the scopes it is about; decided on the task, `request.resource` unused. */
+  readonly about?: readonly Scope[];
   readonly expect: PolicyOutcome;
   /** When given, the deciding policies must be exactly these (in any order). */
   readonly policies?: readonly string[];
@@ -196,7 +215,7 @@ export function parsePolicyTests(file: string, text: string): PolicyTestCase[] {
       request: {
         principal: toPrincipal(data.principal),
         action: data.action,
-        resource: data.resource,
+        resource: data.resource ?? 'task:policy-test',
         environment: data.context.environment,
         intent: data.context.intent,
         now: Date.parse(data.context.at),
@@ -208,6 +227,7 @@ export function parsePolicyTests(file: string, text: string): PolicyTestCase[] {
         ...(data.context.approval === undefined ? {} : { approval: data.context.approval }),
         observed: { callsLastMinute: data.context.callsLastMinute ?? 0, unusualResource: data.context.firstUse ?? false },
       },
+      ...(data.about === undefined ? {} : { about: data.about }),
       expect: data.expect,
       ...(data.policies === undefined ? {} : { policies: data.policies }),
     });
@@ -256,13 +276,26 @@ export function loadPolicyTests(dir: string): PolicyTestCase[] {
  */
 export function runPolicyTests(engine: PolicyEngine, cases: readonly PolicyTestCase[]): PolicyTestResult[] {
   return cases.map((testCase) => {
-    const decision = engine.decide(testCase.request);
+    const decision = testCase.about === undefined ? engine.decide(testCase.request) : engine.decideTaskAction(taskStepOf(testCase.request, testCase.about));
     const mismatches: ('outcome' | 'policies')[] = [];
     if (decision.outcome !== testCase.expect) mismatches.push('outcome');
     if (testCase.policies !== undefined && !sameMembers(testCase.policies, decision.policies)) mismatches.push('policies');
     const unknownPolicies = (testCase.policies ?? []).filter((id) => !engine.set.policies.has(id));
     return { case: testCase, passed: mismatches.length === 0, decision, mismatches, unknownPolicies };
   });
+}
+
+/** A test case's request as a task-level step on a task made for the test. */
+function taskStepOf(request: DecisionInput, about: readonly Scope[]): TaskActionInput {
+  return {
+    principal: request.principal,
+    action: request.action,
+    task: { id: 'task_policy_test', intent: request.intent, purpose: request.purpose ?? '', environment: request.environment, delegationDepth: request.delegationDepth ?? 0, scopes: about },
+    now: request.now,
+    ...(request.breakGlass === undefined ? {} : { breakGlass: request.breakGlass }),
+    ...(request.approval === undefined ? {} : { approval: request.approval }),
+    ...(request.observed === undefined ? {} : { observed: request.observed }),
+  };
 }
 
 function sameMembers(a: readonly string[], b: readonly string[]): boolean {
