@@ -14,3 +14,4 @@ export type { ActorType, Identity, RefusedScope, Scope, Task, TaskState, Tier } 
 export { canonicalize } from './core/canonical-json.js';
 export { createServer } from './server/app.js';
 export { verifyAuditChain, type AuditVerification } from './audit/log.js';
+export { verifyWebhook } from './events/webhooks.js';

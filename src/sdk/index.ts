@@ -50,7 +50,71 @@ export type TaskGrant =
       readonly expiresIn: number;
       readonly warnings: readonly string[];
     }
-  | { readonly status: 'pending_approval'; readonly task: TaskView; readonly warnings: readonly string[] };
+  /** Scopes wait for a human: answer `approvals`, then `activateTask`. */
+  | { readonly status: 'pending_approval'; readonly task: TaskView; readonly approvals: readonly ApprovalView[]; readonly warnings: readonly string[] };
+
+/** An approval request: one exact action a human answers (docs/approvals.md). */
+export interface ApprovalView {
+  readonly id: string;
+  readonly state: 'pending' | 'approved' | 'denied' | 'consumed' | 'expired' | 'cancelled';
+  readonly stage: 'grant' | 'call';
+  readonly task: string;
+  readonly identity: string;
+  readonly owner: string | null;
+  readonly action: string;
+  readonly resource: string;
+  readonly tier: string;
+  /** The call's arguments while the request is live; null once it ended, or when too large to keep. */
+  readonly arguments: unknown;
+  readonly argsDigest: string | null;
+  readonly environment: string;
+  readonly intent: string;
+  readonly purpose: string;
+  readonly risk: Readonly<Record<string, unknown>>;
+  readonly policies: readonly string[];
+  readonly policyVersion: string;
+  readonly requiredApprovals: number;
+  readonly votes: readonly { readonly approver: string; readonly decision: 'approve' | 'deny'; readonly at: string; readonly selfApproval: boolean; readonly note: string | null }[];
+  readonly createdAt: string;
+  readonly expiresAt: string;
+  readonly decidedAt: string | null;
+  readonly consumedAt: string | null;
+}
+
+/** An emergency grant (docs/break-glass.md). */
+export interface BreakGlassView {
+  readonly id: string;
+  readonly task: string;
+  readonly identity: string;
+  readonly requestedBy: string;
+  readonly reason: string;
+  readonly incident: string;
+  readonly environment: string;
+  readonly scopes: readonly Scope[];
+  readonly state: 'running' | 'review_owed' | 'reviewed';
+  readonly createdAt: string;
+  readonly expiresAt: string;
+  readonly endedAt: string | null;
+  readonly endState: string | null;
+  readonly renewable: false;
+  readonly used: readonly string[];
+  /** Credentials Writ injected under it: rotate them. */
+  readonly rotate: readonly string[];
+  readonly reviewedAt: string | null;
+  readonly reviewedBy: string | null;
+  readonly reviewNote: string | null;
+}
+
+export interface BreakGlassRequest {
+  readonly reason: string;
+  readonly incident: string;
+  readonly environment: string;
+  readonly scopes: readonly Scope[];
+  /** Seconds or a duration such as `30m`. */
+  readonly duration?: number | string;
+  /** An agent the caller owns; default the caller. */
+  readonly identity?: string;
+}
 
 export interface ActionCall {
   readonly action: string;
@@ -68,6 +132,10 @@ export interface AuthorizeAnswer {
   readonly policies: readonly string[];
   readonly policyVersion: string | null;
   readonly auditId: string | null;
+  /** The approval request to answer (`pending`), or the one this call used (`consumed`). */
+  readonly approval?: { readonly id: string; readonly state: 'pending' | 'consumed'; readonly expiresAt?: number };
+  /** Decided under a break-glass grant. */
+  readonly breakGlass?: true;
 }
 
 export interface Problem {
@@ -114,6 +182,25 @@ export interface WritClient {
   revokeTask(bearer: string, taskId: string, note?: string): Promise<TaskView>;
   /** The task-token signing keys (for offline verification). */
   jwks(): Promise<{ keys: Record<string, unknown>[] }>;
+  /** A task whose scopes waited for approval: its grant once they are answered (still `pending_approval` before). */
+  activateTask(identityToken: string, taskId: string): Promise<TaskGrant>;
+  getApproval(bearer: string, id: string): Promise<ApprovalView>;
+  /** Requests the caller may answer (a human) or asked for; default state pending. */
+  listApprovals(bearer: string, query?: { readonly state?: readonly ApprovalView['state'][]; readonly task?: string; readonly limit?: number }): Promise<ApprovalView[]>;
+  approve(humanToken: string, id: string, note?: string): Promise<ApprovalView>;
+  deny(humanToken: string, id: string, note?: string): Promise<ApprovalView>;
+  /**
+   * Polls the request until it is answered (no longer pending), `timeoutMs`
+   * passes, or `signal` aborts; returns it as it then stands.
+   */
+  waitForApproval(bearer: string, id: string, options?: { readonly timeoutMs?: number; readonly pollMs?: number; readonly signal?: AbortSignal }): Promise<ApprovalView>;
+  /**
+   * `authorize`, and when the call needs a human's approval, waits for the
+   * answer (up to `waitMs`) and asks again: an approved call is allowed once.
+   */
+  authorizeWithApproval(taskToken: string, call: ActionCall, options: { readonly waitMs: number; readonly pollMs?: number; readonly signal?: AbortSignal }): Promise<AuthorizeAnswer>;
+  /** An emergency grant for the caller (a human) or an agent it owns; returns its task token. */
+  breakGlass(humanToken: string, request: BreakGlassRequest): Promise<{ readonly breakGlass: BreakGlassView; readonly task: TaskView; readonly token: string; readonly expiresIn: number }>;
 }
 
 export function createWritClient(options: WritClientOptions): WritClient {
@@ -147,6 +234,24 @@ export function createWritClient(options: WritClientOptions): WritClient {
     }
     return parsed as T;
   };
+  const approvalPath = (id: string, verb?: string) => `/v1/approvals/${encodeURIComponent(id)}${verb === undefined ? '' : `/${verb}`}`;
+  const vote = async (verb: 'approve' | 'deny', bearer: string, id: string, note?: string) =>
+    (await call<{ approval: ApprovalView }>('POST', approvalPath(id, verb), bearer, note === undefined ? {} : { note })).approval;
+  const waitFor = async (bearer: string, id: string, deadline: number, pollMs: number, signal?: AbortSignal): Promise<ApprovalView> => {
+    for (;;) {
+      const approval = (await call<{ approval: ApprovalView }>('GET', approvalPath(id), bearer)).approval;
+      if (approval.state !== 'pending' || Date.now() >= deadline || signal?.aborted === true) return approval;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(done, Math.min(pollMs, Math.max(0, deadline - Date.now())));
+        function done() {
+          clearTimeout(timer);
+          signal?.removeEventListener('abort', done);
+          resolve();
+        }
+        signal?.addEventListener('abort', done, { once: true });
+      });
+    }
+  };
   const taskPath = (id: string, verb?: string) => `/v1/tasks/${encodeURIComponent(id)}${verb === undefined ? '' : `/${verb}`}`;
   const end = async (verb: string, bearer: string, taskId: string, note?: string) =>
     (await call<{ task: TaskView }>('POST', taskPath(taskId, verb), bearer, note === undefined ? {} : { note })).task;
@@ -159,5 +264,26 @@ export function createWritClient(options: WritClientOptions): WritClient {
     failTask: (bearer, taskId, note) => end('fail', bearer, taskId, note),
     revokeTask: (bearer, taskId, note) => end('revoke', bearer, taskId, note),
     jwks: () => call('GET', '/.well-known/jwks.json'),
+    activateTask: (identityToken, taskId) => call<TaskGrant>('POST', taskPath(taskId, 'activate'), identityToken, {}),
+    getApproval: async (bearer, id) => (await call<{ approval: ApprovalView }>('GET', approvalPath(id), bearer)).approval,
+    async listApprovals(bearer, query = {}) {
+      const params = new URLSearchParams();
+      if (query.state !== undefined) params.set('state', query.state.join(','));
+      if (query.task !== undefined) params.set('task', query.task);
+      if (query.limit !== undefined) params.set('limit', String(query.limit));
+      const search = params.size === 0 ? '' : `?${params.toString()}`;
+      return (await call<{ approvals: ApprovalView[] }>('GET', `/v1/approvals${search}`, bearer)).approvals;
+    },
+    approve: (humanToken, id, note) => vote('approve', humanToken, id, note),
+    deny: (humanToken, id, note) => vote('deny', humanToken, id, note),
+    waitForApproval: (bearer, id, waitOptions = {}) => waitFor(bearer, id, Date.now() + (waitOptions.timeoutMs ?? 60_000), waitOptions.pollMs ?? 1000, waitOptions.signal),
+    async authorizeWithApproval(taskToken, actionCall, waitOptions) {
+      const first = await call<AuthorizeAnswer>('POST', '/v1/authorize', undefined, { token: taskToken, ...actionCall });
+      if (first.approval?.state !== 'pending') return first;
+      const answered = await waitFor(taskToken, first.approval.id, Date.now() + waitOptions.waitMs, waitOptions.pollMs ?? 1000, waitOptions.signal);
+      if (answered.state !== 'approved') return first;
+      return call<AuthorizeAnswer>('POST', '/v1/authorize', undefined, { token: taskToken, ...actionCall });
+    },
+    breakGlass: (humanToken, request) => call('POST', '/v1/break-glass', humanToken, request),
   };
 }
