@@ -7,6 +7,13 @@
  * with concurrency while each caller still waits for its own record to be
  * committed. If the write fails, every caller in that batch gets
  * ERR_AUDIT_UNAVAILABLE and must not carry out the action.
+ *
+ * A record no action waits on (how an allowed tool call went, once the
+ * decision to make it is on the chain) may be appended later instead: such
+ * records are committed together, in one transaction, at most
+ * `laterWithinMs` (50 ms) after they were appended, or at once by flush()
+ * (which close() calls). A crash can lose the ones of its last 50 ms; never
+ * a record appended with append().
  */
 import type { Clock } from '../core/clock.js';
 import { WritError } from '../core/errors.js';
@@ -102,7 +109,20 @@ export interface AuditLog {
    * @throws WritError ERR_AUDIT_UNAVAILABLE when it could not be written.
    */
   append(event: AuditEvent): Promise<AuditReceipt>;
-  /** Resolves when every append made so far has settled. */
+  /**
+   * Appends one record that nothing waits on, committed together with others
+   * like it within `laterWithinMs` of this call (sooner once 500 wait, or on
+   * flush()); resolves once it is committed. Its place on the chain is where
+   * it is committed: after decisions made meanwhile.
+   *
+   * Security: a crash before that commit loses the record. Only for records
+   * of what already happened, whose decision was appended with append():
+   * never a decision, nor anything that must be on the chain before an action
+   * is carried out.
+   * @throws WritError ERR_AUDIT_UNAVAILABLE when it could not be written.
+   */
+  appendLater(event: AuditEvent): Promise<AuditReceipt>;
+  /** Commits the records appended later at once, and resolves when every append made so far has settled. */
   flush(): Promise<void>;
 }
 
@@ -113,11 +133,26 @@ interface Pending {
 }
 
 const MAX_BATCH = 500;
+/** How long a record appended later waits, at most, for its commit: what a crash can lose. */
+export const LATER_WITHIN_MS = 50;
 
-export function createAuditLog(options: { store: Store; clock: Clock; onError?: (error: unknown) => void }): AuditLog {
+export interface AuditLogOptions {
+  readonly store: Store;
+  readonly clock: Clock;
+  readonly onError?: (error: unknown) => void;
+  /** The bound on appendLater's wait for its commit (ms). Default LATER_WITHIN_MS. */
+  readonly laterWithinMs?: number;
+}
+
+export function createAuditLog(options: AuditLogOptions): AuditLog {
   const { store, clock } = options;
+  const laterWithinMs = options.laterWithinMs ?? LATER_WITHIN_MS;
+  if (!(laterWithinMs >= 0 && laterWithinMs <= 1000)) throw new RangeError('laterWithinMs is 0 to 1000');
   let queue: Pending[] = [];
   let running: Promise<void> | undefined;
+  // Records appended later, in order, and the timer that commits them.
+  let later: Pending[] = [];
+  let laterTimer: ReturnType<typeof setTimeout> | undefined;
 
   const drain = async (): Promise<void> => {
     while (queue.length > 0) {
@@ -139,16 +174,40 @@ export function createAuditLog(options: { store: Store; clock: Clock; onError?: 
     running = undefined;
   };
 
+  const entryOf = (event: AuditEvent): ChainEntry => {
+    const { type, ...body } = event;
+    return { id: newId('aud'), at: clock.now(), type, body };
+  };
+
+  /** Hands the records appended later to the writer, as one batch. */
+  const commitLater = (): void => {
+    if (laterTimer !== undefined) clearTimeout(laterTimer);
+    laterTimer = undefined;
+    if (later.length === 0) return;
+    for (const p of later) queue.push(p);
+    later = [];
+    running ??= Promise.resolve().then(drain);
+  };
+
   return {
     append(event) {
-      const { type, ...body } = event;
-      const entry: ChainEntry = { id: newId('aud'), at: clock.now(), type, body };
+      const entry = entryOf(event);
       return new Promise<AuditReceipt>((resolve, reject) => {
         queue.push({ entry, resolve, reject });
         running ??= Promise.resolve().then(drain);
       });
     },
+    appendLater(event) {
+      const entry = entryOf(event);
+      return new Promise<AuditReceipt>((resolve, reject) => {
+        later.push({ entry, resolve, reject });
+        // The timer is not unref'd: a process that ends on its own still commits them first.
+        if (later.length >= MAX_BATCH) commitLater();
+        else laterTimer ??= setTimeout(commitLater, laterWithinMs);
+      });
+    },
     async flush() {
+      commitLater();
       while (running !== undefined) await running;
     },
   };

@@ -499,11 +499,12 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
     } finally {
       const latencyMs = Math.round((performance.now() - started) * 1000) / 1000;
       // The decision is already on the chain. This record of how the call went is
-      // written after the answer has left (SQLite commits synchronously, and would
-      // otherwise hold the answer back); a failure is logged, not turned into a
-      // failed call that in fact ran.
+      // made after the answer has left, and committed with others like it within
+      // 50 ms (appendLater: SQLite commits synchronously, and one commit per call
+      // would hold answers back); a failure is logged, not turned into a failed
+      // call that in fact ran.
       setImmediate(() => void writ.audit
-        .append({
+        .appendLater({
           type: 'tool.call',
           decision: 'allow',
           reason: status,
