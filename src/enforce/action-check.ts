@@ -168,6 +168,7 @@ export interface ActionCheckOptions {
 }
 
 const MAX_CONTEXT_BYTES = 16 * 1024;
+const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
 /** Arguments larger than this are bound by their digest but not kept for approvers to read. */
 const MAX_SHOWN_ARGUMENTS_BYTES = 64 * 1024;
 
@@ -274,9 +275,11 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
     // INVARIANT: the context is read once, here; the digest on the record and
     // every decision (enforced and shadow) see the same copy, whatever getters
     // an in-process caller's object has.
-    const context = shapeOk ? copyContext(request.context) : undefined;
     const givenDigest = shapeOk ? request.argumentsDigest : undefined;
-    const argsDigest = typeof givenDigest === 'string' && /^sha256:[0-9a-f]{64}$/.test(givenDigest) ? givenDigest : context?.digest;
+    const wholeDigest = typeof givenDigest === 'string' && DIGEST_RE.test(givenDigest) ? givenDigest : undefined;
+    // The context's own digest is computed only when it is the one recorded.
+    const context = shapeOk ? copyContext(request.context, wholeDigest === undefined) : undefined;
+    const argsDigest = wholeDigest ?? context?.digest;
     const call = shapeOk && context !== null ? { action: request.action, resource: request.resource, ...(context === undefined ? {} : { context: context.copy }) } : undefined;
     let outcome: Outcome;
     if (!shapeOk || context === null) outcome = deny('ERR_VALIDATION', 'request is not {action, resource, context?}');
@@ -386,14 +389,17 @@ function shownArguments(whole: unknown, context: Readonly<Record<string, unknown
   }
 }
 
-/** A plain copy of the context and the SHA-256 of its canonical form; undefined when absent, null when unusable. */
-function copyContext(context: unknown): { copy: Record<string, unknown>; digest: string } | undefined | null {
+/**
+ * A plain copy of the context and (when `withDigest`) the SHA-256 of its
+ * canonical form; undefined when absent, null when unusable.
+ */
+function copyContext(context: unknown, withDigest: boolean): { copy: Record<string, unknown>; digest: string | undefined } | undefined | null {
   if (context === undefined) return undefined;
   if (typeof context !== 'object' || context === null || Array.isArray(context)) return null;
   try {
     const text = canonicalize(context);
     if (text.length > MAX_CONTEXT_BYTES) return null;
-    return { copy: JSON.parse(text) as Record<string, unknown>, digest: `sha256:${createHash('sha256').update(text).digest('hex')}` };
+    return { copy: JSON.parse(text) as Record<string, unknown>, digest: withDigest ? `sha256:${createHash('sha256').update(text).digest('hex')}` : undefined };
   } catch {
     return null;
   }

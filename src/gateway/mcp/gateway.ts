@@ -422,7 +422,8 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
 
   const callUpstreamTool = async (connection: Connection, name: string, args: Record<string, unknown>, request: CallContext): Promise<CallToolResult> => {
     const { signal } = request;
-    let entry = (await currentCatalog()).get(name);
+    // The listing in hand, without awaiting a promise of it.
+    let entry = (catalog ?? (await refreshCatalog())).get(name);
     // A tool not seen yet may belong to an upstream that has just come up.
     if (entry === undefined && splitToolName(name) !== undefined) entry = (await refreshCatalog()).get(name);
     if (entry === undefined) {
