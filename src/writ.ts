@@ -205,6 +205,9 @@ function loadShadow(dir: string, slot: string, engineOf: (set: PolicySet) => Pol
   }
 }
 
+/** How long delivered or failed webhook messages (without their bodies) are kept, for operators to look into. */
+const SETTLED_MESSAGE_RETENTION_MS = 7 * 86_400_000;
+
 /** Quiet time after the last change in the policy folder before it is reloaded (editors write in bursts). */
 const POLICY_RELOAD_DEBOUNCE_MS = 300;
 
@@ -527,11 +530,32 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
   // that is down is logged, and its tokens are refused until it answers.
   for (const failure of await trustSources.warm()) logger?.warn({ source: failure.name, err: failure.error }, 'trust source unreachable at start');
 
+  // Work started by a timer or a watcher, awaited by close() so no query outlives the store.
+  const inFlight = new Set<Promise<unknown>>();
+  const background = (work: Promise<unknown>): void => {
+    const settled = work.then(
+      () => undefined,
+      () => undefined,
+    );
+    inFlight.add(settled);
+    void settled.then(() => inFlight.delete(settled));
+  };
+  // A task that ends takes its unanswered approval requests with it, and a
+  // break-glass grant's end is recorded with what to rotate (here or on any
+  // node: the sync publishes those ends too; the store records each once).
+  bus.subscribe((event) => {
+    if (event.type !== 'task.ended') return;
+    background(approvals.cancelOfTask(event.taskId).catch((error: unknown) => logger?.warn({ err: error, taskId: event.taskId }, 'cancelling the approval requests of an ended task failed')));
+    background(breakGlass.ended(event.taskId).catch((error: unknown) => logger?.warn({ err: error, taskId: event.taskId }, 'recording the end of a break-glass grant failed')));
+  });
+
   // Tasks that passed their expiry while Writ was down are expired, and records
-  // owed from before, written, before anything is served.
+  // owed from before, written, before anything is served (the ends heard above,
+  // so a break-glass grant that ran out meanwhile is ended on the record too).
   await broker.reapExpired();
   await broker.flushEndRecords();
   await flushIdentityRecords();
+  await breakGlass.sweep();
 
   /** Refuses, on the record, an admin handing out scopes it does not hold. */
   const grantOrDeny = async (grantor: AdminPrincipal | undefined, actor: AuditActor | undefined, scopes: readonly AdminScope[], what: string): Promise<void> => {
@@ -555,24 +579,6 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
   let revocationSync: NodeJS.Timeout | undefined;
   const policyWatchers: FSWatcher[] = [];
   let reloadDebounce: NodeJS.Timeout | undefined;
-  // Work started by a timer or a watcher, awaited by close() so no query outlives the store.
-  const inFlight = new Set<Promise<unknown>>();
-  const background = (work: Promise<unknown>): void => {
-    const settled = work.then(
-      () => undefined,
-      () => undefined,
-    );
-    inFlight.add(settled);
-    void settled.then(() => inFlight.delete(settled));
-  };
-  // A task that ends takes its unanswered approval requests with it, and a
-  // break-glass grant's end is recorded with what to rotate (here or on any
-  // node: the sync publishes those ends too; the store records each once).
-  bus.subscribe((event) => {
-    if (event.type !== 'task.ended') return;
-    background(approvals.cancelOfTask(event.taskId).catch((error: unknown) => logger?.warn({ err: error, taskId: event.taskId }, 'cancelling the approval requests of an ended task failed')));
-    background(breakGlass.ended(event.taskId).catch((error: unknown) => logger?.warn({ err: error, taskId: event.taskId }, 'recording the end of a break-glass grant failed')));
-  });
   let closed = false;
   return {
     config,
@@ -754,6 +760,8 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
             .then(() => broker.flushEndRecords())
             .then(() => flushIdentityRecords())
             .then(() => approvals.expire())
+            .then(() => breakGlass.sweep())
+            .then(() => store.deleteSettledMessages(clock.now() - SETTLED_MESSAGE_RETENTION_MS))
             .catch((error: unknown) => logger?.error({ err: error }, 'reaper failed')),
         );
       }, config.reaper.intervalMs);

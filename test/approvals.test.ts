@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { createServer as createHttpServer, type IncomingHttpHeaders } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { after, before, describe, test } from 'node:test';
+import { after, afterEach, before, describe, test } from 'node:test';
 import { createManualClock } from '../src/core/clock.js';
 import { verifyWebhook } from '../src/events/webhooks.js';
 import { AGENT, startHarness, supportTask, type Harness, type HarnessOptions } from './helpers/harness.js';
@@ -56,6 +56,10 @@ for (const backend of backends) {
       w = await world(backend === 'postgres' && pgDatabase !== undefined ? { backend, database: pgDatabase } : {});
     });
     after(() => w.h.close());
+    // Each test starts with no request waiting: a task may have only a few at once.
+    afterEach(async () => {
+      for (const a of await w.h.writ.store.listApprovals({ taskId: w.taskId, states: ['pending'], limit: 200 })) await w.h.writ.store.closeApproval(a.id, ['pending'], 'cancelled', Date.now());
+    });
 
     test('an approved call goes through once; the same call again asks anew (no replay)', async () => {
       const first = await refund(w, 25_000);
@@ -162,6 +166,16 @@ for (const backend of backends) {
       const call = await refund(w, 50_000);
       assert.equal(call.body.allowed, false);
       assert.notEqual(call.body.approval.id, id);
+    });
+
+    test('a task cannot flood its approvers: past ten calls waiting, a call asks for no more', async () => {
+      const asked = await Promise.all(Array.from({ length: 10 }, (_, i) => refund(w, 20_000 + i)));
+      assert.equal(new Set(asked.map((a) => a.body.approval?.id)).size, 10);
+      const more = await refund(w, 29_999);
+      assert.equal(more.body.decision, 'approval_required');
+      assert.equal(more.body.approval, undefined, 'no request opened');
+      const same = await refund(w, 20_000);
+      assert.equal(same.body.approval.id, asked[0]?.body.approval.id, 'a call already waiting still finds its request');
     });
 
     test('bad input: junk ids, states, notes with control characters', async () => {

@@ -856,17 +856,20 @@ for (const [backend, setup] of Object.entries(backends)) {
       assert.deepEqual(await claim(at + 10), [['msg_3', 1, at + 1010]], 'a leased message is hidden; one not yet due waits');
       assert.deepEqual(await claim(at + 500), []);
       await store.settleMessage('msg_1', { state: 'delivered', at: at + 20 });
-      assert.deepEqual(await store.getMessage('msg_1'), { ...messages[0], attempts: 1, nextAttemptAt: at + 1010, state: 'delivered', lastError: null, settledAt: at + 20 });
+      assert.deepEqual(await store.getMessage('msg_1'), { ...messages[0], body: '', attempts: 1, nextAttemptAt: at + 1010, state: 'delivered', lastError: null, settledAt: at + 20 }, 'a delivered message keeps no body');
       await store.settleMessage('msg_2', { state: 'pending', nextAttemptAt: at + 2000, error: 'HTTP 503' });
       assert.deepEqual(await store.getMessage('msg_2'), { ...messages[1], attempts: 1, nextAttemptAt: at + 2000, state: 'pending', lastError: 'HTTP 503', settledAt: null });
       assert.deepEqual(await claim(at + 1010), [['msg_3', 2, at + 2010], ['msg_4', 1, at + 2010]], 'a lease that ran out frees the message; a retry waits for its time');
       await store.settleMessage('msg_3', { state: 'failed', at: at + 1020, error: 'gave up' });
-      assert.deepEqual(await store.getMessage('msg_3'), { ...messages[2], attempts: 2, nextAttemptAt: at + 2010, state: 'failed', lastError: 'gave up', settledAt: at + 1020 });
+      assert.deepEqual(await store.getMessage('msg_3'), { ...messages[2], body: '', attempts: 2, nextAttemptAt: at + 2010, state: 'failed', lastError: 'gave up', settledAt: at + 1020 }, 'nor does a failed one');
       assert.deepEqual(await claim(at + 5000), [['msg_2', 2, at + 6000], ['msg_4', 2, at + 6000]], 'delivered and failed messages are never claimed again');
       await store.settleMessage('msg_1', { state: 'failed', at: at + 5001, error: 'late' });
       assert.equal((await store.getMessage('msg_1'))?.state, 'delivered', 'a settled message stays settled');
       for (const id of ['msg_2', 'msg_4']) await store.settleMessage(id, { state: 'delivered', at: at + 5002 });
       assert.deepEqual(await claim(at + 100_000), []);
+      assert.equal(await store.deleteSettledMessages(at + 1020), 2, 'settled by then: msg_1 and msg_3');
+      assert.equal(await store.getMessage('msg_1'), undefined);
+      assert.equal((await store.getMessage('msg_2'))?.state, 'delivered', 'settled later: kept');
 
       await assert.rejects(store.enqueueMessages([newMessage('msg_5', at), newMessage('msg_5', at)]), 'a duplicate id fails the batch');
       assert.equal(await store.getMessage('msg_5'), undefined, 'all or none');

@@ -36,6 +36,8 @@ import { isTerminal } from './task-states.js';
 
 /** How far up a delegation chain self-approval is looked for (deeper chains are refused outright). */
 const MAX_CHAIN_DEPTH = 16;
+/** Most calls one task may have waiting for an answer at once. */
+const MAX_PENDING_CALLS_PER_TASK = 10;
 /** How often a waiter reads the request's state (any node may answer it). */
 const WAIT_POLL_MS = 250;
 
@@ -151,6 +153,16 @@ export function createApprovals(options: ApprovalsOptions): Approvals {
   /** Opens a request, or finds the one open for its binding; a new one is recorded and announced. */
   const open = async (request: NewApprovalRequest, requester: Identity): Promise<ApprovalRequest> => {
     const now = clock.now();
+    if (request.stage === 'call') {
+      // A task cannot flood its approvers with calls: past a few open requests it asks for
+      // no more (the call stays refused). A task request's scopes are bounded by the request.
+      const waiting = (await store.listApprovals({ taskId: request.taskId, states: ['pending'], limit: MAX_PENDING_CALLS_PER_TASK + 1 })).filter((a) => a.stage === 'call' && a.expiresAt > now);
+      const same = waiting.find((a) => a.action === request.action && a.resource === request.resource && a.argsDigest === request.argsDigest && a.identityId === request.identityId);
+      if (same !== undefined) return same;
+      if (waiting.length >= MAX_PENDING_CALLS_PER_TASK) {
+        throw new WritError('ERR_APPROVAL_REQUIRED', { detail: `the task already has ${MAX_PENDING_CALLS_PER_TASK} calls waiting for an answer` });
+      }
+    }
     const { approval, created, expired } = await store.openApproval(request, now);
     await recordExpired(expired);
     if (!created) return approval;
@@ -231,6 +243,34 @@ export function createApprovals(options: ApprovalsOptions): Approvals {
     const approval = looksLikeId('apr', id) ? await store.getApproval(id) : undefined;
     if (approval === undefined) throw new WritError('ERR_APPROVAL_NOT_FOUND');
     return approval;
+  };
+
+  /**
+   * Whether the approver is on the asking side: the requester or an identity
+   * up its delegation chain, the accountable owner of one of them (four eyes
+   * means someone other than who answers for the agent), or another identity
+   * of the same person (the same `email` label).
+   */
+  const isOwnAction = async (approver: Identity, approval: ApprovalRequest, chain: ReadonlySet<string>): Promise<boolean> => {
+    if (chain.has(approver.id) || approval.identityId === approver.id) return true;
+    const person = new Set([approver.id, ...(approver.labels.email === undefined ? [] : [approver.labels.email])]);
+    for (const id of new Set([approval.identityId, ...chain])) {
+      const asker = await registry.get(id);
+      if (asker === undefined) continue;
+      if ((asker.owner !== null && person.has(asker.owner)) || (asker.labels.email !== undefined && person.has(asker.labels.email))) return true;
+    }
+    return false;
+  };
+
+  /** Another identity of a person who already voted on the request (the same `email` label). */
+  const alreadyVotedAs = async (approver: Identity, approval: ApprovalRequest): Promise<boolean> => {
+    const email = approver.labels.email;
+    if (email === undefined) return false;
+    for (const vote of approval.votes) {
+      if (vote.approver === approver.id) continue;
+      if ((await registry.get(vote.approver))?.labels.email === email) return true;
+    }
+    return false;
   };
 
   /** Ends a request whose task ended before it was answered. */
@@ -352,7 +392,7 @@ export function createApprovals(options: ApprovalsOptions): Approvals {
       const approver = caller.identity;
       const approval = await find(id);
       const { identities: chain, depth } = await chainOf(approval.taskId);
-      const own = chain.has(approver.id) || approval.identityId === approver.id;
+      const own = await isOwnAction(approver, approval, chain);
       const refuse = async (code: 'ERR_SELF_APPROVAL' | 'ERR_APPROVAL_NOT_FOUND', detail: string, policies: readonly string[] = []): Promise<never> => {
         await audit
           .append({
@@ -382,6 +422,9 @@ export function createApprovals(options: ApprovalsOptions): Approvals {
       if (selfApproval && !settingsFor(approval.environment).allowSelfApproval) {
         return refuse('ERR_SELF_APPROVAL', 'the approver is the requester or in its delegation chain');
       }
+
+      // N of M counts people: a second identity of someone who voted is not a second approver.
+      if (await alreadyVotedAs(approver, approval)) throw new WritError('ERR_APPROVAL_ALREADY_VOTED', { detail: 'another identity of this approver (the same email) has answered it' });
 
       const task = await store.getTask(approval.taskId);
       if (task === undefined || isTerminal(task.state)) {
@@ -424,7 +467,8 @@ export function createApprovals(options: ApprovalsOptions): Approvals {
         await store.closeApproval(after.id, ['pending', 'approved'], 'cancelled', clock.now()).catch(() => undefined);
         throw error;
       }
-      if (after.state === 'approved' || after.state === 'denied') await notify(`approval.${after.state}`, after, { by: approver.id });
+      // A vote that leaves an N-of-M request pending is news too: the next approver is wanted.
+      await notify(after.state === 'approved' || after.state === 'denied' ? `approval.${after.state}` : 'approval.voted', after, { by: approver.id });
       return after;
     },
 

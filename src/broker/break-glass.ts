@@ -118,10 +118,18 @@ export interface BreakGlassService {
   use(taskId: string, items: readonly string[]): Promise<void>;
   /** The task ended: records the grant's end with what to rotate, once (every node hears it). */
   ended(taskId: string): Promise<BreakGlass | undefined>;
+  /**
+   * Records the end of every grant whose task ended without it being recorded
+   * (it ran out while Writ was down, or a node stopped between the two).
+   * Returns how many. The reaper runs it.
+   */
+  sweep(): Promise<number>;
 }
 
 export function createBreakGlass(options: BreakGlassOptions): BreakGlassService {
   const { store, audit, bus, clock, registry, settings } = options;
+  /** Who ended a grant here, for the record of its end (heard through the bus right after). */
+  const endedBy = new Map<string, Pick<Identity, 'id'> & Partial<Identity>>();
 
   const notify = async (type: string, grant: BreakGlass, summary: string, extra: Record<string, unknown> = {}): Promise<void> => {
     await options.notify?.({ type, at: clock.now(), summary, fields: fieldsOf(grant), data: { breakGlass: breakGlassView(grant), ...extra } }).catch(() => undefined);
@@ -131,10 +139,14 @@ export function createBreakGlass(options: BreakGlassOptions): BreakGlassService 
   const owns = (human: Identity, target: Identity): boolean =>
     target.id === human.id || (target.owner !== null && (target.owner === human.id || (human.labels.email !== undefined && target.owner === human.labels.email)));
 
-  /** Who reviews: a human the normal policy lets approve in the grant's environment, never its requester or the identity it was for. */
+  /**
+   * Who reviews: a human the normal policy lets approve in the grant's
+   * environment, never its requester or the identity it was for, nor another
+   * identity of the same person (the same `email` label).
+   */
   const mayReview = async (caller: Caller, grant: BreakGlass): Promise<boolean> => {
     const human = caller.identity;
-    if (caller.taskId !== undefined || human.actorType !== 'human' || human.id === grant.requestedBy || human.id === grant.identityId) return false;
+    if (caller.taskId !== undefined || human.actorType !== 'human' || (await conflicted(human, grant))) return false;
     if (identityInactiveReason(human, clock.now()) !== undefined) return false;
     const decision = options.mainPolicy().decideTaskAction({
       principal: human,
@@ -144,6 +156,15 @@ export function createBreakGlass(options: BreakGlassOptions): BreakGlassService 
       observed: await options.observations.observe(human.id, grant.scopes[0]?.resource ?? 'task', clock.now()),
     });
     return decision.outcome === 'allow';
+  };
+
+  /** The human is, or is the same person as, who broke the glass or who it was for. */
+  const conflicted = async (human: Identity, grant: BreakGlass): Promise<boolean> => {
+    if (human.id === grant.requestedBy || human.id === grant.identityId) return true;
+    const email = human.labels.email;
+    if (email === undefined) return false;
+    const [requester, target] = await Promise.all([registry.get(grant.requestedBy), registry.get(grant.identityId)]);
+    return requester?.labels.email === email || target?.labels.email === email || target?.owner === email;
   };
 
   const involved = (caller: Caller, grant: BreakGlass): boolean =>
@@ -324,6 +345,8 @@ export function createBreakGlass(options: BreakGlassOptions): BreakGlassService 
       const grant = await find(caller, id);
       const ended = await store.transitionTask(grant.taskId, ['active'], 'revoked', { at: clock.now(), endReason: `revoked: break-glass ended${note === undefined ? '' : `: ${note}`}` });
       if (ended === undefined) throw new WritError('ERR_TASK_STATE_CONFLICT', { detail: 'the break-glass grant has already ended' });
+      // The record of its end names who ended it, whichever path records it first.
+      endedBy.set(ended.id, caller.identity);
       // INVARIANT: refused in memory before anything that can fail.
       bus.publish({ type: 'task.ended', taskId: ended.id, state: ended.state, expiresAt: ended.expiresAt });
       await recordTaskEnd({ audit, store }, ended, caller.identity, note ?? 'break-glass ended');
@@ -336,7 +359,7 @@ export function createBreakGlass(options: BreakGlassOptions): BreakGlassService 
       const grant = looksLikeId('brk', id) ? await store.getBreakGlass(id) : undefined;
       if (grant === undefined) throw new WritError('ERR_NOT_FOUND', { detail: 'no such break-glass grant visible to the caller' });
       if (!(await mayReview(caller, grant))) {
-        if (involved(caller, grant)) throw new WritError('ERR_FORBIDDEN', { detail: 'who broke the glass (or was given it) does not review it' });
+        if (involved(caller, grant) || (await conflicted(caller.identity, grant))) throw new WritError('ERR_FORBIDDEN', { detail: 'who broke the glass (or was given it) does not review it' });
         throw new WritError('ERR_NOT_FOUND', { detail: 'no such break-glass grant visible to the caller' });
       }
       const reviewed = await store.reviewBreakGlass(id, { by: caller.identity.id, note: text.data, at: clock.now() });
@@ -356,6 +379,16 @@ export function createBreakGlass(options: BreakGlassOptions): BreakGlassService 
       return reviewed;
     },
 
+    async sweep() {
+      let recorded = 0;
+      for (const grant of await store.listBreakGlass({ reviewed: false, limit: 200 })) {
+        if (grant.endedAt !== null) continue;
+        const task = await store.getTask(grant.taskId);
+        if (task !== undefined && isTerminal(task.state) && (await this.ended(grant.taskId)) !== undefined) recorded += 1;
+      }
+      return recorded;
+    },
+
     async use(taskId, items) {
       if (items.length > 0) await store.recordBreakGlassUse(taskId, items);
     },
@@ -364,6 +397,8 @@ export function createBreakGlass(options: BreakGlassOptions): BreakGlassService 
       const task = await store.getTask(taskId);
       if (task === undefined || !isTerminal(task.state)) return undefined;
       const grant = await store.endBreakGlass(taskId, task.state, task.endedAt ?? clock.now());
+      const by = endedBy.get(taskId);
+      endedBy.delete(taskId);
       if (grant === undefined) return undefined;
       const rotate = grant.used.filter((u) => u.startsWith('secret:')).map((u) => u.slice('secret:'.length));
       await audit
@@ -372,7 +407,8 @@ export function createBreakGlass(options: BreakGlassOptions): BreakGlassService 
           decision: 'deny',
           reason: task.state,
           detail: rotate.length > 0 ? `rotate: ${rotate.join(', ')}` : 'no injected credential was used',
-          actor: { id: grant.requestedBy },
+          // Who ended it here; otherwise it ran out or was revoked elsewhere, and its requester answers for it.
+          actor: by === undefined ? { id: grant.requestedBy } : auditActor(by),
           task: { id: taskId, purpose: task.purpose, intent: task.intent, environment: task.environment },
           breakGlass: true,
           data: { breakGlassId: grant.id, for: grant.identityId, incident: grant.incident, state: task.state, used: grant.used, rotate, reviewOwed: true },

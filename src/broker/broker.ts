@@ -199,6 +199,86 @@ export function createBroker(options: BrokerOptions): Broker {
   /** See `recordTaskEnd`. */
   const recordEnd = (task: Task, actor: Pick<Identity, 'id'> & Partial<Identity>, note?: string): Promise<void> => recordTaskEnd({ audit, store }, task, actor, note);
 
+  /** The rest of `activateTask`, once this call holds the task's one activation. */
+  const activateClaimed = async (caller: Caller, task: Task, latest: ReadonlyMap<string, ApprovalRequest>, now: number): Promise<TaskRequestResult> => {
+    const approved = new Set([...latest.values()].filter((a) => a.state === 'approved' && a.expiresAt > now).map(formatScope));
+
+    const engine = options.policy();
+    const identity = caller.identity;
+    const decided = await decideGrant(engine, options.shadow?.(task.environment), options.observations, identity, task, task.requestedScopes, now, approved);
+    const granted: Scope[] = [];
+    const refused = [...decided.refused];
+    const used: string[] = [];
+    for (const scope of decided.granted) {
+      if (!approved.has(formatScope(scope))) {
+        granted.push(scope);
+        continue;
+      }
+      // Each approval lets its scope in once: a concurrent activation gets none.
+      const approval = await options.approvals.consumeGrant({ taskId: task.id, identityId: identity.id, action: scope.action, resource: scope.resource });
+      // Spent or expired since it was read: this scope is not approved after all.
+      if (approval === undefined) refused.push({ ...scope, outcome: 'approval_required', policies: [], reason: 'ERR_APPROVAL_CLOSED' });
+      else {
+        granted.push(scope);
+        used.push(approval.id);
+      }
+    }
+
+    const recordActivation = (decision: AuditDecision, state: TaskState, jti?: string) =>
+      audit.append({
+        type: 'task.activated',
+        decision,
+        actor: auditActor(identity),
+        task: { id: task.id, purpose: task.purpose, intent: task.intent, environment: task.environment },
+        policies: [...decided.deciding].sort(),
+        policyVersion: engine.version,
+        data: {
+          state,
+          granted: granted.map(formatScope),
+          refused: refused.map((r) => ({ scope: formatScope(r), outcome: r.outcome, policies: r.policies, reason: r.reason })),
+          approvals: used,
+          expiresAt: task.expiresAt,
+          ...(jti === undefined ? {} : { jti }),
+          decisions: decided.decisions,
+          ...(decided.shadowed.length > 0 ? { shadow: decided.shadowed } : {}),
+        },
+      });
+
+    if (granted.length === 0) {
+      const ended = await store.transitionTask(task.id, ['pending_approval'], 'denied', { at: clock.now(), endReason: 'denied: no scope approved' });
+      if (ended === undefined) throw new WritError('ERR_TASK_STATE_CONFLICT', { detail: 'task is no longer waiting for approval' });
+      announceEnd(ended);
+      const receipt = await recordActivation('deny', 'denied');
+      await store.markTaskEndAudited(ended.id, receipt.id);
+      return { status: 'denied', task: ended, policies: [...decided.deciding].sort(), warnings: [] };
+    }
+
+    const minted = mintTaskToken(options.taskKeys, {
+      issuer: settings.issuer,
+      audience: settings.audience,
+      identityId: identity.id,
+      task: { id: task.id, purpose: task.purpose, intent: task.intent },
+      scopes: granted,
+      environment: task.environment,
+      issuedAt: now,
+      // The TTL runs from the request: waiting for approval does not lengthen it.
+      expiresAt: task.expiresAt,
+      ...(caller.certificateThumbprint === undefined ? {} : { certificateThumbprint: caller.certificateThumbprint }),
+    });
+    const active = await store.activateTask(task.id, { grantedScopes: granted, refusedScopes: refused, policyVersion: engine.version, tokenId: minted.jti });
+    if (active === undefined) throw new WritError('ERR_TASK_STATE_CONFLICT', { detail: 'task is no longer waiting for approval' });
+    try {
+      await recordActivation(refused.length > 0 ? 'partial' : 'allow', 'active', minted.jti);
+    } catch (error) {
+      // The token never left this function; make sure the task cannot be used either.
+      const ended = await store.transitionTask(task.id, ['active'], 'revoked', { at: clock.now(), endReason: 'audit_unavailable' }).catch(() => undefined);
+      if (ended) announceEnd(ended);
+      throw error;
+    }
+    options.observations.recordGrant(identity.id, granted);
+    return { status: refused.length > 0 ? 'partial' : 'granted', task: active, token: minted.token, expiresIn: Math.max(1, Math.floor((task.expiresAt - now) / 1000)), warnings: [] };
+  };
+
   return {
     async authenticate({ bearer, certificateChain }, { allowTaskToken, endpoint }) {
       const hasCertificate = certificateChain !== undefined && certificateChain.length > 0;
@@ -393,84 +473,24 @@ export function createBroker(options: BrokerOptions): Broker {
       }
       const waiting = [...latest.values()].filter((a) => a.state === 'pending' && a.expiresAt > now);
       if (waiting.length > 0) return { status: 'pending_approval', task, approvals: waiting, warnings: [] };
-      const approved = new Set([...latest.values()].filter((a) => a.state === 'approved' && a.expiresAt > now).map(formatScope));
-
-      const engine = options.policy();
-      const identity = caller.identity;
-      const decided = await decideGrant(engine, options.shadow?.(task.environment), options.observations, identity, task, task.requestedScopes, now, approved);
-      const granted: Scope[] = [];
-      const refused = [...decided.refused];
-      const used: string[] = [];
-      for (const scope of decided.granted) {
-        if (!approved.has(formatScope(scope))) {
-          granted.push(scope);
-          continue;
-        }
-        // Each approval lets its scope in once: a concurrent activation gets none.
-        const approval = await options.approvals.consumeGrant({ taskId: task.id, identityId: identity.id, action: scope.action, resource: scope.resource });
-        if (approval === undefined) refused.push({ ...scope, outcome: 'approval_required', policies: [], reason: 'ERR_APPROVAL_CLOSED' });
-        else {
-          granted.push(scope);
-          used.push(approval.id);
-        }
-      }
-
-      const recordActivation = (decision: AuditDecision, state: TaskState, jti?: string) =>
-        audit.append({
-          type: 'task.activated',
-          decision,
-          actor: auditActor(identity),
-          task: { id: task.id, purpose: task.purpose, intent: task.intent, environment: task.environment },
-          policies: [...decided.deciding].sort(),
-          policyVersion: engine.version,
-          data: {
-            state,
-            granted: granted.map(formatScope),
-            refused: refused.map((r) => ({ scope: formatScope(r), outcome: r.outcome, policies: r.policies, reason: r.reason })),
-            approvals: used,
-            expiresAt: task.expiresAt,
-            ...(jti === undefined ? {} : { jti }),
-            decisions: decided.decisions,
-            ...(decided.shadowed.length > 0 ? { shadow: decided.shadowed } : {}),
-          },
-        });
-
-      if (granted.length === 0) {
-        const ended = await store.transitionTask(task.id, ['pending_approval'], 'denied', { at: clock.now(), endReason: 'denied: no scope approved' });
-        if (ended === undefined) throw new WritError('ERR_TASK_STATE_CONFLICT', { detail: 'task is no longer waiting for approval' });
-        announceEnd(ended);
-        const receipt = await recordActivation('deny', 'denied');
-        await store.markTaskEndAudited(ended.id, receipt.id);
-        return { status: 'denied', task: ended, policies: [...decided.deciding].sort(), warnings: [] };
-      }
-
-      const minted = mintTaskToken(options.taskKeys, {
-        issuer: settings.issuer,
-        audience: settings.audience,
-        identityId: identity.id,
-        task: { id: task.id, purpose: task.purpose, intent: task.intent },
-        scopes: granted,
-        environment: task.environment,
-        issuedAt: now,
-        // The TTL runs from the request: waiting for approval does not lengthen it.
-        expiresAt: task.expiresAt,
-        ...(caller.certificateThumbprint === undefined ? {} : { certificateThumbprint: caller.certificateThumbprint }),
-      });
-      const active = await store.activateTask(task.id, { grantedScopes: granted, refusedScopes: refused, policyVersion: engine.version, tokenId: minted.jti });
-      if (active === undefined) throw new WritError('ERR_TASK_STATE_CONFLICT', { detail: 'task is no longer waiting for approval' });
+      // One activation per task: the first to claim it decides; a concurrent one (a retry) is told so.
+      const conflict = () => new WritError('ERR_TASK_STATE_CONFLICT', { detail: 'another activation of this task is under way' });
+      if (!(await store.claimFact(`task.activation:${task.id}`, newId('act'), now))) throw conflict();
       try {
-        await recordActivation(refused.length > 0 ? 'partial' : 'allow', 'active', minted.jti);
+        return await activateClaimed(caller, task, latest, now);
       } catch (error) {
-        // The token never left this function; make sure the task cannot be used either.
-        const ended = await store.transitionTask(task.id, ['active'], 'revoked', { at: clock.now(), endReason: 'audit_unavailable' }).catch(() => undefined);
-        if (ended) announceEnd(ended);
+        // The claim is spent: a task this activation could not finish is ended, never left half-done.
+        const ended = await store.transitionTask(task.id, ['pending_approval'], 'revoked', { at: clock.now(), endReason: 'revoked: its activation failed' }).catch(() => undefined);
+        if (ended) {
+          announceEnd(ended);
+          await recordEnd(ended, caller.identity, 'its activation failed').catch(() => undefined);
+        }
         throw error;
       }
-      options.observations.recordGrant(identity.id, granted);
-      return { status: refused.length > 0 ? 'partial' : 'granted', task: active, token: minted.token, expiresIn: Math.max(1, Math.floor((task.expiresAt - now) / 1000)), warnings: [] };
     },
 
     getTask: visibleTask,
+
 
     async endTask(caller, taskId, to, note) {
       const current = await visibleTask(caller, taskId);

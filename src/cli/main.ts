@@ -411,10 +411,13 @@ async function reviewBreakGlassCommand(rest: string[], values: Values): Promise<
     else {
       for (const g of grants) {
         const view = breakGlassView(g);
-        process.stdout.write(
-          `${g.id}  ${view.state}  ${g.incident}  by ${g.requestedBy} for ${g.identityId}  ${g.environment}  ${new Date(g.createdAt).toISOString()}..${new Date(g.endedAt ?? g.expiresAt).toISOString()}\n` +
-            `    reason: ${g.reason}\n    used: ${g.used.join(', ') || 'nothing'}${view.rotate.length > 0 ? `\n    rotate: ${view.rotate.join(', ')}` : ''}\n`,
-        );
+        const lines = [
+          `${g.id}  ${view.state}  ${g.incident}  by ${g.requestedBy} for ${g.identityId}  ${g.environment}  ${new Date(g.createdAt).toISOString()}..${new Date(g.endedAt ?? g.expiresAt).toISOString()}`,
+          `    reason: ${g.reason}`,
+          `    used: ${g.used.join(', ') || 'nothing'}`,
+          ...(view.rotate.length > 0 ? [`    rotate: ${view.rotate.join(', ')}`] : []),
+        ];
+        process.stdout.write(`${lines.map(terminalSafe).join('\n')}\n`);
       }
     }
     return 0;
@@ -426,14 +429,24 @@ async function reviewBreakGlassCommand(rest: string[], values: Values): Promise<
 /** One line per request: id, state, who asks to do what, where, until when. */
 function approvalLine(a: ApprovalRequest): string {
   const approvals = a.votes.filter((v) => v.decision === 'approve').length;
-  return `${a.id}  ${a.state}  ${a.identityId} ${a.action} ${a.resource}  ${a.environment}  ${approvals}/${a.requiredApprovals}  expires=${new Date(a.expiresAt).toISOString()}`;
+  return terminalSafe(`${a.id}  ${a.state}  ${a.identityId} ${a.action} ${a.resource}  ${a.environment}  ${approvals}/${a.requiredApprovals}  expires=${new Date(a.expiresAt).toISOString()}`);
 }
 
-/** Everything an approver must read before answering. */
+/** Everything an approver must read before answering, each line as it will run: no character can hide or reorder another. */
 function describeApproval(a: ApprovalRequest): string {
   const lines = noticeOf('approval.requested', a, a.createdAt).fields.map((f) => `${f.label.padEnd(12)} ${f.value}`);
   const votes = a.votes.map((v) => `${''.padEnd(12)} ${v.decision} by ${v.approver} at ${new Date(v.at).toISOString()}${v.selfApproval ? ' (self-approval)' : ''}${v.note === null ? '' : `: ${v.note}`}`);
-  return `${a.id} (${a.state}, ${a.stage} stage)\n${lines.join('\n')}\nTask         ${a.taskId}\nPolicies     ${a.policies.join(', ') || 'none'}\n${votes.length > 0 ? `Votes\n${votes.join('\n')}\n` : ''}`;
+  const all = [`${a.id} (${a.state}, ${a.stage} stage)`, ...lines, `Task         ${a.taskId}`, `Policies     ${a.policies.join(', ') || 'none'}`, ...(votes.length > 0 ? ['Votes', ...votes] : [])];
+  return `${all.map(terminalSafe).join('\n')}\n`;
+}
+
+/**
+ * A line safe to show in a terminal: control, format (bidi overrides,
+ * zero-width) and separator characters are shown as \uXXXX escapes, so what
+ * an approver reads is what the agent sent.
+ */
+function terminalSafe(line: string): string {
+  return line.replace(/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu, (c) => `\\u${(c.codePointAt(0) ?? 0).toString(16).padStart(4, '0')}`);
 }
 
 /** `writ mcp`: the gateway on stdio. stdout carries MCP messages only; logs go to stderr. */

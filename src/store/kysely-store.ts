@@ -495,7 +495,12 @@ class KyselyStore implements Store {
 
   async listActiveTasks(query: ActiveTaskQuery): Promise<Task[]> {
     if (query.policyVersionIn !== undefined && query.policyVersionIn.length === 0) return [];
-    let select = this.db.selectFrom('tasks').selectAll().where('state', '=', 'active');
+    let select = this.db
+      .selectFrom('tasks')
+      .selectAll()
+      .where('state', '=', 'active')
+      // A break-glass grant is decided by the break-glass set, never re-decided by the normal one.
+      .where('id', 'not in', (sub) => sub.selectFrom('break_glass').select('task_id'));
     if (query.policyVersionNot !== undefined) select = select.where('policy_version', '!=', query.policyVersionNot);
     if (query.policyVersionIn !== undefined) select = select.where('policy_version', 'in', [...query.policyVersionIn]);
     if (query.afterId !== undefined) select = select.where('id', '>', query.afterId);
@@ -813,12 +818,17 @@ class KyselyStore implements Store {
   async settleMessage(id: string, settlement: OutboxSettlement): Promise<void> {
     const change =
       settlement.state === 'delivered'
-        ? { state: 'delivered', settled_at: settlement.at }
+        ? { state: 'delivered', settled_at: settlement.at, body: '' }
         : settlement.state === 'failed'
-          ? { state: 'failed', settled_at: settlement.at, last_error: settlement.error }
+          ? { state: 'failed', settled_at: settlement.at, last_error: settlement.error, body: '' }
           : { next_attempt_at: settlement.nextAttemptAt, last_error: settlement.error };
     // A message already settled (by a claimer whose lease outlived ours) stays as it is.
     await this.db.updateTable('outbox').set(change).where('id', '=', id).where('state', '=', 'pending').execute();
+  }
+
+  async deleteSettledMessages(settledBefore: number): Promise<number> {
+    const rows = await this.db.deleteFrom('outbox').where('state', '!=', 'pending').where('settled_at', '<=', settledBefore).returning('id').execute();
+    return rows.length;
   }
 
   async getMessage(id: string): Promise<OutboxMessage | undefined> {

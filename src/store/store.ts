@@ -280,7 +280,8 @@ export interface Store {
   listTasksEndedSince(since: number): Promise<{ id: string; expiresAt: number }[]>;
   /**
    * A page of tasks in state `active`, in id order, filtered by the policy
-   * version that decided them: what a policy change must decide again. Paging
+   * version that decided them: what a policy change must decide again.
+   * Break-glass grants are never listed: the normal set does not decide them. Paging
    * by id is stable while the pages are being re-decided (a narrowed task stays,
    * a revoked one drops out, neither moves).
    */
@@ -381,8 +382,12 @@ export interface Store {
   /**
    * Records how a claimed attempt ended. Only a `pending` message changes: one
    * already settled (by a claimer whose lease outlived another's) stays as it is.
+   * A settled message (delivered or failed) keeps no body: what it said (an
+   * approval's arguments) is not kept once it is sent or given up.
    */
   settleMessage(id: string, settlement: OutboxSettlement): Promise<void>;
+  /** Deletes messages settled at or before `settledBefore`; returns how many. */
+  deleteSettledMessages(settledBefore: number): Promise<number>;
   getMessage(id: string): Promise<OutboxMessage | undefined>;
 
   /** Writes a new grant; throws if its id is taken or its task already has one. */
