@@ -111,3 +111,151 @@ export function parseScopeClaim(claim: string): Scope[] | undefined {
   }
   return scopes;
 }
+
+/** How many times a task may be delegated onward when configuration does not say: root (0) → 1 → 2 → 3. */
+export const DEFAULT_MAX_DELEGATION_DEPTH = 3;
+
+/** What a planner asks to hand a worker: the child task's scopes and expiry (epoch ms). */
+export interface AttenuationRequest {
+  readonly scopes: readonly Scope[];
+  readonly expiresAt: number;
+}
+
+/**
+ * What the parent task holds, from its verified token, and the configured
+ * ceiling. Depth counts delegations: 0 for a task acting directly.
+ */
+export interface AttenuationLimits {
+  readonly parentScopes: readonly Scope[];
+  readonly parentExpiresAt: number;
+  readonly parentDepth: number;
+  readonly maxDepth: number;
+}
+
+export type AttenuationRefusalCode = 'ERR_DELEGATION_TOO_DEEP' | 'ERR_VALIDATION' | 'ERR_SCOPE_EXCEEDS_PARENT' | 'ERR_LIFETIME_EXCEEDS_PARENT';
+
+export type Attenuation =
+  | {
+      readonly ok: true;
+      /** The requested scopes, exact duplicates removed, in request order; each covered by one parent scope. */
+      readonly scopes: Scope[];
+      /** The requested expiry, never later than the parent's. */
+      readonly expiresAt: number;
+      /** The child's delegation depth: parentDepth + 1, never above maxDepth. */
+      readonly depth: number;
+    }
+  | {
+      readonly ok: false;
+      readonly code: AttenuationRefusalCode;
+      readonly detail: string;
+      /**
+       * The offending scopes: the malformed ones (ERR_VALIDATION) or those no
+       * parent scope covers (ERR_SCOPE_EXCEEDS_PARENT); empty for the other codes.
+       */
+      readonly scopes: Scope[];
+    };
+
+/**
+ * Decides whether a parent task may delegate `request` to a child task, and
+ * what the child gets. Delegation can only narrow; the child is accepted only
+ * when all of these hold, checked in this order (the first failure is the
+ * answer):
+ *
+ * 1. `ERR_DELEGATION_TOO_DEEP`: parentDepth + 1 ≤ maxDepth.
+ * 2. `ERR_VALIDATION`: every requested scope is a valid action and a valid,
+ *    canonical resource (`isValidAction`, `isValidResource`). Prefix
+ *    containment is only meaningful between canonical names:
+ *    `db:orders/../customers/1` starts with `db:orders/`.
+ * 3. `ERR_SCOPE_EXCEEDS_PARENT`: every requested scope is covered, by
+ *    `scopeCovers`, by one well-formed parent scope. This is the very relation
+ *    enforcement applies to each call (`findCoveringScope`), so a child can
+ *    never be allowed a call its parent would be refused. A pattern must be
+ *    covered as a whole pattern: `db:orders/*` is not covered by
+ *    `db:orders/4*`, nor by `db:orders/4*` and `db:orders/5*` together.
+ * 4. `ERR_LIFETIME_EXCEEDS_PARENT`: expiresAt ≤ parentExpiresAt (not a
+ *    number, or later, is refused).
+ *
+ * Refusals are whole, never cuts: a request for one scope too many is refused
+ * outright and the refusal names every offending scope, because silently
+ * dropping scopes or shortening a lifetime would hide an escalation attempt
+ * from the audit log and hand the worker less than it was told it has.
+ *
+ * Conservative by design: a scope covered only by the union of several parent
+ * scopes is refused, and a parent scope that is not well formed grants
+ * nothing. An empty scope list is a subset of anything and is accepted;
+ * whether a task may ask for nothing is the caller's decision, as is any
+ * lower bound on expiresAt (this function has no clock).
+ *
+ * @throws RangeError when parentDepth or maxDepth is not a non-negative safe
+ *   integer: limits come from Writ's own records and configuration, so a bad
+ *   one is a bug, and no answer is safer than a guessed one.
+ */
+export function attenuate(request: AttenuationRequest, limits: AttenuationLimits): Attenuation {
+  const { parentDepth, maxDepth, parentExpiresAt } = limits;
+  if (!isDepth(parentDepth) || !isDepth(maxDepth)) {
+    throw new RangeError(`delegation depths must be non-negative integers, got parentDepth ${parentDepth} and maxDepth ${maxDepth}`);
+  }
+
+  const depth = parentDepth + 1;
+  if (depth > maxDepth) {
+    return refuse('ERR_DELEGATION_TOO_DEEP', `a delegation at depth ${depth} exceeds the maximum depth ${maxDepth}`);
+  }
+
+  const malformed = request.scopes.filter((scope) => !isWellFormedScope(scope));
+  if (malformed.length > 0) {
+    return refuse('ERR_VALIDATION', `${malformed.length} requested scope(s) are not well formed`, malformed);
+  }
+
+  const scopes = dedupeScopes(request.scopes);
+  // INVARIANT: a parent scope Writ cannot read grants nothing, as in parseScopeClaim.
+  const held = limits.parentScopes.filter(isWellFormedScope);
+  const exceeding = scopes.filter((scope) => findCoveringScope(held, scope) === undefined);
+  if (exceeding.length > 0) {
+    return refuse('ERR_SCOPE_EXCEEDS_PARENT', `not covered by the parent's scopes: ${formatScopeClaim(exceeding)}`, exceeding);
+  }
+
+  const { expiresAt } = request;
+  // Written so that NaN on either side refuses.
+  if (!(typeof expiresAt === 'number' && expiresAt <= parentExpiresAt)) {
+    return refuse('ERR_LIFETIME_EXCEEDS_PARENT', `the child's expiry ${String(expiresAt)} is not within its parent's (${String(parentExpiresAt)})`);
+  }
+
+  return { ok: true, scopes, expiresAt, depth };
+}
+
+function refuse(code: AttenuationRefusalCode, detail: string, scopes: Scope[] = []): Attenuation {
+  return { ok: false, code, detail, scopes };
+}
+
+function isDepth(value: number): boolean {
+  return Number.isSafeInteger(value) && value >= 0;
+}
+
+function isWellFormedScope(scope: Scope): boolean {
+  return (
+    typeof scope === 'object' &&
+    scope !== null &&
+    typeof scope.action === 'string' &&
+    typeof scope.resource === 'string' &&
+    isValidAction(scope.action) &&
+    isValidResource(scope.resource)
+  );
+}
+
+/** Plain copies, so a caller's object with extra properties never rides along into a token. */
+function copyScope(scope: Scope): Scope {
+  return { action: scope.action, resource: scope.resource };
+}
+
+function dedupeScopes(scopes: readonly Scope[]): Scope[] {
+  const seen = new Set<string>();
+  const out: Scope[] = [];
+  for (const scope of scopes) {
+    // An action has no colon, so `action:resource` names one scope unambiguously.
+    const key = formatScope(scope);
+    if (seen.has(key)) continue;
+    seen.add(key);
+    out.push(copyScope(scope));
+  }
+  return out;
+}
