@@ -15,9 +15,9 @@
  * (which close() calls). A crash can lose the ones of its last 50 ms; never
  * a record appended with append().
  */
+import { randomFillSync } from 'node:crypto';
 import type { Clock } from '../core/clock.js';
 import { WritError } from '../core/errors.js';
-import { newId } from '../core/ids.js';
 import type { Store } from '../store/store.js';
 import { createChainVerifier, linkEntry, type ChainBreak, type ChainEntry } from './chain.js';
 
@@ -133,6 +133,24 @@ interface Pending {
 }
 
 const MAX_BATCH = 500;
+
+// Record ids have newId's shape and strength (`aud_`, 128 random bits in
+// base64url), drawn from a pool the CSPRNG fills 128 ids at a time: a call
+// into it per id (randomBytes) cost about 5 µs on the action check's path,
+// the pool under 0.5 µs. Each byte is used once.
+const ID_BYTES = 16;
+const idPool = Buffer.alloc(ID_BYTES * 128);
+let idOffset = idPool.length;
+function recordId(): string {
+  if (idOffset === idPool.length) {
+    randomFillSync(idPool);
+    idOffset = 0;
+  }
+  const id = idPool.toString('base64url', idOffset, idOffset + ID_BYTES);
+  idOffset += ID_BYTES;
+  return `aud_${id}`;
+}
+
 /** How long a record appended later waits, at most, for its commit: what a crash can lose. */
 export const LATER_WITHIN_MS = 50;
 
@@ -176,7 +194,7 @@ export function createAuditLog(options: AuditLogOptions): AuditLog {
 
   const entryOf = (event: AuditEvent): ChainEntry => {
     const { type, ...body } = event;
-    return { id: newId('aud'), at: clock.now(), type, body };
+    return { id: recordId(), at: clock.now(), type, body };
   };
 
   /** Hands the records appended later to the writer, as one batch. */
