@@ -18,6 +18,10 @@ import {
 import type { Scope } from '../src/core/types.js';
 
 const NUM_RUNS = 2000;
+// Every assert.ok here carries a message. Without one, node:assert rebuilds the
+// failed expression by parsing the file on disk at the call site's position,
+// which under tsx is a position in the transformed code: it quotes the wrong
+// expression, and in this file it spun for minutes instead of failing.
 
 // ---------------------------------------------------------------------------
 // The model. A concrete resource matches only itself; `p*` matches every
@@ -208,10 +212,10 @@ describe('attenuation properties (fast-check)', () => {
       fc.property(caseArb, ({ limits, request }) => {
         const result = attenuate(request, limits);
         if (!result.ok) return;
-        assert.ok(result.expiresAt <= limits.parentExpiresAt);
+        assert.ok(result.expiresAt <= limits.parentExpiresAt, 'the child outlives its parent');
         assert.equal(result.expiresAt, request.expiresAt);
         assert.equal(result.depth, limits.parentDepth + 1);
-        assert.ok(result.depth <= limits.maxDepth);
+        assert.ok(result.depth <= limits.maxDepth, 'the child is deeper than the maximum');
       }),
       { numRuns: NUM_RUNS },
     );
@@ -289,9 +293,9 @@ describe('attenuation properties (fast-check)', () => {
             assert.ok(reaches(root.parentScopes, action, resource), `grandchild reaches ${action} ${resource}, the root does not`);
           }
         }
-        assert.ok(third.expiresAt <= second.expiresAt && second.expiresAt <= root.parentExpiresAt);
+        assert.ok(third.expiresAt <= second.expiresAt && second.expiresAt <= root.parentExpiresAt, 'a descendant outlives an ancestor');
         assert.equal(third.depth, root.parentDepth + 2);
-        assert.ok(third.depth <= root.maxDepth);
+        assert.ok(third.depth <= root.maxDepth, 'the grandchild is deeper than the maximum');
       }),
       { numRuns: NUM_RUNS },
     );
@@ -308,20 +312,20 @@ describe('attenuation properties (fast-check)', () => {
         switch (result.code) {
           case 'ERR_VALIDATION':
             assert.deepEqual(result.scopes.map(key), request.scopes.filter((s) => !wellFormedScope(s)).map(key));
-            assert.ok(result.scopes.length > 0);
+            assert.ok(result.scopes.length > 0, 'a validation refusal names no scope');
             break;
           case 'ERR_SCOPE_EXCEEDS_PARENT': {
             const uncovered = dedupe(request.scopes).filter((s) => !limits.parentScopes.some((p) => modelCovers(p, s)));
             assert.deepEqual(result.scopes, uncovered);
-            assert.ok(result.scopes.length > 0);
+            assert.ok(result.scopes.length > 0, 'a scope refusal names no scope');
             break;
           }
           case 'ERR_DELEGATION_TOO_DEEP':
-            assert.ok(limits.parentDepth + 1 > limits.maxDepth);
+            assert.ok(limits.parentDepth + 1 > limits.maxDepth, 'refused as too deep within the maximum');
             assert.deepEqual(result.scopes, []);
             break;
           case 'ERR_LIFETIME_EXCEEDS_PARENT':
-            assert.ok(request.expiresAt > limits.parentExpiresAt);
+            assert.ok(request.expiresAt > limits.parentExpiresAt, 'refused a lifetime within the parent\'s');
             assert.deepEqual(result.scopes, []);
             break;
           default:
