@@ -46,18 +46,19 @@ export interface ActionRequest {
   /** What the enforcement point knows of the call (arguments). Audited as a digest, never stored. */
   readonly context?: Readonly<Record<string, unknown>>;
   /**
-   * In process only: the `sha256:` digest of the call's whole canonical
-   * arguments, when `context` carries only the part policy reads (the MCP
-   * gateway's calls may carry megabytes no policy looks at). Recorded instead
-   * of the context's digest.
-   */
-  readonly argumentsDigest?: string;
-  /**
-   * In process only: the call's whole arguments, shown to a human asked to
-   * approve it (when `argumentsDigest` is set, the arguments it digests).
-   * Default: `context`.
+   * In process only: the call's whole arguments, when `context` carries only
+   * the part policy reads (the MCP gateway's calls may carry megabytes no
+   * policy looks at). Their digest is recorded, and an approval binds them and
+   * shows them to its approver. Default: `context`.
    */
   readonly arguments?: unknown;
+  /**
+   * In process only, with `arguments`: their `sha256:` digest, when the caller
+   * has it already (it is then not computed again on every call). An approval
+   * is opened or used only when it is the digest of `arguments`: a caller
+   * cannot show an approver one thing and bind another.
+   */
+  readonly argumentsDigest?: string;
 }
 
 /** One exact call, as an approval binds it. */
@@ -194,7 +195,11 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
 
   const deny = (reason: ActionReason, detail: string, partial: Partial<Outcome> = {}): Outcome => ({ decision: 'deny', reason, detail, ...partial });
 
-  const decide = async (token: string, request: ActionRequest, argsDigest: string | null, presenter: Presenter | undefined, now: number): Promise<Outcome> => {
+  /**
+   * `approvalArgs`: what an approval of this call binds and shows, worked out
+   * only when an approval is involved (see `approvalArguments`).
+   */
+  const decide = async (token: string, request: ActionRequest, argsDigest: string | null, approvalArgs: () => ApprovalArguments, presenter: Presenter | undefined, now: number): Promise<Outcome> => {
     const checked = verifier.verifyCached(token, now) ?? (await verifier.verify(token, now));
     if (!checked.ok) return deny(checked.code, checked.detail);
     const verified = checked.token;
@@ -254,6 +259,10 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
       // An approval counts only if policy, asked again now with it, allows the
       // call: it is spent only on a call that then goes through.
       const approved = options.approvals === undefined ? undefined : engine.decide({ ...input, approval: 'approved' });
+      // INVARIANT: an approval binds exactly the arguments its approver is shown.
+      if (options.approvals !== undefined && !approvalArgs().ok) {
+        return deny('ERR_VALIDATION', 'the call\'s arguments do not match its arguments digest: no approval can bind them', decided);
+      }
       if (approved?.outcome === 'allow') {
         const binding = { stage: 'call', taskId, identityId: identity.id, action: request.action, resource: request.resource, argsDigest } as const;
         const consumed = await options.approvals?.consume(binding);
@@ -277,15 +286,20 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
     // an in-process caller's object has.
     const givenDigest = shapeOk ? request.argumentsDigest : undefined;
     const wholeDigest = typeof givenDigest === 'string' && DIGEST_RE.test(givenDigest) ? givenDigest : undefined;
+    // The call's whole arguments, when an in-process caller gives them: they are what is recorded and bound.
+    const whole: unknown = shapeOk ? request.arguments : undefined;
     // The context's own digest is computed only when it is the one recorded.
-    const context = shapeOk ? copyContext(request.context, wholeDigest === undefined) : undefined;
-    const argsDigest = wholeDigest ?? context?.digest;
+    const context = shapeOk ? copyContext(request.context, wholeDigest === undefined && whole === undefined) : undefined;
+    const argsDigest = wholeDigest ?? (whole === undefined ? context?.digest : digestOfArguments(whole));
     const call = shapeOk && context !== null ? { action: request.action, resource: request.resource, ...(context === undefined ? {} : { context: context.copy }) } : undefined;
+    // Read once, and only on the rare path where an approval is involved.
+    let boundArguments: ApprovalArguments | undefined;
+    const bound = (): ApprovalArguments => (boundArguments ??= approvalArguments(whole, context?.copy, argsDigest ?? null));
     let outcome: Outcome;
     if (!shapeOk || context === null) outcome = deny('ERR_VALIDATION', 'request is not {action, resource, context?}');
     else {
       try {
-        outcome = await decide(token, call as ActionRequest, argsDigest ?? null, presenter, now);
+        outcome = await decide(token, call as ActionRequest, argsDigest ?? null, bound, presenter, now);
       } catch (error) {
         // A failure while deciding (the store unreachable, say) is a deny, audited like any other.
         outcome = deny('ERR_INTERNAL', `check failed: ${(error as Error)?.message ?? String(error)}`);
@@ -332,7 +346,8 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
       if (outcome.breakGlass !== undefined && decided.allowed && base.taskId !== null && call !== undefined) options.onBreakGlassUse?.(base.taskId, `${call.action} ${call.resource}`);
       if (outcome.consumed !== undefined) return { ...decided, approval: { id: outcome.consumed, state: 'consumed' } };
       if (outcome.decision !== 'approval_required' || options.approvals === undefined || call === undefined) return decided;
-      const pending = await openApproval(options.approvals, outcome, call, argsDigest ?? null, shownArguments(request.arguments, context?.copy), receipt.id);
+      const shown = bound();
+      const pending = shown.ok ? await openApproval(options.approvals, outcome, call, argsDigest ?? null, shown.shown, receipt.id) : undefined;
       return pending === undefined ? decided : { ...decided, approval: { id: pending.id, state: 'pending', expiresAt: pending.expiresAt } };
     } catch {
       // INVARIANT: a decision that could not be audited is not carried out.
@@ -377,15 +392,33 @@ async function openApproval(
   }
 }
 
-/** The arguments an approver reads, as canonical JSON; null when there are none or they are too large to keep. */
-function shownArguments(whole: unknown, context: Readonly<Record<string, unknown>> | undefined): string | null {
+/**
+ * What an approval of a call binds and what its approver reads: the call's
+ * whole arguments (in process), else its context. `ok` only when their digest
+ * is the one recorded and bound, so an in-process caller cannot show an
+ * approver one thing and bind another. `shown` is the canonical JSON, or null
+ * when there are none or they are too large to keep (the digest still binds them).
+ */
+/** The digest of arguments given whole; undefined when they cannot be canonicalized (nothing can then bind them). */
+function digestOfArguments(whole: unknown): string | undefined {
+  try {
+    return `sha256:${createHash('sha256').update(canonicalize(whole)).digest('hex')}`;
+  } catch {
+    return undefined;
+  }
+}
+
+type ApprovalArguments = { readonly ok: true; readonly shown: string | null } | { readonly ok: false };
+
+function approvalArguments(whole: unknown, context: Readonly<Record<string, unknown>> | undefined, recorded: string | null): ApprovalArguments {
   const value = whole !== undefined ? whole : context;
-  if (value === undefined) return null;
+  if (value === undefined) return recorded === null ? { ok: true, shown: null } : { ok: false };
   try {
     const text = canonicalize(value);
-    return Buffer.byteLength(text) > MAX_SHOWN_ARGUMENTS_BYTES ? null : text;
+    if (`sha256:${createHash('sha256').update(text).digest('hex')}` !== recorded) return { ok: false };
+    return { ok: true, shown: Buffer.byteLength(text) > MAX_SHOWN_ARGUMENTS_BYTES ? null : text };
   } catch {
-    return null;
+    return { ok: false };
   }
 }
 
