@@ -10,12 +10,18 @@
  *               risk above read) and two audit records per call
  *
  * Every server is its own process, as in production; the client is this one.
+ *
+ * WRIT_BENCH_AGAINST=<another checkout, built> adds Writ against that Writ,
+ * side by side: both serve a copy of the same data (keys, task, token), each
+ * its own database, so a change is measured against its parent in the same
+ * minutes rather than across runs (on a shared VM, runs differ by more than
+ * most changes).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
 import { pino } from 'pino';
 import { stringify as toYaml } from 'yaml';
@@ -43,6 +49,7 @@ const AGENT = 'spiffe://bench.local/agent/support';
 
 export async function benchMcpGateway(kit: BenchKit): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'writ-bench-mcp-'));
+  const otherDir = `${dir}-against`;
   const children: ChildProcess[] = [];
   const clients: Client[] = [];
   try {
@@ -63,10 +70,9 @@ export async function benchMcpGateway(kit: BenchKit): Promise<void> {
     // Writ with the same server over stdio, its key from the vault.
     const configFile = join(dir, 'writ.yaml');
     const writPort = await freePort();
-    writeFileSync(
-      configFile,
+    const writConfig = (port: number) =>
       toYaml({
-        server: { port: writPort },
+        server: { port },
         log: { level: 'warn' },
         gateway: {
           upstreams: [
@@ -79,8 +85,8 @@ export async function benchMcpGateway(kit: BenchKit): Promise<void> {
             },
           ],
         },
-      }),
-    );
+      });
+    writeFileSync(configFile, writConfig(writPort));
     const env = { WRIT_MASTER_KEY: Buffer.alloc(32, 7).toString('base64url') };
     const setup = await createWrit({ config: loadConfig({ configFile, env, flags: { dataDir: dir, dev: true } }), env, logger: pino({ level: 'silent' }) });
     await setup.vault.put('tickets-api-key', API_KEY, { id: 'bench' });
@@ -91,9 +97,21 @@ export async function benchMcpGateway(kit: BenchKit): Promise<void> {
     );
     await setup.close();
     if (grant.status !== 'granted') throw new Error(`bench grant was ${grant.status}`);
+    // The other Writ, if asked for: the same data copied before either server writes to it.
+    const against = process.env.WRIT_BENCH_AGAINST === undefined ? undefined : resolve(process.env.WRIT_BENCH_AGAINST);
+    let otherPort: number | undefined;
+    if (against !== undefined) {
+      const otherBin = join(against, 'bin', 'writ.js');
+      if (!existsSync(join(against, 'dist', 'cli', 'main.js'))) throw new Error(`WRIT_BENCH_AGAINST: ${against} is not a built checkout (npm run build there)`);
+      cpSync(dir, otherDir, { recursive: true });
+      otherPort = await freePort();
+      writeFileSync(join(otherDir, 'writ.yaml'), writConfig(otherPort));
+      children.push(spawn(process.execPath, [otherBin, 'serve', '--config', join(otherDir, 'writ.yaml'), '--data-dir', otherDir], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'ignore'] }));
+    }
     const writ = spawn(process.execPath, [...(process.env.WRIT_BENCH_PROFILE ? ['--cpu-prof', '--cpu-prof-dir', process.env.WRIT_BENCH_PROFILE] : []), WRIT_BIN, 'serve', '--config', configFile, '--data-dir', dir], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'ignore'] });
     children.push(writ);
     await waitForPort(writPort);
+    if (otherPort !== undefined) await waitForPort(otherPort);
 
     const connect = async (url: string, bearer: string): Promise<Client> => {
       const client = new Client({ name: 'bench-agent', version: '1.0.0' });
@@ -104,6 +122,7 @@ export async function benchMcpGateway(kit: BenchKit): Promise<void> {
     const toDirect = await connect(`http://127.0.0.1:${directPort}/mcp`, API_KEY);
     const toProxy = await connect(`http://127.0.0.1:${proxyPort}/mcp`, 'unused');
     const toWrit = await connect(`http://127.0.0.1:${writPort}/mcp`, grant.token);
+    const toOther = otherPort === undefined ? undefined : await connect(`http://127.0.0.1:${otherPort}/mcp`, grant.token);
 
     const call = (client: Client, name: string, args: Record<string, unknown>): Op => async () => {
       const result = await client.callTool({ name, arguments: args });
@@ -127,11 +146,17 @@ export async function benchMcpGateway(kit: BenchKit): Promise<void> {
       'direct to the upstream',
       'target: adds ≤ 0.5 ms p50',
     );
+    if (toOther !== undefined) {
+      const other = `Writ at ${against}`;
+      kit.report('tools/call read through Writ, against another Writ', await kit.sideBySide(call(toWrit, 'tickets__get_ticket', read), call(toOther, 'tickets__get_ticket', read), n, 50), other);
+      kit.report('tools/call write through Writ, against another Writ', await kit.sideBySide(call(toWrit, 'tickets__add_comment', write), call(toOther, 'tickets__add_comment', write), n, 50), other);
+    }
   } finally {
     await Promise.all(clients.map((c) => c.close().catch(() => undefined)));
     for (const child of children) child.kill('SIGTERM');
     await Promise.all(children.map((c) => new Promise((r) => (c.exitCode !== null ? r(undefined) : c.once('exit', r)))));
     rmSync(dir, { recursive: true, force: true });
+    rmSync(otherDir, { recursive: true, force: true });
   }
 }
 
