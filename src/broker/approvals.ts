@@ -20,7 +20,7 @@
  * rather than left approvable without a record.
  */
 import { auditActor, type AuditEventType, type AuditLog } from '../audit/log.js';
-import type { Clock } from '../core/clock.js';
+import { isoOrNull as iso, type Clock } from '../core/clock.js';
 import { WritError } from '../core/errors.js';
 import { looksLikeId, newId } from '../core/ids.js';
 import type { ApprovalRequest, ApprovalRequestState, Identity, Task } from '../core/types.js';
@@ -517,7 +517,6 @@ export function isApprovalState(value: string): value is ApprovalRequestState {
 
 /** The JSON shape of an approval request in API responses, the CLI and webhooks. */
 export function approvalView(approval: ApprovalRequest) {
-  const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
   return {
     id: approval.id,
     state: approval.state,

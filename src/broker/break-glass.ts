@@ -18,7 +18,7 @@
  */
 import { z } from 'zod';
 import { auditActor, type AuditLog } from '../audit/log.js';
-import type { Clock } from '../core/clock.js';
+import { isoOrNull as iso, type Clock } from '../core/clock.js';
 import { parseDurationSeconds } from '../core/config.js';
 import { WritError } from '../core/errors.js';
 import { looksLikeId, newId } from '../core/ids.js';
@@ -423,7 +423,6 @@ export function createBreakGlass(options: BreakGlassOptions): BreakGlassService 
 
 /** The JSON shape of a break-glass grant in API responses, the CLI and webhooks. */
 export function breakGlassView(grant: BreakGlass) {
-  const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
   return {
     id: grant.id,
     task: grant.taskId,

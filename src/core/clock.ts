@@ -32,3 +32,8 @@ export function createManualClock(start = Date.now()): ManualClock {
 export function epochSeconds(ms: number): number {
   return Math.floor(ms / 1000);
 }
+
+/** An epoch-ms time as ISO 8601, or null: how API views show optional times. */
+export function isoOrNull(ms: number | null): string | null {
+  return ms === null ? null : new Date(ms).toISOString();
+}

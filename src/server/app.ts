@@ -4,6 +4,7 @@
  * RFC 9457 problem+json with a stable code; anything unexpected is a generic
  * 500 with a correlation id that finds it in the log.
  */
+import { isoOrNull as iso } from '../core/clock.js';
 import { constants, randomUUID, type X509Certificate } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import type { Server as HttpsServer } from 'node:https';
@@ -68,7 +69,6 @@ const endBodySchema = z
 
 /** The JSON shape of an identity in API responses. */
 export function identityView(identity: Identity) {
-  const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
   return {
     id: identity.id,
     actorType: identity.actorType,
@@ -87,7 +87,6 @@ export function identityView(identity: Identity) {
 
 /** An admin token as the API shows it: never its hash. */
 export function adminTokenView(record: AdminTokenRecord) {
-  const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
   return {
     id: record.id,
     name: record.name,
