@@ -14,6 +14,7 @@ import { relative } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { auditActor, createAuditLog, type AuditActor, type AuditEvent, type AuditEventType, type AuditLog } from './audit/log.js';
 import { createBroker, type Broker } from './broker/broker.js';
+import { createDelegation, type Delegation } from './broker/delegation.js';
 import { createDrift, type DriftSummary } from './broker/drift.js';
 import { systemClock, type Clock } from './core/clock.js';
 import { loadConfig, resolveConfigPath, type WritConfig } from './core/config.js';
@@ -57,6 +58,8 @@ export interface Writ {
   readonly store: Store;
   readonly registry: Registry;
   readonly broker: Broker;
+  /** Planner→worker delegation: RFC 8693 token exchange. */
+  readonly delegation: Delegation;
   readonly audit: AuditLog;
   readonly bus: EventBus;
   readonly revocations: RevocationList;
@@ -154,6 +157,12 @@ export interface Writ {
    * each sync, the drift sweep of grants a replaced policy version decided.
    */
   startReaper(): void;
+  /**
+   * Resolves once the background work started so far has settled: what a
+   * task's end sets off (its delegated tasks' cascade, its approval requests
+   * cancelled, a break-glass grant's end recorded), and what that sets off in turn.
+   */
+  settled(): Promise<void>;
   /** Stops the reaper, flushes the audit log and closes the store. */
   close(): Promise<void>;
 }
@@ -317,6 +326,8 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
   const revocations = createRevocationList({ bus, clockSkewMs: skewMs });
   // Tokens are accepted until exp + skew, so ended tasks are remembered that long too.
   for (const task of await store.listEndedUnexpiredTasks(clock.now() - skewMs)) revocations.add(task.id, task.expiresAt);
+  // And tokens a renewal replaced, until they would have expired.
+  for (const token of await store.listSupersededUnexpiredTokens(clock.now() - skewMs)) revocations.supersede(token.jti, token.expiresAt);
   // Likewise the grants a policy change narrowed: their tokens still carry the dropped scopes.
   const narrowings = createNarrowingList({ clockSkewMs: skewMs, onNarrowed: (taskId) => bus.publish({ type: 'task.narrowed', taskId }) });
   for (const task of await store.listNarrowedUnexpiredTasks(clock.now() - skewMs)) narrowings.narrow(task.id, task.grantedScopes, task.expiresAt);
@@ -453,6 +464,8 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     observations,
     taskKeys,
     taskTokens,
+    revocations,
+    narrowings,
     store,
     audit,
     bus,
@@ -463,7 +476,23 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
       defaultTtlSeconds: config.tokens.defaultTtl,
       maxTtlSeconds: config.tokens.maxTtl,
       environments: config.policy.environments,
+      maxLifetimeSeconds: config.tokens.maxLifetime,
+      maxDelegationDepth: config.delegation.maxDepth,
+      renewalRiskLimit: config.policy.risk.renewalLimit,
     },
+  });
+  const delegation = createDelegation({
+    broker,
+    store,
+    policy,
+    shadow,
+    observations,
+    narrowings,
+    taskKeys,
+    audit,
+    bus,
+    clock,
+    settings: { issuer: config.issuer, audience: config.tokens.audience, defaultTtlSeconds: config.tokens.defaultTtl, maxDepth: config.delegation.maxDepth },
   });
   const breakGlass = createBreakGlass({
     store,
@@ -519,6 +548,12 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
         added++;
       }
     }
+    for (const token of await store.listTokensSupersededSince(since)) {
+      if (token.expiresAt + skewMs >= now && !revocations.isSuperseded(token.jti)) {
+        bus.publish({ type: 'token.superseded', taskId: token.taskId, jti: token.jti, expiresAt: token.expiresAt });
+        added++;
+      }
+    }
     for (const task of await store.listTasksNarrowedSince(since)) {
       if (task.expiresAt + skewMs >= now && narrowings.narrow(task.id, task.grantedScopes, task.expiresAt)) added++;
     }
@@ -547,6 +582,8 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     if (event.type !== 'task.ended') return;
     background(approvals.cancelOfTask(event.taskId).catch((error: unknown) => logger?.warn({ err: error, taskId: event.taskId }, 'cancelling the approval requests of an ended task failed')));
     background(breakGlass.ended(event.taskId).catch((error: unknown) => logger?.warn({ err: error, taskId: event.taskId }, 'recording the end of a break-glass grant failed')));
+    // Every task delegated from it goes with it (its tokens are refused already: they name it in their lineage).
+    background(broker.endDescendants(event.taskId).catch((error: unknown) => logger?.warn({ err: error, taskId: event.taskId }, 'ending the tasks delegated from an ended task failed; the reaper finishes it')));
   });
 
   // Tasks that passed their expiry while Writ was down are expired, and records
@@ -586,6 +623,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     store,
     registry,
     broker,
+    delegation,
     audit,
     bus,
     revocations,
@@ -797,6 +835,10 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
       } catch (error) {
         logger?.warn({ err: error, dir: config.paths.policyDir }, 'cannot watch the policy folder; reload through the admin API');
       }
+    },
+    async settled() {
+      // Work settling may start more (a cascade's ends cascade): until none is left.
+      while (inFlight.size > 0) await Promise.all(inFlight);
     },
     async close() {
       if (closed) return;

@@ -52,6 +52,8 @@ export type AuditEventType =
   | 'approval.expired'
   | 'approval.cancelled'
   | 'task.activated'
+  | 'task.delegated'
+  | 'task.renewed'
   | 'break_glass.started'
   | 'break_glass.ended'
   | 'break_glass.reviewed'

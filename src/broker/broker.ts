@@ -12,7 +12,7 @@ import type { Clock } from '../core/clock.js';
 import { parseDurationSeconds } from '../core/config.js';
 import { WritError, type WritErrorCode } from '../core/errors.js';
 import { looksLikeId, newId } from '../core/ids.js';
-import { formatScope, isValidAction, isValidResource } from '../core/scope.js';
+import { attenuate, DEFAULT_MAX_DELEGATION_DEPTH, findCoveringScope, formatScope, isValidAction, isValidResource } from '../core/scope.js';
 import type { ApprovalRequest, Identity, RefusedScope, Scope, Task, TaskState } from '../core/types.js';
 import type { EventBus } from '../events/bus.js';
 import type { IdentityAuthenticator } from '../identity/authenticate.js';
@@ -23,6 +23,9 @@ import type { Store } from '../store/store.js';
 import { MAX_TOKEN_LENGTH } from '../tokens/jwt.js';
 import type { KeyRing } from '../tokens/key-ring.js';
 import { boundCertificate, mintTaskToken, TASK_TOKEN_TYP, type TaskTokenVerifier } from '../tokens/task-token.js';
+import type { NarrowingList } from '../enforce/narrowing-list.js';
+import type { RevocationList } from '../enforce/revocation-list.js';
+import { RISK_LEVELS, type RiskLevel } from '../policy/risk.js';
 import type { Approvals, GrantApprovalInput } from './approvals.js';
 import { isTerminal, statesLeadingTo } from './task-states.js';
 
@@ -98,6 +101,23 @@ export type TaskRequestResult =
   | { readonly status: 'pending_approval'; readonly task: Task; readonly approvals: readonly ApprovalRequest[]; readonly warnings: readonly string[] }
   | { readonly status: 'denied'; readonly task: Task; readonly policies: readonly string[]; readonly warnings: readonly string[] };
 
+export const renewalRequestSchema = z
+  .object({
+    /** What was done since the task began or was last renewed ("stage 2 done"): on the record. */
+    checkpoint: plainText(500),
+    ttl: durationSchema.optional(),
+    /** Keep only these (each one the task holds); default: everything it holds. */
+    scopes: scopesSchema.optional(),
+  })
+  .strict();
+
+export interface RenewalResult {
+  readonly task: Task;
+  readonly token: string;
+  readonly expiresIn: number;
+  readonly warnings: readonly string[];
+}
+
 export type EndState = Extract<TaskState, 'completed' | 'failed' | 'revoked'>;
 
 export interface Broker {
@@ -123,6 +143,18 @@ export interface Broker {
    * @throws WritError ERR_TASK_NOT_FOUND, ERR_TASK_STATE_CONFLICT, ERR_FORBIDDEN (a task token), ERR_AUDIT_UNAVAILABLE
    */
   activateTask(caller: Caller, taskId: string): Promise<TaskRequestResult>;
+  /**
+   * Renews a task at a checkpoint its holder names: a fresh decision of every
+   * scope it keeps (and, for a delegated task, of the delegation) under the
+   * current policy and risk, a new token, and the old token refused from then
+   * on. Asked with the task's current token. Never past the task's maximum
+   * lifetime (`tokens.maxLifetime` from its request) nor its parent's expiry.
+   * A refusal changes nothing: the current token runs out on its own.
+   * @throws WritError ERR_VALIDATION, ERR_FORBIDDEN (not with the task's token), ERR_TASK_NOT_FOUND,
+   *   ERR_TASK_STATE_CONFLICT, ERR_NOT_RENEWABLE, ERR_MAX_LIFETIME_REACHED, ERR_SCOPE_NOT_GRANTED,
+   *   ERR_SCOPE_EXCEEDS_PARENT, ERR_POLICY_DENIED, ERR_APPROVAL_REQUIRED, ERR_AUDIT_UNAVAILABLE
+   */
+  renewTask(caller: Caller, taskId: string, request: unknown): Promise<RenewalResult>;
   /** @throws WritError ERR_TASK_NOT_FOUND (also for another identity's task) */
   getTask(caller: Caller, taskId: string): Promise<Task>;
   /**
@@ -135,7 +167,17 @@ export interface Broker {
    * decommissioned): refused in this process at once, elsewhere at the next sync.
    */
   revokeTasksOf(identityId: string, reason: string): Promise<Task[]>;
-  /** Moves overdue tasks to `expired`, revokes and audits them. Returns how many. */
+  /**
+   * Revokes every task delegated, directly or not, from `taskId` (which has
+   * ended): refused in this process at once, recorded, and each one's own end
+   * heard by everything that listens for ends. Returns how many it ended.
+   */
+  endDescendants(taskId: string): Promise<number>;
+  /**
+   * Moves overdue tasks to `expired`, revokes and audits them, and revokes
+   * delegated tasks whose parent ended without its cascade finishing (a crash
+   * in between). Returns how many tasks it ended.
+   */
   reapExpired(): Promise<number>;
   /** Writes the audit records still owed for tasks that ended while the audit log was unavailable. Returns how many. */
   flushEndRecords(): Promise<number>;
@@ -152,16 +194,26 @@ export interface BrokerOptions {
   readonly observations: Observations;
   readonly taskKeys: KeyRing;
   readonly taskTokens: TaskTokenVerifier;
+  /** What enforcement points refuse: a task token whose ancestor ended is refused here too. */
+  readonly revocations?: RevocationList;
   readonly store: Store;
   readonly audit: AuditLog;
   readonly bus: EventBus;
   readonly clock: Clock;
+  /** Tasks whose grant a policy change narrowed: a renewal keeps no more than what is left. */
+  readonly narrowings?: NarrowingList;
   readonly settings: {
     readonly issuer: string;
     readonly audience: string;
     readonly defaultTtlSeconds: number;
     readonly maxTtlSeconds: number;
     readonly environments: readonly string[];
+    /** The longest a task lasts from its request, renewals included. Default 8h. */
+    readonly maxLifetimeSeconds?: number;
+    /** Delegation depth limit, applied again when a delegated task renews. Default 3. */
+    readonly maxDelegationDepth?: number;
+    /** A renewal whose fresh decision scores this risk level or more is refused, whatever policy says. Default critical. */
+    readonly renewalRiskLimit?: RiskLevel;
   };
 }
 
@@ -194,6 +246,19 @@ export function createBroker(options: BrokerOptions): Broker {
 
   const announceEnd = (task: Task): void => {
     bus.publish({ type: 'task.ended', taskId: task.id, state: task.state, expiresAt: task.expiresAt });
+  };
+
+  /**
+   * Tasks a batch operation ended: refused in memory first, then recorded. The
+   * tasks stay ended if a record fails; it is owed and flushed later.
+   */
+  const announceAndRecord = async (ended: readonly Task[], note: string): Promise<number> => {
+    // INVARIANT: revoke in memory before anything that can fail.
+    for (const task of ended) announceEnd(task);
+    const recorded = await Promise.allSettled(ended.map((task) => recordEnd(task, { id: task.identityId }, note)));
+    const failed = recorded.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed !== undefined) throw failed.reason;
+    return ended.length;
   };
 
   /** See `recordTaskEnd`. */
@@ -310,16 +375,20 @@ export function createBroker(options: BrokerOptions): Broker {
         const { claims } = checked.token;
         const bound = boundCertificate(claims);
         if (bound !== undefined && certified?.thumbprint !== bound) {
-          return unauthenticated(endpoint, 'ERR_TOKEN_BINDING', 'token is bound to a client certificate this request did not present', bearer, claims.sub);
+          return unauthenticated(endpoint, 'ERR_TOKEN_BINDING', 'token is bound to a client certificate this request did not present', bearer, checked.token.actor);
         }
+        const actor = checked.token.actor;
         const task = await store.getTask(claims.task.id);
         if (task === undefined || isTerminal(task.state)) {
-          return unauthenticated(endpoint, 'ERR_TOKEN_REVOKED', `task is ${task?.state ?? 'unknown'}`, bearer, claims.sub);
+          return unauthenticated(endpoint, 'ERR_TOKEN_REVOKED', `task is ${task?.state ?? 'unknown'}`, bearer, actor);
         }
-        const identity = await registry.get(claims.sub);
-        if (identity === undefined) return unauthenticated(endpoint, 'ERR_IDENTITY_INACTIVE', 'identity is not registered', bearer, claims.sub);
+        // Only the task's current token: one a renewal replaced is refused, as is one whose ancestor ended.
+        const revoked = task.tokenId !== claims.jti ? 'token was replaced by a renewal' : options.revocations?.refusal(checked.token);
+        if (revoked !== undefined) return unauthenticated(endpoint, 'ERR_TOKEN_REVOKED', revoked, bearer, actor);
+        const identity = await registry.get(actor);
+        if (identity === undefined) return unauthenticated(endpoint, 'ERR_IDENTITY_INACTIVE', 'identity is not registered', bearer, actor);
         const inactive = identityInactiveReason(identity, now);
-        if (inactive !== undefined) return unauthenticated(endpoint, 'ERR_IDENTITY_INACTIVE', inactive, bearer, claims.sub);
+        if (inactive !== undefined) return unauthenticated(endpoint, 'ERR_IDENTITY_INACTIVE', inactive, bearer, actor);
         await sameIdentity(identity, bearer);
         return { identity, taskId: task.id, credentialExpiresAt: checked.token.expiresAt, ...(certified === undefined ? {} : { certificateThumbprint: certified.thumbprint }) };
       }
@@ -383,6 +452,10 @@ export function createBroker(options: BrokerOptions): Broker {
         state,
         policyVersion: engine.version,
         parentTaskId: null,
+        lineage: [],
+        delegators: [],
+        mayAct: null,
+        renewals: 0,
         tokenId: minted?.jti ?? null,
         createdAt: now,
         expiresAt,
@@ -491,6 +564,131 @@ export function createBroker(options: BrokerOptions): Broker {
 
     getTask: visibleTask,
 
+    async renewTask(caller, taskId, rawRequest) {
+      const parsed = renewalRequestSchema.safeParse(rawRequest);
+      if (!parsed.success) throw validationError(parsed.error.issues);
+      const request = parsed.data;
+      const task = await visibleTask(caller, taskId);
+      // The holder renews, with the token being replaced: its binding (a client certificate) carries over.
+      if (caller.taskId !== task.id) throw new WritError('ERR_FORBIDDEN', { detail: 'renew a task with its current task token' });
+      if (task.state !== 'active' || task.tokenId === null) {
+        throw new WritError('ERR_TASK_STATE_CONFLICT', { detail: `task is ${task.state}; only an active task renews`, extensions: { state: task.state } });
+      }
+      const now = clock.now();
+      const identity = caller.identity;
+      const engine = options.policy();
+      const warnings: string[] = [];
+      const record = async (decision: AuditDecision, data: Record<string, unknown>, policies: readonly string[], refusal?: { code: WritErrorCode; detail: string }) =>
+        audit.append({
+          type: 'task.renewed',
+          decision,
+          ...(refusal === undefined ? {} : { reason: refusal.code, detail: refusal.detail }),
+          actor: auditActor(identity),
+          task: { id: task.id, purpose: task.purpose, intent: task.intent, environment: task.environment },
+          policies: [...policies],
+          policyVersion: engine.version,
+          data: { checkpoint: request.checkpoint, renewals: task.renewals, previousJti: task.tokenId, ...data },
+        });
+      /** A refused renewal is a decision too: recorded, then thrown; the task is left as it was. */
+      const refuse = async (code: WritErrorCode, detail: string, data: Record<string, unknown> = {}, extensions: Record<string, unknown> = {}, policies: readonly string[] = []): Promise<never> => {
+        await record('deny', data, policies, { code, detail });
+        throw new WritError(code, { detail, extensions });
+      };
+
+      if ((await store.getBreakGlassOfTask(task.id)) !== undefined) {
+        return refuse('ERR_NOT_RENEWABLE', 'a break-glass grant is never renewed: ask for a new one, on the record');
+      }
+      const parent = task.parentTaskId === null ? undefined : await store.getTask(task.parentTaskId);
+      if (task.parentTaskId !== null && parent?.state !== 'active') return refuse('ERR_NOT_RENEWABLE', `the task it was delegated from is ${parent?.state ?? 'gone'}`);
+
+      // How long: asked for (or the default), cut to the maximum TTL, and never past the task's lifetime or its parent.
+      let ttl = request.ttl === undefined ? settings.defaultTtlSeconds : (parseDurationSeconds(request.ttl) ?? settings.defaultTtlSeconds);
+      if (ttl > settings.maxTtlSeconds) {
+        warnings.push(`ttl reduced from ${ttl}s to the maximum of ${settings.maxTtlSeconds}s`);
+        ttl = settings.maxTtlSeconds;
+      }
+      const lifetimeEnds = task.createdAt + (settings.maxLifetimeSeconds ?? 28_800) * 1000;
+      const limit = Math.min(lifetimeEnds, parent?.expiresAt ?? Number.POSITIVE_INFINITY);
+      if (limit - now < 1000) {
+        return refuse('ERR_MAX_LIFETIME_REACHED', limit === lifetimeEnds ? 'the task has reached its maximum lifetime' : 'the task it was delegated from expires now');
+      }
+      let expiresAt = now + ttl * 1000;
+      if (expiresAt > limit) {
+        expiresAt = limit;
+        warnings.push(`expiry cut to ${new Date(limit).toISOString()}: ${limit === lifetimeEnds ? 'the task\'s maximum lifetime' : 'the expiry of the task it was delegated from'}`);
+      }
+
+      // What it keeps: what it holds now (less any narrowing), or the part of it the request names.
+      const held = options.narrowings?.remainingOf(task.id) ?? task.grantedScopes;
+      const scopes = request.scopes === undefined ? [...held] : dedupeScopes(request.scopes);
+      const notHeld = scopes.filter((scope) => findCoveringScope(held, scope) === undefined);
+      if (notHeld.length > 0) {
+        return refuse('ERR_SCOPE_NOT_GRANTED', `a renewal keeps what the task holds, never more: ${notHeld.map(formatScope).join(' ')}`, {}, { scopes: notHeld.map(formatScope) });
+      }
+      if (parent !== undefined) {
+        // A delegated task is held to its parent as it stands now, as when it was delegated.
+        const attenuated = attenuate(
+          { scopes, expiresAt },
+          { parentScopes: options.narrowings?.remainingOf(parent.id) ?? parent.grantedScopes, parentExpiresAt: parent.expiresAt, parentDepth: parent.lineage.length, maxDepth: settings.maxDelegationDepth ?? DEFAULT_MAX_DELEGATION_DEPTH },
+        );
+        if (!attenuated.ok) return refuse(attenuated.code, attenuated.detail, {}, attenuated.scopes.length > 0 ? { scopes: attenuated.scopes.map(formatScope) } : {});
+      }
+
+      // The fresh decision: every scope as a grant now, and a delegated task's delegation again.
+      const decided = await decideGrant(engine, options.shadow?.(task.environment), options.observations, identity, task, scopes, now);
+      const deciding = new Set(decided.deciding);
+      if (parent !== undefined) {
+        const delegator = await registry.get(parent.identityId);
+        const delegate = delegator === undefined
+          ? undefined
+          : engine.decideTaskAction({ principal: delegator, action: 'delegate', task: { id: task.id, intent: task.intent, purpose: task.purpose, environment: task.environment, delegationDepth: task.lineage.length, scopes }, now });
+        delegate?.policies.forEach((p) => deciding.add(p));
+        if (delegate?.outcome !== 'allow') {
+          return refuse('ERR_POLICY_DENIED', `policy no longer lets ${parent.identityId} delegate this slice`, { decisions: decided.decisions }, {}, [...deciding].sort());
+        }
+      }
+      if (decided.refused.length > 0) {
+        const code: WritErrorCode = decided.refused.every((r) => r.outcome === 'approval_required') ? 'ERR_APPROVAL_REQUIRED' : 'ERR_POLICY_DENIED';
+        const refused = decided.refused.map((r) => ({ scope: formatScope(r), outcome: r.outcome }));
+        return refuse(code, `policy no longer allows ${refused.map((r) => r.scope).join(' ')}`, { decisions: decided.decisions, refused }, { refusedScopes: refused, policies: [...deciding].sort() }, [...deciding].sort());
+      }
+      const limitRank = RISK_LEVELS.indexOf(settings.renewalRiskLimit ?? 'critical');
+      const risky = decided.decisions.filter((d) => RISK_LEVELS.indexOf((d.risk as { level: RiskLevel }).level) >= limitRank);
+      if (risky.length > 0) {
+        return refuse('ERR_POLICY_DENIED', `risk has risen to ${settings.renewalRiskLimit ?? 'critical'} or more: ${risky.map((d) => String(d.scope)).join(' ')}`, { decisions: decided.decisions }, {}, [...deciding].sort());
+      }
+
+      const root = task.lineage.length === 0 ? task : await store.getTask(task.lineage[0] as string);
+      if (root === undefined) return refuse('ERR_NOT_RENEWABLE', 'the run\'s root task is gone');
+      const minted = mintTaskToken(options.taskKeys, {
+        issuer: settings.issuer,
+        audience: settings.audience,
+        identityId: identity.id,
+        task: { id: task.id, purpose: task.purpose, intent: task.intent },
+        scopes,
+        environment: task.environment,
+        issuedAt: now,
+        expiresAt,
+        run: { root: { id: root.id, identityId: root.identityId, purpose: root.purpose, intent: root.intent, environment: root.environment }, lineage: task.lineage, delegators: task.delegators },
+        mayAct: task.mayAct,
+        ...(caller.certificateThumbprint === undefined ? {} : { certificateThumbprint: caller.certificateThumbprint }),
+      });
+      const renewed = await store.renewTask(task.id, { previousTokenId: task.tokenId, previousExpiresAt: task.expiresAt, tokenId: minted.jti, expiresAt, grantedScopes: scopes, policyVersion: engine.version, at: now });
+      if (renewed === undefined) throw new WritError('ERR_TASK_STATE_CONFLICT', { detail: 'the task ended, or another renewal replaced this token first' });
+      // INVARIANT: the replaced token is refused here before anything that can fail.
+      bus.publish({ type: 'token.superseded', taskId: task.id, jti: task.tokenId, expiresAt: task.expiresAt });
+      try {
+        await record('allow', { jti: minted.jti, granted: scopes.map(formatScope), expiresAt, decisions: decided.decisions }, [...deciding].sort());
+      } catch (error) {
+        // The new token never left this function, and the old one is replaced: end the task rather than leave it unrecorded.
+        const ended = await store.transitionTask(task.id, ['active'], 'revoked', { at: clock.now(), endReason: 'audit_unavailable' }).catch(() => undefined);
+        if (ended) announceEnd(ended);
+        throw error;
+      }
+      options.observations.recordGrant(identity.id, scopes);
+      return { task: renewed, token: minted.token, expiresIn: Math.max(1, Math.floor((expiresAt - now) / 1000)), warnings };
+    },
+
 
     async endTask(caller, taskId, to, note) {
       const current = await visibleTask(caller, taskId);
@@ -513,23 +711,24 @@ export function createBroker(options: BrokerOptions): Broker {
 
     async revokeTasksOf(identityId, reason) {
       const ended = await store.endTasksOfIdentity(identityId, 'revoked', { at: clock.now(), endReason: `revoked: ${reason}` });
-      // INVARIANT: revoke in memory before anything that can fail.
-      for (const task of ended) announceEnd(task);
-      const recorded = await Promise.allSettled(ended.map((task) => recordEnd(task, { id: identityId }, reason)));
-      const failed = recorded.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-      // The tasks are revoked regardless; records that failed are owed and flushed later.
-      if (failed !== undefined) throw failed.reason;
+      await announceAndRecord(ended, reason);
       return ended;
+    },
+
+    async endDescendants(taskId) {
+      const ended = await store.endDescendants(taskId, 'revoked', { at: clock.now(), endReason: `revoked: ${taskId}, which it was delegated from, ended` });
+      return announceAndRecord(ended, `${taskId}, which it was delegated from, ended`);
     },
 
     async reapExpired() {
       const expired = await store.expireTasks(clock.now());
-      for (const task of expired) announceEnd(task);
-      const recorded = await Promise.allSettled(expired.map((task) => recordEnd(task, { id: task.identityId }, 'ttl elapsed')));
-      const failed = recorded.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-      // The tasks are expired and refused regardless; their records are owed and flushed later.
-      if (failed !== undefined) throw failed.reason;
-      return expired.length;
+      let count = await announceAndRecord(expired, 'ttl elapsed');
+      // A cascade cut short (the process stopped between a parent's end and its children's) finishes here.
+      for (const orphan of await store.listOrphanedTasks(500)) {
+        const ended = await store.transitionTask(orphan.id, ['active', 'pending_approval'], 'revoked', { at: clock.now(), endReason: `revoked: ${orphan.parentTaskId ?? 'its parent'}, which it was delegated from, ended` });
+        if (ended !== undefined) count += await announceAndRecord([ended], `${orphan.parentTaskId ?? 'its parent'}, which it was delegated from, ended`);
+      }
+      return count;
     },
 
     async flushEndRecords() {
@@ -546,6 +745,8 @@ export interface GrantContext {
   readonly environment: string;
   readonly intent: string;
   readonly purpose: string;
+  /** A delegated task's ancestors: its delegation depth is how many. */
+  readonly lineage?: readonly string[];
 }
 
 /**
@@ -563,11 +764,12 @@ export async function grantDecisionInput(observations: Observations, principal: 
     purpose: task.purpose,
     stage: 'grant',
     now,
+    delegationDepth: task.lineage?.length ?? 0,
     observed: await observations.observe(principal.id, scope.resource, now),
   };
 }
 
-interface GrantDecisions {
+export interface GrantDecisions {
   readonly granted: Scope[];
   /** Allowed only with a human's approval (and not approved). */
   readonly pending: { readonly scope: Scope; readonly decision: PolicyDecision }[];
@@ -584,7 +786,7 @@ interface GrantDecisions {
  * a human approved: they are decided with `approval: approved`, and allowed
  * only if policy then allows them.
  */
-async function decideGrant(
+export async function decideGrant(
   engine: PolicyEngine,
   shadow: PolicyEngine | undefined,
   observations: Observations,
@@ -668,7 +870,7 @@ export function validationError(issues: readonly { path: readonly PropertyKey[];
 }
 
 /** The `typ` header of a compact JWS, read without trusting it (only to pick a verifier). */
-function peekTyp(token: string): string | undefined {
+export function peekTyp(token: string): string | undefined {
   const dot = token.indexOf('.');
   if (dot <= 0 || dot > 1024) return undefined;
   try {

@@ -303,6 +303,11 @@ export const configSchema = z
         maxTtl: duration(900),
         /** Allowed clock skew when checking `exp` and `nbf`. */
         clockSkew: duration(30),
+        /**
+         * The longest a task lasts from its request, counting every renewal at
+         * a checkpoint: a renewal never takes it past this. At most 24h.
+         */
+        maxLifetime: duration(28_800),
       })
       .strict()
       .prefault({}),
@@ -434,6 +439,14 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    /** Planner→worker delegation (RFC 8693 token exchange at /oauth/token). */
+    delegation: z
+      .object({
+        /** How many times a grant may be handed on: a root task is depth 0, its worker's task depth 1. At most 8. */
+        maxDepth: z.number().int().min(0).max(8).default(3),
+      })
+      .strict()
+      .prefault({}),
     reaper: z
       .object({
         intervalMs: z.number().int().min(100).max(3_600_000).default(5000),
@@ -465,6 +478,9 @@ export const configSchema = z
     }
     if (config.tokens.maxTtl > 86_400) {
       ctx.addIssue({ code: 'custom', path: ['tokens', 'maxTtl'], message: 'task tokens live minutes, never days (max 24h)' });
+    }
+    if (config.tokens.maxLifetime > 86_400 || config.tokens.maxLifetime < config.tokens.maxTtl) {
+      ctx.addIssue({ code: 'custom', path: ['tokens', 'maxLifetime'], message: 'at least tokens.maxTtl and at most 24h (renewals are fresh decisions, never standing access)' });
     }
     if (config.tokens.clockSkew > 300 || config.tokens.clockSkew > config.tokens.maxTtl) {
       ctx.addIssue({ code: 'custom', path: ['tokens', 'clockSkew'], message: 'at most 5m and at most tokens.maxTtl (skew extends every token)' });

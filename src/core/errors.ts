@@ -89,6 +89,41 @@ export const errorCatalog = {
     title: 'Break-glass is off',
     description: 'No break-glass policy set is configured (breakGlass.dir, or break-glass/ in the policy folder), so no emergency grant can be decided.',
   },
+  ERR_DELEGATION_TOO_DEEP: {
+    status: 403,
+    title: 'Delegation too deep',
+    description: 'A delegation would make the chain longer than `delegation.maxDepth` (default 3); a worker cannot hand on what it was handed beyond that.',
+  },
+  ERR_SCOPE_EXCEEDS_PARENT: {
+    status: 403,
+    title: "Scope exceeds the parent's",
+    description: "A delegated task asked for a scope, or a whole pattern, that no scope its parent holds now covers; `scopes` names each one. Delegation only narrows; nothing is cut silently.",
+  },
+  ERR_LIFETIME_EXCEEDS_PARENT: {
+    status: 403,
+    title: "Lifetime exceeds the parent's",
+    description: "A delegated task would outlive its parent task; ask for a shorter ttl.",
+  },
+  ERR_ACTOR_NOT_ALLOWED: {
+    status: 403,
+    title: "Actor not allowed",
+    description: "The token exchange's actor may not act for this task: the parent's `may_act` does not name it, it is already in the delegation chain, or its actor token is not an identity token.",
+  },
+  ERR_NOT_RENEWABLE: {
+    status: 403,
+    title: 'Not renewable',
+    description: 'The task cannot be renewed: a break-glass grant never is (ask for a new one, on the record), and only an active task with its current token is.',
+  },
+  ERR_MAX_LIFETIME_REACHED: {
+    status: 403,
+    title: "Maximum lifetime reached",
+    description: "The task has reached its maximum lifetime (`tokens.maxLifetime`, default 8h) or its parent's expiry; a renewal cannot take it further. Ask for a new task.",
+  },
+  ERR_UNSUPPORTED_GRANT_TYPE: {
+    status: 400,
+    title: 'Unsupported grant type',
+    description: 'The token endpoint serves only `urn:ietf:params:oauth:grant-type:token-exchange` (RFC 8693).',
+  },
   ERR_UNKNOWN_ACTION: {
     status: 400,
     title: 'Unknown action',

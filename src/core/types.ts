@@ -96,6 +96,17 @@ export interface Task {
   readonly state: TaskState;
   readonly policyVersion: string;
   readonly parentTaskId: string | null;
+  /**
+   * The tasks this one was delegated from, root first; empty for a task asked
+   * for directly. Its delegation depth is the length, its parent the last.
+   */
+  readonly lineage: readonly string[];
+  /** The identity of each task in `lineage`, root first: who delegated, in order. */
+  readonly delegators: readonly string[];
+  /** The only identities this task may be delegated to (its token's `may_act`); null: any policy allows. */
+  readonly mayAct: readonly string[] | null;
+  /** How many times the task was renewed at a checkpoint. */
+  readonly renewals: number;
   /** jti of the current task token, if one was issued. */
   readonly tokenId: string | null;
   readonly createdAt: number;

@@ -3,11 +3,14 @@
  *
  *   1. token     signature, expiry, audience (signature cached per token);
  *                a certificate-bound token only with that certificate
- *   2. revoked   the task has not ended (in-memory revocation list)
- *   3. identity  the identity is still registered and active
+ *   2. revoked   the task has not ended, nor any task it was delegated
+ *                from, and no renewal replaced the token (in-memory list)
+ *   3. identity  the identity acting (a delegated token's `act.sub`) is
+ *                still registered and active
  *   4. scope     a granted scope covers (action, resource), and one the task
- *                still keeps if a policy change narrowed its grant since the
- *                token was minted (in-memory narrowing list)
+ *                (and each task it was delegated from) still keeps if a policy
+ *                change narrowed its grant since the token was minted
+ *                (in-memory narrowing list)
  *   5. policy    above `read` (the action's tier, raised by the resource's
  *                tier floor), policy is decided again with fresh context: the
  *                call's arguments, its risk score, the time
@@ -209,10 +212,13 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
       return deny('ERR_TOKEN_BINDING', presenter?.certificateThumbprint === undefined ? 'token is bound to a client certificate; none was presented' : 'token is bound to another client certificate', { token: verified });
     }
 
-    if (revocations.isRevoked(taskId)) return deny('ERR_TOKEN_REVOKED', 'task has ended', { token: verified });
+    const revoked = revocations.refusal(verified);
+    if (revoked !== undefined) return deny('ERR_TOKEN_REVOKED', revoked, { token: verified });
 
-    options.observations.recordCall(verified.claims.sub, now);
-    const identity = registry.getCached(verified.claims.sub) ?? (await registry.get(verified.claims.sub));
+    // The identity acting: on a delegated task's token, the worker (`act`), not the run's first identity (`sub`).
+    const actor = verified.actor;
+    options.observations.recordCall(actor, now);
+    const identity = registry.getCached(actor) ?? (await registry.get(actor));
     if (identity === undefined) return deny('ERR_IDENTITY_INACTIVE', 'identity is no longer registered', { token: verified });
     const inactive = identityInactiveReason(identity, now);
     if (inactive !== undefined) return deny('ERR_IDENTITY_INACTIVE', inactive, { token: verified });
@@ -229,9 +235,11 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
     if (findCoveringScope(verified.scopes, request) === undefined) {
       return deny('ERR_SCOPE_NOT_GRANTED', 'no granted scope covers this action and resource', { token: verified, identity, tier, ...breakGlass });
     }
-    const kept = narrowings.remainingOf(taskId);
-    if (kept !== undefined && findCoveringScope(kept, request) === undefined) {
-      return deny('ERR_SCOPE_NOT_GRANTED', 'narrowed by policy drift: the token\'s scope covers this, the grant no longer does', { token: verified, identity, tier, ...breakGlass });
+    // A delegated task holds no more than its ancestors keep now: one narrowed by policy drift narrows its whole subtree.
+    const narrowedIn = narrowedAway(narrowings, request, taskId) ? taskId : verified.lineage.find((id) => narrowedAway(narrowings, request, id));
+    if (narrowedIn !== undefined) {
+      const whose = narrowedIn === taskId ? '' : ` (of ${narrowedIn}, which this task was delegated from)`;
+      return deny('ERR_SCOPE_NOT_GRANTED', `narrowed by policy drift${whose}: the token's scope covers this, the grant no longer does`, { token: verified, identity, tier, ...breakGlass });
     }
     if (tier === 'read') return { decision: 'allow', reason: null, token: verified, identity, tier, ...breakGlass };
 
@@ -245,6 +253,7 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
       purpose: verified.claims.task.purpose,
       stage: 'call' as const,
       now,
+      delegationDepth: verified.lineage.length,
       ...(request.context === undefined ? {} : { args: request.context }),
       // Not awaited when already known: the hot path stays synchronous.
       observed: observing instanceof Promise ? await observing : observing,
@@ -309,7 +318,7 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
     const claims = outcome.token?.claims;
     const base = {
       taskId: claims?.task.id ?? null,
-      identityId: claims?.sub ?? null,
+      identityId: outcome.token?.actor ?? null,
       tier: outcome.tier ?? null,
       policies: outcome.policies ?? [],
       policyVersion: outcome.policyVersion ?? null,
@@ -323,7 +332,7 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
         ...(claims === undefined
           ? {}
           : {
-              actor: auditActor(outcome.identity ?? { id: claims.sub }),
+              actor: auditActor(outcome.identity ?? { id: outcome.token?.actor ?? claims.sub }),
               task: { id: claims.task.id, purpose: claims.task.purpose, intent: claims.task.intent, environment: claims.env },
             }),
         ...(shapeOk ? { action: request.action.slice(0, 128), resource: request.resource.slice(0, 300) } : {}),
@@ -354,6 +363,12 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
       return { allowed: false, decision: 'deny', reason: 'ERR_AUDIT_UNAVAILABLE', ...base, auditId: null };
     }
   };
+}
+
+/** True when a policy change narrowed task `taskId`'s grant and what it keeps does not cover `request`. */
+function narrowedAway(narrowings: NarrowingList, request: ActionRequest, taskId: string): boolean {
+  const kept = narrowings.remainingOf(taskId);
+  return kept !== undefined && findCoveringScope(kept, request) === undefined;
 }
 
 /** Opens (or finds) the approval request for a call policy allows only with one; undefined when it could not. */

@@ -15,6 +15,14 @@ export type WritEvent =
       readonly expiresAt: number;
     }
   | {
+      /** A renewal replaced the task's token `jti` (here or on another node): refused from now on. */
+      readonly type: 'token.superseded';
+      readonly taskId: string;
+      readonly jti: string;
+      /** When the replaced token would have expired anyway (epoch ms). */
+      readonly expiresAt: number;
+    }
+  | {
       /** A policy change narrowed the task's grant (here or on another node): it keeps fewer scopes than its token names. */
       readonly type: 'task.narrowed';
       readonly taskId: string;

@@ -130,6 +130,12 @@ export const riskSettingsSchema = z
     saturatingDelegationDepth: z.number().int().min(1).max(32).default(3),
     /** Business hours, UTC; `offHours` counts outside them. Default 08–18 Monday to Friday. */
     businessHours: businessHoursSchema.default(() => ({ start: 8, end: 18, weekdays: [1, 2, 3, 4, 5] })),
+    /**
+     * A renewal at a checkpoint is refused when the fresh decision of any scope
+     * it keeps scores this level or more, whatever policy allows: risk that has
+     * risen this far ends the run at its next checkpoint.
+     */
+    renewalLimit: z.enum(['medium', 'high', 'critical']).default('critical'),
     /** The lowest score of each level; below `medium` is `low`. Must increase strictly. */
     thresholds: z
       .object({

@@ -26,6 +26,7 @@ import type { AdminTokenRecord } from '../store/store.js';
 import { createMcpGateway } from '../gateway/mcp/gateway.js';
 import { createMcpHttpFront, MCP_PATH } from '../gateway/mcp/http.js';
 import { createUpstreamPool } from '../gateway/mcp/upstreams.js';
+import { registerOAuthRoutes, TOKEN_PATH } from './oauth.js';
 import { adminActor, type IdentityStateChange, type Writ } from '../writ.js';
 
 // Only the shape is checked here; sizes and syntax are the action check's to
@@ -112,6 +113,11 @@ export function taskView(task: Task) {
     grantedScopes: task.grantedScopes,
     refusedScopes: task.refusedScopes,
     policyVersion: task.policyVersion,
+    parentTaskId: task.parentTaskId,
+    lineage: task.lineage,
+    delegators: task.delegators,
+    mayAct: task.mayAct,
+    renewals: task.renewals,
     createdAt: new Date(task.createdAt).toISOString(),
     expiresAt: new Date(task.expiresAt).toISOString(),
     endedAt: task.endedAt === null ? null : new Date(task.endedAt).toISOString(),
@@ -172,7 +178,7 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
       // absolute form `https://host/v1/tasks` route to /v1 too.
       const route = request.routeOptions.url ?? request.url;
       // The MCP gateway hands out tasks too (request_access): the same gate.
-      if (!route.startsWith('/v1/') && route !== MCP_PATH) return;
+      if (!route.startsWith('/v1/') && route !== MCP_PATH && route !== TOKEN_PATH) return;
       // `required` means a valid X.509-SVID, not just any certificate.
       const verified = verifiedCertificateOf(request);
       if (verified?.ok === true) return;
@@ -230,6 +236,9 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
       'POST /v1/tasks/{id}/fail',
       'POST /v1/tasks/{id}/revoke',
       'POST /v1/tasks/{id}/activate',
+      'POST /v1/tasks/{id}/renew',
+      'POST /oauth/token',
+      'GET /.well-known/oauth-authorization-server',
       'POST /v1/authorize',
       'GET /v1/approvals',
       'GET /v1/approvals/{id}',
@@ -292,6 +301,8 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
     const devIssuer = writ.devIssuer;
     app.get('/dev-issuer/jwks.json', async () => devIssuer.ring.jwks());
   }
+
+  registerOAuthRoutes(app, writ, certificateChainOf);
 
   const sendTaskResult = (reply: FastifyReply, result: TaskRequestResult) => {
     switch (result.status) {
@@ -389,6 +400,12 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
     const body = reviewBodySchema.safeParse(request.body ?? {});
     if (!body.success) throw validationError(body.error.issues);
     return { breakGlass: breakGlassView(await writ.breakGlass.review(caller, request.params.id, body.data.note)) };
+  });
+
+  app.post<{ Params: { id: string } }>('/v1/tasks/:id/renew', async (request) => {
+    const caller = await writ.broker.authenticate(credentialsOf(request), { allowTaskToken: true, endpoint: 'POST /v1/tasks/{id}/renew' });
+    const renewed = await writ.broker.renewTask(caller, request.params.id, request.body ?? {});
+    return { task: taskView(renewed.task), token: renewed.token, tokenType: 'Bearer', expiresIn: renewed.expiresIn, warnings: renewed.warnings };
   });
 
   app.get<{ Params: { id: string } }>('/v1/tasks/:id', async (request) => {

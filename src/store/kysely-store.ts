@@ -36,7 +36,9 @@ import type {
   SigningKeyUse,
   Store,
   StoredSigningKey,
+  SupersededToken,
   TaskActivation,
+  TaskRenewal,
   TaskTransition,
   VoteResult,
 } from './store.js';
@@ -94,6 +96,18 @@ interface TaskTable {
   end_reason: string | null;
   end_audit_id: string | null;
   narrowed_at: number | null;
+  lineage: string;
+  delegators: string;
+  may_act: string | null;
+  renewals: number;
+  root_task_id: string | null;
+}
+
+interface SupersededTokenTable {
+  jti: string;
+  task_id: string;
+  expires_at: number;
+  superseded_at: number;
 }
 
 interface SigningKeyTable {
@@ -208,6 +222,7 @@ interface Tables {
   outbox: OutboxTable;
   break_glass: BreakGlassTable;
   break_glass_uses: BreakGlassUseTable;
+  superseded_tokens: SupersededTokenTable;
 }
 
 const NON_TERMINAL: readonly TaskState[] = ['active', 'pending_approval'];
@@ -401,6 +416,11 @@ class KyselyStore implements Store {
         end_reason: task.state === 'denied' ? 'denied' : null,
         end_audit_id: null,
         narrowed_at: null,
+        lineage: JSON.stringify(task.lineage),
+        delegators: JSON.stringify(task.delegators),
+        may_act: task.mayAct === null ? null : JSON.stringify(task.mayAct),
+        renewals: task.renewals,
+        root_task_id: task.lineage[0] ?? task.id,
       })
       .execute();
   }
@@ -526,6 +546,74 @@ class KyselyStore implements Store {
       .returningAll()
       .executeTakeFirst();
     return row && toTask(row);
+  }
+
+  async renewTask(id: string, change: TaskRenewal): Promise<Task | undefined> {
+    return this.atomically(async (trx) => {
+      const row = await trx
+        .updateTable('tasks')
+        .set({
+          token_id: change.tokenId,
+          expires_at: change.expiresAt,
+          granted_scopes: JSON.stringify(change.grantedScopes.map(scopeRow)),
+          policy_version: change.policyVersion,
+          renewals: sql<number>`renewals + 1`,
+        })
+        .where('id', '=', id)
+        .where('state', '=', 'active')
+        // INVARIANT: one token is renewed once; a renewal that lost the race changes nothing.
+        .where('token_id', '=', change.previousTokenId)
+        .where('expires_at', '=', change.previousExpiresAt)
+        .returningAll()
+        .executeTakeFirst();
+      if (row === undefined) return undefined;
+      await trx
+        .insertInto('superseded_tokens')
+        .values({ jti: change.previousTokenId, task_id: id, expires_at: change.previousExpiresAt, superseded_at: change.at })
+        .execute();
+      return toTask(row);
+    });
+  }
+
+  async listTokensSupersededSince(since: number): Promise<SupersededToken[]> {
+    const rows = await this.db.selectFrom('superseded_tokens').selectAll().where('superseded_at', '>=', since).execute();
+    return rows.map(toSupersededToken);
+  }
+
+  async listSupersededUnexpiredTokens(now: number): Promise<SupersededToken[]> {
+    const rows = await this.db.selectFrom('superseded_tokens').selectAll().where('expires_at', '>', now).execute();
+    return rows.map(toSupersededToken);
+  }
+
+  async endDescendants(taskId: string, to: TaskState, change: TaskTransition): Promise<Task[]> {
+    const task = await this.getTask(taskId);
+    if (task === undefined) return [];
+    const root = task.lineage[0] ?? task.id;
+    // One tree, read whole (a tree is small: its depth is bounded); the lineage names every ancestor.
+    const tree = await this.db.selectFrom('tasks').select(['id', 'lineage']).where('root_task_id', '=', root).where('state', 'in', [...NON_TERMINAL]).execute();
+    const ids = tree.filter((row) => (JSON.parse(row.lineage) as string[]).includes(taskId)).map((row) => row.id);
+    if (ids.length === 0) return [];
+    const rows = await this.db
+      .updateTable('tasks')
+      .set({ state: to, ended_at: change.at, end_reason: change.endReason ?? to })
+      .where('id', 'in', ids)
+      .where('state', 'in', [...NON_TERMINAL])
+      .returningAll()
+      .execute();
+    return rows.map(toTask);
+  }
+
+  async listOrphanedTasks(limit: number): Promise<Task[]> {
+    const rows = await this.db
+      .selectFrom('tasks as child')
+      .innerJoin('tasks as parent', 'parent.id', 'child.parent_task_id')
+      .selectAll('child')
+      .where('child.state', 'in', [...NON_TERMINAL])
+      .where('parent.state', 'not in', [...NON_TERMINAL])
+      .orderBy('child.id')
+      .limit(limit)
+      .execute();
+    return rows.map(toTask);
   }
 
   async listTasksNarrowedSince(since: number): Promise<NarrowedTask[]> {
@@ -1133,6 +1221,10 @@ function toTask(row: TaskTable): Task {
     state: row.state as TaskState,
     policyVersion: row.policy_version,
     parentTaskId: row.parent_task_id,
+    lineage: JSON.parse(row.lineage) as string[],
+    delegators: JSON.parse(row.delegators) as string[],
+    mayAct: row.may_act === null ? null : (JSON.parse(row.may_act) as string[]),
+    renewals: Number(row.renewals),
     tokenId: row.token_id,
     createdAt: row.created_at,
     expiresAt: row.expires_at,
@@ -1144,6 +1236,10 @@ function toTask(row: TaskTable): Task {
 /** A scope as stored: exactly `{action, resource}` in that order, so stored grants compare as text. */
 function scopeRow(scope: Scope): Scope {
   return { action: scope.action, resource: scope.resource };
+}
+
+function toSupersededToken(row: SupersededTokenTable): SupersededToken {
+  return { jti: row.jti, taskId: row.task_id, expiresAt: Number(row.expires_at) };
 }
 
 function toNarrowedTask(row: Pick<TaskTable, 'id' | 'granted_scopes' | 'expires_at'>): NarrowedTask {

@@ -259,6 +259,33 @@ const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+
+  '0007_delegation': {
+    async up(db: Kysely<unknown>) {
+      // Delegation: the tasks a task was delegated from (root first) and who
+      // delegated each; the identities it may be delegated to; renewals.
+      await db.schema.alterTable('tasks').addColumn('lineage', 'text', (c) => c.notNull().defaultTo('[]')).execute();
+      await db.schema.alterTable('tasks').addColumn('delegators', 'text', (c) => c.notNull().defaultTo('[]')).execute();
+      await db.schema.alterTable('tasks').addColumn('may_act', 'text').execute();
+      await db.schema.alterTable('tasks').addColumn('renewals', 'integer', (c) => c.notNull().defaultTo(0)).execute();
+      // The root of the task's delegation tree (itself for a task asked for directly): a cascade reads one tree.
+      await db.schema.alterTable('tasks').addColumn('root_task_id', 'text').execute();
+      await sql`update tasks set root_task_id = id`.execute(db);
+      await db.schema.createIndex('tasks_root').on('tasks').columns(['root_task_id', 'state']).execute();
+      await db.schema.createIndex('tasks_parent').on('tasks').column('parent_task_id').where(sql.ref('parent_task_id'), 'is not', null).execute();
+
+      // Tokens a renewal replaced before they expired: refused everywhere until they would have expired.
+      await db.schema
+        .createTable('superseded_tokens')
+        .addColumn('jti', 'text', (c) => c.primaryKey())
+        .addColumn('task_id', 'text', (c) => c.notNull())
+        .addColumn('expires_at', 'bigint', (c) => c.notNull())
+        .addColumn('superseded_at', 'bigint', (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex('superseded_tokens_at').on('superseded_tokens').column('superseded_at').execute();
+      await db.schema.createIndex('superseded_tokens_expiry').on('superseded_tokens').column('expires_at').execute();
+    },
+  },
 };
 
 export const migrationProvider: MigrationProvider = {

@@ -87,6 +87,27 @@ export interface GrantChange {
   readonly narrowedAt?: number;
 }
 
+/** A renewal: the task's new token and grant (see `Store.renewTask`). */
+export interface TaskRenewal {
+  /** The token being replaced, and its expiry: the renewal happens only while they are still the task's. */
+  readonly previousTokenId: string;
+  readonly previousExpiresAt: number;
+  readonly tokenId: string;
+  readonly expiresAt: number;
+  /** What the renewal decided: the scopes the task keeps (a subset of what it held). */
+  readonly grantedScopes: readonly Scope[];
+  readonly policyVersion: string;
+  readonly at: number;
+}
+
+/** A task token replaced by a renewal before it expired: refused from then on. */
+export interface SupersededToken {
+  readonly jti: string;
+  readonly taskId: string;
+  /** When the token would have expired on its own. */
+  readonly expiresAt: number;
+}
+
 /** A task whose grant was narrowed after its token was minted. */
 export interface NarrowedTask {
   readonly id: string;
@@ -300,6 +321,25 @@ export interface Store {
   listTasksNarrowedSince(since: number): Promise<NarrowedTask[]>;
   /** Narrowed tasks whose tokens would otherwise still be valid at `now`. */
   listNarrowedUnexpiredTasks(now: number): Promise<NarrowedTask[]>;
+  /**
+   * Atomic, in one transaction: while the task is `active` and its token is
+   * still `previousTokenId` expiring at `previousExpiresAt`, gives it the new
+   * token, expiry and grant, counts the renewal, and lists the previous token
+   * as superseded. Returns the renewed task, or undefined when the task ended
+   * or another renewal won (one token is never renewed twice).
+   */
+  renewTask(id: string, change: TaskRenewal): Promise<Task | undefined>;
+  /** Tokens superseded at or after `since` (any node, any process). */
+  listTokensSupersededSince(since: number): Promise<SupersededToken[]>;
+  /** Superseded tokens that would otherwise still be valid at `now`. */
+  listSupersededUnexpiredTokens(now: number): Promise<SupersededToken[]>;
+  /**
+   * Atomically ends every non-terminal task delegated, directly or not, from
+   * `taskId` (its `lineage` names it) and returns exactly the tasks this call moved.
+   */
+  endDescendants(taskId: string, to: TaskState, change: TaskTransition): Promise<Task[]>;
+  /** Up to `limit` non-terminal tasks whose parent task has ended (a cascade that did not finish). */
+  listOrphanedTasks(limit: number): Promise<Task[]>;
   /** Records that the task's end is on the audit chain as record `auditId`. */
   markTaskEndAudited(id: string, auditId: string): Promise<void>;
   /** Up to `limit` tasks that ended at or before `endedBefore` and whose end is not yet audited. */
