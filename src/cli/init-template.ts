@@ -34,6 +34,7 @@ tokens:
   defaultTtl: 5m               # a task's lifetime when the request names none
   maxTtl: 15m                  # hard maximum; longer requests are cut to this (never days)
   clockSkew: 30s               # tolerated clock difference when checking exp and nbf
+  maxLifetime: 8h              # longest a task lasts from its request, renewals at checkpoints included (at most 24h)
 
 identity:
   audience: writ               # identity tokens must name this in aud
@@ -81,6 +82,7 @@ policy:
     saturatingDelegationDepth: 3
     businessHours: { start: 8, end: 18, weekdays: [1, 2, 3, 4, 5] }  # UTC; offHours counts outside
     thresholds: { medium: 25, high: 50, critical: 75 }
+    renewalLimit: critical     # a renewal whose fresh decision scores this level or more is refused (medium | high | critical)
   # A candidate policy folder decided beside the enforced one and recorded
   # ("would deny/allow") on every decision's audit record, never enforced.
   # shadow:
@@ -131,6 +133,10 @@ notifications:
   #   secret: ops-webhook-secret   # in the vault: writ secret set ops-webhook-secret
   #   format: json                 # json | slack
   #   events: [approval.requested, break_glass.started]   # default: every event
+
+# Planner→worker delegation by token exchange at /oauth/token. See docs/delegation.md.
+delegation:
+  maxDepth: 3                  # how many times a grant may be handed on (at most 8)
 
 reaper:
   intervalMs: 5000             # how often tasks past their expiry are moved to expired

@@ -479,8 +479,8 @@ export const configSchema = z
     if (config.tokens.maxTtl > 86_400) {
       ctx.addIssue({ code: 'custom', path: ['tokens', 'maxTtl'], message: 'task tokens live minutes, never days (max 24h)' });
     }
-    if (config.tokens.maxLifetime > 86_400 || config.tokens.maxLifetime < config.tokens.maxTtl) {
-      ctx.addIssue({ code: 'custom', path: ['tokens', 'maxLifetime'], message: 'at least tokens.maxTtl and at most 24h (renewals are fresh decisions, never standing access)' });
+    if (config.tokens.maxLifetime > 86_400) {
+      ctx.addIssue({ code: 'custom', path: ['tokens', 'maxLifetime'], message: 'at most 24h (renewals are fresh decisions, never standing access)' });
     }
     if (config.tokens.clockSkew > 300 || config.tokens.clockSkew > config.tokens.maxTtl) {
       ctx.addIssue({ code: 'custom', path: ['tokens', 'clockSkew'], message: 'at most 5m and at most tokens.maxTtl (skew extends every token)' });
