@@ -2,6 +2,11 @@
  * `writ/sdk`: a small client for agents and orchestrators, over the REST API
  * only. Errors from Writ arrive as `WritApiError` with the problem's stable
  * `code`; switch on that, never on the message.
+ *
+ * `holdTask` keeps a task and its current token together: a planner hands
+ * workers slices of it (`delegate`), and at checkpoints it marks (`checkpoint`)
+ * the token is renewed when it nears its expiry. Never on a timer: a task that
+ * stops reaching checkpoints runs out.
  */
 
 export interface Scope {
@@ -26,6 +31,16 @@ export interface TaskView {
   readonly grantedScopes: readonly Scope[];
   readonly refusedScopes: readonly RefusedScope[];
   readonly policyVersion: string;
+  /** The task it was delegated from; null for a task asked for directly. */
+  readonly parentTaskId: string | null;
+  /** The tasks it was delegated from, root first. */
+  readonly lineage: readonly string[];
+  /** Who delegated, in the order of `lineage`. */
+  readonly delegators: readonly string[];
+  /** The only identities it may be delegated to; null: any policy allows. */
+  readonly mayAct: readonly string[] | null;
+  /** How many times it was renewed at a checkpoint. */
+  readonly renewals: number;
   readonly createdAt: string;
   readonly expiresAt: string;
   readonly endedAt: string | null;
@@ -116,6 +131,108 @@ export interface BreakGlassRequest {
   readonly identity?: string;
 }
 
+/** A renewal at a checkpoint (`POST /v1/tasks/{id}/renew`). */
+export interface RenewalRequest {
+  /** What was done since the task began or was last renewed: on the record. 1 to 500 characters. */
+  readonly checkpoint: string;
+  /** Seconds or a duration such as `5m`; default Writ's default TTL. Never past the task's maximum lifetime. */
+  readonly ttl?: number | string;
+  /** Keep only these (each one the task holds); default everything it holds. */
+  readonly scopes?: readonly Scope[];
+}
+
+export interface TaskRenewal {
+  readonly task: TaskView;
+  /** The new token; the one that asked is refused from now on. */
+  readonly token: string;
+  readonly tokenType: 'Bearer';
+  readonly expiresIn: number;
+  readonly warnings: readonly string[];
+}
+
+/** What a planner hands a worker (RFC 8693 token exchange). */
+export interface DelegationRequest {
+  /** The slice, each within what the planner's task holds: scopes, or `action:resource` entries separated by spaces. */
+  readonly scopes: readonly Scope[] | string;
+  /** Seconds or a duration such as `2m`; default as long as Writ's default allows, within the planner's expiry. */
+  readonly ttl?: number | string;
+  /** The worker's part of the work; default the planner's purpose. */
+  readonly purpose?: string;
+  /** The only identities the worker may hand its slice on to. */
+  readonly mayAct?: readonly string[];
+}
+
+/** A worker's task, delegated from the planner's. */
+export interface Delegation {
+  /** The worker's task token; give it to the worker, never to anyone else. */
+  readonly token: string;
+  readonly tokenType: 'Bearer';
+  readonly taskId: string;
+  readonly expiresIn: number;
+  readonly scopes: readonly Scope[];
+}
+
+/** Anything that carries a task token and how long it lives: a grant, a renewal, a delegation, a break-glass answer. */
+export type TaskTokenSource = { readonly token: string; readonly expiresIn: number } & ({ readonly task: { readonly id: string } } | { readonly taskId: string });
+
+export interface HoldTaskOptions {
+  /**
+   * A checkpoint renews when the token has fewer than this many seconds left.
+   * Default: a third of the token's lifetime.
+   */
+  readonly renewWithin?: number;
+  /** Epoch milliseconds now; default `Date.now`. The expiry is counted from when the token arrived, so a skewed clock does not matter. */
+  readonly now?: () => number;
+}
+
+export interface CheckpointOptions {
+  /** For this checkpoint's renewal: seconds or a duration such as `5m`. */
+  readonly ttl?: number | string;
+  /** For this checkpoint's renewal: keep only these scopes. */
+  readonly scopes?: readonly Scope[];
+  /** Overrides the holder's `renewWithin` for this checkpoint (seconds). */
+  readonly renewWithin?: number;
+}
+
+export type CheckpointResult =
+  /** This checkpoint renewed the task: its note is on the record, and the holder uses the new token. */
+  | { readonly renewed: true; readonly task: TaskView; readonly expiresIn: number; readonly warnings: readonly string[] }
+  /**
+   * Nothing was asked of Writ and the note is not recorded: the token has life
+   * enough (`not_due`: a checkpoint renews in `dueIn` seconds), or a checkpoint
+   * running at the same time renewed it (`renewed_concurrently`).
+   */
+  | { readonly renewed: false; readonly reason: 'not_due' | 'renewed_concurrently'; readonly expiresIn: number; readonly dueIn: number };
+
+/**
+ * A task and its current token. After a renewal every method uses the new
+ * token; one called while a renewal is under way waits for it first.
+ */
+export interface HeldTask {
+  readonly id: string;
+  /** The current token. A renewal replaces it: read it again rather than keep it. */
+  readonly token: string;
+  /** Seconds the current token has left, by the holder's clock. */
+  expiresIn(): number;
+  /**
+   * Marks a checkpoint: when the token has less than `renewWithin` left, renews
+   * the task with `note` as what was done, and holds the new token; otherwise
+   * does nothing, and says so. Two checkpoints at once make one renewal.
+   * @throws TypeError when `note` is not 1 to 500 characters of plain text (whether or not a renewal is due)
+   * @throws WritApiError of the renewal: ERR_MAX_LIFETIME_REACHED, ERR_NOT_RENEWABLE (break-glass),
+   *   ERR_POLICY_DENIED, ERR_APPROVAL_REQUIRED, ERR_SCOPE_NOT_GRANTED, ERR_TASK_STATE_CONFLICT,
+   *   ERR_UNAUTHENTICATED (the token expired, or was replaced elsewhere). The current token is left as it was.
+   */
+  checkpoint(note: string, options?: CheckpointOptions): Promise<CheckpointResult>;
+  authorize(call: ActionCall): Promise<AuthorizeAnswer>;
+  authorizeWithApproval(call: ActionCall, options: { readonly waitMs: number; readonly pollMs?: number; readonly signal?: AbortSignal }): Promise<AuthorizeAnswer>;
+  /** Hands `workerIdentityToken`'s holder a slice of this task; see `WritClient.delegate`. */
+  delegate(workerIdentityToken: string, request: DelegationRequest): Promise<Delegation>;
+  get(): Promise<TaskView>;
+  complete(note?: string): Promise<TaskView>;
+  fail(note?: string): Promise<TaskView>;
+}
+
 export interface ActionCall {
   readonly action: string;
   readonly resource: string;
@@ -201,21 +318,54 @@ export interface WritClient {
   authorizeWithApproval(taskToken: string, call: ActionCall, options: { readonly waitMs: number; readonly pollMs?: number; readonly signal?: AbortSignal }): Promise<AuthorizeAnswer>;
   /** An emergency grant for the caller (a human) or an agent it owns; returns its task token. */
   breakGlass(humanToken: string, request: BreakGlassRequest): Promise<{ readonly breakGlass: BreakGlassView; readonly task: TaskView; readonly token: string; readonly expiresIn: number }>;
+  /**
+   * Renews a task with its current token, whatever it has left: a fresh
+   * decision of what it keeps, a new token, and `taskToken` refused from then
+   * on. At checkpoints, prefer `HeldTask.checkpoint`, which renews only when due.
+   * @throws WritApiError ERR_MAX_LIFETIME_REACHED, ERR_NOT_RENEWABLE, ERR_POLICY_DENIED, ERR_APPROVAL_REQUIRED,
+   *   ERR_SCOPE_NOT_GRANTED, ERR_TASK_STATE_CONFLICT, ERR_FORBIDDEN (not the task's token), ERR_VALIDATION
+   */
+  renewTask(taskToken: string, taskId: string, request: RenewalRequest): Promise<TaskRenewal>;
+  /**
+   * The planner's side of a delegation (RFC 8693 token exchange at
+   * `/oauth/token`): a child task for the worker whose identity token is
+   * given, holding `request.scopes`, each within what `taskToken`'s task holds
+   * now, and never outliving it. Nothing is cut silently: a slice Writ would not
+   * hand on whole is refused whole.
+   * @throws WritApiError ERR_SCOPE_EXCEEDS_PARENT, ERR_LIFETIME_EXCEEDS_PARENT, ERR_ACTOR_NOT_ALLOWED,
+   *   ERR_DELEGATION_TOO_DEEP, ERR_POLICY_DENIED, ERR_APPROVAL_REQUIRED, ERR_VALIDATION, ERR_UNAUTHENTICATED;
+   *   its `problem` carries OAuth's `error` and `error_description` too
+   */
+  delegate(taskToken: string, workerIdentityToken: string, request: DelegationRequest): Promise<Delegation>;
+  /**
+   * Holds a granted task and its token (from `requestTask`, `activateTask`,
+   * `delegate`, `breakGlass`, or one given to this process with its lifetime),
+   * for checkpoints that renew it and calls that always use its current token.
+   */
+  holdTask(source: TaskTokenSource, options?: HoldTaskOptions): HeldTask;
 }
+
+const TOKEN_EXCHANGE_FORM = {
+  grant_type: 'urn:ietf:params:oauth:grant-type:token-exchange',
+  subject_token_type: 'urn:ietf:params:oauth:token-type:access_token',
+  actor_token_type: 'urn:ietf:params:oauth:token-type:jwt',
+} as const;
 
 export function createWritClient(options: WritClientOptions): WritClient {
   const base = options.baseUrl.replace(/\/+$/, '');
   const doFetch = options.fetch ?? fetch;
   const timeoutMs = options.timeoutMs ?? 10_000;
 
+  /** `body` as JSON, or form-encoded when it is URLSearchParams (the OAuth token endpoint's only). */
   const call = async <T>(method: 'GET' | 'POST', path: string, bearer?: string, body?: unknown): Promise<T> => {
     const headers: Record<string, string> = { accept: 'application/json, application/problem+json' };
     if (bearer !== undefined) headers.authorization = `Bearer ${bearer}`;
-    if (body !== undefined) headers['content-type'] = 'application/json';
+    const form = body instanceof URLSearchParams;
+    if (body !== undefined) headers['content-type'] = form ? 'application/x-www-form-urlencoded' : 'application/json';
     const response = await doFetch(`${base}${path}`, {
       method,
       headers,
-      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+      ...(body === undefined ? {} : { body: form ? body.toString() : JSON.stringify(body) }),
       redirect: 'manual',
       signal: AbortSignal.timeout(timeoutMs),
     });
@@ -256,7 +406,22 @@ export function createWritClient(options: WritClientOptions): WritClient {
   const end = async (verb: string, bearer: string, taskId: string, note?: string) =>
     (await call<{ task: TaskView }>('POST', taskPath(taskId, verb), bearer, note === undefined ? {} : { note })).task;
 
-  return {
+  const renewTask = (taskToken: string, taskId: string, request: RenewalRequest) => call<TaskRenewal>('POST', taskPath(taskId, 'renew'), taskToken, request);
+  const delegate = async (taskToken: string, workerIdentityToken: string, request: DelegationRequest): Promise<Delegation> => {
+    const form = new URLSearchParams({
+      ...TOKEN_EXCHANGE_FORM,
+      subject_token: taskToken,
+      actor_token: workerIdentityToken,
+      scope: typeof request.scopes === 'string' ? request.scopes : request.scopes.map((s) => `${s.action}:${s.resource}`).join(' '),
+    });
+    if (request.ttl !== undefined) form.set('ttl', String(request.ttl));
+    if (request.purpose !== undefined) form.set('purpose', request.purpose);
+    if (request.mayAct !== undefined) form.set('may_act', request.mayAct.join(' '));
+    const answer = await call<{ access_token: string; token_type: 'Bearer'; expires_in: number; scope: string; task_id: string }>('POST', '/oauth/token', undefined, form);
+    return { token: answer.access_token, tokenType: answer.token_type, taskId: answer.task_id, expiresIn: answer.expires_in, scopes: parseScopes(answer.scope) };
+  };
+
+  const client: WritClient = {
     requestTask: (identityToken, request) => call<TaskGrant>('POST', '/v1/tasks', identityToken, request),
     authorize: (taskToken, actionCall) => call<AuthorizeAnswer>('POST', '/v1/authorize', undefined, { token: taskToken, ...actionCall }),
     getTask: async (bearer, taskId) => (await call<{ task: TaskView }>('GET', taskPath(taskId), bearer)).task,
@@ -285,5 +450,93 @@ export function createWritClient(options: WritClientOptions): WritClient {
       return call<AuthorizeAnswer>('POST', '/v1/authorize', undefined, { token: taskToken, ...actionCall });
     },
     breakGlass: (humanToken, request) => call('POST', '/v1/break-glass', humanToken, request),
+    renewTask,
+    delegate,
+    holdTask: (source, holdOptions = {}) => createHeldTask(client, source, holdOptions),
   };
+  return client;
+}
+
+/**
+ * True when a checkpoint renews: the token has less than `renewWithinMs` left,
+ * or (by default) less than a third of its lifetime. Pure; the gateway keeps
+ * the same rule.
+ */
+function renewalDue(token: { readonly receivedAt: number; readonly expiresAt: number }, now: number, renewWithinMs?: number): boolean {
+  return token.expiresAt - now < (renewWithinMs ?? (token.expiresAt - token.receivedAt) / 3);
+}
+
+/** What a checkpoint note may be: what the renewal endpoint accepts. */
+const PLAIN_NOTE = /^[^\p{Cc}\p{Cf}\p{Cs}]{1,500}$/u;
+
+function createHeldTask(client: WritClient, source: TaskTokenSource, options: HoldTaskOptions): HeldTask {
+  const now = options.now ?? Date.now;
+  const id = 'taskId' in source ? source.taskId : source.task.id;
+  const received = (token: string, expiresIn: number) => {
+    const at = now();
+    return { token, receivedAt: at, expiresAt: at + expiresIn * 1000 };
+  };
+  let current = received(source.token, source.expiresIn);
+  // INVARIANT: set synchronously by the checkpoint that starts a renewal, so a second one sees it and joins.
+  let renewing: Promise<TaskRenewal> | undefined;
+  const secondsLeft = () => Math.max(0, Math.floor((current.expiresAt - now()) / 1000));
+  /** The token to use now: the one a renewal under way is about to hand over, once it has. */
+  const tokenNow = async (): Promise<string> => {
+    if (renewing !== undefined) await renewing.catch(() => undefined);
+    return current.token;
+  };
+
+  return {
+    id,
+    get token() {
+      return current.token;
+    },
+    expiresIn: secondsLeft,
+
+    async checkpoint(note, checkpointOptions = {}) {
+      if (typeof note !== 'string' || !PLAIN_NOTE.test(note)) throw new TypeError('a checkpoint note is 1 to 500 characters, without control or format characters');
+      const within = checkpointOptions.renewWithin ?? options.renewWithin;
+      const withinMs = within === undefined ? undefined : within * 1000;
+      const dueIn = () => Math.max(0, Math.ceil((current.expiresAt - (withinMs ?? (current.expiresAt - current.receivedAt) / 3) - now()) / 1000));
+      if (renewing !== undefined) {
+        // One renewal at a time: this checkpoint shares its outcome (a refusal too) rather than ask again.
+        await renewing;
+        return { renewed: false, reason: 'renewed_concurrently', expiresIn: secondsLeft(), dueIn: dueIn() };
+      }
+      if (!renewalDue(current, now(), withinMs)) return { renewed: false, reason: 'not_due', expiresIn: secondsLeft(), dueIn: dueIn() };
+      const request: RenewalRequest = {
+        checkpoint: note,
+        ...(checkpointOptions.ttl === undefined ? {} : { ttl: checkpointOptions.ttl }),
+        ...(checkpointOptions.scopes === undefined ? {} : { scopes: checkpointOptions.scopes }),
+      };
+      const renewal = client.renewTask(current.token, id, request).then((answer) => {
+        current = received(answer.token, answer.expiresIn);
+        return answer;
+      });
+      renewing = renewal;
+      try {
+        const answer = await renewal;
+        return { renewed: true, task: answer.task, expiresIn: answer.expiresIn, warnings: answer.warnings };
+      } finally {
+        renewing = undefined;
+      }
+    },
+    authorize: async (actionCall) => client.authorize(await tokenNow(), actionCall),
+    authorizeWithApproval: async (actionCall, waitOptions) => client.authorizeWithApproval(await tokenNow(), actionCall, waitOptions),
+    delegate: async (workerIdentityToken, request) => client.delegate(await tokenNow(), workerIdentityToken, request),
+    get: async () => client.getTask(await tokenNow(), id),
+    complete: async (note) => client.completeTask(await tokenNow(), id, note),
+    fail: async (note) => client.failTask(await tokenNow(), id, note),
+  };
+}
+
+/** `action:resource` entries separated by spaces (an OAuth `scope`); the action never holds a colon. */
+function parseScopes(text: string): Scope[] {
+  return text
+    .split(' ')
+    .filter((entry) => entry.length > 0)
+    .map((entry) => {
+      const colon = entry.indexOf(':');
+      return { action: entry.slice(0, colon), resource: entry.slice(colon + 1) };
+    });
 }
