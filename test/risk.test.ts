@@ -358,6 +358,7 @@ describe('settings', () => {
       weights: { environment: 20, tier: 25, sensitivity: 20, identityAge: 10, unusualResource: 10, callRate: 10, delegationDepth: 10, offHours: 5, breakGlass: 25 },
       environmentFactors: { production: 1, staging: 0.5, development: 0.2, sandbox: 0 },
       newIdentityDays: 7,
+      renewalLimit: 'critical',
       saturatingCallsPerMinute: 60,
       saturatingDelegationDepth: 3,
       businessHours: { start: 8, end: 18, weekdays: [1, 2, 3, 4, 5] },

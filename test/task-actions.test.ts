@@ -56,7 +56,8 @@ describe('task-level actions', () => {
       ['…not a sandbox task: the label names production', { principal: { ...approver, environment: 'sandbox', labels: { approver: 'production' } }, action: 'approve', task: task({ environment: 'sandbox' }) }, 'deny', []],
       ['a human without the approver label', { principal: identity('https://idp.example#bob', 'human'), action: 'approve', task: task() }, 'deny', []],
       ['an approver registered elsewhere (the baseline forbid)', { principal: { ...approver, environment: 'sandbox' }, action: 'approve', task: task() }, 'deny', ['environment-must-match']],
-      ['a planner delegates a read-only task', { principal: planner, action: 'delegate', task: task() }, 'allow', ['planners-delegate-reads']],
+      // The bundled policies/delegation.cedar allows it too.
+      ['a planner delegates a read-only task', { principal: planner, action: 'delegate', task: task() }, 'allow', ['delegate-read-only-slices', 'planners-delegate-reads']],
       ['…not one that writes', { principal: planner, action: 'delegate', task: task({ scopes: [{ action: 'read', resource: 'tickets:*' }, { action: 'write', resource: 'tickets:T-1' }] }) }, 'deny', []],
       ['…not three hops deep', { principal: planner, action: 'delegate', task: task({ delegationDepth: 3 }) }, 'deny', []],
       ['…never one at the admin tier (the baseline forbid)', { principal: planner, action: 'delegate', task: task({ scopes: [{ action: 'read', resource: 'payments:payouts/1' }] }) }, 'deny', ['agents-never-admin', 'production-refuses-critical-risk']],
