@@ -138,7 +138,7 @@ export interface Writ {
    * Mints a dev-issuer identity token (JWT-SVID shape) for a registered, active identity.
    * @throws WritError ERR_IDENTITY_NOT_FOUND, ERR_IDENTITY_INACTIVE, ERR_CONFIG_INVALID (dev issuer off)
    */
-  issueIdentityToken(id: string, ttlSeconds?: number): Promise<{ token: string; expiresAt: number }>;
+  issueIdentityToken(id: string, ttlSeconds?: number, options?: { /** For one token exchange only: `aud` is `delegation.actorAudience`. */ readonly forExchange?: boolean }): Promise<{ token: string; expiresAt: number }>;
   /**
    * Reads task ends and grant narrowings made by other processes or nodes
    * sharing the store into this process's revocation and narrowing lists.
@@ -492,7 +492,13 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     audit,
     bus,
     clock,
-    settings: { issuer: config.issuer, audience: config.tokens.audience, defaultTtlSeconds: config.tokens.defaultTtl, maxDepth: config.delegation.maxDepth },
+    settings: {
+      issuer: config.issuer,
+      audience: config.tokens.audience,
+      defaultTtlSeconds: config.tokens.defaultTtl,
+      maxDepth: config.delegation.maxDepth,
+      actorAudience: config.delegation.actorAudience,
+    },
   });
   const breakGlass = createBreakGlass({
     store,
@@ -764,14 +770,14 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
       }
       return minted;
     },
-    async issueIdentityToken(id, ttlSeconds) {
+    async issueIdentityToken(id, ttlSeconds, issueOptions = {}) {
       if (devIssuer === undefined) throw new WritError('ERR_CONFIG_INVALID', { detail: 'the dev issuer is disabled (identity.devIssuer.enabled)' });
       const identity = await registry.get(id);
       if (identity === undefined) throw new WritError('ERR_IDENTITY_NOT_FOUND', { detail: `${id} is not registered` });
       const maxTtl = config.identity.devIssuer.maxTtl;
       const minted = mintIdentityToken(devIssuer.ring, {
         issuer: devIssuer.issuer,
-        audience: config.identity.audience,
+        audience: issueOptions.forExchange === true ? config.delegation.actorAudience : config.identity.audience,
         identity,
         ttlSeconds: ttlSeconds ?? maxTtl,
         maxTtlSeconds: maxTtl,
@@ -781,7 +787,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
         type: 'identity.token_issued',
         decision: 'allow',
         actor: auditActor(identity),
-        data: { issuer: devIssuer.issuer, expiresAt: minted.expiresAt },
+        data: { issuer: devIssuer.issuer, expiresAt: minted.expiresAt, ...(issueOptions.forExchange === true ? { audience: config.delegation.actorAudience } : {}) },
       });
       return minted;
     },

@@ -56,7 +56,9 @@ for (const backend of backends) {
       assert.equal(answer.status, 201, JSON.stringify(answer.body));
       return { id: answer.body.task.id as string, token: answer.body.token as string };
     };
-    const delegate = async (subject: string, to: string, scope: string, extra: Record<string, string> = {}) => exchange(h, exchangeForm(subject, await h.identityToken(to), scope, extra));
+    /** What a worker hands its planner to be delegated to: an identity token for one exchange. */
+    const actorToken = async (id: string) => (await h.writ.issueIdentityToken(id, undefined, { forExchange: true })).token;
+    const delegate = async (subject: string, to: string, scope: string, extra: Record<string, string> = {}) => exchange(h, exchangeForm(subject, await actorToken(to), scope, extra));
     const delegated = async (subject: string, to: string, scope: string, extra: Record<string, string> = {}) => {
       const answer = await delegate(subject, to, scope, extra);
       assert.equal(answer.status, 200, JSON.stringify(answer.body));
@@ -160,11 +162,11 @@ for (const backend of backends) {
       const childAsActor = await exchange(h, exchangeForm(parent.token, worker.token, 'read:db:orders/42'));
       assert.equal(childAsActor.body.code, 'ERR_ACTOR_NOT_ALLOWED');
       // An identity token is not a grant: as the subject it delegates nothing.
-      const identityAsSubject = await exchange(h, exchangeForm(await h.identityToken(PLANNER), await h.identityToken(WORKER), 'read:db:orders/42'));
+      const identityAsSubject = await exchange(h, exchangeForm(await h.identityToken(PLANNER), await actorToken(WORKER), 'read:db:orders/42'));
       assert.equal(identityAsSubject.body.code, 'ERR_VALIDATION');
       // Forged and garbage tokens, on either side.
       const forged = `${parent.token.slice(0, -4)}AAAA`;
-      for (const form of [exchangeForm(forged, await h.identityToken(WORKER), 'read:db:orders/42'), exchangeForm(parent.token, 'not-a-token', 'read:db:orders/42')]) {
+      for (const form of [exchangeForm(forged, await actorToken(WORKER), 'read:db:orders/42'), exchangeForm(parent.token, 'not-a-token', 'read:db:orders/42')]) {
         const answer = await exchange(h, form);
         assert.equal(answer.status, 401, JSON.stringify(answer.body));
         assert.equal(answer.body.code, 'ERR_UNAUTHENTICATED');
@@ -172,18 +174,36 @@ for (const backend of backends) {
       }
     });
 
-    test('may_act restricts who the child may be handed to', async () => {
+    test('the actor token is made for one exchange: a general identity token is refused there, it is refused everywhere else, and it is spent once', async () => {
+      const parent = await plannerTask();
+      const general = await exchange(h, exchangeForm(parent.token, await h.identityToken(WORKER), 'read:db:orders/42'));
+      assert.equal(general.status, 401, JSON.stringify(general.body));
+      const forExchange = await actorToken(WORKER);
+      // Whoever carries it to the exchange (the planner) cannot act as the worker with it.
+      const elsewhere = await h.post('/v1/tasks', supportTask({ scopes: [{ action: 'read', resource: 'db:orders/42' }] }), forExchange);
+      assert.equal(elsewhere.status, 401, 'an exchange token asks for no task');
+      assert.equal((await exchange(h, exchangeForm(parent.token, forExchange, 'read:db:orders/42'))).status, 200);
+      const replayed = await exchange(h, exchangeForm(parent.token, forExchange, 'read:db:orders/42'));
+      assert.equal(replayed.body.code, 'ERR_ACTOR_NOT_ALLOWED', `a replayed actor token: ${JSON.stringify(replayed.body)}`);
+    });
+
+    test('may_act restricts who the child may be handed to, and narrows down the chain', async () => {
       const parent = await plannerTask();
       const child = await delegated(parent.token, WORKER, 'read:db:orders/*', { may_act: HELPER });
       assert.deepEqual(claimsOf(child.token).may_act, { sub: HELPER });
       const outsider = await delegate(child.token, OUTSIDER, 'read:db:orders/42');
       assert.equal(outsider.body.code, 'ERR_ACTOR_NOT_ALLOWED');
-      assert.equal((await delegate(child.token, HELPER, 'read:db:orders/42')).status, 200);
+      const helper = await delegated(child.token, HELPER, 'read:db:orders/42');
+      assert.deepEqual(claimsOf(helper.token).may_act, { sub: HELPER }, 'inherited when not given');
+      const wider = await delegate(child.token, HELPER, 'read:db:orders/42', { may_act: OUTSIDER });
+      assert.equal(wider.body.code, 'ERR_ACTOR_NOT_ALLOWED', 'never wider than the parent\'s');
+      const oversized = await delegate((await plannerTask()).token, WORKER, 'read:db:orders/42', { may_act: Array.from({ length: 8 }, (_, i) => `spiffe://demo.local/agent/${'x'.repeat(1000)}${i}`).join(' ') });
+      assert.equal(oversized.body.code, 'ERR_VALIDATION', 'a token no enforcement point would accept is never minted');
     });
 
     test('the endpoint speaks OAuth: form bodies only, each parameter once, one grant type', async () => {
       const parent = await plannerTask();
-      const worker = await h.identityToken(WORKER);
+      const worker = await actorToken(WORKER);
       const asJson = await h.post('/oauth/token', exchangeForm(parent.token, worker, 'read:db:orders/42'));
       assert.equal(asJson.body.code, 'ERR_UNSUPPORTED_MEDIA_TYPE');
       const twice = `${new URLSearchParams(exchangeForm(parent.token, worker, 'read:db:orders/42')).toString()}&scope=read:db:orders/*`;

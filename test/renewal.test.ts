@@ -180,7 +180,7 @@ for (const backend of backends) {
         grant_type: 'urn:ietf:params:oauth:grant-type:token-exchange',
         subject_token: parent.token,
         subject_token_type: 'urn:ietf:params:oauth:token-type:access_token',
-        actor_token: await h.identityToken(WORKER),
+        actor_token: (await h.writ.issueIdentityToken(WORKER, undefined, { forExchange: true })).token,
         actor_token_type: 'urn:ietf:params:oauth:token-type:jwt',
         scope: 'read:db:orders/42',
         ttl: '2m',

@@ -127,7 +127,7 @@ export interface Broker {
    * precise reason and surface as one uniform error.
    * @throws WritError ERR_UNAUTHENTICATED
    */
-  authenticate(credentials: Credentials, options: { allowTaskToken: boolean; endpoint: string }): Promise<Caller>;
+  authenticate(credentials: Credentials, options: { allowTaskToken: boolean; endpoint: string; /** The `aud` an identity token must name, when not Writ's own (`identity.audience`). */ audience?: string }): Promise<Caller>;
   /**
    * Decides a task request. Never throws for a policy outcome (see the result's
    * status); throws for bad input and for audit failure.
@@ -345,7 +345,7 @@ export function createBroker(options: BrokerOptions): Broker {
   };
 
   return {
-    async authenticate({ bearer, certificateChain }, { allowTaskToken, endpoint }) {
+    async authenticate({ bearer, certificateChain }, { allowTaskToken, endpoint, audience }) {
       const hasCertificate = certificateChain !== undefined && certificateChain.length > 0;
       if ((bearer === undefined || bearer.length === 0) && !hasCertificate) throw new WritError('ERR_UNAUTHENTICATED');
       if (bearer !== undefined && bearer.length > MAX_TOKEN_LENGTH) return unauthenticated(endpoint, 'ERR_TOKEN_MALFORMED', 'oversized bearer token');
@@ -392,7 +392,7 @@ export function createBroker(options: BrokerOptions): Broker {
         await sameIdentity(identity, bearer);
         return { identity, taskId: task.id, credentialExpiresAt: checked.token.expiresAt, ...(certified === undefined ? {} : { certificateThumbprint: certified.thumbprint }) };
       }
-      const result = await options.authenticator.authenticate(bearer);
+      const result = await options.authenticator.authenticate(bearer, audience);
       if (!result.ok) return unauthenticated(endpoint, result.code, result.detail, bearer, result.subject);
       await sameIdentity(result.identity, bearer);
       await registry.touch(result.identity.id).catch(() => undefined);

@@ -37,7 +37,7 @@ const ID_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:id_token';
 const SUBJECT_TOKEN_TYPES = new Set([ACCESS_TOKEN_TYPE, JWT_TYPE]);
 const ACTOR_TOKEN_TYPES = new Set([JWT_TYPE, ID_TOKEN_TYPE, ACCESS_TOKEN_TYPE]);
 const MAX_SCOPES = 32;
-const MAX_MAY_ACT = 16;
+const MAX_MAY_ACT = 8;
 const PLAIN_TEXT = /^[^\p{Cc}\p{Cf}\p{Cs}]+$/u;
 
 /** The RFC 8693 §2.2.1 response (with the child task's id, which RFC 6749 §5.1 lets a server add). */
@@ -79,6 +79,8 @@ export interface DelegationOptions {
     readonly audience: string;
     readonly defaultTtlSeconds: number;
     readonly maxDepth: number;
+    /** The `aud` an actor token must name (`delegation.actorAudience`). */
+    readonly actorAudience: string;
   };
 }
 
@@ -129,14 +131,27 @@ export function createDelegation(options: DelegationOptions): Delegation {
       if (peekTyp(request.actorToken) === TASK_TOKEN_TYP) {
         return refuse({ code: 'ERR_ACTOR_NOT_ALLOWED', detail: 'actor_token must be the worker\'s identity token, not a task token' }, parent, planner.identity, base);
       }
-      const worker = (await options.broker.authenticate({ bearer: request.actorToken }, { allowTaskToken: false, endpoint: 'POST /oauth/token (actor_token)' })).identity;
+      // An identity token made for this: its `aud` is the exchange's alone, so whoever carries it to the
+      // exchange (the planner, usually) cannot use it anywhere else, and it is spent here, once.
+      const worker = (
+        await options.broker.authenticate({ bearer: request.actorToken }, { allowTaskToken: false, endpoint: 'POST /oauth/token (actor_token)', audience: settings.actorAudience })
+      ).identity;
       const data = { ...base, worker: worker.id, parent: parent.id };
+      if (!(await store.claimFact(`token-exchange.actor:${base.actorTokenDigest}`, parent.id, clock.now()))) {
+        return refuse({ code: 'ERR_ACTOR_NOT_ALLOWED', detail: 'this actor_token was already used: each exchange needs a fresh one' }, parent, planner.identity, data);
+      }
       const chain = [...parent.delegators, parent.identityId];
       if (chain.includes(worker.id)) {
         return refuse({ code: 'ERR_ACTOR_NOT_ALLOWED', detail: `${worker.id} is already in this task's delegation chain: a grant is never handed back or to oneself` }, parent, planner.identity, data);
       }
       if (parent.mayAct !== null && !parent.mayAct.includes(worker.id)) {
         return refuse({ code: 'ERR_ACTOR_NOT_ALLOWED', detail: `the parent task's may_act does not name ${worker.id}` }, parent, planner.identity, data);
+      }
+      // may_act narrows down the chain too: within the parent's where it has one, and inherited when not given.
+      const mayAct = request.mayAct === null ? parent.mayAct : request.mayAct;
+      const beyond = parent.mayAct === null || request.mayAct === null ? [] : request.mayAct.filter((id) => !(parent.mayAct as readonly string[]).includes(id));
+      if (beyond.length > 0) {
+        return refuse({ code: 'ERR_ACTOR_NOT_ALLOWED', detail: `may_act may only narrow the parent's: ${beyond.join(' ')}` }, parent, planner.identity, data);
       }
       if ((await store.getBreakGlassOfTask(parent.id)) !== undefined) {
         return refuse({ code: 'ERR_FORBIDDEN', detail: 'a break-glass grant is not delegated: it is for the human who asked for it' }, parent, planner.identity, data);
@@ -214,8 +229,11 @@ export function createDelegation(options: DelegationOptions): Delegation {
         issuedAt: now,
         expiresAt,
         run,
-        mayAct: request.mayAct,
+        mayAct,
       });
+      if (minted.token.length > MAX_TOKEN_LENGTH) {
+        return refuse({ code: 'ERR_VALIDATION', detail: `the child's token would be ${minted.token.length} characters, over the ${MAX_TOKEN_LENGTH} any enforcement point accepts: shorten purpose or may_act` }, parent, planner.identity, decisionData);
+      }
       const child: Task = {
         id: childId,
         identityId: worker.id,
@@ -230,7 +248,7 @@ export function createDelegation(options: DelegationOptions): Delegation {
         parentTaskId: parent.id,
         lineage,
         delegators: chain,
-        mayAct: request.mayAct,
+        mayAct: mayAct === null ? null : [...mayAct],
         renewals: 0,
         tokenId: minted.jti,
         createdAt: now,
@@ -262,7 +280,7 @@ export function createDelegation(options: DelegationOptions): Delegation {
           task: { id: childId, purpose, intent: parent.intent, environment: parent.environment },
           policies,
           policyVersion: engine.version,
-          data: { ...decisionData, delegator: planner.identity.id, lineage, delegators: chain, expiresAt, jti: minted.jti, ...(request.mayAct === null ? {} : { mayAct: request.mayAct }) },
+          data: { ...decisionData, delegator: planner.identity.id, lineage, delegators: chain, expiresAt, jti: minted.jti, ...(mayAct === null ? {} : { mayAct }) },
         });
       } catch (error) {
         // The token never left this function; make sure the child cannot be used either.

@@ -57,6 +57,8 @@ Commands:
       --note <text>            why (for suspend, reactivate, decommission; audited)
   identity token <id>        print a dev-issuer identity token (JWT-SVID shape)
       --ttl <duration>         lifetime, at most 5m (default 5m)
+      --for-exchange           for one token exchange only: the actor_token a planner
+                               hands on to delegate to this identity (aud delegation.actorAudience)
   admin token create         mint an admin API token (printed once)
       --name <name>            what it is for (required)
       --scope <scope>          identities:read, identities:write, policy:write or
@@ -177,6 +179,7 @@ const OPTIONS = {
   approval: { type: 'string' },
   'calls-per-minute': { type: 'string' },
   'first-use': { type: 'boolean' },
+  'for-exchange': { type: 'boolean' },
   registered: { type: 'string' },
   state: { type: 'string' },
   task: { type: 'string' },
@@ -661,13 +664,13 @@ async function identity(sub: string | undefined, rest: string[], values: Values)
       return 0;
     }
     const id = rest[0];
-    if (id === undefined || rest.length > 1) throw new UsageError('usage: writ identity token <spiffe-id> [--ttl 5m]');
+    if (id === undefined || rest.length > 1) throw new UsageError('usage: writ identity token <spiffe-id> [--ttl 5m] [--for-exchange]');
     let ttl: number | undefined;
     if (values.ttl !== undefined) {
       ttl = parseDurationSeconds(values.ttl);
       if (ttl === undefined || ttl <= 0) throw new UsageError('--ttl: a duration such as 300 or 5m');
     }
-    const minted = await writ.issueIdentityToken(id, ttl);
+    const minted = await writ.issueIdentityToken(id, ttl, { forExchange: values['for-exchange'] === true });
     process.stdout.write(`${minted.token}\n`);
     return 0;
   } finally {

@@ -444,6 +444,12 @@ export const configSchema = z
       .object({
         /** How many times a grant may be handed on: a root task is depth 0, its worker's task depth 1. At most 8. */
         maxDepth: z.number().int().min(0).max(8).default(3),
+        /**
+         * The `aud` a worker's identity token must name to be the actor of a
+         * token exchange, and no other: a token made for one exchange, used
+         * once, that authenticates nothing else (never `identity.audience`).
+         */
+        actorAudience: z.string().min(1).max(256).default('writ-token-exchange'),
       })
       .strict()
       .prefault({}),
@@ -478,6 +484,9 @@ export const configSchema = z
     }
     if (config.tokens.maxTtl > 86_400) {
       ctx.addIssue({ code: 'custom', path: ['tokens', 'maxTtl'], message: 'task tokens live minutes, never days (max 24h)' });
+    }
+    if (config.delegation.actorAudience === config.identity.audience) {
+      ctx.addIssue({ code: 'custom', path: ['delegation', 'actorAudience'], message: 'must differ from identity.audience: a token handed to a planner for one exchange must authenticate nothing else' });
     }
     if (config.tokens.maxLifetime > 86_400) {
       ctx.addIssue({ code: 'custom', path: ['tokens', 'maxLifetime'], message: 'at most 24h (renewals are fresh decisions, never standing access)' });

@@ -22,8 +22,8 @@ export type AuthenticationResult =
   | { readonly ok: false; readonly code: WritErrorCode; readonly detail: string; readonly subject?: string };
 
 export interface IdentityAuthenticator {
-  /** Never throws for a bad token; returns why it was refused. */
-  authenticate(token: string): Promise<AuthenticationResult>;
+  /** Never throws for a bad token; returns why it was refused. `audience`: see `TrustSources.verifyToken`. */
+  authenticate(token: string, audience?: string): Promise<AuthenticationResult>;
   /** The same for a client certificate chain (leaf first). */
   authenticateCertificate(chain: readonly X509Certificate[]): Promise<AuthenticationResult>;
 }
@@ -98,7 +98,7 @@ export function createIdentityAuthenticator(options: IdentityAuthenticatorOption
   };
 
   return {
-    authenticate: async (token) => resolve(await options.sources.verifyToken(token)),
+    authenticate: async (token, audience) => resolve(await options.sources.verifyToken(token, audience)),
     authenticateCertificate: async (chain) => resolve(options.sources.verifyCertificate(chain)),
   };
 }

@@ -55,8 +55,12 @@ export type CredentialResult =
   | { readonly ok: false; readonly code: CredentialFailureCode; readonly detail: string; readonly subject?: string };
 
 export interface TrustSources {
-  /** Verifies a bearer identity token. Never throws for a bad token. */
-  verifyToken(token: string): Promise<CredentialResult>;
+  /**
+   * Verifies a bearer identity token. Never throws for a bad token.
+   * `audience`: the `aud` it must name instead of its source's (a token made
+   * for one use, such as being the actor of a token exchange).
+   */
+  verifyToken(token: string, audience?: string): Promise<CredentialResult>;
   /** Verifies a client certificate chain (leaf first) as an X.509-SVID. */
   verifyCertificate(chain: readonly X509Certificate[]): CredentialResult;
   /** Every X.509 root of every spiffe source, for the TLS listener's `ca`. */
@@ -146,13 +150,13 @@ export function createTrustSources(options: TrustSourcesOptions): TrustSources {
   const allAlgorithms = new Set(jwtSources.flatMap((s) => s.algorithms));
   const cache = createVerifiedTokenCache(options.cacheEntries ?? 10_000);
 
-  const verifyWith = async (source: JwtSource, token: string, key: KeyResolution): Promise<CredentialResult> => {
+  const verifyWith = async (source: JwtSource, token: string, key: KeyResolution, audience: string | undefined): Promise<CredentialResult> => {
     const result = await verifyJwt(token, {
       // The key was found while routing; a second lookup would only repeat it.
       keys: () => key,
       algorithms: source.algorithms,
       issuer: source.issuer,
-      audience: source.audience,
+      audience: audience ?? source.audience,
       now: clock.now(),
       clockSkewSeconds: options.clockSkewSeconds,
       requiredClaims: source.requiredClaims,
@@ -166,9 +170,10 @@ export function createTrustSources(options: TrustSourcesOptions): TrustSources {
   return {
     names: [...jwtSources.map((s) => s.info.name), ...[...x509Bundles.values()].map((b) => b.info.name)],
 
-    async verifyToken(token) {
+    async verifyToken(token, audience) {
       const now = clock.now();
-      const digest = cache.digest(token);
+      // A token verified for one audience is remembered for that audience only.
+      const digest = audience === undefined ? cache.digest(token) : `${cache.digest(token)} ${audience}`;
       const hit = cache.get(digest, now);
       if (hit !== undefined) return { ok: true, credential: hit };
 
@@ -183,7 +188,7 @@ export function createTrustSources(options: TrustSourcesOptions): TrustSources {
       const tryCandidates = async (candidates: readonly { source: JwtSource; key: KeyResolution }[]): Promise<CredentialResult | undefined> => {
         let first: CredentialResult | undefined;
         for (const { source, key } of candidates) {
-          const result = await verifyWith(source, token, key);
+          const result = await verifyWith(source, token, key, audience);
           if (result.ok) {
             // Remembered only while the key that verified it is still trusted.
             cache.set(digest, result.credential, now, () => source.cached(header)?.ok === true);
