@@ -23,7 +23,7 @@ import type { Store } from '../store/store.js';
 import { MAX_TOKEN_LENGTH } from '../tokens/jwt.js';
 import type { KeyRing } from '../tokens/key-ring.js';
 import { boundCertificate, mintTaskToken, TASK_TOKEN_TYP, type TaskTokenVerifier } from '../tokens/task-token.js';
-import type { NarrowingList } from '../enforce/narrowing-list.js';
+import { keptScopes, type NarrowingList } from '../enforce/narrowing-list.js';
 import type { RevocationList } from '../enforce/revocation-list.js';
 import { RISK_LEVELS, type RiskLevel } from '../policy/risk.js';
 import type { Approvals, GrantApprovalInput } from './approvals.js';
@@ -389,6 +389,11 @@ export function createBroker(options: BrokerOptions): Broker {
         if (identity === undefined) return unauthenticated(endpoint, 'ERR_IDENTITY_INACTIVE', 'identity is not registered', bearer, actor);
         const inactive = identityInactiveReason(identity, now);
         if (inactive !== undefined) return unauthenticated(endpoint, 'ERR_IDENTITY_INACTIVE', inactive, bearer, actor);
+        for (const id of checked.token.delegators) {
+          const delegator = await registry.get(id);
+          const gone = delegator === undefined ? 'is no longer registered' : identityInactiveReason(delegator, now);
+          if (gone !== undefined) return unauthenticated(endpoint, 'ERR_IDENTITY_INACTIVE', `delegator ${id}: ${gone}`, bearer, actor);
+        }
         await sameIdentity(identity, bearer);
         return { identity, taskId: task.id, credentialExpiresAt: checked.token.expiresAt, ...(certified === undefined ? {} : { certificateThumbprint: certified.thumbprint }) };
       }
@@ -575,6 +580,8 @@ export function createBroker(options: BrokerOptions): Broker {
         throw new WritError('ERR_TASK_STATE_CONFLICT', { detail: `task is ${task.state}; only an active task renews`, extensions: { state: task.state } });
       }
       const now = clock.now();
+      // Past its expiry (inside the clock skew, before the reaper): it is over, not renewable.
+      if (task.expiresAt <= now) throw new WritError('ERR_TASK_STATE_CONFLICT', { detail: 'task has expired; only an active task renews', extensions: { state: 'expired' } });
       const identity = caller.identity;
       const engine = options.policy();
       const warnings: string[] = [];
@@ -619,7 +626,7 @@ export function createBroker(options: BrokerOptions): Broker {
       }
 
       // What it keeps: what it holds now (less any narrowing), or the part of it the request names.
-      const held = options.narrowings?.remainingOf(task.id) ?? task.grantedScopes;
+      const held = options.narrowings === undefined ? task.grantedScopes : keptScopes(options.narrowings, task);
       const scopes = request.scopes === undefined ? [...held] : dedupeScopes(request.scopes);
       const notHeld = scopes.filter((scope) => findCoveringScope(held, scope) === undefined);
       if (notHeld.length > 0) {
@@ -629,7 +636,7 @@ export function createBroker(options: BrokerOptions): Broker {
         // A delegated task is held to its parent as it stands now, as when it was delegated.
         const attenuated = attenuate(
           { scopes, expiresAt },
-          { parentScopes: options.narrowings?.remainingOf(parent.id) ?? parent.grantedScopes, parentExpiresAt: parent.expiresAt, parentDepth: parent.lineage.length, maxDepth: settings.maxDelegationDepth ?? DEFAULT_MAX_DELEGATION_DEPTH },
+          { parentScopes: options.narrowings === undefined ? parent.grantedScopes : keptScopes(options.narrowings, parent), parentExpiresAt: parent.expiresAt, parentDepth: parent.lineage.length, maxDepth: settings.maxDelegationDepth ?? DEFAULT_MAX_DELEGATION_DEPTH },
         );
         if (!attenuated.ok) return refuse(attenuated.code, attenuated.detail, {}, attenuated.scopes.length > 0 ? { scopes: attenuated.scopes.map(formatScope) } : {});
       }
@@ -658,6 +665,12 @@ export function createBroker(options: BrokerOptions): Broker {
         return refuse('ERR_POLICY_DENIED', `risk has risen to ${settings.renewalRiskLimit ?? 'critical'} or more: ${risky.map((d) => String(d.scope)).join(' ')}`, { decisions: decided.decisions }, {}, [...deciding].sort());
       }
 
+      // No task delegated from this one may outlive it: a shorter renewal is lengthened to cover them.
+      const latestDescendant = Math.max(0, ...(await store.listDescendants(task.id)).map((d) => d.expiresAt));
+      if (latestDescendant > expiresAt) {
+        expiresAt = latestDescendant;
+        warnings.push(`expiry kept until ${new Date(latestDescendant).toISOString()}: a task delegated from this one runs until then`);
+      }
       const root = task.lineage.length === 0 ? task : await store.getTask(task.lineage[0] as string);
       if (root === undefined) return refuse('ERR_NOT_RENEWABLE', 'the run\'s root task is gone');
       const minted = mintTaskToken(options.taskKeys, {
@@ -673,8 +686,11 @@ export function createBroker(options: BrokerOptions): Broker {
         mayAct: task.mayAct,
         ...(caller.certificateThumbprint === undefined ? {} : { certificateThumbprint: caller.certificateThumbprint }),
       });
-      const renewed = await store.renewTask(task.id, { previousTokenId: task.tokenId, previousExpiresAt: task.expiresAt, tokenId: minted.jti, expiresAt, grantedScopes: scopes, policyVersion: engine.version, at: now });
+      // A renewal that keeps less narrows the task: what was delegated from it is held to what it keeps.
+      const narrowed = held.some((scope) => findCoveringScope(scopes, scope) === undefined);
+      const renewed = await store.renewTask(task.id, { previousTokenId: task.tokenId, previousExpiresAt: task.expiresAt, tokenId: minted.jti, expiresAt, grantedScopes: scopes, policyVersion: engine.version, at: now, narrowed });
       if (renewed === undefined) throw new WritError('ERR_TASK_STATE_CONFLICT', { detail: 'the task ended, or another renewal replaced this token first' });
+      if (narrowed) options.narrowings?.narrow(task.id, scopes, expiresAt);
       // INVARIANT: the replaced token is refused here before anything that can fail.
       bus.publish({ type: 'token.superseded', taskId: task.id, jti: task.tokenId, expiresAt: task.expiresAt });
       try {

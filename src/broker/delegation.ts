@@ -19,7 +19,7 @@ import { WritError, type WritErrorCode } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import { attenuate, formatScope, formatScopeClaim, parseScopeClaim } from '../core/scope.js';
 import type { Identity, Scope, Task } from '../core/types.js';
-import type { NarrowingList } from '../enforce/narrowing-list.js';
+import { keptScopes, type NarrowingList } from '../enforce/narrowing-list.js';
 import type { EventBus } from '../events/bus.js';
 import { identityInactiveReason } from '../identity/registry.js';
 import type { PolicyEngine } from '../policy/engine.js';
@@ -158,8 +158,8 @@ export function createDelegation(options: DelegationOptions): Delegation {
       }
 
       const now = clock.now();
-      // What the parent holds now: its grant, less what a policy change took from it since.
-      const kept = options.narrowings.remainingOf(parent.id) ?? parent.grantedScopes;
+      // What the parent holds now: its grant, less what was taken from it, or from a task it was delegated from, since.
+      const kept = keptScopes(options.narrowings, parent);
       const ttlSeconds = request.ttlSeconds ?? settings.defaultTtlSeconds;
       // No ttl asked: as long as the default allows, within the parent's. One asked for is held to, or refused.
       const expiresAt = request.ttlSeconds === undefined ? Math.min(now + ttlSeconds * 1000, parent.expiresAt) : now + ttlSeconds * 1000;

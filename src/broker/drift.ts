@@ -201,6 +201,28 @@ export function createDrift(options: DriftOptions): Drift {
       for (const scope of current.grantedScopes) inputs.push(await grantDecisionInput(options.observations, identity, current, scope, now));
       const decided = sortRedecision(current.grantedScopes, inputs.map((input) => engine.decide(input)));
 
+      // A delegated task stands on two decisions: the worker's grant (above) and its delegator's `delegate` step.
+      const delegatorId = current.delegators.at(-1);
+      if (delegatorId !== undefined) {
+        let delegating = identities.get(delegatorId);
+        if (delegating === undefined) {
+          delegating = store.getIdentity(delegatorId);
+          identities.set(delegatorId, delegating);
+        }
+        const delegator = await delegating;
+        const scopes = decided.kept.length > 0 ? decided.kept : current.grantedScopes;
+        const step =
+          delegator === undefined
+            ? undefined
+            : engine.decideTaskAction({ principal: delegator, action: 'delegate', task: { id: current.id, intent: current.intent, purpose: current.purpose, environment: current.environment, delegationDepth: current.lineage.length, scopes }, now });
+        if (step?.outcome !== 'allow') {
+          const note = `policy_drift: the delegation from ${delegatorId} no longer holds under ${engine.version}`;
+          if (await revoke(current, engine, note, step?.policies ?? [])) return 'revoked';
+          task = await store.getTask(current.id);
+          continue;
+        }
+      }
+
       if (decided.dropped.length === 0) {
         const updated = await store.updateGrant(current.id, current, { grantedScopes: current.grantedScopes, refusedScopes: current.refusedScopes, policyVersion: engine.version });
         if (updated !== undefined) return 'kept';

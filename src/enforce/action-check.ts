@@ -222,6 +222,12 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
     if (identity === undefined) return deny('ERR_IDENTITY_INACTIVE', 'identity is no longer registered', { token: verified });
     const inactive = identityInactiveReason(identity, now);
     if (inactive !== undefined) return deny('ERR_IDENTITY_INACTIVE', inactive, { token: verified });
+    // A delegated grant stands only while everyone it was handed down from could still act.
+    for (const id of verified.delegators) {
+      const delegator = registry.getCached(id) ?? (await registry.get(id));
+      const gone = delegator === undefined ? 'is no longer registered' : identityInactiveReason(delegator, now);
+      if (gone !== undefined) return deny('ERR_IDENTITY_INACTIVE', `delegator ${id}: ${gone}`, { token: verified, identity });
+    }
 
     const breakGlass = verified.claims.task.breakGlass === true ? ({ breakGlass: true } as const) : {};
     if (!isValidAction(request.action) || !isValidResource(request.resource)) {

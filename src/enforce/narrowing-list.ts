@@ -6,7 +6,7 @@
  * once by this process's own re-decisions; an entry is dropped once the token
  * it guards against has expired on its own.
  */
-import { formatScope } from '../core/scope.js';
+import { findCoveringScope, formatScope } from '../core/scope.js';
 import type { Scope } from '../core/types.js';
 
 export interface NarrowingList {
@@ -43,6 +43,21 @@ export function createNarrowingList(options: { clockSkewMs: number; /** Told aft
       return narrowed.size;
     },
   };
+}
+
+/**
+ * What `task` holds now: its grant less what a policy change or a narrowing
+ * renewal took from it, and less what was taken from any task it was
+ * delegated from (a scope an ancestor no longer keeps is refused at every call).
+ */
+export function keptScopes(narrowings: NarrowingList, task: { readonly id: string; readonly grantedScopes: readonly Scope[]; readonly lineage: readonly string[] }): Scope[] {
+  const own = narrowings.remainingOf(task.id) ?? task.grantedScopes;
+  return own.filter((scope) =>
+    task.lineage.every((ancestor) => {
+      const kept = narrowings.remainingOf(ancestor);
+      return kept === undefined || findCoveringScope(kept, scope) !== undefined;
+    }),
+  );
 }
 
 /** The scopes of `a` that `b` holds too, compared exactly (both are subsets of one token's scopes). */

@@ -558,6 +558,7 @@ class KyselyStore implements Store {
           granted_scopes: JSON.stringify(change.grantedScopes.map(scopeRow)),
           policy_version: change.policyVersion,
           renewals: sql<number>`renewals + 1`,
+          ...(change.narrowed === true ? { narrowed_at: change.at } : {}),
         })
         .where('id', '=', id)
         .where('state', '=', 'active')
@@ -585,13 +586,16 @@ class KyselyStore implements Store {
     return rows.map(toSupersededToken);
   }
 
-  async endDescendants(taskId: string, to: TaskState, change: TaskTransition): Promise<Task[]> {
+  async listDescendants(taskId: string): Promise<Task[]> {
     const task = await this.getTask(taskId);
     if (task === undefined) return [];
-    const root = task.lineage[0] ?? task.id;
     // One tree, read whole (a tree is small: its depth is bounded); the lineage names every ancestor.
-    const tree = await this.db.selectFrom('tasks').select(['id', 'lineage']).where('root_task_id', '=', root).where('state', 'in', [...NON_TERMINAL]).execute();
-    const ids = tree.filter((row) => (JSON.parse(row.lineage) as string[]).includes(taskId)).map((row) => row.id);
+    const tree = await this.db.selectFrom('tasks').selectAll().where('root_task_id', '=', task.lineage[0] ?? task.id).where('state', 'in', [...NON_TERMINAL]).execute();
+    return tree.map(toTask).filter((t) => t.lineage.includes(taskId));
+  }
+
+  async endDescendants(taskId: string, to: TaskState, change: TaskTransition): Promise<Task[]> {
+    const ids = (await this.listDescendants(taskId)).map((t) => t.id);
     if (ids.length === 0) return [];
     const rows = await this.db
       .updateTable('tasks')

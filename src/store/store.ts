@@ -98,6 +98,8 @@ export interface TaskRenewal {
   readonly grantedScopes: readonly Scope[];
   readonly policyVersion: string;
   readonly at: number;
+  /** It keeps less than it held: listed as a narrowing (at `at`) for other nodes, so its delegates are held to it. */
+  readonly narrowed?: boolean;
 }
 
 /** A task token replaced by a renewal before it expired: refused from then on. */
@@ -338,6 +340,8 @@ export interface Store {
    * `taskId` (its `lineage` names it) and returns exactly the tasks this call moved.
    */
   endDescendants(taskId: string, to: TaskState, change: TaskTransition): Promise<Task[]>;
+  /** The non-terminal tasks delegated, directly or not, from `taskId`. */
+  listDescendants(taskId: string): Promise<Task[]>;
   /** Up to `limit` non-terminal tasks whose parent task has ended (a cascade that did not finish). */
   listOrphanedTasks(limit: number): Promise<Task[]>;
   /** Records that the task's end is on the audit chain as record `auditId`. */

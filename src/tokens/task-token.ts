@@ -69,6 +69,8 @@ export interface VerifiedTaskToken {
   readonly actor: string;
   /** The task's ancestors, root first (empty unless delegated). */
   readonly lineage: readonly string[];
+  /** Who delegated, root first: the identity of each ancestor (`sub`, then every earlier actor). */
+  readonly delegators: readonly string[];
 }
 
 /** Where a task sits in its run: see `MintTaskTokenInput.run`. */
@@ -254,7 +256,8 @@ export function createTaskTokenVerifier(options: TaskTokenVerifierOptions): Task
       ) {
         return { ok: false, code: 'ERR_TOKEN_MALFORMED', detail: 'task token claims have the wrong shape' };
       }
-      const verified: VerifiedTaskToken = { claims, scopes, expiresAt: claims.exp * 1000, actor: actors.at(-1) ?? claims.sub, lineage: lineage as string[] };
+      const delegators = actors.length === 0 ? [] : [claims.sub, ...actors.slice(0, -1)];
+      const verified: VerifiedTaskToken = { claims, scopes, expiresAt: claims.exp * 1000, actor: actors.at(-1) ?? claims.sub, lineage: lineage as string[], delegators };
       if (cache.size >= cacheSize) {
         const oldest = cache.keys().next();
         if (oldest.done !== true) cache.delete(oldest.value);
