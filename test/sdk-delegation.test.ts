@@ -40,12 +40,14 @@ describe('writ/sdk: delegation and checkpoints', () => {
     if (grant.status !== 'granted') assert.fail(`granted expected, got ${grant.status}`);
     return client.holdTask(grant, { now, ...(renewWithin === undefined ? {} : { renewWithin }) });
   };
+  /** What a worker hands its planner to be delegated to: an identity token for one exchange. */
+  const actorToken = async (id: string) => (await h.writ.issueIdentityToken(id, undefined, { forExchange: true })).token;
   const renewalsOf = async (taskId: string) =>
     (await h.auditRecords()).filter((r) => r.type === 'task.renewed' && (r.task as { id: string }).id === taskId);
 
   test('a planner hands a worker a slice: scopes as objects or as a string, the worker acts within it and nothing more', async () => {
     const planner = await holdSupportTask(PLANNER, { scopes: [{ action: 'read', resource: 'db:orders/*' }, { action: 'read', resource: 'tickets:*' }] });
-    const worker = await client.delegate(planner.token, await h.identityToken(WORKER), {
+    const worker = await client.delegate(planner.token, await actorToken(WORKER), {
       scopes: [{ action: 'read', resource: 'db:orders/42' }],
       ttl: '2m',
       purpose: 'Look up the order on ticket T-1042',
@@ -63,15 +65,15 @@ describe('writ/sdk: delegation and checkpoints', () => {
     assert.equal((await client.authorize(worker.token, { action: 'read', resource: 'db:orders/43' })).reason, 'ERR_SCOPE_NOT_GRANTED');
 
     // The held task delegates with its current token; scopes as OAuth writes them, and who may act next.
-    const second = await planner.delegate(await h.identityToken(WORKER), { scopes: 'read:db:orders/* read:tickets:T-1042', mayAct: [HELPER] });
+    const second = await planner.delegate(await actorToken(WORKER), { scopes: 'read:db:orders/* read:tickets:T-1042', mayAct: [HELPER] });
     assert.deepEqual(second.scopes, [{ action: 'read', resource: 'db:orders/*' }, { action: 'read', resource: 'tickets:T-1042' }]);
     assert.deepEqual(claimsOf(second.token).may_act, { sub: HELPER });
-    await assert.rejects(client.delegate(second.token, await h.identityToken(PLANNER), { scopes: 'read:db:orders/42' }), withCode('ERR_ACTOR_NOT_ALLOWED'), 'may_act holds');
+    await assert.rejects(client.delegate(second.token, await actorToken(PLANNER), { scopes: 'read:db:orders/42' }), withCode('ERR_ACTOR_NOT_ALLOWED'), 'may_act holds');
   });
 
   test('a refused delegation is a WritApiError with its code, the offending scopes, and OAuth\'s error', async () => {
     const planner = await holdSupportTask(PLANNER, { scopes: [{ action: 'read', resource: 'db:orders/*' }] });
-    const refused = await client.delegate(planner.token, await h.identityToken(WORKER), { scopes: 'read:db:orders/42 read:db:customers/42' }).then(
+    const refused = await client.delegate(planner.token, await actorToken(WORKER), { scopes: 'read:db:orders/42 read:db:customers/42' }).then(
       () => assert.fail('the delegation was refused'),
       (error: unknown) => error,
     );
@@ -80,8 +82,9 @@ describe('writ/sdk: delegation and checkpoints', () => {
     assert.equal(refused.status, 403);
     assert.deepEqual(refused.problem.scopes, ['read:db:customers/42']);
     assert.equal(refused.problem.error, 'invalid_scope');
-    await assert.rejects(planner.delegate(await h.identityToken(WORKER), { scopes: 'read:db:orders/42', ttl: '10m' }), withCode('ERR_LIFETIME_EXCEEDS_PARENT'));
-    await assert.rejects(client.delegate('not-a-token', await h.identityToken(WORKER), { scopes: 'read:db:orders/42' }), withCode('ERR_UNAUTHENTICATED'));
+    await assert.rejects(planner.delegate(await actorToken(WORKER), { scopes: 'read:db:orders/42', ttl: '10m' }), withCode('ERR_LIFETIME_EXCEEDS_PARENT'));
+    await assert.rejects(client.delegate('not-a-token', await actorToken(WORKER), { scopes: 'read:db:orders/42' }), withCode('ERR_UNAUTHENTICATED'));
+    await assert.rejects(planner.delegate(await h.identityToken(WORKER), { scopes: 'read:db:orders/42' }), withCode('ERR_UNAUTHENTICATED'), 'a general identity token is no actor token');
   });
 
   test('a checkpoint far from expiry renews nothing and says when it would; nothing goes on the record', async () => {
@@ -208,7 +211,7 @@ describe('writ/sdk: delegation and checkpoints', () => {
   test('a worker renews its delegated task at its own checkpoint, never past its planner\'s expiry', async () => {
     const planner = await holdSupportTask(PLANNER, { scopes: [{ action: 'read', resource: 'db:orders/*' }] });
     clock.advance(100_000);
-    const worker = client.holdTask(await planner.delegate(await h.identityToken(WORKER), { scopes: 'read:db:orders/42', ttl: 120 }), { now });
+    const worker = client.holdTask(await planner.delegate(await actorToken(WORKER), { scopes: 'read:db:orders/42', ttl: 120 }), { now });
     clock.advance(90_000);
     const renewed = await worker.checkpoint('order 42 read');
     assert.equal(renewed.renewed, true);

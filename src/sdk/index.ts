@@ -226,8 +226,8 @@ export interface HeldTask {
   checkpoint(note: string, options?: CheckpointOptions): Promise<CheckpointResult>;
   authorize(call: ActionCall): Promise<AuthorizeAnswer>;
   authorizeWithApproval(call: ActionCall, options: { readonly waitMs: number; readonly pollMs?: number; readonly signal?: AbortSignal }): Promise<AuthorizeAnswer>;
-  /** Hands `workerIdentityToken`'s holder a slice of this task; see `WritClient.delegate`. */
-  delegate(workerIdentityToken: string, request: DelegationRequest): Promise<Delegation>;
+  /** Hands the worker whose `actorToken` is given a slice of this task; see `WritClient.delegate`. */
+  delegate(actorToken: string, request: DelegationRequest): Promise<Delegation>;
   get(): Promise<TaskView>;
   complete(note?: string): Promise<TaskView>;
   fail(note?: string): Promise<TaskView>;
@@ -328,15 +328,18 @@ export interface WritClient {
   renewTask(taskToken: string, taskId: string, request: RenewalRequest): Promise<TaskRenewal>;
   /**
    * The planner's side of a delegation (RFC 8693 token exchange at
-   * `/oauth/token`): a child task for the worker whose identity token is
-   * given, holding `request.scopes`, each within what `taskToken`'s task holds
-   * now, and never outliving it. Nothing is cut silently: a slice Writ would not
-   * hand on whole is refused whole.
-   * @throws WritApiError ERR_SCOPE_EXCEEDS_PARENT, ERR_LIFETIME_EXCEEDS_PARENT, ERR_ACTOR_NOT_ALLOWED,
-   *   ERR_DELEGATION_TOO_DEEP, ERR_POLICY_DENIED, ERR_APPROVAL_REQUIRED, ERR_VALIDATION, ERR_UNAUTHENTICATED;
-   *   its `problem` carries OAuth's `error` and `error_description` too
+   * `/oauth/token`): a child task for the worker, holding `request.scopes`,
+   * each within what `taskToken`'s task holds now, and never outliving it.
+   * Nothing is cut silently: a slice Writ would not hand on whole is refused whole.
+   * `actorToken` is the worker's identity token made for one exchange (audience
+   * `delegation.actorAudience`; `writ identity token --for-exchange` in
+   * development): the worker hands it to its planner, who can do nothing else
+   * with it, and it is spent here. A general identity token is refused.
+   * @throws WritApiError ERR_SCOPE_EXCEEDS_PARENT, ERR_LIFETIME_EXCEEDS_PARENT, ERR_ACTOR_NOT_ALLOWED
+   *   (also an actor token spent already), ERR_DELEGATION_TOO_DEEP, ERR_POLICY_DENIED, ERR_APPROVAL_REQUIRED,
+   *   ERR_VALIDATION, ERR_UNAUTHENTICATED; its `problem` carries OAuth's `error` and `error_description` too
    */
-  delegate(taskToken: string, workerIdentityToken: string, request: DelegationRequest): Promise<Delegation>;
+  delegate(taskToken: string, actorToken: string, request: DelegationRequest): Promise<Delegation>;
   /**
    * Holds a granted task and its token (from `requestTask`, `activateTask`,
    * `delegate`, `breakGlass`, or one given to this process with its lifetime),
@@ -407,11 +410,11 @@ export function createWritClient(options: WritClientOptions): WritClient {
     (await call<{ task: TaskView }>('POST', taskPath(taskId, verb), bearer, note === undefined ? {} : { note })).task;
 
   const renewTask = (taskToken: string, taskId: string, request: RenewalRequest) => call<TaskRenewal>('POST', taskPath(taskId, 'renew'), taskToken, request);
-  const delegate = async (taskToken: string, workerIdentityToken: string, request: DelegationRequest): Promise<Delegation> => {
+  const delegate = async (taskToken: string, actorToken: string, request: DelegationRequest): Promise<Delegation> => {
     const form = new URLSearchParams({
       ...TOKEN_EXCHANGE_FORM,
       subject_token: taskToken,
-      actor_token: workerIdentityToken,
+      actor_token: actorToken,
       scope: typeof request.scopes === 'string' ? request.scopes : request.scopes.map((s) => `${s.action}:${s.resource}`).join(' '),
     });
     if (request.ttl !== undefined) form.set('ttl', String(request.ttl));
@@ -523,7 +526,7 @@ function createHeldTask(client: WritClient, source: TaskTokenSource, options: Ho
     },
     authorize: async (actionCall) => client.authorize(await tokenNow(), actionCall),
     authorizeWithApproval: async (actionCall, waitOptions) => client.authorizeWithApproval(await tokenNow(), actionCall, waitOptions),
-    delegate: async (workerIdentityToken, request) => client.delegate(await tokenNow(), workerIdentityToken, request),
+    delegate: async (actorToken, request) => client.delegate(await tokenNow(), actorToken, request),
     get: async () => client.getTask(await tokenNow(), id),
     complete: async (note) => client.completeTask(await tokenNow(), id, note),
     fail: async (note) => client.failTask(await tokenNow(), id, note),
