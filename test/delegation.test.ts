@@ -238,7 +238,8 @@ for (const backend of backends) {
         const answer = await check(token, 'read', token === sibling.token ? 'tickets:T-1' : 'db:orders/42');
         assert.equal(answer.reason, 'ERR_TOKEN_REVOKED', JSON.stringify(answer));
       }
-      // And for anything the tokens authenticate: a worker cannot even delegate on.
+      // And for anything the tokens authenticate: a revoked parent delegates nothing, nor does a worker delegate on.
+      assert.equal((await delegate(root.token, OUTSIDER, 'read:db:orders/42')).status, 401);
       assert.equal((await delegate(child.token, OUTSIDER, 'read:db:orders/42')).status, 401);
       await h.writ.settled();
       for (const id of [child.id, grandchild.id, sibling.id]) {
