@@ -15,6 +15,10 @@
  *                code and no policy internals; after the call, a `tool.call`
  *                record with the upstream's latency and the result's status
  *
+ * A connection renews its task only at a checkpoint the agent marks (the
+ * `checkpoint` meta-tool), and only in the last third of its token's life:
+ * never on a timer, so a task whose agent stops working runs out.
+ *
  * When a task's grant changes (narrowed by a policy change, granted or ended
  * in the connection) its connections get `notifications/tools/list_changed`;
  * when it ends anywhere else, its connections are closed.
@@ -28,9 +32,10 @@ import { isWritError } from '../../core/errors.js';
 import { isValidResource, resourceCovers } from '../../core/scope.js';
 import type { Identity, Scope } from '../../core/types.js';
 import { WRIT_VERSION } from '../../core/version.js';
-import type { Caller, TaskRequestResult } from '../../broker/broker.js';
+import { renewalRequestSchema, validationError, type Caller, type TaskRequestResult } from '../../broker/broker.js';
 import { identityInactiveReason } from '../../identity/registry.js';
 import type { Presenter } from '../../enforce/action-check.js';
+import { boundCertificate } from '../../tokens/task-token.js';
 import type { Writ } from '../../writ.js';
 import { configuredMapping, grantShows, mapTool, resourceForCall, splitToolName, type MappedTool } from './tool-map.js';
 import type { UpstreamPool } from './upstreams.js';
@@ -45,6 +50,8 @@ export interface BoundTask {
   readonly token: string;
   /** The scopes of its token; the narrowing list may keep fewer. */
   readonly scopes: readonly Scope[];
+  /** When its token was issued (epoch ms): a checkpoint renews in the last third of the token's life. */
+  readonly issuedAt: number;
   readonly expiresAt: number;
 }
 
@@ -60,6 +67,12 @@ export interface Connection {
   credentialExpiresAt: number;
   /** True when the connection authenticated with an identity token: it may ask for tasks. */
   readonly mayRequestAccess: boolean;
+  /**
+   * True when the client presents the task token itself (over HTTP, with a task
+   * token): a renewal at a checkpoint hands it the new token, in
+   * `_meta["dev.writ/taskToken"]`, as the old one is refused from then on.
+   */
+  readonly presentsTaskToken?: boolean;
   /** Whether a task granted here can stay bound to the connection (false per request: the token is handed back instead). */
   readonly holdsTasks: boolean;
   readonly presenter: Presenter;
@@ -223,6 +236,24 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
           annotations: { readOnlyHint: true, openWorldHint: false },
         },
         {
+          name: 'checkpoint',
+          title: 'Mark a checkpoint of the current task',
+          description:
+            'Say what you have done so far. When the task\'s access is close to expiring (its last third), Writ decides it again under ' +
+            'current policy and renews it, with your note on the record; otherwise nothing changes and you are told when it expires. ' +
+            'Access is never renewed except here.',
+          inputSchema: {
+            type: 'object',
+            properties: {
+              note: { type: 'string', minLength: 1, maxLength: 500, description: 'What was done since the task began or was last renewed, e.g. "stage 2 of 3 done"' },
+              ttl: { type: ['string', 'integer'], description: 'How long a renewal lasts, e.g. 5m (capped by Writ)' },
+            },
+            required: ['note'],
+            additionalProperties: false,
+          },
+          annotations: { readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: false },
+        },
+        {
           name: 'complete_task',
           title: 'End the current task',
           description: 'End the current task when its work is done (or failed). Its access ends at once, everywhere.',
@@ -349,7 +380,7 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
     };
     connection.pendingTaskId = result.status === 'pending_approval' && connection.holdsTasks ? result.task.id : undefined;
     if (result.status === 'granted' || result.status === 'partial') {
-      const bound: BoundTask = { id: result.task.id, token: result.token, scopes: result.task.grantedScopes, expiresAt: result.task.expiresAt };
+      const bound: BoundTask = { id: result.task.id, token: result.token, scopes: result.task.grantedScopes, issuedAt: writ.clock.now(), expiresAt: result.task.expiresAt };
       if (connection.holdsTasks) {
         connection.task = bound;
         connection.ownsTask = true;
@@ -420,6 +451,119 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
     }
   };
 
+  /** Renewals under way, by task: a checkpoint that finds one joins it, so two checkpoints at once make one renewal. */
+  const renewals = new Map<string, Promise<RenewalOutcome>>();
+
+  /**
+   * The caller a renewal is asked as: the holder of the task's current token,
+   * proved as the action check proves it (signature and expiry, certificate
+   * binding, not ended nor replaced by a renewal, the identity active) and
+   * matched against the task's current token id. The broker renews for
+   * whoever holds the task, so a connection whose token a renewal elsewhere
+   * replaced must not get a new one here.
+   */
+  const holderOf = async (connection: Connection, bound: BoundTask): Promise<Caller | { readonly code: string; readonly detail: string }> => {
+    const now = writ.clock.now();
+    const checked = writ.taskTokens.verifyCached(bound.token, now) ?? (await writ.taskTokens.verify(bound.token, now));
+    if (!checked.ok) return { code: checked.code, detail: checked.code === 'ERR_TOKEN_EXPIRED' ? 'the task has expired; request access again' : 'the task token is no longer valid' };
+    const certificate = boundCertificate(checked.token.claims);
+    if (certificate !== undefined && connection.presenter.certificateThumbprint !== certificate) return { code: 'ERR_TOKEN_BINDING', detail: 'the task token is bound to a client certificate this connection did not present' };
+    const revoked = writ.revocations.refusal(checked.token);
+    if (revoked !== undefined) return { code: 'ERR_TOKEN_REVOKED', detail: revoked };
+    const identity = await writ.registry.get(checked.token.actor);
+    const inactive = identity === undefined ? 'identity is no longer registered' : identityInactiveReason(identity, now);
+    if (identity === undefined || inactive !== undefined) return { code: 'ERR_IDENTITY_INACTIVE', detail: inactive ?? 'identity is not active' };
+    const caller: Caller = { identity, taskId: bound.id, ...(connection.presenter.certificateThumbprint === undefined ? {} : { certificateThumbprint: connection.presenter.certificateThumbprint }) };
+    // Another node's renewal reaches this node's revocation list only at its next sync; the task's record knows at once.
+    if ((await writ.broker.getTask(caller, bound.id)).tokenId !== checked.token.claims.jti) return { code: 'ERR_TOKEN_REVOKED', detail: 'token was replaced by a renewal' };
+    return caller;
+  };
+
+  /** Renews `bound` for its holder, then moves every connection that held its token onto the new one. */
+  const renew = async (connection: Connection, bound: BoundTask, request: { readonly checkpoint: string; readonly ttl?: string | number }): Promise<RenewalOutcome> => {
+    const holder = await holderOf(connection, bound);
+    if (!('identity' in holder)) {
+      await deny(connection, 'checkpoint', holder.code, holder.detail);
+      return { ok: false, ...holder };
+    }
+    const issuedAt = writ.clock.now();
+    let renewed;
+    try {
+      renewed = await writ.broker.renewTask(holder, bound.id, request);
+    } catch (error) {
+      // A refused renewal is on the record already (task.renewed, deny).
+      if (isWritError(error)) return { ok: false, code: error.code, detail: error.detail };
+      throw error;
+    }
+    const next: BoundTask = { id: bound.id, token: renewed.token, scopes: renewed.task.grantedScopes, issuedAt, expiresAt: renewed.task.expiresAt };
+    for (const held of new Set([connection, ...connections])) adoptRenewal(held, bound.token, next);
+    return { ok: true, replaced: bound.token, next, expiresIn: renewed.expiresIn, warnings: renewed.warnings };
+  };
+
+  /** Moves `connection` onto a renewed token when it held the one replaced; true when it did. */
+  const adoptRenewal = (connection: Connection, replaced: string, next: BoundTask): boolean => {
+    const held = connection.task;
+    if (held?.token !== replaced) return false;
+    connection.task = next;
+    const key = (scopes: readonly Scope[]) => scopes.map((s) => `${s.action} ${s.resource}`).sort().join('\n');
+    if (key(held.scopes) !== key(next.scopes)) connection.notifyToolsChanged();
+    return true;
+  };
+
+  const checkpoint = async (connection: Connection, args: Record<string, unknown>): Promise<CallToolResult> => {
+    const bound = connection.task;
+    if (bound === undefined) return deny(connection, 'checkpoint', 'ERR_TASK_NOT_FOUND', 'this connection holds no task');
+    const unknown = Object.keys(args).filter((key) => key !== 'note' && key !== 'ttl');
+    if (unknown.length > 0) return deny(connection, 'checkpoint', 'ERR_VALIDATION', `checkpoint takes note and ttl only, not ${unknown.slice(0, 5).map((k) => JSON.stringify(k.slice(0, 64))).join(', ')}`);
+    // The renewal's own rules, checked whether or not this checkpoint renews: a bad note fails now, not when time is short.
+    const parsed = renewalRequestSchema.safeParse({ checkpoint: args.note, ...(args.ttl === undefined ? {} : { ttl: args.ttl }) });
+    if (!parsed.success) {
+      const issues = parsed.error.issues.map((issue) => ({ ...issue, path: issue.path[0] === 'checkpoint' ? ['note', ...issue.path.slice(1)] : issue.path }));
+      return deny(connection, 'checkpoint', 'ERR_VALIDATION', validationError(issues).detail);
+    }
+    const request = { checkpoint: parsed.data.checkpoint, ...(parsed.data.ttl === undefined ? {} : { ttl: parsed.data.ttl }) };
+
+    const joined = renewals.get(bound.id);
+    if (joined === undefined && !renewalDue(bound, writ.clock.now())) return checkpointAnswer(bound, { renewed: false, reason: 'not_due' });
+    let renewal = joined;
+    if (renewal === undefined) {
+      // INVARIANT: registered before the first await, so a checkpoint arriving meanwhile joins this renewal.
+      renewal = renew(connection, bound, request);
+      renewals.set(bound.id, renewal);
+      void renewal.finally(() => renewals.delete(bound.id)).catch(() => undefined);
+    }
+    const outcome = await renewal;
+    if (!outcome.ok) return refusal(outcome.code, outcome.detail);
+    // A client that presents the task token needs the new one, as the old one is refused from now on.
+    const handBack = connection.presentsTaskToken === true;
+    if (joined === undefined) return checkpointAnswer(outcome.next, { renewed: true, expiresIn: outcome.expiresIn, warnings: outcome.warnings }, handBack);
+    // A connection of its own per request (2026 revision) is not tracked: it moves here, if it held the token replaced.
+    const moved = adoptRenewal(connection, outcome.replaced, outcome.next) || connection.task?.token === outcome.next.token;
+    return checkpointAnswer(moved ? outcome.next : bound, { renewed: false, reason: 'renewed_concurrently' }, moved && handBack);
+  };
+
+  /** What a checkpoint tells the agent: renewed or not, and until when its access runs. */
+  const checkpointAnswer = (
+    bound: BoundTask,
+    result: { readonly renewed: true; readonly expiresIn: number; readonly warnings: readonly string[] } | { readonly renewed: false; readonly reason: 'not_due' | 'renewed_concurrently' },
+    handBack = false,
+  ): CallToolResult => {
+    const now = writ.clock.now();
+    const expiresAt = new Date(bound.expiresAt).toISOString();
+    const expiresIn = Math.max(0, Math.floor((bound.expiresAt - now) / 1000));
+    const dueAt = bound.expiresAt - (bound.expiresAt - bound.issuedAt) / 3;
+    const summary = result.renewed
+      ? { renewed: true, taskId: bound.id, expiresAt, expiresIn: result.expiresIn, warnings: result.warnings }
+      : { renewed: false, reason: result.reason, taskId: bound.id, expiresAt, expiresIn, dueIn: Math.max(0, Math.ceil((dueAt - now) / 1000)) };
+    const text = result.renewed
+      ? `Task ${bound.id} renewed at this checkpoint: its access now runs until ${expiresAt}.${result.warnings.length > 0 ? ` ${result.warnings.join('; ')}.` : ''}`
+      : result.reason === 'not_due'
+        ? `No renewal needed: the task's access runs until ${expiresAt} (${expiresIn}s); a checkpoint renews it from ${new Date(dueAt).toISOString()}.`
+        : `Task ${bound.id} was renewed by another checkpoint just now: its access runs until ${expiresAt}.`;
+    // The token for the client, never in content, which a model reads.
+    return { content: [{ type: 'text', text }], structuredContent: summary, ...(handBack ? { _meta: { 'dev.writ/taskToken': bound.token } } : {}) };
+  };
+
   const callUpstreamTool = async (connection: Connection, name: string, args: Record<string, unknown>, request: CallContext): Promise<CallToolResult> => {
     const { signal } = request;
     // The listing in hand, without awaiting a promise of it.
@@ -431,8 +575,16 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
       throw new ProtocolError(INVALID_PARAMS, `Unknown tool: ${name.slice(0, 140)}`);
     }
     const { mapped } = entry;
-    const task = connection.task;
+    let task = connection.task;
     if (task === undefined) return deny(connection, name, 'ERR_SCOPE_NOT_GRANTED', 'no task holds this tool; call request_access first');
+    // A checkpoint renewing the task is about to replace its token: the call waits for the new one.
+    const renewing = renewals.size === 0 ? undefined : renewals.get(task.id);
+    if (renewing !== undefined) {
+      await renewing.catch(() => undefined);
+      task = connection.task;
+      if (task === undefined) return deny(connection, name, 'ERR_SCOPE_NOT_GRANTED', 'no task holds this tool; call request_access first');
+    }
+    const taskId = task.id;
 
     const argumentsDigest = digestOf(args);
     const resource = resourceForCall(mapped.resource, args);
@@ -458,7 +610,9 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
       } finally {
         if (ticker !== undefined) clearInterval(ticker);
       }
-      if (answered?.state === 'approved') decision = await writ.authorize(task.token, call, connection.presenter);
+      // The token as it is now: a checkpoint may have renewed the task while the call waited.
+      const current = connection.task?.id === task.id ? connection.task : task;
+      if (answered?.state === 'approved') decision = await writ.authorize(current.token, call, connection.presenter);
       else if (answered?.state === 'denied') return refusal('ERR_POLICY_DENIED', 'a human denied this call', { approvalId: pending.id, decisionId: decision.auditId });
     }
     if (!decision.allowed) {
@@ -482,7 +636,7 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
     if (decision.breakGlass === true) {
       // The credentials Writ injects for this upstream are touched under break-glass: listed for rotation when it ends.
       const injected = writ.config.gateway.upstreams.find((u) => u.name === mapped.upstream)?.inject.map((i) => `secret:${i.secret}`) ?? [];
-      void writ.breakGlass.use(task.id, injected).catch((error: unknown) => logger?.warn({ err: error, taskId: task.id }, 'could not record the credentials used under a break-glass grant'));
+      void writ.breakGlass.use(taskId, injected).catch((error: unknown) => logger?.warn({ err: error, taskId }, 'could not record the credentials used under a break-glass grant'));
     }
     const started = performance.now();
     let status: 'ok' | 'tool_error' | 'upstream_error' = 'upstream_error';
@@ -510,7 +664,7 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
           decision: 'allow',
           reason: status,
           actor: auditActor(connection.identity),
-          task: { id: task.id },
+          task: { id: taskId },
           action: mapped.action,
           resource: resource.resource,
           ...(decision.tier === null ? {} : { tier: decision.tier }),
@@ -552,8 +706,8 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
       const now = writ.clock.now();
       const verified = writ.taskTokens.verifyCached(bearer, now) ?? (await writ.taskTokens.verify(bearer, now));
       // Authenticated a moment ago; a token that no longer verifies holds nothing (every call is checked again anyway).
-      if (!verified.ok) return { id: caller.taskId, token: bearer, scopes: [], expiresAt: 0 };
-      return { id: caller.taskId, token: bearer, scopes: verified.token.scopes, expiresAt: verified.token.expiresAt };
+      if (!verified.ok) return { id: caller.taskId, token: bearer, scopes: [], issuedAt: 0, expiresAt: 0 };
+      return { id: caller.taskId, token: bearer, scopes: verified.token.scopes, issuedAt: verified.token.claims.iat * 1000, expiresAt: verified.token.expiresAt };
     },
 
     serverFor(connection) {
@@ -572,6 +726,8 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
               return await taskStatus(connection);
             case 'complete_task':
               return await completeTask(connection, args);
+            case 'checkpoint':
+              return await checkpoint(connection, args);
             default:
               return await callUpstreamTool(connection, name, args, {
                 signal: ctx.mcpReq.signal,
@@ -633,6 +789,19 @@ function denialSentence(reason: string | null): string {
       return 'the call was not allowed';
   }
 }
+
+/**
+ * True when a checkpoint renews the task: its token has less than a third of
+ * its lifetime left (the SDK's `checkpoint` keeps the same rule).
+ */
+export function renewalDue(task: Pick<BoundTask, 'issuedAt' | 'expiresAt'>, now: number): boolean {
+  return task.expiresAt - now < (task.expiresAt - task.issuedAt) / 3;
+}
+
+/** A renewal at a checkpoint, as every checkpoint that joined it sees it. */
+type RenewalOutcome =
+  | { readonly ok: true; readonly replaced: string; readonly next: BoundTask; readonly expiresIn: number; readonly warnings: readonly string[] }
+  | { readonly ok: false; readonly code: string; readonly detail: string };
 
 function digestOf(args: Record<string, unknown>): string {
   return `sha256:${createHash('sha256').update(canonicalize(args)).digest('hex')}`;

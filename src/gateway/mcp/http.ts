@@ -126,6 +126,7 @@ export function createMcpHttpFront(options: { readonly writ: Writ; readonly gate
     identity: caller.identity,
     credentialExpiresAt: gateway.credentialExpiry(caller),
     mayRequestAccess: caller.taskId === undefined,
+    presentsTaskToken: caller.taskId !== undefined,
     holdsTasks,
     presenter: { certificateThumbprint: caller.certificateThumbprint },
     task: bound,
@@ -159,6 +160,11 @@ export function createMcpHttpFront(options: { readonly writ: Writ; readonly gate
       if (caller.identity.id !== session.connection.identity.id) return refuse('this session belongs to another identity');
       if (caller.taskId !== undefined && caller.taskId !== session.connection.task?.id) return refuse('this session acts for another task');
       if (bound !== undefined && caller.certificateThumbprint !== bound) return refuse('this session is bound to a client certificate this request did not present');
+      // A task token that authenticates is the task's current one: a renewal (at a checkpoint here, or
+      // over the REST API) replaced the one the session held, and its calls go on with the new one.
+      const held = session.connection.task;
+      const presented = authenticated.bound;
+      if (held !== undefined && presented !== undefined && presented.token !== held.token && presented.issuedAt >= held.issuedAt) session.connection.task = presented;
       session.bearer = bearer;
       session.bearerExpiresAt = gateway.credentialExpiry(caller);
       session.connection.credentialExpiresAt = Math.max(session.connection.credentialExpiresAt, caller.taskId === undefined ? session.bearerExpiresAt : 0);
