@@ -138,6 +138,7 @@ describe('MCP gateway over Streamable HTTP', () => {
       await eventually(() => changes > 0, 'notifications/tools/list_changed');
       // get_ticket's resource is tickets:{ticketId}, so its scope is read tickets:*: every read of tickets.
       assert.deepEqual(names((await client.listTools()).tools), [
+        'checkpoint',
         'complete_task',
         'task_status',
         'tickets__add_comment',
@@ -286,7 +287,7 @@ describe('MCP gateway over Streamable HTTP', () => {
       });
       assert.equal(structured(granted).status, 'granted', textOf(granted));
       assert.deepEqual(structured(await client.callTool({ name: 'task_status', arguments: {} })).scopes, ['read tickets:T-1042']);
-      assert.deepEqual(names((await client.listTools()).tools), ['complete_task', 'task_status', 'tickets__get_ticket'], 'list_tickets (tickets:list) is not in it');
+      assert.deepEqual(names((await client.listTools()).tools), ['checkpoint', 'complete_task', 'task_status', 'tickets__get_ticket'], 'list_tickets (tickets:list) is not in it');
       assert.equal((await client.callTool({ name: 'tickets__get_ticket', arguments: { ticketId: 'T-1042' } })).isError, undefined);
       assert.equal(structured(await client.callTool({ name: 'tickets__get_ticket', arguments: { ticketId: 'T-1043' } })).code, 'ERR_SCOPE_NOT_GRANTED');
     } finally {
@@ -358,7 +359,7 @@ describe('MCP gateway over Streamable HTTP', () => {
     const client = new V1Client({ name: 'v1-agent', version: '1.0.0' });
     await client.connect(new V1Transport(new URL(`${h.url}/mcp`), { requestInit: { headers: { Authorization: `Bearer ${token}` } } }));
     try {
-      assert.deepEqual(names((await client.listTools()).tools), ['complete_task', 'task_status', 'tickets__get_ticket']);
+      assert.deepEqual(names((await client.listTools()).tools), ['checkpoint', 'complete_task', 'task_status', 'tickets__get_ticket']);
       const ok = await client.callTool({ name: 'tickets__get_ticket', arguments: { ticketId: 'T-1042' } });
       assert.equal(ok.isError, undefined);
       const other = await client.callTool({ name: 'tickets__get_ticket', arguments: { ticketId: 'T-1043' } });
@@ -377,7 +378,7 @@ describe('MCP gateway over Streamable HTTP', () => {
     const modern = await httpClient(h, token, pinned as never);
     try {
       assert.equal(modern.getNegotiatedProtocolVersion(), '2026-07-28');
-      assert.deepEqual(names((await modern.listTools()).tools), ['complete_task', 'task_status', 'tickets__get_ticket', 'tickets__list_tickets', 'tickets__whoami']);
+      assert.deepEqual(names((await modern.listTools()).tools), ['checkpoint', 'complete_task', 'task_status', 'tickets__get_ticket', 'tickets__list_tickets', 'tickets__whoami']);
       const ok = await modern.callTool({ name: 'tickets__get_ticket', arguments: { ticketId: 'T-1043' } });
       assert.equal(JSON.parse(textOf(ok)).id, 'T-1043');
     } finally {
@@ -391,7 +392,7 @@ describe('MCP gateway over Streamable HTTP', () => {
       assert.equal(typeof handed, 'string');
       assert.ok(!textOf(granted).includes(handed as string), 'the token is not in what the model reads');
       const next = await httpClient(h, handed as string, pinned as never);
-      assert.deepEqual(names((await next.listTools()).tools), ['complete_task', 'task_status', 'tickets__get_ticket', 'tickets__list_tickets', 'tickets__whoami']);
+      assert.deepEqual(names((await next.listTools()).tools), ['checkpoint', 'complete_task', 'task_status', 'tickets__get_ticket', 'tickets__list_tickets', 'tickets__whoami']);
       await next.close();
     } finally {
       await asIdentity.close();

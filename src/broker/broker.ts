@@ -77,6 +77,8 @@ export interface Caller {
   readonly identity: Identity;
   /** Set when the caller authenticated with a task token: the task it is bound to. */
   readonly taskId?: string;
+  /** With `taskId`: the `jti` of the task token it presented (what a renewal replaces, and only that). */
+  readonly tokenId?: string;
   /** `x5t#S256` of the verified X.509-SVID the caller presented over mTLS; task tokens are bound to it. */
   readonly certificateThumbprint?: string;
   /**
@@ -395,7 +397,7 @@ export function createBroker(options: BrokerOptions): Broker {
           if (gone !== undefined) return unauthenticated(endpoint, 'ERR_IDENTITY_INACTIVE', `delegator ${id}: ${gone}`, bearer, actor);
         }
         await sameIdentity(identity, bearer);
-        return { identity, taskId: task.id, credentialExpiresAt: checked.token.expiresAt, ...(certified === undefined ? {} : { certificateThumbprint: certified.thumbprint }) };
+        return { identity, taskId: task.id, tokenId: claims.jti, credentialExpiresAt: checked.token.expiresAt, ...(certified === undefined ? {} : { certificateThumbprint: certified.thumbprint }) };
       }
       const result = await options.authenticator.authenticate(bearer, audience);
       if (!result.ok) return unauthenticated(endpoint, result.code, result.detail, bearer, result.subject);
@@ -576,7 +578,11 @@ export function createBroker(options: BrokerOptions): Broker {
       const task = await visibleTask(caller, taskId);
       // The holder renews, with the token being replaced: its binding (a client certificate) carries over.
       if (caller.taskId !== task.id) throw new WritError('ERR_FORBIDDEN', { detail: 'renew a task with its current task token' });
-      if (task.state !== 'active' || task.tokenId === null) {
+      // INVARIANT: a renewal replaces the token it was asked with. Two asked with one token race on the store's
+      // compare-and-set of that token: one wins; the other finds it replaced, even when it reads the task after.
+      const previousTokenId = caller.tokenId;
+      if (previousTokenId === undefined || task.tokenId !== previousTokenId) throw new WritError('ERR_TASK_STATE_CONFLICT', { detail: 'the token this renewal was asked with is no longer the task\'s: another renewal replaced it' });
+      if (task.state !== 'active') {
         throw new WritError('ERR_TASK_STATE_CONFLICT', { detail: `task is ${task.state}; only an active task renews`, extensions: { state: task.state } });
       }
       const now = clock.now();
@@ -604,6 +610,11 @@ export function createBroker(options: BrokerOptions): Broker {
 
       if ((await store.getBreakGlassOfTask(task.id)) !== undefined) {
         return refuse('ERR_NOT_RENEWABLE', 'a break-glass grant is never renewed: ask for a new one, on the record');
+      }
+      for (const id of task.delegators) {
+        const delegator = await registry.get(id);
+        const gone = delegator === undefined ? 'is no longer registered' : identityInactiveReason(delegator, now);
+        if (gone !== undefined) return refuse('ERR_NOT_RENEWABLE', `delegator ${id} ${delegator === undefined ? gone : `is inactive: ${gone}`}`);
       }
       const parent = task.parentTaskId === null ? undefined : await store.getTask(task.parentTaskId);
       if (task.parentTaskId !== null && parent?.state !== 'active') return refuse('ERR_NOT_RENEWABLE', `the task it was delegated from is ${parent?.state ?? 'gone'}`);
@@ -688,11 +699,11 @@ export function createBroker(options: BrokerOptions): Broker {
       });
       // A renewal that keeps less narrows the task: what was delegated from it is held to what it keeps.
       const narrowed = held.some((scope) => findCoveringScope(scopes, scope) === undefined);
-      const renewed = await store.renewTask(task.id, { previousTokenId: task.tokenId, previousExpiresAt: task.expiresAt, tokenId: minted.jti, expiresAt, grantedScopes: scopes, policyVersion: engine.version, at: now, narrowed });
+      const renewed = await store.renewTask(task.id, { previousTokenId, previousExpiresAt: task.expiresAt, tokenId: minted.jti, expiresAt, grantedScopes: scopes, policyVersion: engine.version, at: now, narrowed });
       if (renewed === undefined) throw new WritError('ERR_TASK_STATE_CONFLICT', { detail: 'the task ended, or another renewal replaced this token first' });
       if (narrowed) options.narrowings?.narrow(task.id, scopes, expiresAt);
       // INVARIANT: the replaced token is refused here before anything that can fail.
-      bus.publish({ type: 'token.superseded', taskId: task.id, jti: task.tokenId, expiresAt: task.expiresAt });
+      bus.publish({ type: 'token.superseded', taskId: task.id, jti: previousTokenId, expiresAt: task.expiresAt });
       try {
         await record('allow', { jti: minted.jti, granted: scopes.map(formatScope), expiresAt, decisions: decided.decisions }, [...deciding].sort());
       } catch (error) {

@@ -473,7 +473,7 @@ export function createMcpGateway(options: McpGatewayOptions): McpGateway {
     const identity = await writ.registry.get(checked.token.actor);
     const inactive = identity === undefined ? 'identity is no longer registered' : identityInactiveReason(identity, now);
     if (identity === undefined || inactive !== undefined) return { code: 'ERR_IDENTITY_INACTIVE', detail: inactive ?? 'identity is not active' };
-    const caller: Caller = { identity, taskId: bound.id, ...(connection.presenter.certificateThumbprint === undefined ? {} : { certificateThumbprint: connection.presenter.certificateThumbprint }) };
+    const caller: Caller = { identity, taskId: bound.id, tokenId: checked.token.claims.jti, ...(connection.presenter.certificateThumbprint === undefined ? {} : { certificateThumbprint: connection.presenter.certificateThumbprint }) };
     // Another node's renewal reaches this node's revocation list only at its next sync; the task's record knows at once.
     if ((await writ.broker.getTask(caller, bound.id)).tokenId !== checked.token.claims.jti) return { code: 'ERR_TOKEN_REVOKED', detail: 'token was replaced by a renewal' };
     return caller;
