@@ -174,6 +174,16 @@ for (const backend of backends) {
       assert.equal((await check(won[0]!.body.token)).allowed, true);
     });
 
+    test('a renewal asked with a token authenticated just before another renewal replaced it does not renew again', async () => {
+      const task = await grant();
+      // Both authenticated with the same, then current, token.
+      const caller = await h.writ.broker.authenticate({ bearer: task.token }, { allowTaskToken: true, endpoint: 'test' });
+      const late = await h.writ.broker.authenticate({ bearer: task.token }, { allowTaskToken: true, endpoint: 'test' });
+      await h.writ.broker.renewTask(caller, task.id, { checkpoint: 'first' });
+      await assert.rejects(h.writ.broker.renewTask(late, task.id, { checkpoint: 'second, with the replaced token' }), (error: { code?: string }) => error.code === 'ERR_TASK_STATE_CONFLICT');
+      assert.equal((await h.writ.store.getTask(task.id))?.renewals, 1);
+    });
+
     test('a delegated task renews within its parent: cut to the parent\'s expiry, further once the parent renews, never after the parent ends', async () => {
       const parent = await grant({ ttl: 300 });
       const form = new URLSearchParams({
