@@ -32,6 +32,8 @@ test('npm run example:delegation: a read-only slice handed to a worker, seen and
   assert.match(plannerTask, /^task_[A-Za-z0-9_-]{22}$/);
   assert.equal(shown(out, 2, 'status'), 'granted');
 
+  // The worker's actor token is made for the exchange alone (its everyday identity token is refused there).
+  assert.equal(shown(out, 3, 'aud'), '["writ-token-exchange"]');
   // The child token: acting for the planner's run, by the worker, one level down, the slice alone, within the planner's time.
   assert.equal(shown(out, 3, 'sub'), 'spiffe://demo.local/agent/planner');
   assert.equal(shown(out, 3, 'act'), '{"sub":"spiffe://demo.local/agent/worker"}');

@@ -6,10 +6,11 @@
  *   1. starts Writ (`writ serve --dev`) with the MCP gateway example's writ.yaml
  *      and tickets server (../mcp-gateway), in a throwaway data folder; stores
  *      the tickets API key, registers a planner, a worker and a helper agent,
- *      and gets each an identity token (Writ's dev issuer);
+ *      and gets the planner and the worker an identity token (Writ's dev issuer);
  *   2. the planner asks for a task over REST: read every ticket, write T-1042;
- *   3. the planner delegates read:tickets:T-1042 to the worker by OAuth 2.0
- *      Token Exchange (RFC 8693) at /oauth/token, and we read the child token;
+ *   3. the worker gives the planner an actor token made for one exchange, and
+ *      the planner delegates read:tickets:T-1042 to the worker by OAuth 2.0
+ *      Token Exchange (RFC 8693) at /oauth/token; we read the child token;
  *   4. the worker connects to Writ's /mcp with the child token (the official
  *      MCP SDK client): it sees the read tool only, reads the ticket, and is
  *      refused a comment;
@@ -126,13 +127,12 @@ try {
   say(`1. Writ is up at ${url}, with the tickets MCP server (examples/mcp-gateway) behind /mcp.`);
   await writ(['secret', 'set', 'tickets-api-key'], 'sk_live_tickets_example_key\n');
   say('   Stored the tickets server\'s API key in Writ\'s vault (no agent ever sees it).');
-  const identityTokens = {};
   for (const agent of [PLANNER, WORKER, HELPER]) {
     await writ(['identity', 'register', '--spiffe-id', agent, '--owner', 'alice@example.com', '--environment', 'production']);
-    identityTokens[agent] = await writ(['identity', 'token', agent]);
   }
+  const identityTokens = { [PLANNER]: await writ(['identity', 'token', PLANNER]), [WORKER]: await writ(['identity', 'token', WORKER]) };
   say(`   Registered ${PLANNER}, ${WORKER} and ${HELPER}`);
-  say('   (owner alice@example.com, production) and got each an identity token.');
+  say('   (owner alice@example.com, production), and got the planner and the worker an identity token.');
   say();
 
   say('2. Planner: POST /v1/tasks with its identity token: read every ticket, write one');
@@ -153,8 +153,13 @@ try {
   show('granted', asked.body.task.grantedScopes);
   say();
 
-  say(`3. Planner: hands the worker a read-only slice (read:tickets:${TICKET}) by token exchange at /oauth/token`);
-  const handed = await exchange(plannerTask.token, identityTokens[WORKER], `read:tickets:${TICKET}`, { ttl: '5m', purpose: `Summarise ticket ${TICKET} for the planner` });
+  say(`3. Worker: gives the planner an actor token made for one exchange (writ identity token --for-exchange)`);
+  // Not its everyday identity token, which the exchange refuses as actor: this one names the exchange alone
+  // as its audience, so the planner that carries it can use it for nothing else, and it is spent once.
+  const workerActorToken = await writ(['identity', 'token', WORKER, '--for-exchange']);
+  show('aud', claimsOf(workerActorToken).aud);
+  say(`   Planner: hands the worker a read-only slice (read:tickets:${TICKET}) by token exchange at /oauth/token`);
+  const handed = await exchange(plannerTask.token, workerActorToken, `read:tickets:${TICKET}`, { ttl: '5m', purpose: `Summarise ticket ${TICKET} for the planner` });
   if (handed.status !== 200) throw new Error(`the delegation was refused: ${JSON.stringify(handed.body)}`);
   const workerTask = { id: handed.body.task_id, token: handed.body.access_token };
   show('issued_token_type', handed.body.issued_token_type);
@@ -191,10 +196,10 @@ try {
   show('answer', (await call('tickets__add_comment', { ticketId: TICKET, text: 'Looks like a refund to me.' })).text);
   say();
 
-  say(`5. Worker: hands ${HELPER} a write it does not hold (its own token as subject_token)`);
-  show('answer', refusal(await exchange(workerTask.token, identityTokens[HELPER], `write:tickets:${TICKET}`)));
+  say(`5. Worker: hands ${HELPER} a write it does not hold (its own task token as subject_token)`);
+  show('answer', refusal(await exchange(workerTask.token, await writ(['identity', 'token', HELPER, '--for-exchange']), `write:tickets:${TICKET}`)));
   say(`   Planner: hands the worker its write to ${TICKET} (it holds that one)`);
-  show('answer', refusal(await exchange(plannerTask.token, identityTokens[WORKER], `write:tickets:${TICKET}`)));
+  show('answer', refusal(await exchange(plannerTask.token, await writ(['identity', 'token', WORKER, '--for-exchange']), `write:tickets:${TICKET}`)));
   say();
 
   say(`6. Planner: POST /v1/tasks/${plannerTask.id}/complete with its task token`);
