@@ -20,61 +20,15 @@
  *      MCP session is told its tools changed, and its token is refused;
  *   7. checks the audit chain.
  */
-import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
+import { claimsOf, say, show, startWrit } from '../lib/writ-example.mjs';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const gatewayExample = join(here, '..', 'mcp-gateway');
-const WRIT = join(here, '..', '..', 'bin', 'writ.js');
 const PLANNER = 'spiffe://demo.local/agent/planner';
 const WORKER = 'spiffe://demo.local/agent/worker';
 const HELPER = 'spiffe://demo.local/agent/helper';
 const TICKET = 'T-1042';
 
-const say = (line = '') => process.stdout.write(`${line}\n`);
-const show = (label, value) => say(`  ${label.padEnd(22)} ${typeof value === 'string' ? value : JSON.stringify(value)}`);
-
-const dataDir = mkdtempSync(join(tmpdir(), 'writ-delegation-example-'));
-const configFile = join(dataDir, 'writ.yaml');
-// The MCP gateway example's writ.yaml, with its tickets server found in that folder.
-writeFileSync(
-  configFile,
-  readFileSync(join(gatewayExample, 'writ.yaml'), 'utf8').replace('cwd: .', `cwd: ${JSON.stringify(gatewayExample)}`).replace('command: node', `command: ${JSON.stringify(process.execPath)}`),
-);
-const env = { ...process.env, WRIT_DATA_DIR: dataDir };
-for (const key of Object.keys(env)) if (key.startsWith('WRIT_') && key !== 'WRIT_DATA_DIR') delete env[key];
-
-function writ(args, input) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [WRIT, ...args, '--config', configFile], { env, stdio: ['pipe', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (c) => (out += c));
-    child.stderr.on('data', (c) => (err += c));
-    child.on('error', reject);
-    child.on('close', (code) => (code === 0 ? resolve(out.trim()) : reject(new Error(`writ ${args.join(' ')} exited ${code}: ${err.trim()}`))));
-    child.stdin.end(input ?? '');
-  });
-}
-
-/** A JWT's claims, read without verifying it: for showing only (Writ verifies every token it is handed). */
-const claimsOf = (token) => JSON.parse(Buffer.from(token.split('.')[1], 'base64url').toString('utf8'));
-
-const port = await new Promise((resolve) => {
-  const probe = createServer().listen(0, '127.0.0.1', () => {
-    const { port: free } = probe.address();
-    probe.close(() => resolve(free));
-  });
-});
-const server = spawn(process.execPath, [WRIT, 'serve', '--dev', '--config', configFile, '--port', String(port)], { env, stdio: ['ignore', 'ignore', 'pipe'] });
-let serverLog = '';
-server.stderr.on('data', (c) => (serverLog += c));
-const url = `http://127.0.0.1:${port}`;
+const { url, writ, stop, log } = await startWrit('delegation');
 
 /** Writ's REST API, as the planner's framework would call it. */
 async function api(method, path, token, body) {
@@ -115,15 +69,6 @@ const refusal = ({ status, body }) => `HTTP ${status} ${body.code} (OAuth error 
 let worker;
 let failed = false;
 try {
-  // Up to 30 s: on a busy machine (the whole test suite at once, say) Writ can take a while to start.
-  for (const deadline = Date.now() + 30_000; ; ) {
-    try {
-      if ((await fetch(`${url}/healthz`)).ok) break;
-    } catch {
-      if (server.exitCode !== null || Date.now() > deadline) throw new Error(`Writ did not start:\n${serverLog}`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
   say(`1. Writ is up at ${url}, with the tickets MCP server (examples/mcp-gateway) behind /mcp.`);
   await writ(['secret', 'set', 'tickets-api-key'], 'sk_live_tickets_example_key\n');
   say('   Stored the tickets server\'s API key in Writ\'s vault (no agent ever sees it).');
@@ -225,11 +170,9 @@ try {
   say(await writ(['audit', 'verify']));
 } catch (error) {
   failed = true;
-  process.stderr.write(`example failed: ${error?.stack ?? error}\n${serverLog}\n`);
+  process.stderr.write(`example failed: ${error?.stack ?? error}\n${log()}\n`);
 } finally {
   await worker?.close().catch(() => undefined);
-  server.kill('SIGTERM');
-  await new Promise((r) => (server.exitCode !== null ? r() : server.once('exit', r)));
-  rmSync(dataDir, { recursive: true, force: true });
+  await stop();
 }
 process.exitCode = failed ? 1 : 0;

@@ -13,64 +13,17 @@
  *      then it notes the refund on the ticket and completes its task;
  *   4. checks the audit chain.
  */
-import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
+import { say, show, startWrit } from '../lib/writ-example.mjs';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const WRIT = join(here, '..', '..', 'bin', 'writ.js');
 const AGENT = 'spiffe://demo.local/agent/support';
 const APPROVER = 'spiffe://demo.local/human/bob';
 
-const say = (line = '') => process.stdout.write(`${line}\n`);
-const show = (label, value) => say(`  ${label.padEnd(22)} ${typeof value === 'string' ? value : JSON.stringify(value)}`);
-
-const dataDir = mkdtempSync(join(tmpdir(), 'writ-mcp-example-'));
-const configFile = join(dataDir, 'writ.yaml');
-// The example's writ.yaml, with the tickets server found from this folder.
-writeFileSync(configFile, readFileSync(join(here, 'writ.yaml'), 'utf8').replace('cwd: .', `cwd: ${JSON.stringify(here)}`).replace('command: node', `command: ${JSON.stringify(process.execPath)}`));
-const env = { ...process.env, WRIT_DATA_DIR: dataDir };
-for (const key of Object.keys(env)) if (key.startsWith('WRIT_') && key !== 'WRIT_DATA_DIR') delete env[key];
-
-function writ(args, input) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [WRIT, ...args, '--config', configFile], { env, stdio: ['pipe', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (c) => (out += c));
-    child.stderr.on('data', (c) => (err += c));
-    child.on('error', reject);
-    child.on('close', (code) => (code === 0 ? resolve(out.trim()) : reject(new Error(`writ ${args.join(' ')} exited ${code}: ${err.trim()}`))));
-    child.stdin.end(input ?? '');
-  });
-}
-
-const port = await new Promise((resolve) => {
-  const probe = createServer().listen(0, '127.0.0.1', () => {
-    const { port: free } = probe.address();
-    probe.close(() => resolve(free));
-  });
-});
-const server = spawn(process.execPath, [WRIT, 'serve', '--dev', '--config', configFile, '--port', String(port)], { env, stdio: ['ignore', 'ignore', 'pipe'] });
-let serverLog = '';
-server.stderr.on('data', (c) => (serverLog += c));
-const url = `http://127.0.0.1:${port}`;
+const { url, writ, stop, log } = await startWrit('mcp');
 
 let client;
 let failed = false;
 try {
-  for (let tries = 0; ; tries++) {
-    try {
-      if ((await fetch(`${url}/healthz`)).ok) break;
-    } catch {
-      if (tries > 200) throw new Error(`Writ did not start:\n${serverLog}`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
   say(`Writ is up at ${url}, with the tickets MCP server behind /mcp.`);
   await writ(['secret', 'set', 'tickets-api-key'], 'sk_live_tickets_example_key\n');
   say('Stored the tickets server\'s API key in Writ\'s vault (the agent never sees it).');
@@ -140,11 +93,9 @@ try {
   say(await writ(['audit', 'verify']));
 } catch (error) {
   failed = true;
-  process.stderr.write(`example failed: ${error?.stack ?? error}\n${serverLog}\n`);
+  process.stderr.write(`example failed: ${error?.stack ?? error}\n${log()}\n`);
 } finally {
   await client?.close().catch(() => undefined);
-  server.kill('SIGTERM');
-  await new Promise((r) => (server.exitCode !== null ? r() : server.once('exit', r)));
-  rmSync(dataDir, { recursive: true, force: true });
+  await stop();
 }
 process.exitCode = failed ? 1 : 0;
