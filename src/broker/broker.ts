@@ -16,7 +16,7 @@ import { attenuate, DEFAULT_MAX_DELEGATION_DEPTH, findCoveringScope, formatScope
 import type { ApprovalRequest, Identity, RefusedScope, Scope, Task, TaskState } from '../core/types.js';
 import type { EventBus } from '../events/bus.js';
 import type { IdentityAuthenticator } from '../identity/authenticate.js';
-import { identityInactiveReason, type Registry } from '../identity/registry.js';
+import { identityInactiveReason, inactiveDelegator, type Registry } from '../identity/registry.js';
 import { decideShadow, riskRecord, type DecisionInput, type PolicyDecision, type PolicyEngine, type ShadowDecision } from '../policy/engine.js';
 import type { Observations } from '../policy/observations.js';
 import type { Store } from '../store/store.js';
@@ -391,11 +391,8 @@ export function createBroker(options: BrokerOptions): Broker {
         if (identity === undefined) return unauthenticated(endpoint, 'ERR_IDENTITY_INACTIVE', 'identity is not registered', bearer, actor);
         const inactive = identityInactiveReason(identity, now);
         if (inactive !== undefined) return unauthenticated(endpoint, 'ERR_IDENTITY_INACTIVE', inactive, bearer, actor);
-        for (const id of checked.token.delegators) {
-          const delegator = await registry.get(id);
-          const gone = delegator === undefined ? 'is no longer registered' : identityInactiveReason(delegator, now);
-          if (gone !== undefined) return unauthenticated(endpoint, 'ERR_IDENTITY_INACTIVE', `delegator ${id}: ${gone}`, bearer, actor);
-        }
+        const delegatorGone = await inactiveDelegator(registry, checked.token.delegators, now);
+        if (delegatorGone !== undefined) return unauthenticated(endpoint, 'ERR_IDENTITY_INACTIVE', delegatorGone, bearer, actor);
         await sameIdentity(identity, bearer);
         return { identity, taskId: task.id, tokenId: claims.jti, credentialExpiresAt: checked.token.expiresAt, ...(certified === undefined ? {} : { certificateThumbprint: certified.thumbprint }) };
       }
@@ -611,11 +608,8 @@ export function createBroker(options: BrokerOptions): Broker {
       if ((await store.getBreakGlassOfTask(task.id)) !== undefined) {
         return refuse('ERR_NOT_RENEWABLE', 'a break-glass grant is never renewed: ask for a new one, on the record');
       }
-      for (const id of task.delegators) {
-        const delegator = await registry.get(id);
-        const gone = delegator === undefined ? 'is no longer registered' : identityInactiveReason(delegator, now);
-        if (gone !== undefined) return refuse('ERR_NOT_RENEWABLE', `delegator ${id} ${delegator === undefined ? gone : `is inactive: ${gone}`}`);
-      }
+      const delegatorGone = await inactiveDelegator(registry, task.delegators, now);
+      if (delegatorGone !== undefined) return refuse('ERR_NOT_RENEWABLE', delegatorGone);
       const parent = task.parentTaskId === null ? undefined : await store.getTask(task.parentTaskId);
       if (task.parentTaskId !== null && parent?.state !== 'active') return refuse('ERR_NOT_RENEWABLE', `the task it was delegated from is ${parent?.state ?? 'gone'}`);
 

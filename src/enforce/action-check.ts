@@ -33,7 +33,7 @@ import type { WritErrorCode } from '../core/errors.js';
 import { findCoveringScope, isValidAction, isValidResource } from '../core/scope.js';
 import type { Identity, Tier } from '../core/types.js';
 import type { Registry } from '../identity/registry.js';
-import { identityInactiveReason } from '../identity/registry.js';
+import { identityInactiveReason, inactiveDelegator } from '../identity/registry.js';
 import { decideShadow, riskRecord, type PolicyEngine, type ShadowDecision } from '../policy/engine.js';
 import type { Observations } from '../policy/observations.js';
 import type { RiskScore } from '../policy/risk.js';
@@ -223,11 +223,8 @@ export function createActionCheck(options: ActionCheckOptions): ActionCheck {
     const inactive = identityInactiveReason(identity, now);
     if (inactive !== undefined) return deny('ERR_IDENTITY_INACTIVE', inactive, { token: verified });
     // A delegated grant stands only while everyone it was handed down from could still act.
-    for (const id of verified.delegators) {
-      const delegator = registry.getCached(id) ?? (await registry.get(id));
-      const gone = delegator === undefined ? 'is no longer registered' : identityInactiveReason(delegator, now);
-      if (gone !== undefined) return deny('ERR_IDENTITY_INACTIVE', `delegator ${id}: ${gone}`, { token: verified, identity });
-    }
+    const delegatorGone = verified.delegators.length === 0 ? undefined : await inactiveDelegator(registry, verified.delegators, now);
+    if (delegatorGone !== undefined) return deny('ERR_IDENTITY_INACTIVE', delegatorGone, { token: verified, identity });
 
     const breakGlass = verified.claims.task.breakGlass === true ? ({ breakGlass: true } as const) : {};
     if (!isValidAction(request.action) || !isValidResource(request.resource)) {

@@ -212,3 +212,18 @@ export function identityInactiveReason(identity: Identity, now: number): string 
   if (identity.expiresAt !== null && identity.expiresAt <= now) return 'identity has expired';
   return undefined;
 }
+
+/**
+ * Why a delegated grant may not be used right now because of who handed it
+ * down: the first of `delegators` (root first) no longer registered or
+ * active, or undefined when every one still is. A grant stands only while
+ * everyone it came from could still act.
+ */
+export async function inactiveDelegator(registry: Pick<Registry, 'get' | 'getCached'>, delegators: readonly string[], now: number): Promise<string | undefined> {
+  for (const id of delegators) {
+    const identity = registry.getCached(id) ?? (await registry.get(id));
+    const gone = identity === undefined ? 'identity is no longer registered' : identityInactiveReason(identity, now);
+    if (gone !== undefined) return `delegator ${id}: ${gone}`;
+  }
+  return undefined;
+}
