@@ -218,6 +218,65 @@ const upstreamSchema = z
     });
   });
 
+/** An HTTP method's action on a proxy route; `false` refuses the method there. */
+const proxyMethods = z.record(z.string().regex(/^[A-Z]{1,16}$/, 'an HTTP method in capitals'), z.union([z.string().regex(/^[a-z][a-z0-9_]{0,63}$/, 'an action name'), z.literal(false)]));
+
+/** A path under a proxy route and the resource its requests are decided on. */
+const proxyPath = z
+  .object({
+    /** Segments after the route's prefix; `{name}` stands for one whole segment: `/orders/{id}`. */
+    pattern: z.string().min(1).max(256).regex(/^(?:\/(?:[A-Za-z0-9._~!$&'()*+,;=:@-]+|\{[A-Za-z_][A-Za-z0-9_]{0,63}\})?)+$/, 'a path of literal segments and {name} placeholders, starting with /'),
+    /** The resource, with the pattern's `{name}` placeholders: `db:orders/{id}`. Without placeholders it may be a pattern (`db:orders/*`). */
+    resource: z.string().min(3).max(256).regex(/^[a-z][a-z0-9-]{0,31}:[A-Za-z0-9._~:/@+=,{}*-]*$/, 'a resource name, optionally with {name} placeholders'),
+    /** Overrides the route's methods for this path only: `{ POST: refund }`. */
+    methods: proxyMethods.default({}),
+  })
+  .strict();
+
+/** One route of the HTTP proxy: a path prefix, its upstream, the credential Writ injects, and how requests are decided. */
+const proxyRouteSchema = z
+  .object({
+    /** Names the route in logs. */
+    name: z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, 'lowercase letters, digits and dashes, at most 32'),
+    /** Under the proxy's mount: `/shop` serves `/proxy/shop/...`. */
+    prefix: z.string().regex(/^(?:\/[A-Za-z0-9._~-]+)+$/, 'literal path segments such as /shop'),
+    /** Base URL the rest of the path is appended to; https://, or http:// on loopback. */
+    upstream: z.string().url(),
+    /** Secrets from the vault, sent as request headers; never seen by the agent. */
+    inject: z
+      .array(
+        z
+          .object({
+            secret: z.string().regex(/^[a-z][a-z0-9._-]{0,63}$/, 'a secret name'),
+            header: z.string().regex(/^[A-Za-z0-9-]{1,64}$/, 'a header name'),
+            prefix: z.string().max(64).regex(/^[\x20-\x7e]*$/, 'printable ASCII').default(''),
+          })
+          .strict(),
+      )
+      .max(8)
+      .default([]),
+    /** Over the defaults (GET, HEAD: read; POST, PUT, PATCH: write; DELETE: delete). */
+    methods: proxyMethods.default({}),
+    /** First match wins; a path matching none is refused. */
+    paths: z.array(proxyPath).min(1).max(256),
+  })
+  .strict()
+  .superRefine((r, ctx) => {
+    const url = new URL(r.upstream);
+    if (url.username !== '' || url.password !== '' || url.search !== '' || url.hash !== '') ctx.addIssue({ code: 'custom', path: ['upstream'], message: 'no credentials, query or fragment in the URL; inject credentials from a secret' });
+    if (url.protocol !== 'https:' && !(url.protocol === 'http:' && LOOPBACK_HOSTS.has(url.hostname))) {
+      ctx.addIssue({ code: 'custom', path: ['upstream'], message: 'an https:// URL (http:// only on loopback)' });
+    }
+    r.paths.forEach((p, index) => {
+      const names = new Set([...p.pattern.matchAll(/\{([A-Za-z_][A-Za-z0-9_]*)\}/g)].map((m) => m[1]));
+      for (const m of p.resource.matchAll(/\{([^{}]*)\}/g)) {
+        if (!names.has(m[1])) ctx.addIssue({ code: 'custom', path: ['paths', index, 'resource'], message: `{${m[1] ?? ''}} is not a placeholder of the pattern` });
+      }
+    });
+  });
+
+export type ProxyRouteConfig = z.output<typeof proxyRouteSchema>;
+
 /**
  * A webhook: every approval and break-glass state change is POSTed to it as
  * JSON, signed with HMAC-SHA256 under a secret from the vault, and retried
@@ -391,6 +450,17 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    /** The HTTP proxy: agents reach HTTP APIs through Writ, each request checked, its credential injected (docs/proxy.md). */
+    proxy: z
+      .object({
+        /** Where the routes are mounted, on `writ serve` and `writ proxy` alike. */
+        mount: z.string().regex(/^(?:\/[A-Za-z0-9._~-]+)+$/, 'literal path segments such as /proxy').default('/proxy'),
+        /** Longest the upstream may stay silent (connecting, answering, streaming) before the request fails. */
+        timeout: duration(30),
+        routes: z.array(proxyRouteSchema).max(64).default([]),
+      })
+      .strict()
+      .prefault({}),
     /** Human approval of one exact action (`@approval("required")` permits). */
     approvals: z
       .object({
@@ -516,6 +586,11 @@ export const configSchema = z
     config.gateway.upstreams.forEach((u, index) => {
       if (upstreams.has(u.name)) ctx.addIssue({ code: 'custom', path: ['gateway', 'upstreams', index, 'name'], message: `two upstreams are named ${u.name}` });
       upstreams.add(u.name);
+    });
+    const proxyPrefixes = new Set<string>();
+    config.proxy.routes.forEach((r, index) => {
+      if (proxyPrefixes.has(r.prefix)) ctx.addIssue({ code: 'custom', path: ['proxy', 'routes', index, 'prefix'], message: `two proxy routes have the prefix ${r.prefix}` });
+      proxyPrefixes.add(r.prefix);
     });
     if (config.breakGlass.maxDuration > 4 * 3600) {
       ctx.addIssue({ code: 'custom', path: ['breakGlass', 'maxDuration'], message: 'break-glass is time-boxed: at most 4h' });

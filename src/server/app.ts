@@ -27,6 +27,7 @@ import { createMcpGateway } from '../gateway/mcp/gateway.js';
 import { createMcpHttpFront, MCP_PATH } from '../gateway/mcp/http.js';
 import { createUpstreamPool } from '../gateway/mcp/upstreams.js';
 import { registerOAuthRoutes, TOKEN_PATH } from './oauth.js';
+import { registerRevocationRoutes } from './revocations.js';
 import { adminActor, type IdentityStateChange, type Writ } from '../writ.js';
 
 // Only the shape is checked here; sizes and syntax are the action check's to
@@ -261,6 +262,7 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
       'POST /v1/admin/tokens',
       'POST /v1/admin/tokens/{id}/revoke',
       'GET /.well-known/jwks.json',
+      'GET /v1/revocations',
       'POST|GET|DELETE /mcp',
       'GET /.well-known/oauth-protected-resource/mcp',
       ...(writ.devIssuer ? ['GET /dev-issuer/jwks.json'] : []),
@@ -303,6 +305,7 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
   }
 
   registerOAuthRoutes(app, writ, certificateChainOf);
+  registerRevocationRoutes(app, writ);
 
   const sendTaskResult = (reply: FastifyReply, result: TaskRequestResult) => {
     switch (result.status) {

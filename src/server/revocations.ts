@@ -1,0 +1,73 @@
+/**
+ * The revocation feed: what a resource server verifying task tokens offline
+ * (`writ/verify`) must refuse although the signature and `exp` still verify —
+ * tasks that ended and tokens a renewal replaced, for as long as their tokens
+ * would otherwise be valid.
+ *
+ * `GET /v1/revocations?since=<epoch ms>` answers
+ * `{ now, tasks: [{id, expiresAt}], tokens: [{jti, expiresAt}] }` (times in epoch
+ * ms). Without `since`: everything currently revoked. With it: what ended or was
+ * superseded at or after `since`, still unexpired. A reader passes the previous
+ * answer's `now` (minus an overlap, see docs/verify.md) as the next `since`.
+ *
+ * Who may read it: anyone, like the JWKS next to it and like a CA's CRL. It
+ * names random task ids and jtis and when they expire: no identities, scopes,
+ * purposes or credentials. Requiring a credential would give every resource
+ * server a standing secret, which is what Writ exists to remove. The reasoning
+ * and its costs are in docs/verify.md.
+ */
+import type { FastifyInstance } from 'fastify';
+import { z } from 'zod';
+import { validationError } from '../broker/broker.js';
+import type { Writ } from '../writ.js';
+
+export const REVOCATIONS_PATH = '/v1/revocations';
+
+const revocationsQuerySchema = z
+  .object({
+    since: z
+      .string()
+      .max(16)
+      .regex(/^\d+$/, 'epoch milliseconds')
+      .transform(Number)
+      .refine((n) => Number.isSafeInteger(n), 'epoch milliseconds')
+      .optional(),
+  })
+  .strict();
+
+/** The feed document, as `writ/verify` reads it. */
+export interface RevocationFeed {
+  /** Writ's clock when the answer was read, epoch ms: the next `since` (minus an overlap). */
+  readonly now: number;
+  /** Ended tasks whose tokens (and their delegated children's) are refused until `expiresAt`. */
+  readonly tasks: { readonly id: string; readonly expiresAt: number }[];
+  /** Tokens a renewal replaced, refused until `expiresAt`. */
+  readonly tokens: { readonly jti: string; readonly expiresAt: number }[];
+}
+
+/**
+ * Reads the feed from the store (every node's ends and renewals, not only this
+ * process's). An entry is kept while its token could still pass an `exp` check
+ * somewhere: until `expiresAt` plus the configured clock skew.
+ */
+export async function readRevocationFeed(writ: Writ, since: number | undefined): Promise<RevocationFeed> {
+  const now = writ.clock.now();
+  const horizon = now - writ.config.tokens.clockSkew * 1000;
+  const [tasks, tokens] =
+    since === undefined
+      ? await Promise.all([writ.store.listEndedUnexpiredTasks(horizon), writ.store.listSupersededUnexpiredTokens(horizon)])
+      : await Promise.all([writ.store.listTasksEndedSince(since), writ.store.listTokensSupersededSince(since)]);
+  return {
+    now,
+    tasks: tasks.filter((t) => t.expiresAt > horizon).map((t) => ({ id: t.id, expiresAt: t.expiresAt })),
+    tokens: tokens.filter((t) => t.expiresAt > horizon).map((t) => ({ jti: t.jti, expiresAt: t.expiresAt })),
+  };
+}
+
+export function registerRevocationRoutes(app: FastifyInstance, writ: Writ): void {
+  app.get<{ Querystring: Record<string, unknown> }>(REVOCATIONS_PATH, async (request) => {
+    const query = revocationsQuerySchema.safeParse(request.query ?? {});
+    if (!query.success) throw validationError(query.error.issues);
+    return readRevocationFeed(writ, query.data.since);
+  });
+}
