@@ -259,6 +259,11 @@ export const errorCatalog = {
     title: 'Scope not granted',
     description: 'Authorize reason: no scope in the task token covers this action on this resource, or a policy change narrowed the grant (policy drift) and the scope is no longer held.',
   },
+  ERR_REVOCATIONS_STALE: {
+    status: 503,
+    title: 'Revocations not current',
+    description: 'writ/verify reason: the resource server has not read Writ\'s revocation feed yet, or not within its staleness bound, so it cannot tell whether the token was revoked; it fails closed. Retry later.',
+  },
   ERR_AUDIT_UNAVAILABLE: {
     status: 503,
     title: 'Audit log unavailable',
