@@ -24,7 +24,11 @@ import type {
   ChainLinker,
   GrantChange,
   IdentityChange,
+  Lease,
+  LeaseState,
+  LeaseTransition,
   NewIdentity,
+  NewLease,
   NarrowedTask,
   NewApprovalRequest,
   NewBreakGlass,
@@ -209,6 +213,18 @@ interface BreakGlassUseTable {
   item: string;
 }
 
+interface LeaseTable {
+  id: string;
+  task_id: string;
+  provider: string;
+  state: string;
+  details: string;
+  created_at: number;
+  expires_at: number;
+  revoked_at: number | null;
+  last_error: string | null;
+}
+
 interface Tables {
   identities: IdentityTable;
   tasks: TaskTable;
@@ -223,6 +239,7 @@ interface Tables {
   break_glass: BreakGlassTable;
   break_glass_uses: BreakGlassUseTable;
   superseded_tokens: SupersededTokenTable;
+  leases: LeaseTable;
 }
 
 const NON_TERMINAL: readonly TaskState[] = ['active', 'pending_approval'];
@@ -928,6 +945,68 @@ class KyselyStore implements Store {
     return row && toOutboxMessage(row);
   }
 
+  async createLease(lease: NewLease): Promise<void> {
+    await this.db
+      .insertInto('leases')
+      .values({
+        id: lease.id,
+        task_id: lease.taskId,
+        provider: lease.provider,
+        state: 'issuing',
+        details: JSON.stringify(lease.details),
+        created_at: lease.createdAt,
+        expires_at: lease.expiresAt,
+        revoked_at: null,
+        last_error: null,
+      })
+      .execute();
+  }
+
+  async getLease(id: string): Promise<Lease | undefined> {
+    const row = await this.db.selectFrom('leases').selectAll().where('id', '=', id).executeTakeFirst();
+    return row && toLease(row);
+  }
+
+  async listLeasesOfTask(taskId: string): Promise<Lease[]> {
+    const rows = await this.db.selectFrom('leases').selectAll().where('task_id', '=', taskId).orderBy('created_at').orderBy('id').execute();
+    return rows.map(toLease);
+  }
+
+  async transitionLease(id: string, from: readonly LeaseState[], to: LeaseState, change: LeaseTransition): Promise<Lease | undefined> {
+    if (from.length === 0) return undefined;
+    const row = await this.db
+      .updateTable('leases')
+      .set({
+        state: to,
+        ...(to === 'revoked' ? { revoked_at: change.at } : {}),
+        ...(change.lastError === undefined ? {} : { last_error: change.lastError }),
+      })
+      .where('id', '=', id)
+      // INVARIANT: the state is re-checked on the row itself, so of racing callers only one moves it.
+      .where('state', 'in', [...from])
+      .returningAll()
+      .executeTakeFirst();
+    return row && toLease(row);
+  }
+
+  async noteLeaseError(id: string, error: string): Promise<void> {
+    await this.db.updateTable('leases').set({ last_error: error.slice(0, 1000) }).where('id', '=', id).execute();
+  }
+
+  async listLeasesToRevoke(now: number, limit: number): Promise<Lease[]> {
+    const rows = await this.db
+      .selectFrom('leases')
+      .leftJoin('tasks', 'tasks.id', 'leases.task_id')
+      .selectAll('leases')
+      .where('leases.state', '!=', 'revoked')
+      .where((eb) => eb.or([eb('tasks.id', 'is', null), eb('tasks.state', 'not in', [...NON_TERMINAL]), eb('tasks.expires_at', '<=', now)]))
+      .orderBy('leases.created_at')
+      .orderBy('leases.id')
+      .limit(limit)
+      .execute();
+    return rows.map(toLease);
+  }
+
   async createBreakGlass(grant: NewBreakGlass): Promise<void> {
     await this.db
       .insertInto('break_glass')
@@ -1343,6 +1422,20 @@ function toApproval(row: ApprovalTable, votes: readonly ApprovalVoteTable[]): Ap
 }
 
 /** The grants with what was used under each, in the order given; `used` sorted, each once. */
+function toLease(row: LeaseTable): Lease {
+  return {
+    id: row.id,
+    taskId: row.task_id,
+    provider: row.provider,
+    state: row.state as LeaseState,
+    details: JSON.parse(row.details) as Record<string, unknown>,
+    createdAt: Number(row.created_at),
+    expiresAt: Number(row.expires_at),
+    revokedAt: row.revoked_at === null ? null : Number(row.revoked_at),
+    lastError: row.last_error,
+  };
+}
+
 async function withUses(db: Kysely<Tables>, rows: readonly BreakGlassTable[]): Promise<BreakGlass[]> {
   if (rows.length === 0) return [];
   const uses = await db

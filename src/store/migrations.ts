@@ -286,6 +286,30 @@ const migrations: Record<string, Migration> = {
       await db.schema.createIndex('superseded_tokens_expiry').on('superseded_tokens').column('expires_at').execute();
     },
   },
+
+  '0008_leases': {
+    async up(db: Kysely<unknown>) {
+      // Downstream credentials minted for a task (a PostgreSQL role...): written
+      // before anything is handed out, so a crash never leaves one unaccounted
+      // for. `details` is what revoking needs (the role's name, what was
+      // granted); never a password.
+      await db.schema
+        .createTable('leases')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('task_id', 'text', (c) => c.notNull())
+        .addColumn('provider', 'text', (c) => c.notNull())
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('details', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'bigint', (c) => c.notNull())
+        .addColumn('expires_at', 'bigint', (c) => c.notNull())
+        .addColumn('revoked_at', 'bigint')
+        .addColumn('last_error', 'text')
+        .execute();
+      await db.schema.createIndex('leases_task').on('leases').column('task_id').execute();
+      // The sweep reads the leases not yet revoked: few, whatever the history.
+      await db.schema.createIndex('leases_live').on('leases').columns(['state', 'task_id']).execute();
+    },
+  },
 };
 
 export const migrationProvider: MigrationProvider = {

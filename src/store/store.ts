@@ -118,6 +118,44 @@ export interface NarrowedTask {
   readonly expiresAt: number;
 }
 
+/**
+ * The life of a lease (see leases/manager.ts):
+ *
+ *   issuing ──> active ──> revoking ──> revoked
+ *      │                      ^
+ *      └──────────────────────┘   (a task that ends, or an issue that fails, mid-issue)
+ *
+ * `issuing` is written before the credential exists downstream, so a crash
+ * anywhere leaves a row the sweep can find and revoke.
+ */
+export const LEASE_STATES = ['issuing', 'active', 'revoking', 'revoked'] as const;
+export type LeaseState = (typeof LEASE_STATES)[number];
+
+/** A lease as stored. `details` is what revoking needs and what the audit may tell: never a secret. */
+export interface Lease {
+  readonly id: string;
+  readonly taskId: string;
+  /** The configured provider's name (`leases.postgres[].name`). */
+  readonly provider: string;
+  readonly state: LeaseState;
+  readonly details: Readonly<Record<string, unknown>>;
+  readonly createdAt: number;
+  /** When the credential stops working downstream by itself (a role's VALID UNTIL). */
+  readonly expiresAt: number;
+  readonly revokedAt: number | null;
+  /** Why the last attempt to revoke (or issue) failed; the sweep tries again. */
+  readonly lastError: string | null;
+}
+
+export type NewLease = Omit<Lease, 'state' | 'revokedAt' | 'lastError'>;
+
+/** Fields a lease transition may set besides the state. */
+export interface LeaseTransition {
+  readonly at: number;
+  /** null clears it. */
+  readonly lastError?: string | null;
+}
+
 /** A secret as stored: sealed under the master key (see secrets/vault.ts); the store never sees plaintext. */
 export interface SealedSecret {
   readonly name: string;
@@ -458,6 +496,26 @@ export interface Store {
    * already reviewed (read it to tell which).
    */
   reviewBreakGlass(id: string, review: { readonly by: string; readonly note: string; readonly at: number }): Promise<BreakGlass | undefined>;
+
+  /** Writes a lease in state `issuing`; throws if its id is taken. */
+  createLease(lease: NewLease): Promise<void>;
+  getLease(id: string): Promise<Lease | undefined>;
+  /** Every lease of the task, oldest first. */
+  listLeasesOfTask(taskId: string): Promise<Lease[]>;
+  /**
+   * Atomic compare-and-set: moves the lease to `to` only if its state is one
+   * of `from` (`revoked` sets `revokedAt`). Returns the updated lease, or
+   * undefined when absent or in another state (someone else moved it first).
+   */
+  transitionLease(id: string, from: readonly LeaseState[], to: LeaseState, change: LeaseTransition): Promise<Lease | undefined>;
+  /** Records why an attempt on the lease failed, leaving its state as it is. */
+  noteLeaseError(id: string, error: string): Promise<void>;
+  /**
+   * Up to `limit` leases not yet `revoked` whose task is no longer active:
+   * ended, expired, past its expiry at `now` (whether or not a reaper has
+   * marked it), or absent. What the sweep must revoke.
+   */
+  listLeasesToRevoke(now: number, limit: number): Promise<Lease[]>;
 
   /**
    * Records a one-time fact (`name` → `value`) unless it is already recorded.
