@@ -43,6 +43,8 @@ import { createObservations } from './policy/observations.js';
 import { loadPolicySet, type PolicyProblem, type PolicySet } from './policy/policy-set.js';
 import { releaseCompiledSets } from './policy/request-plan.js';
 import { createVault, type Vault } from './leases/vault.js';
+import { createLeaseManager, type LeaseManager } from './leases/manager.js';
+import { createPgLeaseProvider } from './leases/postgres.js';
 import { createApprovals, type Approvals } from './broker/approvals.js';
 import { createBreakGlass, type BreakGlassService } from './broker/break-glass.js';
 import { createNotifier } from './events/webhooks.js';
@@ -75,6 +77,8 @@ export interface Writ {
   readonly adminTokens: AdminTokens;
   /** Downstream credentials, sealed under the master key, injected by enforcement points and never shown to agents. */
   readonly vault: Vault;
+  /** Downstream credentials minted per task (PostgreSQL roles), revoked when the task ends (docs/leases.md). */
+  readonly leases: LeaseManager;
   /** Human approvals of exact actions: listed, answered, waited for. */
   readonly approvals: Approvals;
   /** Emergency grants: started, ended, reviewed. */
@@ -350,6 +354,21 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
   const authenticator = createIdentityAuthenticator({ sources: trustSources, registry, audit, store, clock });
   const adminTokens = createAdminTokens({ store, clock });
   const vault = createVault({ store, masterKey: masterKey.bytes, audit, clock });
+  const leases = createLeaseManager({
+    store,
+    audit,
+    clock,
+    logger,
+    tierOf: (action) => engine.tierOf(action),
+    providers: config.leases.postgres.map((provider) =>
+      createPgLeaseProvider({
+        config: provider,
+        // The admin DSN is read from the vault when first needed, never kept in config.
+        adminUrl: async () => (provider.urlSecret === undefined ? (provider.url as string) : vault.reveal(provider.urlSecret)),
+        onError: (error) => logger?.warn({ err: error, provider: provider.name }, 'a lease provider connection failed; the next use opens another'),
+      }),
+    ),
+  });
   const policy = () => engine;
   const shadow = (environment: string): PolicyEngine | undefined =>
     shadowEnvironments === undefined || shadowEnvironments.includes(environment) ? shadowEngine : undefined;
@@ -588,8 +607,15 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     if (event.type !== 'task.ended') return;
     background(approvals.cancelOfTask(event.taskId).catch((error: unknown) => logger?.warn({ err: error, taskId: event.taskId }, 'cancelling the approval requests of an ended task failed')));
     background(breakGlass.ended(event.taskId).catch((error: unknown) => logger?.warn({ err: error, taskId: event.taskId }, 'recording the end of a break-glass grant failed')));
+    // Its leases are destroyed (never throws; what fails is left to the reaper's lease sweep).
+    background(leases.revokeOfTask(event.taskId, `task ${event.state ?? 'ended'}`));
     // Every task delegated from it goes with it (its tokens are refused already: they name it in their lineage).
     background(broker.endDescendants(event.taskId).catch((error: unknown) => logger?.warn({ err: error, taskId: event.taskId }, 'ending the tasks delegated from an ended task failed; the reaper finishes it')));
+  });
+
+  // A grant a policy change narrowed may no longer cover what its leases hold: they go, and the task asks again.
+  bus.subscribe((event) => {
+    if (event.type === 'task.narrowed') background(leases.revokeOfTask(event.taskId, 'task narrowed'));
   });
 
   // Tasks that passed their expiry while Writ was down are expired, and records
@@ -599,6 +625,9 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
   await broker.flushEndRecords();
   await flushIdentityRecords();
   await breakGlass.sweep();
+  // Leases of tasks that ended or expired while Writ was down (or whose end was
+  // heard by no one) are revoked before anything is served; those of active tasks are kept.
+  await leases.sweep();
 
   /** Refuses, on the record, an admin handing out scopes it does not hold. */
   const grantOrDeny = async (grantor: AdminPrincipal | undefined, actor: AuditActor | undefined, scopes: readonly AdminScope[], what: string): Promise<void> => {
@@ -641,6 +670,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     authenticator,
     adminTokens,
     vault,
+    leases,
     approvals,
     breakGlass,
     breakGlassPolicy: () => breakGlassEngine,
@@ -796,6 +826,8 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     startReaper() {
       if (reaper !== undefined || closed) return;
       reaper = setInterval(() => {
+        // On its own, so a failure elsewhere in the reaper never keeps a lease past its task by more than a tick.
+        background(leases.sweep().catch((error: unknown) => logger?.error({ err: error }, 'lease sweep failed')));
         revocations.prune(clock.now());
         narrowings.prune(clock.now());
         background(
@@ -858,6 +890,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
       await reloading;
       await drift.idle();
       await notifier.stop();
+      await leases.close();
       await audit.flush();
       await store.close();
       releaseCompiledSets(`${slotPrefix}/`);

@@ -57,7 +57,10 @@ export type AuditEventType =
   | 'break_glass.started'
   | 'break_glass.ended'
   | 'break_glass.reviewed'
-  | 'notification.failed';
+  | 'notification.failed'
+  | 'lease.issued'
+  | 'lease.revoked'
+  | 'lease.failed';
 
 export type AuditDecision = 'allow' | 'deny' | 'approval_required' | 'partial';
 

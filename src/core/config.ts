@@ -12,6 +12,7 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { riskSettingsSchema } from '../policy/risk.js';
 import { WritError } from './errors.js';
+import { isValidResource } from './scope.js';
 
 const DURATION_RE = /^(\d+)(ms|s|m|h|d)$/;
 const UNIT_SECONDS: Record<string, number> = { ms: 0.001, s: 1, m: 60, h: 3600, d: 86400 };
@@ -306,6 +307,63 @@ const webhookSchema = z
     }
   });
 
+/** An identifier of the downstream database (schema, table). Writ quotes it; NUL never reaches SQL. */
+const pgIdentifier = z.string().min(1).max(63).regex(/^[^\0]+$/, 'a PostgreSQL identifier (at most 63 characters, no NUL)');
+/** Table privileges a lease may carry: a closed list, so configuration never holds SQL text. */
+export const PG_TABLE_PRIVILEGES = ['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER'] as const;
+const pgPrivileges = z.array(z.enum(PG_TABLE_PRIVILEGES)).max(PG_TABLE_PRIVILEGES.length).optional();
+
+/**
+ * One resource of Writ mapped to one object of the database: a task whose
+ * granted scopes cover `resource` gets, for each scope's tier, the privileges
+ * listed under that tier on `schema.table` (every table of `schema` when no
+ * table is named).
+ */
+const pgGrantSchema = z
+  .object({
+    /** A resource name or prefix pattern (`db:shop/orders`, `db:shop/*`). */
+    resource: z.string().refine(isValidResource, 'a resource name or prefix pattern such as db:shop/orders or db:shop/*'),
+    schema: pgIdentifier,
+    table: pgIdentifier.optional(),
+    read: pgPrivileges,
+    write: pgPrivileges,
+    delete: pgPrivileges,
+    export: pgPrivileges,
+  })
+  .strict();
+
+const pgLeaseProviderSchema = z
+  .object({
+    /** The name a task asks for (`POST /v1/tasks/{id}/leases {"provider": name}`). */
+    name: slug,
+    /** The vault secret holding the admin DSN (`postgres://admin:pw@host:5432/db`): the admin credential never in config. */
+    urlSecret: z.string().regex(/^[a-z][a-z0-9._-]{0,63}$/, 'a secret name').optional(),
+    /** Or the admin DSN itself, without a password (trust, peer or PGPASSWORD); a password belongs in urlSecret. */
+    url: z.string().url().optional(),
+    /** How agents reach the database when not at the admin DSN's host and port. */
+    connectHost: z.string().min(1).max(253).optional(),
+    connectPort: z.number().int().min(1).max(65535).optional(),
+    grants: z.array(pgGrantSchema).min(1).max(256),
+    /** CONNECTION LIMIT of each task's role. */
+    connectionLimit: z.number().int().min(1).max(100).default(2),
+    /** Start of every role Writ makes; roles are `<prefix><random>`. */
+    rolePrefix: z.string().regex(/^[a-z_][a-z0-9_]{0,15}$/, 'lowercase letters, digits and _, at most 16').default('writ_'),
+    /** Longest a statement against the database may take. */
+    statementTimeout: duration(10),
+  })
+  .strict()
+  .superRefine((p, ctx) => {
+    if ((p.url === undefined) === (p.urlSecret === undefined)) ctx.addIssue({ code: 'custom', path: ['urlSecret'], message: 'give exactly one of urlSecret or url' });
+    if (p.url !== undefined) {
+      const url = new URL(p.url);
+      if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:') ctx.addIssue({ code: 'custom', path: ['url'], message: 'a postgres:// URL' });
+      if (url.password !== '') ctx.addIssue({ code: 'custom', path: ['url'], message: 'no password in config: put the DSN in the vault and name it in urlSecret' });
+    }
+  });
+
+export type PgLeaseProviderConfig = z.output<typeof pgLeaseProviderSchema>;
+export type PgGrantConfig = z.output<typeof pgGrantSchema>;
+
 export type WebhookConfig = z.output<typeof webhookSchema>;
 
 export type UpstreamConfig = z.output<typeof upstreamSchema>;
@@ -523,6 +581,20 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    /** Credential providers: ephemeral downstream credentials minted per task and destroyed with it (docs/leases.md). */
+    leases: z
+      .object({
+        postgres: z.array(pgLeaseProviderSchema).max(32).default([]),
+      })
+      .strict()
+      .prefault({})
+      .superRefine((l, ctx) => {
+        const names = new Set<string>();
+        l.postgres.forEach((p, index) => {
+          if (names.has(p.name)) ctx.addIssue({ code: 'custom', path: ['postgres', index, 'name'], message: `two lease providers are named ${p.name}` });
+          names.add(p.name);
+        });
+      }),
     reaper: z
       .object({
         intervalMs: z.number().int().min(100).max(3_600_000).default(5000),

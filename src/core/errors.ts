@@ -144,6 +144,21 @@ export const errorCatalog = {
     title: 'Upstream unavailable',
     description: 'An upstream tool server of the MCP gateway could not be reached or failed mid-call; Writ retries it with backoff. Nothing was done on its behalf.',
   },
+  ERR_LEASE_PROVIDER_NOT_FOUND: {
+    status: 404,
+    title: 'Lease provider not found',
+    description: 'No credential provider with that name is configured (`leases.postgres[].name`).',
+  },
+  ERR_LEASE_NO_GRANTS: {
+    status: 403,
+    title: 'Nothing to lease',
+    description: 'None of the task\'s granted scopes maps to a privilege of that provider (`leases.postgres[].grants`), so no credential is minted.',
+  },
+  ERR_LEASE_FAILED: {
+    status: 502,
+    title: 'Lease failed',
+    description: 'The downstream system refused or could not be reached while the credential was minted; whatever was made is revoked and nothing was handed out. The reason is in the server log.',
+  },
   ERR_TASK_STATE_CONFLICT: {
     status: 409,
     title: 'Illegal task transition',

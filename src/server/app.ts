@@ -27,6 +27,7 @@ import { createMcpGateway } from '../gateway/mcp/gateway.js';
 import { createMcpHttpFront, MCP_PATH } from '../gateway/mcp/http.js';
 import { createUpstreamPool } from '../gateway/mcp/upstreams.js';
 import { registerOAuthRoutes, TOKEN_PATH } from './oauth.js';
+import { registerLeaseRoutes } from './leases.js';
 import { registerProxyRoutes } from '../proxy/routes.js';
 import { registerRevocationRoutes } from './revocations.js';
 import { adminActor, type IdentityStateChange, type Writ } from '../writ.js';
@@ -306,6 +307,7 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
   }
 
   registerOAuthRoutes(app, writ, certificateChainOf);
+  registerLeaseRoutes(app, writ);
   registerProxyRoutes(app, writ, { logger: options.logger });
   registerRevocationRoutes(app, writ);
 

@@ -1,0 +1,240 @@
+/**
+ * The PostgreSQL credential provider: a role per task.
+ *
+ * Issue, in one transaction on the admin connection:
+ *   CREATE ROLE <prefix><random> LOGIN PASSWORD <random> VALID UNTIL <task expiry>
+ *     CONNECTION LIMIT n (and no superuser, createdb, createrole, replication, bypassrls, inherit)
+ *   GRANT USAGE ON SCHEMA s; GRANT <privileges> ON s.t (or ON ALL TABLES IN SCHEMA s)
+ * Revoke: NOLOGIN first (no new session), then every session of the role is
+ * terminated (`pg_terminate_backend`) and waited out, then DROP OWNED BY
+ * (every privilege in this database) and DROP ROLE. A role that is already
+ * gone is revoked.
+ *
+ * Which privileges a task gets is decided by `planPgGrants`, a pure function
+ * of the task's granted scopes and the configured grants. Role names and
+ * passwords are generated here, never taken from input; every identifier and
+ * literal that reaches SQL is quoted all the same (escapeIdentifier,
+ * escapeLiteral), configured schema and table names included.
+ */
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import { PG_TABLE_PRIVILEGES, type PgGrantConfig, type PgLeaseProviderConfig } from '../core/config.js';
+import { resourceCovers } from '../core/scope.js';
+import type { Scope, Tier } from '../core/types.js';
+import type { LeaseCredential, LeasePlan, LeaseProvider, TierOf } from './provider.js';
+
+type Privilege = (typeof PG_TABLE_PRIVILEGES)[number];
+const GRANTABLE_TIERS = ['read', 'write', 'delete', 'export'] as const satisfies readonly Tier[];
+type GrantableTier = (typeof GRANTABLE_TIERS)[number];
+
+/** One object of the database and what a role may do on it. `table` null: every table of the schema. */
+export interface PgObjectGrant {
+  readonly schema: string;
+  readonly table: string | null;
+  readonly privileges: readonly Privilege[];
+}
+
+/** A PostgreSQL lease's stored details: no secret. */
+export interface PgLeaseDetails {
+  readonly role: string;
+  readonly grants: readonly PgObjectGrant[];
+}
+
+/**
+ * The privileges a task's scopes map to: for each configured grant whose
+ * resource the scope covers whole (a task holding `db:shop/orders` gets the
+ * grant for `db:shop/orders`, never the one for `db:shop/*`; `db:shop/*`
+ * gets both), the privileges its configuration lists under the scope's tier.
+ * Tiers are not cumulative: `write` gives what `write:` lists, nothing of
+ * `read:`. An action whose tier the policy does not declare, and the admin
+ * tier, map to nothing. Pure; the result is sorted and deduplicated.
+ */
+export function planPgGrants(grants: readonly PgGrantConfig[], scopes: readonly Scope[], tierOf: TierOf): PgObjectGrant[] {
+  const byObject = new Map<string, { schema: string; table: string | null; privileges: Set<Privilege> }>();
+  for (const scope of scopes) {
+    const tier = tierOf(scope.action);
+    if (tier === undefined || !(GRANTABLE_TIERS as readonly string[]).includes(tier)) continue;
+    for (const grant of grants) {
+      if (!resourceCovers(scope.resource, grant.resource)) continue;
+      const privileges = grant[tier as GrantableTier] ?? [];
+      if (privileges.length === 0) continue;
+      const table = grant.table ?? null;
+      const key = JSON.stringify([grant.schema, table]);
+      const entry = byObject.get(key) ?? { schema: grant.schema, table, privileges: new Set<Privilege>() };
+      for (const privilege of privileges) entry.privileges.add(privilege);
+      byObject.set(key, entry);
+    }
+  }
+  return [...byObject.values()]
+    .map((e) => ({ schema: e.schema, table: e.table, privileges: PG_TABLE_PRIVILEGES.filter((p) => e.privileges.has(p)) }))
+    .sort((a, b) => (a.schema === b.schema ? (a.table ?? '').localeCompare(b.table ?? '') : a.schema.localeCompare(b.schema)));
+}
+
+/** A role name no input chose: the prefix and 20 random lowercase letters and digits (~103 bits). */
+export function generateRoleName(prefix: string): string {
+  const alphabet = 'abcdefghijklmnopqrstuvwxyz0123456789';
+  const bytes = randomBytes(40);
+  let name = '';
+  // Rejection sampling keeps every character uniform (252 = 7 × 36).
+  for (const byte of bytes) {
+    if (byte < 252) name += alphabet[byte % 36];
+    if (name.length === 20) break;
+  }
+  if (name.length < 20) return generateRoleName(prefix);
+  return `${prefix}${name}`;
+}
+
+/** The GRANT statements for one object, quoted. */
+export function grantStatements(role: string, grant: PgObjectGrant): string[] {
+  const who = pg.escapeIdentifier(role);
+  const schema = pg.escapeIdentifier(grant.schema);
+  const on = grant.table === null ? `ALL TABLES IN SCHEMA ${schema}` : `TABLE ${schema}.${pg.escapeIdentifier(grant.table)}`;
+  return [`GRANT USAGE ON SCHEMA ${schema} TO ${who}`, `GRANT ${grant.privileges.join(', ')} ON ${on} TO ${who}`];
+}
+
+/** Where agents connect, from the admin DSN and the overrides. */
+function endpointOf(dsn: string, config: PgLeaseProviderConfig): { host: string; port: number; database: string } {
+  const url = new URL(dsn);
+  const database = decodeURIComponent(url.pathname.replace(/^\//, '')) || decodeURIComponent(url.username) || 'postgres';
+  return {
+    host: config.connectHost ?? (url.hostname.replace(/^\[|\]$/g, '') || 'localhost'),
+    port: config.connectPort ?? (url.port === '' ? 5432 : Number(url.port)),
+    database,
+  };
+}
+
+function detailsOf(details: LeasePlan['details']): PgLeaseDetails {
+  const role = details.role;
+  // INVARIANT: only roles this provider named are ever dropped, whatever a row says.
+  if (typeof role !== 'string' || !/^[a-z_][a-z0-9_]{0,15}[a-z0-9]{20}$/.test(role)) throw new Error('lease details name no role Writ made');
+  return { role, grants: (details.grants as PgObjectGrant[] | undefined) ?? [] };
+}
+
+const UNDEFINED_OBJECT = '42704';
+
+export interface PgLeaseProviderOptions {
+  readonly config: PgLeaseProviderConfig;
+  /** The admin DSN: `config.url`, or the vault secret `config.urlSecret`, read when first needed. */
+  readonly adminUrl: () => Promise<string>;
+  /** Told of an error on an idle admin connection. */
+  readonly onError?: (error: Error) => void;
+}
+
+/** Creates the provider; connects on first use (a database that is down does not stop Writ starting). */
+export function createPgLeaseProvider(options: PgLeaseProviderOptions): LeaseProvider {
+  const { config } = options;
+  let pool: Promise<{ pool: pg.Pool; dsn: string }> | undefined;
+  const connect = (): Promise<{ pool: pg.Pool; dsn: string }> => {
+    pool ??= options.adminUrl().then((dsn) => {
+      const created = new pg.Pool({
+        connectionString: dsn,
+        max: 2,
+        connectionTimeoutMillis: config.statementTimeout * 1000,
+        statement_timeout: config.statementTimeout * 1000,
+        application_name: 'writ-leases',
+      });
+      created.on('error', (error) => options.onError?.(error));
+      return { pool: created, dsn };
+    });
+    // A DSN that could not be read (vault) is read again next time.
+    pool.catch(() => (pool = undefined));
+    return pool;
+  };
+
+  const inTransaction = async <T>(work: (client: pg.PoolClient) => Promise<T>): Promise<T> => {
+    const { pool: p } = await connect();
+    const client = await p.connect();
+    try {
+      await client.query('BEGIN');
+      const result = await work(client);
+      await client.query('COMMIT');
+      return result;
+    } catch (error) {
+      await client.query('ROLLBACK').catch(() => undefined);
+      throw error;
+    } finally {
+      client.release();
+    }
+  };
+
+  const roleExists = async (client: pg.ClientBase, role: string): Promise<boolean> =>
+    ((await client.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [role])).rowCount ?? 0) > 0;
+
+  return {
+    name: config.name,
+    kind: 'postgres',
+
+    plan(scopes, tierOf) {
+      const grants = planPgGrants(config.grants, scopes, tierOf);
+      if (grants.length === 0) return undefined;
+      const details: PgLeaseDetails = { role: generateRoleName(config.rolePrefix), grants };
+      return { details: details as unknown as Record<string, unknown> };
+    },
+
+    async issue(raw, expiresAt): Promise<LeaseCredential> {
+      const { role, grants } = detailsOf(raw);
+      const password = randomBytes(24).toString('base64url');
+      const validUntil = new Date(expiresAt).toISOString();
+      await inTransaction(async (client) => {
+        const who = pg.escapeIdentifier(role);
+        // Security: the password is in this statement's text; a server logging DDL (log_statement) writes it there (docs/leases.md).
+        await client.query(
+          `CREATE ROLE ${who} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT ` +
+            `CONNECTION LIMIT ${Number(config.connectionLimit)} PASSWORD ${pg.escapeLiteral(password)} VALID UNTIL ${pg.escapeLiteral(validUntil)}`,
+        );
+        for (const grant of grants) for (const statement of grantStatements(role, grant)) await client.query(statement);
+      });
+      const { dsn } = await connect();
+      return { ...endpointOf(dsn, config), user: role, password, expiresAt: validUntil };
+    },
+
+    async revoke(raw) {
+      const { role } = detailsOf(raw);
+      const { pool: p } = await connect();
+      const client = await p.connect();
+      // Racing revokers (the task's end, the sweep, another node) take turns: concurrent DROPs of one role collide.
+      await client.query('SELECT pg_advisory_lock(hashtext($1))', [role]);
+      try {
+        if (!(await roleExists(client, role))) return;
+        const who = pg.escapeIdentifier(role);
+        try {
+          // No new session from here on; then every open one is cut and waited out.
+          await client.query(`ALTER ROLE ${who} NOLOGIN`);
+          for (let attempt = 0; attempt < 50; attempt++) {
+            const live = await client.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()', [role]);
+            if ((live.rowCount ?? 0) === 0) break;
+            await new Promise((resolve) => setTimeout(resolve, 100));
+          }
+          await client.query('BEGIN');
+          // Every privilege (and anything it created) in this database, then the role itself.
+          await client.query(`DROP OWNED BY ${who}`);
+          await client.query(`DROP ROLE IF EXISTS ${who}`);
+          await client.query('COMMIT');
+        } catch (error) {
+          await client.query('ROLLBACK').catch(() => undefined);
+          // Another revoker dropped it first: revoked all the same.
+          if ((error as { code?: string }).code === UNDEFINED_OBJECT && !(await roleExists(client, role))) return;
+          throw error;
+        }
+      } finally {
+        // A connection whose unlock failed is discarded (its lock goes with it), never returned to the pool holding it.
+        await client.query('SELECT pg_advisory_unlock(hashtext($1))', [role]).then(
+          () => client.release(),
+          (error: Error) => client.release(error),
+        );
+      }
+    },
+
+    async state(raw) {
+      const { role } = detailsOf(raw);
+      const { pool: p } = await connect();
+      return ((await p.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [role])).rowCount ?? 0) > 0 ? 'present' : 'absent';
+    },
+
+    async close() {
+      const current = pool;
+      pool = undefined;
+      if (current !== undefined) await current.then((c) => c.pool.end()).catch(() => undefined);
+    },
+  };
+}

@@ -1,0 +1,368 @@
+/**
+ * PostgreSQL leases against the real local PostgreSQL: a role per task that
+ * can do exactly what its scopes map to, dropped (sessions cut) when the task
+ * ends, revoked idempotently, and no input reaching SQL unquoted.
+ */
+import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import pg from 'pg';
+import { loadConfig } from '../src/core/config.js';
+import { isWritError } from '../src/core/errors.js';
+import { generateRoleName, planPgGrants } from '../src/leases/postgres.js';
+import { openPostgresStore, openSqliteStore } from '../src/store/kysely-store.js';
+import type { Store } from '../src/store/store.js';
+import { tempDirs } from './helpers/cli.js';
+import { AGENT, startHarness, supportTask, type Harness } from './helpers/harness.js';
+import { createTestDatabase, type TestDatabase } from './helpers/pg.js';
+import { policyFolder } from './helpers/policy-folder.js';
+
+const WEIRD_TABLE = 'we"ird\'; DROP TABLE shop.orders; --';
+
+// Support agents may also write order lines here (the example set lets them read db:* only).
+const policies = policyFolder({
+  'leases-test.cedar': `@id("test-writes-orders")
+permit (principal is Writ::Agent, action == Writ::Action::"write", resource)
+when { resource.kind == "db" && context.intent == "customer-support" };
+`,
+});
+
+const tempDir = tempDirs('writ-leases-config-');
+let shop: TestDatabase | undefined;
+let h: Harness;
+
+const grants = [
+  { resource: 'db:orders/lines', schema: 'shop', table: 'orders', read: ['SELECT'], write: ['INSERT', 'UPDATE'] },
+  { resource: 'db:customers/list', schema: 'shop', table: 'customers', read: ['SELECT'] },
+  { resource: 'db:orders/weird', schema: 'shop', table: WEIRD_TABLE, read: ['SELECT'] },
+  { resource: 'db:orders/archive/*', schema: 'archive', read: ['SELECT'] },
+];
+
+async function admin<T>(work: (client: pg.Client) => Promise<T>): Promise<T> {
+  const client = new pg.Client({ connectionString: shop!.url });
+  await client.connect();
+  try {
+    return await work(client);
+  } finally {
+    await client.end();
+  }
+}
+
+async function roleExists(role: string): Promise<boolean> {
+  return admin(async (c) => ((await c.query('select 1 from pg_roles where rolname = $1', [role])).rowCount ?? 0) > 0);
+}
+
+/** A client connected as the lease's role, with the password it was handed. */
+async function connectAs(connection: Record<string, any>): Promise<pg.Client> {
+  const client = new pg.Client({ host: connection.host, port: connection.port, database: connection.database, user: connection.user, password: connection.password });
+  client.on('error', () => undefined);
+  await client.connect();
+  return client;
+}
+
+async function sqlState(work: Promise<unknown>): Promise<string | undefined> {
+  try {
+    await work;
+    return undefined;
+  } catch (error) {
+    return (error as { code?: string }).code ?? (error as Error).message;
+  }
+}
+
+async function taskWith(scopes: { action: string; resource: string }[]): Promise<{ id: string; token: string }> {
+  const identityToken = await h.identityToken();
+  const answer = await h.post('/v1/tasks', supportTask({ scopes }), identityToken);
+  assert.equal(answer.status, 201, JSON.stringify(answer.body));
+  return { id: answer.body.task.id, token: answer.body.token };
+}
+
+async function lease(task: { id: string; token: string }, provider = 'shop') {
+  return h.post(`/v1/tasks/${task.id}/leases`, { provider }, task.token);
+}
+
+before(async () => {
+  shop = await createTestDatabase();
+  if (shop === undefined) return;
+  await admin(async (c) => {
+    await c.query('create schema shop; create schema archive');
+    await c.query('create table shop.orders (id int primary key, total int)');
+    await c.query('create table shop.customers (id int primary key, name text)');
+    await c.query(`create table shop.${pg.escapeIdentifier(WEIRD_TABLE)} (id int)`);
+    await c.query('create table archive.orders_2020 (id int)');
+    await c.query('insert into shop.orders values (1, 100), (2, 250)');
+  });
+  h = await startHarness({
+    config: {
+      policy: { dir: policies },
+      reaper: { intervalMs: 200 },
+      leases: { postgres: [{ name: 'shop', url: shop.url, grants, connectionLimit: 3 }] },
+    },
+  });
+  await h.registerAgent();
+});
+
+after(async () => {
+  if (shop === undefined) return;
+  await h.close();
+  await shop.drop();
+});
+
+describe('PostgreSQL leases', () => {
+  test("a task's role can do exactly what its scopes map to and nothing else", async () => {
+    const task = await taskWith([{ action: 'read', resource: 'db:orders/lines' }]);
+    const answer = await lease(task);
+    assert.equal(answer.status, 201, JSON.stringify(answer.body));
+    assert.equal(answer.headers.get('cache-control'), 'no-store');
+    const { connection } = answer.body;
+    assert.match(connection.user, /^writ_[a-z0-9]{20}$/);
+    assert.ok(typeof connection.password === 'string' && connection.password.length >= 32, 'a long random password is handed out');
+    const role = await admin(async (c) => (await c.query('select * from pg_roles where rolname = $1', [connection.user])).rows[0]);
+    assert.equal(role.rolconnlimit, 3);
+    assert.equal(role.rolsuper, false);
+    assert.equal(role.rolcreaterole, false);
+    assert.ok(role.rolvaliduntil instanceof Date && Math.abs(role.rolvaliduntil.getTime() - Date.parse(connection.expiresAt)) < 1000, 'VALID UNTIL is the task expiry');
+
+    const client = await connectAs(connection);
+    try {
+      const rows = await client.query('select id, total from shop.orders order by id');
+      assert.deepEqual(rows.rows, [{ id: 1, total: 100 }, { id: 2, total: 250 }]);
+      assert.equal(await sqlState(client.query('insert into shop.orders values (3, 1)')), '42501', 'INSERT is refused (read scope only)');
+      assert.equal(await sqlState(client.query('select * from shop.customers')), '42501', 'another table is refused');
+      assert.equal(await sqlState(client.query('select * from archive.orders_2020')), '42501', 'another schema is refused');
+      assert.equal(await sqlState(client.query('create table shop.mine (id int)')), '42501', 'no CREATE in the schema');
+    } finally {
+      await client.end();
+    }
+
+    // The password is nowhere but the response: not the store, not the audit chain.
+    const stored = await h.writ.store.listLeasesOfTask(task.id);
+    assert.equal(stored.length, 1);
+    assert.equal(stored[0]?.state, 'active');
+    assert.ok(!JSON.stringify(stored).includes(connection.password), 'the store never holds the password');
+    const rows = await h.auditRows();
+    assert.ok(!rows.some((row) => row.record.includes(connection.password)), 'no audit record carries the password');
+    const issued = (await h.auditRecords()).filter((r) => r.type === 'lease.issued');
+    assert.equal(issued.length, 1);
+    assert.equal((issued[0] as any).data.leaseId, stored[0]?.id);
+    assert.equal((issued[0] as any).data.role, connection.user);
+    assert.equal((issued[0] as any).task.id, task.id);
+  });
+
+  test('a write scope gets what write maps to; a schema pattern maps to every table of the schema', async () => {
+    const task = await taskWith([
+      { action: 'write', resource: 'db:orders/lines' },
+      { action: 'read', resource: 'db:orders/archive/*' },
+    ]);
+    const answer = await lease(task);
+    assert.equal(answer.status, 201, JSON.stringify(answer.body));
+    const client = await connectAs(answer.body.connection);
+    try {
+      await client.query('insert into shop.orders values (10, 5)');
+      assert.equal(await sqlState(client.query('select * from shop.orders')), '42501', 'tiers are not cumulative: write does not read');
+      assert.equal(await sqlState(client.query('delete from shop.orders where id = 10')), '42501', 'DELETE is not mapped');
+      assert.deepEqual((await client.query('select count(*)::int as n from archive.orders_2020')).rows, [{ n: 0 }]);
+    } finally {
+      await client.end();
+    }
+  });
+
+  test('completing the task drops the role and cuts a session that was connected and mid-transaction', async () => {
+    const task = await taskWith([{ action: 'read', resource: 'db:orders/lines' }]);
+    const answer = await lease(task);
+    assert.equal(answer.status, 201, JSON.stringify(answer.body));
+    const { connection } = answer.body;
+    const client = await connectAs(connection);
+    await client.query('begin');
+    assert.equal((await client.query('select count(*)::int as n from shop.orders')).rows[0].n >= 2, true);
+
+    const completed = await h.post(`/v1/tasks/${task.id}/complete`, {}, task.token);
+    assert.equal(completed.status, 200, JSON.stringify(completed.body));
+    await h.writ.settled();
+
+    const state = await sqlState(client.query('select count(*) from shop.orders'));
+    assert.ok(state === '57P01' || /terminat|Connection/i.test(String(state)), `the open session is cut (got ${state})`);
+    await client.end().catch(() => undefined);
+    assert.equal(await roleExists(connection.user), false, 'the role no longer exists');
+    const [stored] = await h.writ.store.listLeasesOfTask(task.id);
+    assert.equal(stored?.state, 'revoked');
+    assert.ok(stored?.revokedAt !== null, 'revokedAt is set');
+    const revoked = (await h.auditRecords()).filter((r) => r.type === 'lease.revoked' && (r as any).data.leaseId === stored?.id);
+    assert.equal(revoked.length, 1);
+    // A new session cannot be opened either.
+    assert.notEqual(await sqlState(connectAs(connection).then((c) => c.end())), undefined);
+  });
+
+  test('revoke is idempotent: twice, concurrently, or with the role already gone', async () => {
+    const task = await taskWith([{ action: 'read', resource: 'db:orders/lines' }]);
+    const first = await lease(task);
+    const second = await lease(task);
+    assert.equal(first.status, 201);
+    assert.equal(second.status, 201);
+    const [a, b] = await h.writ.store.listLeasesOfTask(task.id);
+    // Concurrent revokes of one lease: one revoked lease, one record.
+    const results = await Promise.all([h.writ.leases.revoke(a!.id, 'test'), h.writ.leases.revoke(a!.id, 'test'), h.writ.leases.revoke(a!.id, 'test')]);
+    assert.deepEqual(results.map((r) => r?.state), ['revoked', 'revoked', 'revoked']);
+    assert.equal(await roleExists(first.body.connection.user), false);
+    assert.equal((await h.writ.leases.revoke(a!.id, 'again'))?.state, 'revoked');
+    // A role someone dropped by hand counts as revoked.
+    const manual = pg.escapeIdentifier(second.body.connection.user);
+    await admin((c) => c.query(`drop owned by ${manual}; drop role ${manual}`));
+    assert.equal((await h.writ.leases.revoke(b!.id, 'test'))?.state, 'revoked');
+    assert.equal((await h.writ.leases.state(b!.id))?.downstream, 'absent');
+    const records = (await h.auditRecords()).filter((r) => r.type === 'lease.revoked' && [a!.id, b!.id].includes((r as any).data.leaseId));
+    assert.equal(records.length, 2, 'one lease.revoked record per lease, however many revokes');
+  });
+
+  test('the sweep revokes a lease whose task ended where no event was heard, and keeps an active one', async () => {
+    const ended = await taskWith([{ action: 'read', resource: 'db:orders/lines' }]);
+    const kept = await taskWith([{ action: 'read', resource: 'db:orders/lines' }]);
+    const endedLease = await lease(ended);
+    const keptLease = await lease(kept);
+    // Ended behind Writ's back (as another node, or a crash, would leave it): no task.ended event here.
+    await h.writ.store.transitionTask(ended.id, ['active'], 'revoked', { at: Date.now(), endReason: 'revoked: elsewhere' });
+    assert.equal(await h.writ.leases.sweep(), 1);
+    assert.equal(await roleExists(endedLease.body.connection.user), false, 'the ended task loses its role');
+    assert.equal(await roleExists(keptLease.body.connection.user), true, 'the active task keeps its role');
+  });
+
+  test('a lease is asked for with the task token of that very task, for a configured provider, for something mapped', async () => {
+    const task = await taskWith([{ action: 'read', resource: 'db:orders/lines' }]);
+    const other = await taskWith([{ action: 'read', resource: 'db:orders/lines' }]);
+    const byOther = await h.post(`/v1/tasks/${task.id}/leases`, { provider: 'shop' }, other.token);
+    assert.equal(byOther.body.code, 'ERR_FORBIDDEN');
+    const byIdentity = await h.post(`/v1/tasks/${task.id}/leases`, { provider: 'shop' }, await h.identityToken());
+    assert.equal(byIdentity.body.code, 'ERR_FORBIDDEN');
+    assert.equal((await h.post(`/v1/tasks/${task.id}/leases`, { provider: 'shop' })).status, 401);
+    assert.equal((await lease(task, 'nope')).body.code, 'ERR_LEASE_PROVIDER_NOT_FOUND');
+    assert.equal((await h.post(`/v1/tasks/${task.id}/leases`, { provider: 'shop', role: 'postgres' }, task.token)).body.code, 'ERR_VALIDATION');
+    const tickets = await taskWith([{ action: 'read', resource: 'tickets:T-1' }]);
+    assert.equal((await lease(tickets)).body.code, 'ERR_LEASE_NO_GRANTS');
+    assert.equal((await h.writ.store.listLeasesOfTask(tickets.id)).length, 0, 'nothing is written when nothing maps');
+    // An ended task's token gets nothing.
+    await h.post(`/v1/tasks/${task.id}/complete`, {}, task.token);
+    assert.equal((await lease(task)).status, 401);
+  });
+
+  test('hostile values never reach SQL unquoted', async () => {
+    // A configured table name full of SQL is one quoted identifier: it grants on that table, and shop.orders stands.
+    const task = await taskWith([{ action: 'read', resource: 'db:orders/weird' }]);
+    const answer = await lease(task);
+    assert.equal(answer.status, 201, JSON.stringify(answer.body));
+    const client = await connectAs(answer.body.connection);
+    try {
+      assert.deepEqual((await client.query(`select count(*)::int as n from shop.${pg.escapeIdentifier(WEIRD_TABLE)}`)).rows, [{ n: 0 }]);
+    } finally {
+      await client.end();
+    }
+    assert.equal(await admin(async (c) => (await c.query("select to_regclass('shop.orders') is not null as ok")).rows[0].ok), true, 'shop.orders was not dropped');
+
+    // Hostile provider names from the request are names looked up, never SQL.
+    for (const provider of ["shop'; DROP ROLE postgres; --", 'shop"', '\u0000']) {
+      assert.equal((await lease(task, provider)).body.code, 'ERR_LEASE_PROVIDER_NOT_FOUND', provider);
+    }
+
+    // Configuration that would put SQL text anywhere is refused at load.
+    const base = { name: 'x', url: 'postgres://a@127.0.0.1/x', grants: [{ resource: 'db:x/y', schema: 's', read: ['SELECT'] }] };
+    const hostile: Record<string, unknown>[] = [
+      { ...base, rolePrefix: 'writ"; DROP ROLE postgres; --' },
+      { ...base, rolePrefix: 'W' },
+      { ...base, grants: [{ resource: 'db:x/y', schema: 's', read: ['SELECT; DROP TABLE x'] }] },
+      { ...base, grants: [{ resource: 'db:x/y', schema: 's', read: ['ALL PRIVILEGES'] }] },
+      { ...base, grants: [{ resource: "db:x/y'; --", schema: 's', read: ['SELECT'] }] },
+      { ...base, grants: [{ resource: 'db:x/y', schema: 's\u0000t', read: ['SELECT'] }] },
+      { ...base, grants: [{ resource: 'db:x/y', schema: 's', admin: ['SELECT'] }] },
+      { ...base, connectionLimit: '2; DROP ROLE postgres' },
+      { ...base, url: 'postgres://admin:hunter2@127.0.0.1/x' },
+      { name: 'x', grants: base.grants },
+    ];
+    for (const provider of hostile) {
+      assert.throws(
+        () => loadConfig({ env: {}, ignoreDefaultFile: true, flags: {}, cwd: process.cwd(), ...withConfig({ leases: { postgres: [provider] } }) }),
+        (error: unknown) => isWritError(error, 'ERR_CONFIG_INVALID'),
+        JSON.stringify(provider),
+      );
+    }
+    // A role name comes from the generator alone.
+    for (let i = 0; i < 200; i++) assert.match(generateRoleName('writ_'), /^writ_[a-z0-9]{20}$/);
+  });
+});
+
+describe('planPgGrants (pure)', () => {
+  const tierOf = (action: string) => (({ read: 'read', write: 'write', refund: 'write', purge: 'delete', sudo: 'admin' }) as Record<string, any>)[action];
+  const config = [
+    { resource: 'db:shop/orders', schema: 'shop', table: 'orders', read: ['SELECT' as const], write: ['INSERT' as const, 'UPDATE' as const] },
+    { resource: 'db:shop/*', schema: 'shop', read: ['SELECT' as const] },
+  ];
+
+  test('a scope gets a grant only when it covers the whole of its resource', () => {
+    assert.deepEqual(planPgGrants(config, [{ action: 'read', resource: 'db:shop/orders' }], tierOf), [{ schema: 'shop', table: 'orders', privileges: ['SELECT'] }]);
+    assert.deepEqual(
+      planPgGrants(config, [{ action: 'read', resource: 'db:shop/*' }], tierOf).map((g) => g.table),
+      [null, 'orders'],
+    );
+    assert.deepEqual(planPgGrants(config, [{ action: 'read', resource: 'db:shop/orders/1' }], tierOf), []);
+  });
+
+  test("the scope's tier picks the privileges; admin and untiered actions map to nothing", () => {
+    assert.deepEqual(planPgGrants(config, [{ action: 'refund', resource: 'db:shop/orders' }], tierOf), [{ schema: 'shop', table: 'orders', privileges: ['INSERT', 'UPDATE'] }]);
+    assert.deepEqual(planPgGrants(config, [{ action: 'sudo', resource: 'db:*' }], tierOf), []);
+    assert.deepEqual(planPgGrants(config, [{ action: 'unknown', resource: 'db:*' }], tierOf), []);
+    assert.deepEqual(planPgGrants(config, [{ action: 'purge', resource: 'db:*' }], tierOf), []);
+  });
+});
+
+describe('lease store (SQLite and PostgreSQL)', () => {
+  const backends: [string, () => Promise<{ store: Store; close: () => Promise<void> } | undefined>][] = [
+    ['sqlite', async () => {
+      const store = await openSqliteStore({ filename: ':memory:' });
+      return { store, close: () => store.close() };
+    }],
+    ['postgres', async () => {
+      const db = await createTestDatabase();
+      if (db === undefined) return undefined;
+      const store = await openPostgresStore({ url: db.url });
+      return { store, close: async () => { await store.close(); await db.drop(); } };
+    }],
+  ];
+  for (const [name, open] of backends) {
+    test(`${name}: state changes are compare-and-set, and the sweep lists leases of tasks no longer active`, async () => {
+      const opened = await open();
+      if (opened === undefined) return;
+      const { store } = opened;
+      try {
+        const now = Date.now();
+        const task = (id: string, state: 'active' | 'completed', expiresAt: number) =>
+          store.createTask({
+            id, identityId: AGENT, purpose: 'p', intent: 'i', environment: 'production', requestedScopes: [], grantedScopes: [], refusedScopes: [],
+            state, policyVersion: 'v', parentTaskId: null, lineage: [], delegators: [], mayAct: null, renewals: 0, tokenId: null, createdAt: now, expiresAt,
+          } as never);
+        await task('task_live', 'active', now + 60_000);
+        await task('task_done', 'completed', now + 60_000);
+        await task('task_late', 'active', now - 1);
+        for (const [id, taskId] of [['l1', 'task_live'], ['l2', 'task_done'], ['l3', 'task_late'], ['l4', 'task_gone']] as const) {
+          await store.createLease({ id, taskId, provider: 'shop', details: { role: 'writ_x' }, createdAt: now, expiresAt: now + 60_000 });
+        }
+        assert.equal((await store.getLease('l1'))?.state, 'issuing');
+        assert.equal((await store.transitionLease('l1', ['issuing'], 'active', { at: now }))?.state, 'active');
+        assert.equal(await store.transitionLease('l1', ['issuing'], 'active', { at: now }), undefined, 'a second move from issuing finds it moved');
+        assert.deepEqual((await store.listLeasesToRevoke(now, 10)).map((l) => l.id).sort(), ['l2', 'l3', 'l4']);
+        const revoked = await store.transitionLease('l2', ['issuing', 'active', 'revoking'], 'revoked', { at: now + 5, lastError: null });
+        assert.equal(revoked?.revokedAt, now + 5);
+        await store.noteLeaseError('l3', 'unreachable');
+        assert.equal((await store.getLease('l3'))?.lastError, 'unreachable');
+        assert.deepEqual((await store.listLeasesToRevoke(now, 10)).map((l) => l.id).sort(), ['l3', 'l4']);
+        assert.deepEqual((await store.listLeasesOfTask('task_live')).map((l) => l.id), ['l1']);
+      } finally {
+        await opened.close();
+      }
+    });
+  }
+});
+
+/** loadConfig options for a config given as an object (written to a temp file). */
+function withConfig(config: Record<string, unknown>): { configFile: string } {
+  const file = join(tempDir(), 'writ.yaml');
+  writeFileSync(file, JSON.stringify(config));
+  return { configFile: file };
+}
