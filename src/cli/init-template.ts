@@ -111,6 +111,23 @@ gateway:
   allowedOrigins: []           # browser origins allowed to call /mcp; agents send none
   maxRequestBytes: 4194304
 
+# The HTTP proxy (/proxy on writ serve, or writ proxy alone): agents call HTTP
+# APIs through Writ with their task token; each request is checked, audited,
+# and sent on with the API's own credential. See docs/proxy.md.
+proxy:
+  mount: /proxy                # routes are served under it
+  timeout: 30s                 # longest the upstream may stay silent
+  routes: []
+  # - name: shop
+  #   prefix: /shop              # /proxy/shop/... goes to the upstream
+  #   upstream: https://shop.internal/api
+  #   inject:                    # secrets from the vault (writ secret set shop-api-key)
+  #     - { secret: shop-api-key, header: Authorization, prefix: "Bearer " }
+  #   methods: {}                # over GET/HEAD: read, POST/PUT/PATCH: write, DELETE: delete; false refuses one
+  #   paths:                     # first match wins; a path matching none is refused
+  #     - { pattern: "/orders/{id}", resource: "db:orders/{id}" }
+  #     - { pattern: "/orders/{id}/refund", resource: "payments:refunds/{id}", methods: { POST: refund } }
+
 # Human approval of one exact action (@approval("required") permits). See docs/approvals.md.
 approvals:
   ttl: 10m                     # how long a request waits for its approvers

@@ -20,6 +20,7 @@ import { formatScope, parseScopeClaim } from '../core/scope.js';
 import { createMcpGateway } from '../gateway/mcp/gateway.js';
 import { serveGatewayStdio } from '../gateway/mcp/stdio.js';
 import { createUpstreamPool } from '../gateway/mcp/upstreams.js';
+import { createProxyServer } from '../proxy/server.js';
 import { createServer } from '../server/app.js';
 import { describeStore, openStore } from '../store/open.js';
 import { createWrit, type IdentityStateChange, type Writ } from '../writ.js';
@@ -35,6 +36,7 @@ Commands:
   serve                      start the Writ server (default 127.0.0.1:8750)
       --dev                    also run Writ's dev issuer (local identity tokens; never in production)
   gateway                    run only the MCP gateway (/mcp over Streamable HTTP), same options as serve
+  proxy                      run only the HTTP proxy (proxy.routes under proxy.mount), same options as serve
   mcp                        serve the MCP gateway on stdin/stdout, for clients that start servers as
                              commands; the credential is WRIT_TOKEN (a task or identity token)
       --identity <id>          or, with --dev, act as this registered identity (dev issuer; laptops only)
@@ -220,6 +222,8 @@ export async function main(argv: readonly string[]): Promise<number> {
         return await serve(values, 'all');
       case 'gateway':
         return await serve(values, 'gateway');
+      case 'proxy':
+        return await serve(values, 'proxy');
       case 'mcp':
         return await mcpStdio(values);
       case 'init':
@@ -477,11 +481,12 @@ async function mcpStdio(values: Values): Promise<number> {
   }
 }
 
-async function serve(values: Values, routes: 'all' | 'gateway'): Promise<number> {
+async function serve(values: Values, routes: 'all' | 'gateway' | 'proxy'): Promise<number> {
   const config = configFrom(values);
   const logger = createLogger(config);
   const writ = await createWrit({ config, logger });
-  const app = createServer(writ, { logger, routes });
+  const app = routes === 'proxy' ? createProxyServer(writ, { logger }) : createServer(writ, { logger, routes });
+  if (routes === 'proxy' && config.proxy.routes.length === 0) logger.warn('proxy.routes is empty: the proxy refuses every request (see docs/proxy.md)');
   if (writ.masterKeyCreated) logger.warn({ path: resolve(config.paths.dataDir, 'master.key') }, 'generated a new master key; back it up, or set WRIT_MASTER_KEY');
   if (writ.devIssuer !== undefined) logger.warn({ issuer: writ.devIssuer.issuer }, 'the dev issuer is on: anyone who can run writ identity token here can mint identities; never in production');
   await printBootstrapToken(writ);
