@@ -324,7 +324,7 @@ describe('writ/verify against a real Writ', () => {
     await complete(task);
     const all = await h.get('/v1/revocations');
     assert.equal(all.status, 200);
-    assert.deepEqual(Object.keys(all.body).sort(), ['now', 'tasks', 'tokens']);
+    assert.deepEqual(Object.keys(all.body).sort(), ['narrowed', 'now', 'tasks', 'tokens']);
     assert.ok(all.body.tasks.some((t: { id: string }) => t.id === task.id), 'the ended task is listed');
     const entry = all.body.tasks.find((t: { id: string }) => t.id === task.id);
     assert.deepEqual(Object.keys(entry).sort(), ['expiresAt', 'id'], 'an entry names the task and its expiry, nothing more');
@@ -429,6 +429,48 @@ describe('writ/verify against a real Writ', () => {
       assert.equal(((await stale.json()) as { code: string }).code, 'ERR_REVOCATIONS_STALE');
       assert.deepEqual(ran, ['/orders/42'], 'the stale verifier let nothing through');
     });
+  });
+});
+
+describe('writ/verify and policy drift', () => {
+  test('a scope a policy change took from a live grant is refused after the next pull; the scope it keeps still passes', async () => {
+    const dir = policyFolder();
+    const h = await startHarness({ config: { policy: { dir } } });
+    const verifier = createWritVerifier({
+      issuer: h.writ.config.issuer,
+      audience: h.writ.config.tokens.audience,
+      jwksUrl: `${h.url}/.well-known/jwks.json`,
+      revocationsUrl: `${h.url}/v1/revocations`,
+      pollIntervalMs: 60_000,
+    });
+    try {
+      await h.registerAgent();
+      await verifier.ready();
+      const answer = await h.post('/v1/tasks', supportTask(), await h.identityToken());
+      assert.equal(answer.status, 201, JSON.stringify(answer.body));
+      const token = answer.body.token as string;
+      const read = { action: 'read', resource: 'db:orders/42' };
+      const write = { action: 'write', resource: 'tickets:T-1042' };
+      assert.ok((await verifier.verify(token, read)).ok, 'read db:orders/42 passes before the change');
+
+      writeFileSync(join(dir, 'freeze.cedar'), '@id("freeze-db-reads")\nforbid (principal, action in Writ::Action::"read", resource) when { resource.kind == "db" };\n');
+      const reload = await h.writ.reloadPolicy('test');
+      assert.ok(reload.ok && reload.changed, JSON.stringify(reload));
+      const feed = await h.get('/v1/revocations');
+      assert.deepEqual(
+        feed.body.narrowed.map((n: { id: string; scope: string }) => [n.id, n.scope]),
+        [[answer.body.task.id, 'write:tickets:T-1042']],
+        'the feed names the narrowed task and the scope it keeps',
+      );
+
+      await verifier.sync();
+      const refused = await verifier.verify(token, read);
+      assert.equal(refused.ok ? 'ok' : refused.code, 'ERR_SCOPE_NOT_GRANTED', 'the dropped read is refused although the token still carries it');
+      assert.ok((await verifier.verify(token, write)).ok, 'the kept write still passes');
+    } finally {
+      verifier.close();
+      await h.close();
+    }
   });
 });
 

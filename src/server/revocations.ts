@@ -5,20 +5,24 @@
  * would otherwise be valid.
  *
  * `GET /v1/revocations?since=<epoch ms>` answers
- * `{ now, tasks: [{id, expiresAt}], tokens: [{jti, expiresAt}] }` (times in epoch
- * ms). Without `since`: everything currently revoked. With it: what ended or was
- * superseded at or after `since`, still unexpired. A reader passes the previous
- * answer's `now` (minus an overlap, see docs/verify.md) as the next `since`.
+ * `{ now, tasks: [{id, expiresAt}], tokens: [{jti, expiresAt}], narrowed: [{id, scope, expiresAt}] }`
+ * (times in epoch ms). Without `since`: everything currently in force. With it:
+ * what ended, was superseded or was narrowed at or after `since`, still
+ * unexpired. A reader passes the previous answer's `now` (minus an overlap, see
+ * docs/verify.md) as the next `since`. `narrowed` carries the scopes a task
+ * keeps after a policy change narrowed its grant (src/enforce/narrowing-list.ts):
+ * its token's other scopes must be refused.
  *
  * Who may read it: anyone, like the JWKS next to it and like a CA's CRL. It
- * names random task ids and jtis and when they expire: no identities, scopes,
- * purposes or credentials. Requiring a credential would give every resource
- * server a standing secret, which is what Writ exists to remove. The reasoning
- * and its costs are in docs/verify.md.
+ * names random task ids and jtis and when they expire, and for narrowed tasks
+ * the scopes they keep: no identities, purposes or credentials. Requiring a
+ * credential would give every resource server a standing secret, which is what
+ * Writ exists to remove. The reasoning and its costs are in docs/verify.md.
  */
 import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
 import { validationError } from '../broker/broker.js';
+import { formatScopeClaim } from '../core/scope.js';
 import type { Writ } from '../writ.js';
 
 export const REVOCATIONS_PATH = '/v1/revocations';
@@ -43,6 +47,8 @@ export interface RevocationFeed {
   readonly tasks: { readonly id: string; readonly expiresAt: number }[];
   /** Tokens a renewal replaced, refused until `expiresAt`. */
   readonly tokens: { readonly jti: string; readonly expiresAt: number }[];
+  /** Tasks whose grant a policy change narrowed: `scope` (space-separated, as in a token) is what they keep. */
+  readonly narrowed: { readonly id: string; readonly scope: string; readonly expiresAt: number }[];
 }
 
 /**
@@ -53,14 +59,15 @@ export interface RevocationFeed {
 export async function readRevocationFeed(writ: Writ, since: number | undefined): Promise<RevocationFeed> {
   const now = writ.clock.now();
   const horizon = now - writ.config.tokens.clockSkew * 1000;
-  const [tasks, tokens] =
+  const [tasks, tokens, narrowed] =
     since === undefined
-      ? await Promise.all([writ.store.listEndedUnexpiredTasks(horizon), writ.store.listSupersededUnexpiredTokens(horizon)])
-      : await Promise.all([writ.store.listTasksEndedSince(since), writ.store.listTokensSupersededSince(since)]);
+      ? await Promise.all([writ.store.listEndedUnexpiredTasks(horizon), writ.store.listSupersededUnexpiredTokens(horizon), writ.store.listNarrowedUnexpiredTasks(horizon)])
+      : await Promise.all([writ.store.listTasksEndedSince(since), writ.store.listTokensSupersededSince(since), writ.store.listTasksNarrowedSince(since)]);
   return {
     now,
     tasks: tasks.filter((t) => t.expiresAt > horizon).map((t) => ({ id: t.id, expiresAt: t.expiresAt })),
     tokens: tokens.filter((t) => t.expiresAt > horizon).map((t) => ({ jti: t.jti, expiresAt: t.expiresAt })),
+    narrowed: narrowed.filter((t) => t.expiresAt > horizon).map((t) => ({ id: t.id, scope: formatScopeClaim(t.grantedScopes), expiresAt: t.expiresAt })),
   };
 }
 

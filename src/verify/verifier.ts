@@ -2,7 +2,8 @@
  * Offline verification of Writ task tokens, for resource servers: the signature
  * against Writ's JWKS (pulled and cached), `typ`, `iss`, `aud`, `exp`/`nbf`,
  * the token's shape, revocation (Writ's feed, pulled; and pushes), the
- * certificate binding, and that a scope covers the call — the same checks and
+ * certificate binding, and that a scope covers the call and was not taken
+ * away by a policy change (narrowed grants, from the feed) — the same checks and
  * the same containment rule Writ applies at `/v1/authorize`, without a round
  * trip to Writ per call.
  *
@@ -209,7 +210,7 @@ export function createWritVerifier(input: WritVerifierOptions): WritVerifier {
     return { ok: true, key: found.key.key, kid: found.key.kid };
   };
 
-  const revocations = createRevocationState();
+  const revocations = createRevocationState({ clockSkewMs: skewMs });
   let lastServerNow: number | undefined;
   let syncedAt: number | undefined;
   let pulling: Promise<void> | undefined;
@@ -223,7 +224,7 @@ export function createWritVerifier(input: WritVerifierOptions): WritVerifier {
     const feed = revocationFeedSchema.safeParse(document);
     if (!feed.success) throw new Error(`the revocation feed at ${options.revocationsUrl} is not a feed document`);
     revocations.merge(feed.data);
-    revocations.prune(clock.now(), skewMs);
+    revocations.prune(clock.now());
     lastServerNow = feed.data.now;
     // INVARIANT: freshness counts from when the pull began, never from when it ended.
     syncedAt = Math.max(syncedAt ?? startedAt, startedAt);
@@ -303,8 +304,13 @@ export function createWritVerifier(input: WritVerifierOptions): WritVerifier {
       if (typeof action !== 'string' || typeof resource !== 'string' || !isValidAction(action) || !isValidResource(resource)) {
         return refuse('ERR_SCOPE_NOT_GRANTED', 'the requested action or resource is not a valid, canonical name');
       }
+      const revocable = { jti: claims.jti, taskId: claims.task.id, lineage: checked.lineage };
       const scope = findCoveringScope(checked.scopes, { action, resource });
       if (scope === undefined) return refuse('ERR_SCOPE_NOT_GRANTED', `no scope covers ${action}:${resource}`);
+      // A policy change may have narrowed the grant (or an ancestor's) since the token was minted.
+      if (findCoveringScope(revocations.keptOf(revocable, checked.scopes), { action, resource }) === undefined) {
+        return refuse('ERR_SCOPE_NOT_GRANTED', `a policy change narrowed the grant: ${action}:${resource} is no longer held`);
+      }
       return { ok: true, claims, taskId: claims.task.id, actor: checked.actor, scopes: checked.scopes, scope, lineage: checked.lineage, expiresAt: claims.exp * 1000 };
     },
     async ready() {
