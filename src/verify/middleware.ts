@@ -8,6 +8,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { toProblem, WritError, type ProblemDetails } from '../core/errors.js';
+import { isValidAction, isValidResource } from '../core/scope.js';
 import type { VerifiedTask, VerifyRefusal, WritVerifier } from './verifier.js';
 
 export interface WritGuardOptions<R> {
@@ -63,8 +64,8 @@ export function refusalResponse(refusal: VerifyRefusal | undefined, realm = 'wri
   if (refusal === undefined) return json(401, { 'www-authenticate': challenge }, new WritError('ERR_UNAUTHENTICATED'));
   switch (refusal.code) {
     case 'ERR_SCOPE_NOT_GRANTED': {
-      // A valid action and resource carry no quote or backslash; anything else is left out of the header.
-      const scope = required !== undefined && /^[A-Za-z0-9._~:/@+=,*-]+$/.test(`${required.action}:${required.resource}`) ? `, scope="${required.action}:${required.resource}"` : '';
+      // Named only when it is a valid scope (no quote, backslash or space can reach the header).
+      const scope = required !== undefined && isValidAction(required.action) && isValidResource(required.resource) ? `, scope="${required.action}:${required.resource}"` : '';
       return json(403, { 'www-authenticate': `${challenge}, error="insufficient_scope"${scope}` }, new WritError('ERR_SCOPE_NOT_GRANTED'));
     }
     case 'ERR_REVOCATIONS_STALE':
@@ -117,8 +118,8 @@ export function fastifyWrit<R extends FastifyRequest = FastifyRequest>(verifier:
 /**
  * Plain Node middleware, `(req, res, next)` (Connect/Express shape): calls
  * `next()` only for a token that covers the call, else writes the refusal.
- * An exception from `resource`/`action` is answered 500 and passed to `next(error)` is never done:
- * the request stops here.
+ * An exception thrown by `action` or `resource` is answered with a generic 500;
+ * `next` is not called, so the request stops here either way.
  */
 export function nodeWrit<R extends IncomingMessage = IncomingMessage>(verifier: WritVerifier, options: WritGuardOptions<R>) {
   assertGuardOptions(options);
