@@ -37,6 +37,7 @@ import { createWrit, type Writ } from '../src/writ.js';
 import { checkSameDecision, checkSameRequest, mirrorCedarRequest, policyTextsFor, preparsedBaseline, type CedarRequest } from '../test/helpers/cedar-request.js';
 import { buildDecisionMix, VARIANTS_PER_CASE } from '../test/helpers/decision-mix.js';
 import { benchMcpGateway } from './mcp.js';
+import { benchHttpProxy } from './proxy.js';
 
 const quick = process.argv.includes('--quick');
 const onlyIndex = process.argv.indexOf('--only');
@@ -367,6 +368,7 @@ async function main(): Promise<void> {
   }
 
   if (runs('mcp')) await benchMcpGateway({ sideBySide, report, scale });
+  if (runs('proxy')) await benchHttpProxy({ sideBySide, report, scale });
 
   await writ.close();
   await new Promise((resolve) => trust.server.close(resolve));
