@@ -330,6 +330,8 @@ describe('writ/verify against a real Writ', () => {
     assert.deepEqual(Object.keys(entry).sort(), ['expiresAt', 'id'], 'an entry names the task and its expiry, nothing more');
     const since = await h.get(`/v1/revocations?since=${start.now}`);
     assert.ok(since.body.tasks.some((t: { id: string }) => t.id === task.id), 'ended after `since`: listed');
+    const old = await h.get('/v1/revocations?since=0');
+    assert.ok(old.body.tasks.some((t: { id: string }) => t.id === task.id), 'a `since` long ago is answered with everything in force');
     const later = await h.get(`/v1/revocations?since=${(since.body.now as number) + 1}`);
     assert.ok(!later.body.tasks.some((t: { id: string }) => t.id === task.id), 'ended before `since`: not listed');
     for (const bad of ['since=abc', 'since=-1', 'since=1&since=2', 'since=99999999999999999', 'until=1']) {

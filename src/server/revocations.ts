@@ -27,6 +27,13 @@ import type { Writ } from '../writ.js';
 
 export const REVOCATIONS_PATH = '/v1/revocations';
 
+/**
+ * A `since` older than this is answered with everything in force instead (a
+ * superset of what was asked: readers merge, so that is always correct), so
+ * that no `since` makes Writ scan every task that ever ended.
+ */
+const SINCE_WINDOW_MS = 60 * 60_000;
+
 const revocationsQuerySchema = z
   .object({
     since: z
@@ -52,15 +59,15 @@ export interface RevocationFeed {
 }
 
 /**
- * Reads the feed from the store (every node's ends and renewals, not only this
- * process's). An entry is kept while its token could still pass an `exp` check
+ * Reads the feed from the store (every node's ends, renewals and narrowings,
+ * not only this process's). An entry is kept while its token could still pass an `exp` check
  * somewhere: until `expiresAt` plus the configured clock skew.
  */
 export async function readRevocationFeed(writ: Writ, since: number | undefined): Promise<RevocationFeed> {
   const now = writ.clock.now();
   const horizon = now - writ.config.tokens.clockSkew * 1000;
   const [tasks, tokens, narrowed] =
-    since === undefined
+    since === undefined || since < now - SINCE_WINDOW_MS
       ? await Promise.all([writ.store.listEndedUnexpiredTasks(horizon), writ.store.listSupersededUnexpiredTokens(horizon), writ.store.listNarrowedUnexpiredTasks(horizon)])
       : await Promise.all([writ.store.listTasksEndedSince(since), writ.store.listTokensSupersededSince(since), writ.store.listTasksNarrowedSince(since)]);
   return {

@@ -104,14 +104,14 @@ async function guard<R>(verifier: WritVerifier, options: WritGuardOptions<R>, re
  */
 export function fastifyWrit<R extends FastifyRequest = FastifyRequest>(verifier: WritVerifier, options: WritGuardOptions<R>) {
   assertGuardOptions(options);
-  return async function writPreHandler(request: R, reply: FastifyReply): Promise<void> {
+  return async function writPreHandler(request: R, reply: FastifyReply): Promise<FastifyReply | undefined> {
     const guarded = await guard(verifier, options, request, request.headers.authorization);
     if (guarded.ok) {
       verifiedRequests.set(request, guarded.task);
-      return;
+      return undefined;
     }
-    // Returning the reply after sending stops the hook chain: the handler never runs.
-    await reply.code(guarded.response.status).headers(guarded.response.headers).send(guarded.response.body);
+    // Sending and returning the reply ends the request here: the handler never runs.
+    return reply.code(guarded.response.status).headers(guarded.response.headers).send(guarded.response.body);
   };
 }
 
