@@ -38,6 +38,7 @@ import { checkSameDecision, checkSameRequest, mirrorCedarRequest, policyTextsFor
 import { buildDecisionMix, VARIANTS_PER_CASE } from '../test/helpers/decision-mix.js';
 import { benchMcpGateway } from './mcp.js';
 import { benchHttpProxy } from './proxy.js';
+import { benchLeases } from './leases.js';
 
 const quick = process.argv.includes('--quick');
 const onlyIndex = process.argv.indexOf('--only');
@@ -369,6 +370,7 @@ async function main(): Promise<void> {
 
   if (runs('mcp')) await benchMcpGateway({ sideBySide, report, scale });
   if (runs('proxy')) await benchHttpProxy({ sideBySide, report, scale });
+  if (runs('leases')) await benchLeases({ report, scale });
 
   await writ.close();
   await new Promise((resolve) => trust.server.close(resolve));
