@@ -155,8 +155,19 @@ notifications:
 delegation:
   maxDepth: 3                  # how many times a grant may be handed on (at most 8)
 
+# Credential providers: a PostgreSQL role per task, dropped when the task ends. See docs/leases.md.
+leases:
+  postgres: []
+  # - name: shop                       # POST /v1/tasks/{id}/leases {"provider": "shop"}
+  #   urlSecret: shop-admin-dsn        # admin DSN in the vault: writ secret set shop-admin-dsn
+  #   connectionLimit: 2
+  #   rolePrefix: writ_
+  #   grants:
+  #     - { resource: "db:orders/*", schema: shop, read: [SELECT] }
+  #     - { resource: "db:orders/lines", schema: shop, table: order_lines, read: [SELECT], write: [INSERT, UPDATE] }
+
 reaper:
-  intervalMs: 5000             # how often tasks past their expiry are moved to expired
+  intervalMs: 5000             # how often tasks past their expiry are moved to expired, and leases of ended tasks revoked
 
 revocation:
   syncIntervalMs: 1000         # how often task ends made by other processes or nodes on the same store are picked up
