@@ -6,11 +6,16 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createServer as createHttpServer, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { pino } from 'pino';
+import { stringify as toYaml } from 'yaml';
+import { loadConfig } from '../src/core/config.js';
 import { createHttpProxy } from '../src/proxy/proxy.js';
 import { agentResponseHeaders, upstreamRequestHeaders } from '../src/proxy/hop-headers.js';
 import { decodeSegments } from '../src/proxy/route-table.js';
@@ -354,5 +359,52 @@ describe('HTTP proxy enforcement point', () => {
     assert.equal(up.seen.length, before, 'the upstream was not called');
     const records = await h.auditRecords();
     assert.ok(records.some((r) => r.type === 'action.check' && r.decision === 'deny' && r.reason === 'ERR_TOKEN_REVOKED'), 'the precise reason is in the audit log');
+  });
+});
+
+describe('proxy configuration', () => {
+  const load = (proxy: unknown) => {
+    const dir = mkdtempSync(join(tmpdir(), 'writ-proxy-config-'));
+    try {
+      writeFileSync(join(dir, 'writ.yaml'), toYaml({ proxy }));
+      return loadConfig({ configFile: join(dir, 'writ.yaml'), env: {} });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  };
+  const route = (overrides: Record<string, unknown> = {}) => ({ name: 'shop', prefix: '/shop', upstream: 'https://shop.example/api', paths: [{ pattern: '/orders/{id}', resource: 'db:orders/{id}' }], ...overrides });
+  const refused = (proxy: unknown) => {
+    try {
+      load(proxy);
+    } catch (error) {
+      return (error as { code?: string }).code;
+    }
+    return 'accepted';
+  };
+
+  test('the defaults: mounted at /proxy, no routes', () => {
+    const config = load(undefined);
+    assert.equal(config.proxy.mount, '/proxy');
+    assert.deepEqual(config.proxy.routes, []);
+    assert.equal(config.proxy.timeout, 30);
+  });
+
+  test('a well-formed route loads, frozen', () => {
+    const config = load({ routes: [route({ inject: [{ secret: 'shop-api-key', header: 'Authorization', prefix: 'Bearer ' }], methods: { DELETE: false } })] });
+    assert.equal(config.proxy.routes[0]?.inject[0]?.prefix, 'Bearer ');
+    assert.ok(Object.isFrozen(config.proxy.routes[0]), 'configuration is frozen after loading');
+  });
+
+  test('routes that could leak or mis-decide are refused at start', () => {
+    const cases: [string, unknown][] = [
+      ['plain http beyond loopback', { routes: [route({ upstream: 'http://shop.example/api' })] }],
+      ['credentials in the upstream URL', { routes: [route({ upstream: 'https://user:pw@shop.example/api' })] }],
+      ['a resource placeholder the pattern lacks', { routes: [route({ paths: [{ pattern: '/orders/{id}', resource: 'db:orders/{other}' }] })] }],
+      ['two routes with one prefix', { routes: [route(), route({ name: 'again' })] }],
+      ['a prefix with a dot segment', { routes: [route({ prefix: '/shop/..' })] }],
+      ['no paths', { routes: [route({ paths: [] })] }],
+      ['an injected secret with an env target', { routes: [route({ inject: [{ secret: 'k', env: 'K' }] })] }],
+    ];
+    for (const [name, proxy] of cases) assert.equal(refused(proxy), 'ERR_CONFIG_INVALID', name);
   });
 });

@@ -219,6 +219,9 @@ const upstreamSchema = z
     });
   });
 
+/** A proxy path never holds a `.` or `..` segment: requests with one are refused, so such a path could never match. */
+const noDotSegment = (path: string): boolean => path.split('/').every((segment) => segment !== '.' && segment !== '..');
+
 /** An HTTP method's action on a proxy route; `false` refuses the method there. */
 const proxyMethods = z.record(z.string().regex(/^[A-Z]{1,16}$/, 'an HTTP method in capitals'), z.union([z.string().regex(/^[a-z][a-z0-9_]{0,63}$/, 'an action name'), z.literal(false)]));
 
@@ -226,7 +229,7 @@ const proxyMethods = z.record(z.string().regex(/^[A-Z]{1,16}$/, 'an HTTP method 
 const proxyPath = z
   .object({
     /** Segments after the route's prefix; `{name}` stands for one whole segment: `/orders/{id}`. */
-    pattern: z.string().min(1).max(256).regex(/^(?:\/(?:[A-Za-z0-9._~!$&'()*+,;=:@-]+|\{[A-Za-z_][A-Za-z0-9_]{0,63}\})?)+$/, 'a path of literal segments and {name} placeholders, starting with /'),
+    pattern: z.string().min(1).max(256).regex(/^(?:\/(?:[A-Za-z0-9._~!$&'()*+,;=:@-]+|\{[A-Za-z_][A-Za-z0-9_]{0,63}\})?)+$/, 'a path of literal segments and {name} placeholders, starting with /').refine(noDotSegment, 'no . or .. segments'),
     /** The resource, with the pattern's `{name}` placeholders: `db:orders/{id}`. Without placeholders it may be a pattern (`db:orders/*`). */
     resource: z.string().min(3).max(256).regex(/^[a-z][a-z0-9-]{0,31}:[A-Za-z0-9._~:/@+=,{}*-]*$/, 'a resource name, optionally with {name} placeholders'),
     /** Overrides the route's methods for this path only: `{ POST: refund }`. */
@@ -240,7 +243,7 @@ const proxyRouteSchema = z
     /** Names the route in logs. */
     name: z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, 'lowercase letters, digits and dashes, at most 32'),
     /** Under the proxy's mount: `/shop` serves `/proxy/shop/...`. */
-    prefix: z.string().regex(/^(?:\/[A-Za-z0-9._~-]+)+$/, 'literal path segments such as /shop'),
+    prefix: z.string().regex(/^(?:\/[A-Za-z0-9._~-]+)+$/, 'literal path segments such as /shop').refine(noDotSegment, 'no . or .. segments'),
     /** Base URL the rest of the path is appended to; https://, or http:// on loopback. */
     upstream: z.string().url(),
     /** Secrets from the vault, sent as request headers; never seen by the agent. */
@@ -512,7 +515,7 @@ export const configSchema = z
     proxy: z
       .object({
         /** Where the routes are mounted, on `writ serve` and `writ proxy` alike. */
-        mount: z.string().regex(/^(?:\/[A-Za-z0-9._~-]+)+$/, 'literal path segments such as /proxy').default('/proxy'),
+        mount: z.string().regex(/^(?:\/[A-Za-z0-9._~-]+)+$/, 'literal path segments such as /proxy').refine(noDotSegment, 'no . or .. segments').default('/proxy'),
         /** Longest the upstream may stay silent (connecting, answering, streaming) before the request fails. */
         timeout: duration(30),
         routes: z.array(proxyRouteSchema).max(64).default([]),
