@@ -226,6 +226,22 @@ describe('PostgreSQL leases', () => {
     assert.equal(await roleExists(keptLease.body.connection.user), true, 'the active task keeps its role');
   });
 
+  test('no lease outlives its task by more than the reaper interval: a task that expires while Writ runs loses its role', async () => {
+    const task = await h.post('/v1/tasks', supportTask({ ttl: 1, scopes: [{ action: 'read', resource: 'db:orders/lines' }] }), await h.identityToken());
+    assert.equal(task.status, 201, JSON.stringify(task.body));
+    const answer = await lease({ id: task.body.task.id, token: task.body.token });
+    assert.equal(answer.status, 201, JSON.stringify(answer.body));
+    h.writ.startReaper();
+    const expiresAt = Date.parse(task.body.task.expiresAt);
+    // reaper.intervalMs is 200 here; allow a few ticks for a loaded machine.
+    const deadline = expiresAt + 200 * 10;
+    while ((await roleExists(answer.body.connection.user)) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.equal(await roleExists(answer.body.connection.user), false, 'the role is dropped within a few reaper ticks of the expiry');
+    const [stored] = await h.writ.store.listLeasesOfTask(task.body.task.id);
+    assert.equal(stored?.state, 'revoked');
+    assert.ok((stored?.revokedAt ?? Infinity) - expiresAt < 200 * 10, `revoked ${(stored?.revokedAt ?? 0) - expiresAt} ms after the expiry`);
+  });
+
   test('a lease is asked for with the task token of that very task, for a configured provider, for something mapped', async () => {
     const task = await taskWith([{ action: 'read', resource: 'db:orders/lines' }]);
     const other = await taskWith([{ action: 'read', resource: 'db:orders/lines' }]);
