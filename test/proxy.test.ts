@@ -6,6 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { request as httpsRequest } from 'node:https';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,11 +16,13 @@ import { Writable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { pino } from 'pino';
 import { stringify as toYaml } from 'yaml';
+import { createManualClock } from '../src/core/clock.js';
 import { loadConfig } from '../src/core/config.js';
 import { createHttpProxy } from '../src/proxy/proxy.js';
 import { agentResponseHeaders, upstreamRequestHeaders } from '../src/proxy/hop-headers.js';
 import { decodeSegments } from '../src/proxy/route-table.js';
 import { claimsOf, resignTaskToken, startHarness, supportTask, tokenFromUnknownKey, type Harness } from './helpers/harness.js';
+import { createCa, issueServerCert, issueSvid } from './helpers/pki.js';
 
 const SECRET = 'shop-key-7f3a9c1e5b2d4f60';
 
@@ -406,5 +409,74 @@ describe('proxy configuration', () => {
       ['an injected secret with an env target', { routes: [route({ inject: [{ secret: 'k', env: 'K' }] })] }],
     ];
     for (const [name, proxy] of cases) assert.equal(refused(proxy), 'ERR_CONFIG_INVALID', name);
+  });
+});
+
+describe('HTTP proxy over mTLS', () => {
+  test('a certificate-bound task token passes the proxy only with its certificate', async () => {
+    const agent = 'spiffe://prod.example/agent/support';
+    const clock = createManualClock();
+    const validity = { notBefore: new Date(clock.now() - 86_400_000), notAfter: new Date(clock.now() + 86_400_000) };
+    const root = await createCa({ name: 'root', ...validity });
+    const serverCa = await createCa({ name: 'srv', ...validity });
+    const server = await issueServerCert(serverCa, ['127.0.0.1']);
+    const svid = await issueSvid(root, agent);
+    const dir = mkdtempSync(join(tmpdir(), 'writ-proxy-mtls-'));
+    writeFileSync(join(dir, 'server.crt'), server.chainPem);
+    writeFileSync(join(dir, 'server.key'), server.keyPem);
+    writeFileSync(join(dir, 'bundle.pem'), root.certPem);
+    const up = await startUpstream();
+    const h = await startHarness({
+      clock,
+      config: {
+        server: { tls: { certFile: join(dir, 'server.crt'), keyFile: join(dir, 'server.key'), clientCertificates: 'optional' } },
+        identity: { sources: [{ type: 'spiffe', name: 'prod', trustDomain: 'prod.example', x509BundleFile: join(dir, 'bundle.pem') }] },
+        proxy: { routes: [{ name: 'shop', prefix: '/shop', upstream: `http://127.0.0.1:${up.port}/api`, paths: [{ pattern: '/orders/{id}', resource: 'db:orders/{id}' }] }] },
+      },
+    });
+    try {
+      await h.registerAgent(agent);
+      const port = (h.app.server.address() as AddressInfo).port;
+      const call = (method: string, path: string, o: { bearer?: string; cert: boolean; body?: string }) =>
+        new Promise<{ status: number; text: string }>((resolveCall, reject) => {
+          const req = httpsRequest(
+            {
+              host: '127.0.0.1',
+              port,
+              method,
+              path,
+              ca: serverCa.certPem,
+              agent: false,
+              ...(o.cert ? { cert: svid.chainPem, key: svid.keyPem } : {}),
+              headers: { ...(o.body === undefined ? {} : { 'content-type': 'application/json' }), ...(o.bearer === undefined ? {} : { authorization: `Bearer ${o.bearer}` }) },
+            },
+            (res) => {
+              let text = '';
+              res.on('data', (c: Buffer) => (text += c.toString('utf8')));
+              res.on('end', () => resolveCall({ status: res.statusCode ?? 0, text }));
+            },
+          );
+          req.on('error', reject);
+          req.end(o.body);
+        });
+      const granted = await call('POST', '/v1/tasks', { cert: true, body: JSON.stringify(supportTask()) });
+      assert.equal(granted.status, 201, granted.text);
+      const bound = JSON.parse(granted.text).token as string;
+      assert.ok(typeof claimsOf(bound).cnf?.['x5t#S256'] === 'string', 'the task token is bound to the certificate');
+      const withCert = await call('GET', '/proxy/shop/orders/42', { bearer: bound, cert: true });
+      assert.equal(withCert.status, 200, withCert.text);
+      assert.equal(up.seen.at(-1)?.headers['x-forwarded-proto'], 'https', 'X-Forwarded-Proto says https');
+      const before = up.seen.length;
+      const without = await call('GET', '/proxy/shop/orders/42', { bearer: bound, cert: false });
+      assert.equal(without.status, 401, without.text);
+      assert.equal(up.seen.length, before, 'the copied token without its certificate never reached the upstream');
+      const records = await h.auditRecords();
+      assert.ok(records.some((r) => r.type === 'action.check' && r.decision === 'deny' && r.reason === 'ERR_TOKEN_BINDING'), 'the binding failure is on the record');
+    } finally {
+      up.releaseStream();
+      await h.close();
+      await new Promise<void>((r) => up.server.close(() => r()));
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
