@@ -413,7 +413,7 @@ describe('proxy configuration', () => {
 });
 
 describe('HTTP proxy over mTLS', () => {
-  test('a certificate-bound task token passes the proxy only with its certificate', async () => {
+  for (const mode of ['optional', 'required'] as const) test(`a certificate-bound task token passes the proxy only with its certificate (clientCertificates: ${mode})`, async () => {
     const agent = 'spiffe://prod.example/agent/support';
     const clock = createManualClock();
     const validity = { notBefore: new Date(clock.now() - 86_400_000), notAfter: new Date(clock.now() + 86_400_000) };
@@ -429,7 +429,7 @@ describe('HTTP proxy over mTLS', () => {
     const h = await startHarness({
       clock,
       config: {
-        server: { tls: { certFile: join(dir, 'server.crt'), keyFile: join(dir, 'server.key'), clientCertificates: 'optional' } },
+        server: { tls: { certFile: join(dir, 'server.crt'), keyFile: join(dir, 'server.key'), clientCertificates: mode } },
         identity: { sources: [{ type: 'spiffe', name: 'prod', trustDomain: 'prod.example', x509BundleFile: join(dir, 'bundle.pem') }] },
         proxy: { routes: [{ name: 'shop', prefix: '/shop', upstream: `http://127.0.0.1:${up.port}/api`, paths: [{ pattern: '/orders/{id}', resource: 'db:orders/{id}' }] }] },
       },
@@ -471,7 +471,8 @@ describe('HTTP proxy over mTLS', () => {
       assert.equal(without.status, 401, without.text);
       assert.equal(up.seen.length, before, 'the copied token without its certificate never reached the upstream');
       const records = await h.auditRecords();
-      assert.ok(records.some((r) => r.type === 'action.check' && r.decision === 'deny' && r.reason === 'ERR_TOKEN_BINDING'), 'the binding failure is on the record');
+      const reason = mode === 'required' ? 'ERR_CERT_INVALID' : 'ERR_TOKEN_BINDING';
+      assert.ok(records.some((r) => r.decision === 'deny' && r.reason === reason), `the refusal is on the record (${reason})`);
     } finally {
       up.releaseStream();
       await h.close();

@@ -10,7 +10,9 @@
  *                as, from the path read once (route-table.ts); a path outside
  *                the table, or not plain segments, is refused
  *   3. check     the action check (writ.authorize), with the mTLS client
- *                certificate as presenter; it audits the decision
+ *                certificate as presenter; it audits the decision. With
+ *                `server.tls.clientCertificates: required`, a request without
+ *                a valid client certificate is refused first (audited)
  *   4. inject    the route's secrets from the vault, as request headers
  *   5. forward   hop-by-hop headers removed both ways, the agent's token
  *                never sent, bodies piped without buffering
@@ -75,6 +77,15 @@ export function createHttpProxy(options: { readonly writ: Writ; readonly logger?
     const verified = writ.trustSources.verifyCertificate(chain);
     return verified.ok ? { certificateThumbprint: verified.credential.certificateThumbprint } : {};
   };
+  // `server.tls.clientCertificates: required` covers the proxy as it covers /v1 and /mcp.
+  const certificateRequired = writ.config.server.tls?.clientCertificates === 'required';
+  const recordMissingCertificate = (req: IncomingMessage): Promise<void> =>
+    writ.audit
+      .append({ type: 'authentication.failed', decision: 'deny', reason: 'ERR_CERT_INVALID', detail: 'no valid client certificate (server.tls.clientCertificates: required)', data: { endpoint: `${req.method ?? ''} ${settings.mount}` } })
+      .then(
+        () => undefined,
+        () => undefined,
+      );
 
   /** The refusal the agent sees for a decision that did not allow. */
   const refuse = (res: ServerResponse, decision: ActionDecision): void => {
@@ -157,7 +168,12 @@ export function createHttpProxy(options: { readonly writ: Writ; readonly logger?
           return sendProblem(res, resolved.code, resolved.detail);
         }
         const { target } = resolved;
-        const decision = await writ.authorize(bearer, { action: target.action, resource: target.resource }, presenterOf(req));
+        const presenter = presenterOf(req);
+        if (certificateRequired && presenter.certificateThumbprint === undefined) {
+          await recordMissingCertificate(req);
+          return unauthorized(res, true);
+        }
+        const decision = await writ.authorize(bearer, { action: target.action, resource: target.resource }, presenter);
         if (!decision.allowed) return refuse(res, decision);
         const injected = await injectedHeaders(target);
         if (injected === undefined) return sendProblem(res, 'ERR_UPSTREAM_UNAVAILABLE', `the credential of route ${target.route.name} is not available`);
