@@ -3,12 +3,11 @@
  * server.tls, as `writ gateway` runs the MCP gateway alone. The routes are at
  * the same mount as on `writ serve`, so an agent's URLs do not change.
  */
-import { constants, randomUUID } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
-import { resolveConfigPath } from '../core/config.js';
 import { toProblem, WritError } from '../core/errors.js';
+import { httpsOptions } from '../server/app.js';
 import type { Writ } from '../writ.js';
 import { registerProxyRoutes } from './routes.js';
 
@@ -30,23 +29,3 @@ export function createProxyServer(writ: Writ, options: { readonly logger: Logger
   return app;
 }
 
-/**
- * The same TLS listener as `writ serve` (server/app.ts keeps its own copy,
- * which also reloads renewed material): client certificates are requested,
- * never rejected in the handshake, and checked by the trust sources when a
- * certificate-bound token is presented.
- */
-function httpsOptions(writ: Writ) {
-  const tls = writ.config.server.tls;
-  if (tls === undefined) throw new Error('no TLS configuration');
-  const read = (path: string) => readFileSync(resolveConfigPath(writ.config, path));
-  const requestCert = tls.clientCertificates !== 'off';
-  return {
-    cert: read(tls.certFile),
-    key: read(tls.keyFile),
-    minVersion: 'TLSv1.2' as const,
-    requestCert,
-    rejectUnauthorized: false,
-    ...(requestCert ? { ca: writ.trustSources.x509Roots().map((c) => c.toString()), secureOptions: constants.SSL_OP_NO_TICKET | constants.SSL_OP_NO_RENEGOTIATION } : {}),
-  };
-}

@@ -577,7 +577,7 @@ const socketChains = new WeakMap<TLSSocket, X509Certificate[]>();
  * (Node's https agents resume by default). Every connection thus presents,
  * and Writ checks, the client's current certificate.
  */
-function httpsOptions(writ: Writ) {
+export function httpsOptions(writ: Writ) {
   const tls = writ.config.server.tls;
   if (tls === undefined) throw new Error('no TLS configuration');
   const read = (path: string) => readFileSync(resolveConfigPath(writ.config, path));
