@@ -185,7 +185,11 @@ describe('review issue 8: PostgreSQL leases', () => {
     await other.drop();
   });
 
-  test('LOW the task role is not confined to its database: it logs in to any other database of the cluster (PUBLIC CONNECT, TEMP)', async (t) => {
+  // Still open: PostgreSQL grants CONNECT and TEMP on every database to PUBLIC, and a role cannot be denied
+  // what PUBLIC holds. Only the cluster's operator can take it away (REVOKE CONNECT ON DATABASE … FROM PUBLIC,
+  // or pg_hba.conf); docs/leases.md makes it a deployment requirement. What the role leaves behind elsewhere
+  // is dropped at revocation (the MEDIUM test above).
+  test('LOW the task role is not confined to its database: it logs in to any other database of the cluster (PUBLIC CONNECT, TEMP)', { todo: 'needs the operator to revoke CONNECT from PUBLIC on other databases; see docs/leases.md' }, async (t) => {
     if (other === undefined) return t.skip('no PostgreSQL');
     const { connection } = await taskAndLease();
     const otherDb = decodeURIComponent(new URL(other.url).pathname.slice(1));

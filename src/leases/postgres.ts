@@ -190,7 +190,7 @@ export function createPgLeaseProvider(options: PgLeaseProviderOptions): LeasePro
 
     async revoke(raw) {
       const { role } = detailsOf(raw);
-      const { pool: p } = await connect();
+      const { pool: p, dsn } = await connect();
       const client = await p.connect();
       // Racing revokers (the task's end, the sweep, another node) take turns: concurrent DROPs of one role collide.
       await client.query('SELECT pg_advisory_lock(hashtext($1))', [role]);
@@ -205,6 +205,14 @@ export function createPgLeaseProvider(options: PgLeaseProviderOptions): LeasePro
             if ((live.rowCount ?? 0) === 0) break;
             await new Promise((resolve) => setTimeout(resolve, 100));
           }
+          // What it owns or was granted in the cluster's other databases (a large object, a temp table's
+          // leftovers): DROP OWNED reaches only the database it runs in, and DROP ROLE fails while any is left.
+          const elsewhere = await client.query<{ datname: string }>(
+            `SELECT DISTINCT d.datname FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid
+              WHERE s.refclassid = 'pg_authid'::regclass AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = $1) AND d.datname <> current_database()`,
+            [role],
+          );
+          for (const { datname } of elsewhere.rows) await dropOwnedIn(dsn, datname, who, config.statementTimeout);
           await client.query('BEGIN');
           // Every privilege (and anything it created) in this database, then the role itself.
           await client.query(`DROP OWNED BY ${who}`);
@@ -237,4 +245,17 @@ export function createPgLeaseProvider(options: PgLeaseProviderOptions): LeasePro
       if (current !== undefined) await current.then((c) => c.pool.end()).catch(() => undefined);
     },
   };
+}
+
+/** DROP OWNED BY `who` (an escaped identifier) in database `datname` of the cluster `dsn` names, as its admin. */
+async function dropOwnedIn(dsn: string, datname: string, who: string, statementTimeoutSeconds: number): Promise<void> {
+  const url = new URL(dsn);
+  url.pathname = `/${encodeURIComponent(datname)}`;
+  const client = new pg.Client({ connectionString: url.href, connectionTimeoutMillis: statementTimeoutSeconds * 1000, statement_timeout: statementTimeoutSeconds * 1000, application_name: 'writ-leases' });
+  await client.connect();
+  try {
+    await client.query(`DROP OWNED BY ${who}`);
+  } finally {
+    await client.end().catch(() => undefined);
+  }
 }

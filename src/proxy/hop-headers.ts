@@ -8,12 +8,17 @@
  * are for this hop too. Towards the upstream the proxy also removes what is
  * its own to set: the agent's Authorization (the task token never leaves
  * Writ), Host, the forwarding headers (an agent cannot choose the address it
- * appears to come from), Expect, and every header Writ injects.
+ * appears to come from), Expect, the method-override headers (the method
+ * decided is the method run), and every header Writ injects.
  */
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
 
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade']);
-const SET_BY_PROXY = new Set(['authorization', 'host', 'forwarded', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'expect']);
+const SET_BY_PROXY = new Set([
+  'authorization', 'host', 'forwarded', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'expect',
+  // The method was decided as sent: an upstream that honours an override would run another action than the one decided.
+  'x-http-method-override', 'x-method-override', 'x-http-method',
+]);
 
 /** The names Connection lists (lowercase), which are hop-by-hop for this message. */
 export function connectionListed(headers: IncomingHttpHeaders): Set<string> {

@@ -121,6 +121,15 @@ export function createHttpProxy(options: { readonly writ: Writ; readonly logger?
         'x-forwarded-for': req.socket.remoteAddress ?? '',
         'x-forwarded-proto': req.socket instanceof TLSSocket ? 'https' : 'http',
       };
+      // INVARIANT: the upstream reads exactly the body the agent's request framed, framed again here, never
+      // raw bytes: Node writes an unframed body on GET/HEAD/DELETE/OPTIONS, which a pooled upstream
+      // connection would read as a further request nobody decided (request smuggling).
+      const chunked = req.headers['transfer-encoding'] !== undefined;
+      const hasBody = chunked || req.headers['content-length'] !== undefined;
+      if (chunked) {
+        delete headers['content-length'];
+        headers['transfer-encoding'] = 'chunked';
+      }
       const https = target.url.protocol === 'https:';
       const started = performance.now();
       const upstream = (https ? httpsRequest : httpRequest)(target.url, { method: req.method, headers, agent: https ? httpsAgent : httpAgent });
@@ -150,7 +159,12 @@ export function createHttpProxy(options: { readonly writ: Writ; readonly logger?
       res.on('close', () => {
         if (!res.writableFinished) upstream.destroy();
       });
-      pipeline(req, upstream, () => undefined);
+      if (hasBody) pipeline(req, upstream, () => undefined);
+      else {
+        // No body by HTTP/1.1's rules: whatever else arrives on the agent's connection is not forwarded.
+        req.resume();
+        upstream.end();
+      }
     });
 
   return {
