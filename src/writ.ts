@@ -474,6 +474,8 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
       environments: config.approvals.environments,
     },
   });
+  /** Who signs task tokens and for whom: the same for every part of Writ that mints one. */
+  const minting = { issuer: config.issuer, audience: config.tokens.audience };
   const broker = createBroker({
     approvals,
     registry,
@@ -490,8 +492,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     bus,
     clock,
     settings: {
-      issuer: config.issuer,
-      audience: config.tokens.audience,
+      ...minting,
       defaultTtlSeconds: config.tokens.defaultTtl,
       maxTtlSeconds: config.tokens.maxTtl,
       environments: config.policy.environments,
@@ -512,8 +513,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     bus,
     clock,
     settings: {
-      issuer: config.issuer,
-      audience: config.tokens.audience,
+      ...minting,
       defaultTtlSeconds: config.tokens.defaultTtl,
       maxDepth: config.delegation.maxDepth,
       actorAudience: config.delegation.actorAudience,
@@ -532,8 +532,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     notify: (event) => notifier.notify(event),
     warn: (message, fields) => logger?.warn(fields, message),
     settings: {
-      issuer: config.issuer,
-      audience: config.tokens.audience,
+      ...minting,
       defaultDurationSeconds: config.breakGlass.defaultDuration,
       maxDurationSeconds: config.breakGlass.maxDuration,
       environments: config.policy.environments,
