@@ -3,11 +3,8 @@
  * folder and tells the story the README and docs/delegation.md promise.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { join } from 'node:path';
 import { test } from 'node:test';
-import { PACKAGE_ROOT } from '../src/core/config.js';
-import { cleanEnv } from './helpers/cli.js';
+import { runExample } from './helpers/cli.js';
 
 /** The value `show()` printed for `label` in the section starting `section.` (the example's step number). */
 function shown(out: string, section: number, label: string): string {
@@ -20,12 +17,7 @@ function shown(out: string, section: number, label: string): string {
 }
 
 test('npm run example:delegation: a read-only slice handed to a worker, seen and used through the gateway, escalations refused, ended with the planner, chain OK', async () => {
-  const child = spawn(process.execPath, [join(PACKAGE_ROOT, 'examples', 'delegation', 'run.mjs')], { env: cleanEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  child.stdout.setEncoding('utf8').on('data', (c: string) => (out += c));
-  child.stderr.setEncoding('utf8').on('data', (c: string) => (err += c));
-  const code = await new Promise((resolve) => child.on('close', resolve));
+  const { code, out, err } = await runExample('delegation');
   assert.equal(code, 0, err);
 
   const plannerTask = shown(out, 2, 'task');

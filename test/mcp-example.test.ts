@@ -3,19 +3,11 @@
  * and tells the story the README promises.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { join } from 'node:path';
 import { test } from 'node:test';
-import { PACKAGE_ROOT } from '../src/core/config.js';
-import { cleanEnv } from './helpers/cli.js';
+import { runExample } from './helpers/cli.js';
 
 test('npm run example:mcp: tools listed, access partly granted, export denied, a refund held until writ approvals approve, then once only, task completed, chain OK', async () => {
-  const child = spawn(process.execPath, [join(PACKAGE_ROOT, 'examples', 'mcp-gateway', 'run.mjs')], { env: cleanEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  child.stdout.setEncoding('utf8').on('data', (c: string) => (out += c));
-  child.stderr.setEncoding('utf8').on('data', (c: string) => (err += c));
-  const code = await new Promise((resolve) => child.on('close', resolve));
+  const { code, out, err } = await runExample('mcp-gateway');
   assert.equal(code, 0, err);
   assert.match(out, /tools\s+\["request_access"\]/);
   assert.match(out, /decision\s+partial/);

@@ -47,3 +47,14 @@ export function runWrit(args: readonly string[], cwd: string, env: Record<string
     child.on('close', (code) => resolve({ code, stdout, stderr }));
   });
 }
+
+/** Runs `examples/<name>/run.mjs` as `npm run example:<name>` does, in a clean environment: its exit code and output. */
+export async function runExample(name: string): Promise<{ code: number | null; out: string; err: string }> {
+  const child = spawn(process.execPath, [new URL(`../../examples/${name}/run.mjs`, import.meta.url).pathname], { env: cleanEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout.setEncoding('utf8').on('data', (c: string) => (out += c));
+  child.stderr.setEncoding('utf8').on('data', (c: string) => (err += c));
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  return { code, out, err };
+}
