@@ -1,0 +1,239 @@
+/**
+ * Security review of writ/verify and the revocation feed: each test names a
+ * property the review found missing, against a real Writ on loopback and real
+ * Fastify and node:http servers.
+ */
+import assert from 'node:assert/strict';
+import { connect } from 'node:net';
+import { createServer as createHttpServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { after, before, describe, test } from 'node:test';
+import Fastify from 'fastify';
+import { createWritVerifier, fastifyWrit, nodeWrit, withWrit, type WritVerifier, type WritVerifierOptions } from '../src/verify/index.js';
+import { claimsOf, resignTaskToken, startHarness, supportTask, type Harness } from './helpers/harness.js';
+import { policyFolder } from './helpers/policy-folder.js';
+
+const READ_ORDER = { action: 'read', resource: 'db:orders/42' } as const;
+
+/** One raw HTTP/1.1 exchange, so that a request can carry what fetch never sends (a header twice). */
+function rawRequest(port: number, head: string): Promise<{ status: number; text: string }> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, '127.0.0.1', () => socket.end(`${head}\r\n\r\n`));
+    const chunks: Buffer[] = [];
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+    socket.on('error', reject);
+    socket.on('close', () => {
+      const text = Buffer.concat(chunks).toString('utf8');
+      resolve({ status: Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0), text });
+    });
+  });
+}
+
+async function listen(server: Server): Promise<number> {
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return (server.address() as AddressInfo).port;
+}
+
+describe('review: writ/verify', () => {
+  let h: Harness;
+  const verifiers: WritVerifier[] = [];
+  const verifierFor = (overrides: Partial<WritVerifierOptions> = {}): WritVerifier => {
+    const verifier = createWritVerifier({
+      issuer: h.writ.config.issuer,
+      audience: h.writ.config.tokens.audience,
+      jwksUrl: `${h.url}/.well-known/jwks.json`,
+      revocationsUrl: `${h.url}/v1/revocations`,
+      pollIntervalMs: 60_000,
+      ...overrides,
+    });
+    verifiers.push(verifier);
+    return verifier;
+  };
+  const grant = async () => {
+    const answer = await h.post('/v1/tasks', supportTask(), await h.identityToken());
+    assert.equal(answer.status, 201, JSON.stringify(answer.body));
+    return { id: answer.body.task.id as string, token: answer.body.token as string };
+  };
+
+  before(async () => {
+    h = await startHarness({ config: { policy: { dir: policyFolder() } } });
+    await h.registerAgent();
+  });
+  after(async () => {
+    for (const verifier of verifiers) verifier.close();
+    await h.close();
+  });
+
+  describe('the feed cursor', () => {
+    test('an end written by a Writ node whose clock lags 30 s still reaches a verifier that already pulled past it', async () => {
+      const verifier = verifierFor();
+      await verifier.ready();
+      const task = await grant();
+      assert.ok((await verifier.verify(task.token, READ_ORDER)).ok, 'passes while the task is active');
+      // Another node of the cluster, its clock 30 s behind this one, ends the task in the shared store.
+      const ended = await h.writ.store.transitionTask(task.id, ['active'], 'completed', { at: Date.now() - 30_000, endReason: 'completed' });
+      assert.ok(ended !== undefined, 'the lagging node ended the task');
+      await verifier.sync();
+      const outcome = await verifier.verify(task.token, READ_ORDER);
+      assert.equal(outcome.ok ? 'ok' : outcome.code, 'ERR_TOKEN_REVOKED', 'the end is delivered although its time is before the last answer\'s now');
+    });
+
+    test('a since ahead of Writ\'s clock (an answer from a node whose clock runs ahead) still lists what ended just now', async () => {
+      const task = await grant();
+      await h.post(`/v1/tasks/${task.id}/complete`, {}, task.token);
+      const ahead = await h.get(`/v1/revocations?since=${Date.now() + 3_600_000}`);
+      assert.equal(ahead.status, 200);
+      assert.ok(ahead.body.tasks.some((t: { id: string }) => t.id === task.id), 'a since in the future is read as now (less the look-back)');
+    });
+
+    test('a bad since is an RFC 9457 problem with a stable code', async () => {
+      for (const bad of ['since=', 'since=1e3', 'since=0x10', 'since=%20', 'since=1.5', 'since[]=1', 'since=12345678901234567']) {
+        const answer = await h.get(`/v1/revocations?${bad}`);
+        assert.equal(answer.status, 400, bad);
+        assert.match(answer.headers.get('content-type') ?? '', /^application\/problem\+json/, `${bad}: problem+json`);
+        assert.equal(answer.body.code, 'ERR_VALIDATION', bad);
+      }
+    });
+  });
+
+  describe('middleware', () => {
+    let verifier: WritVerifier;
+    before(async () => {
+      verifier = verifierFor();
+      await verifier.ready();
+    });
+
+    test('Fastify: an exception in resource() is a generic problem+json 500 that does not carry its message', async () => {
+      const app = Fastify();
+      let ran = false;
+      app.get('/orders/:id', { preHandler: fastifyWrit(verifier, { action: 'read', resource: () => { throw new Error('db password is hunter2'); } }) }, async () => {
+        ran = true;
+        return {};
+      });
+      after(() => app.close());
+      const task = await grant();
+      const answer = await app.inject({ url: '/orders/42', headers: { authorization: `Bearer ${task.token}` } });
+      assert.equal(answer.statusCode, 500);
+      assert.match(String(answer.headers['content-type']), /^application\/problem\+json/, 'problem+json');
+      assert.equal(answer.json().code, 'ERR_INTERNAL');
+      assert.ok(!answer.body.includes('hunter2'), `the exception's message never reaches the caller: ${answer.body}`);
+      assert.equal(ran, false, 'the handler never ran');
+    });
+
+    test('plain Node: a handler that throws synchronously is a 500, and the server keeps serving', async () => {
+      const server = createHttpServer(
+        withWrit(verifier, { action: 'read', resource: () => 'db:orders/42' }, () => {
+          throw new Error('sync failure');
+        }),
+      );
+      const port = await listen(server);
+      after(() => new Promise<void>((resolve) => server.close(() => resolve())));
+      const task = await grant();
+      for (const attempt of [1, 2]) {
+        const answer = await fetch(`http://127.0.0.1:${port}/`, { headers: { authorization: `Bearer ${task.token}` }, signal: AbortSignal.timeout(3_000) });
+        assert.equal(answer.status, 500, `attempt ${attempt}`);
+        assert.equal(((await answer.json()) as { code: string }).code, 'ERR_INTERNAL', `attempt ${attempt}`);
+      }
+    });
+
+    test('plain Node: a next() that throws is a 500, not an unhandled rejection', async () => {
+      const middleware = nodeWrit(verifier, { action: 'read', resource: () => 'db:orders/42' });
+      const server = createHttpServer((req, res) =>
+        middleware(req, res, () => {
+          throw new Error('next failed');
+        }),
+      );
+      const port = await listen(server);
+      after(() => new Promise<void>((resolve) => server.close(() => resolve())));
+      const task = await grant();
+      const answer = await fetch(`http://127.0.0.1:${port}/`, { headers: { authorization: `Bearer ${task.token}` }, signal: AbortSignal.timeout(3_000) });
+      assert.equal(answer.status, 500);
+    });
+
+    test('two Authorization headers are refused (400 invalid_request), by both adapters, whatever the first one holds', async () => {
+      const task = await grant();
+      let ran = 0;
+      const node = createHttpServer(
+        withWrit(verifier, { action: 'read', resource: () => 'db:orders/42' }, (_req, res) => {
+          ran++;
+          res.end('ok');
+        }),
+      );
+      const nodePort = await listen(node);
+      after(() => new Promise<void>((resolve) => node.close(() => resolve())));
+      const app = Fastify();
+      app.get('/orders/42', { preHandler: fastifyWrit(verifier, { action: 'read', resource: () => 'db:orders/42' }) }, async () => {
+        ran++;
+        return 'ok';
+      });
+      await app.listen({ host: '127.0.0.1', port: 0 });
+      after(() => app.close());
+      const fastifyPort = (app.server.address() as AddressInfo).port;
+
+      for (const [name, port] of [['node', nodePort], ['fastify', fastifyPort]] as const) {
+        const twice = await rawRequest(port, `GET /orders/42 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer ${task.token}\r\nAuthorization: Bearer other`);
+        assert.equal(twice.status, 400, `${name}: ${twice.text}`);
+        assert.match(twice.text, /www-authenticate: Bearer realm="writ", error="invalid_request"/i, `${name}: the challenge says invalid_request`);
+        const once = await rawRequest(port, `GET /orders/42 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer ${task.token}`);
+        assert.equal(once.status, 200, `${name}: one header passes: ${once.text}`);
+      }
+      assert.equal(ran, 2, 'the handlers ran only for the requests with one header');
+    });
+
+    test('Bearer followed by more than one space is read (RFC 6750 §2.1: 1*SP), and the scheme is case-insensitive', async () => {
+      const app = Fastify();
+      app.get('/orders/42', { preHandler: fastifyWrit(verifier, { action: 'read', resource: () => 'db:orders/42' }) }, async () => 'ok');
+      after(() => app.close());
+      const task = await grant();
+      for (const header of [`Bearer  ${task.token}`, `bearer ${task.token}`, `BEARER   ${task.token}`]) {
+        const answer = await app.inject({ url: '/orders/42', headers: { authorization: header } });
+        assert.equal(answer.statusCode, 200, `${header.slice(0, 12)}…: ${answer.body}`);
+      }
+      for (const header of [`Bearer\t${task.token}`, `Bearer${task.token}`, ` Bearer ${task.token} x`]) {
+        const answer = await app.inject({ url: '/orders/42', headers: { authorization: header } });
+        assert.equal(answer.statusCode, 401, `${JSON.stringify(header.slice(0, 12))}… is not Bearer form`);
+      }
+    });
+
+    test('a realm that could break the WWW-Authenticate header is refused when the guard is made', () => {
+      for (const realm of ['a\r\nset-cookie: x=1', 'caf\u00e9\u2603', '']) {
+        assert.throws(() => fastifyWrit(verifier, { action: 'read', resource: () => 'db:orders/42', realm }), TypeError, JSON.stringify(realm));
+        assert.throws(() => nodeWrit(verifier, { action: 'read', resource: () => 'db:orders/42', realm }), TypeError, JSON.stringify(realm));
+      }
+    });
+
+    test('keys that cannot be loaded are a 503 with Retry-After (Writ is unreachable), not a 401 that calls a good token bad', async () => {
+      const unreachable = verifierFor({ jwksUrl: 'http://127.0.0.1:1/.well-known/jwks.json', timeoutMs: 500 });
+      await unreachable.sync();
+      const app = Fastify();
+      let ran = false;
+      app.get('/orders/42', { preHandler: fastifyWrit(unreachable, { action: 'read', resource: () => 'db:orders/42' }) }, async () => {
+        ran = true;
+        return 'ok';
+      });
+      after(() => app.close());
+      const task = await grant();
+      const answer = await app.inject({ url: '/orders/42', headers: { authorization: `Bearer ${task.token}` } });
+      assert.equal(answer.statusCode, 503, answer.body);
+      assert.equal(answer.headers['retry-after'], '5');
+      assert.equal(answer.json().code, 'ERR_KEYS_UNAVAILABLE');
+      assert.equal(ran, false, 'the handler never ran');
+    });
+  });
+
+  describe('what the verifier tells the resource server', () => {
+    test('a break-glass grant is marked on the verified task, so the resource server can log its use loudly', async () => {
+      const verifier = verifierFor();
+      await verifier.ready();
+      const task = await grant();
+      const claims = claimsOf(task.token);
+      const normal = await verifier.verify(task.token, READ_ORDER);
+      assert.ok(normal.ok, 'a normal grant passes');
+      assert.equal(normal.breakGlass, false, 'a normal grant is not marked');
+      const emergency = resignTaskToken(h.writ, { ...claims, task: { ...claims.task, breakGlass: true } });
+      const outcome = await verifier.verify(emergency, READ_ORDER);
+      assert.ok(outcome.ok, `a break-glass token passes: ${JSON.stringify(outcome)}`);
+      assert.equal(outcome.breakGlass, true, 'and says so');
+    });
+  });
+});
