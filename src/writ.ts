@@ -21,7 +21,7 @@ import { loadConfig, resolveConfigPath, type WritConfig } from './core/config.js
 import { isWritError, WritError, type WritErrorCode } from './core/errors.js';
 import type { AdminScope, Identity, IdentityState, Task } from './core/types.js';
 import { createActionCheck, type ActionCheck } from './enforce/action-check.js';
-import { createNarrowingList, type NarrowingList } from './enforce/narrowing-list.js';
+import { createNarrowingList, keptScopes, type NarrowingList } from './enforce/narrowing-list.js';
 import { createRevocationList, type RevocationList } from './enforce/revocation-list.js';
 import { createEventBus, type EventBus } from './events/bus.js';
 import {
@@ -360,6 +360,7 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     clock,
     logger,
     tierOf: (action) => engine.tierOf(action),
+    heldScopes: (task) => keptScopes(narrowings, task),
     providers: config.leases.postgres.map((provider) =>
       createPgLeaseProvider({
         config: provider,
@@ -612,9 +613,11 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
     background(broker.endDescendants(event.taskId).catch((error: unknown) => logger?.warn({ err: error, taskId: event.taskId }, 'ending the tasks delegated from an ended task failed; the reaper finishes it')));
   });
 
-  // A grant a policy change narrowed may no longer cover what its leases hold: they go, and the task asks again.
+  // A narrowing (a policy change, or a renewal keeping less) or a renewal is a new decision: the task's
+  // leases, and those of tasks delegated from it, follow it (revoked if they hold more than it keeps now,
+  // extended to a renewed expiry otherwise).
   bus.subscribe((event) => {
-    if (event.type === 'task.narrowed') background(leases.revokeOfTask(event.taskId, 'task narrowed'));
+    if (event.type === 'task.narrowed' || event.type === 'token.superseded') background(leases.follow(event.taskId));
   });
 
   // Tasks that passed their expiry while Writ was down are expired, and records

@@ -4,13 +4,13 @@
  * ends, revoked idempotently, and no input reaching SQL unquoted.
  */
 import assert from 'node:assert/strict';
-import { writeFileSync } from 'node:fs';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
 import { loadConfig } from '../src/core/config.js';
 import { isWritError } from '../src/core/errors.js';
-import { generateRoleName, planPgGrants } from '../src/leases/postgres.js';
+import { createPgLeaseProvider, generateRoleName, planPgGrants } from '../src/leases/postgres.js';
 import { openPostgresStore, openSqliteStore } from '../src/store/kysely-store.js';
 import type { Store } from '../src/store/store.js';
 import { tempDirs } from './helpers/cli.js';
@@ -226,6 +226,157 @@ describe('PostgreSQL leases', () => {
     assert.equal(await roleExists(keptLease.body.connection.user), true, 'the active task keeps its role');
   });
 
+  test('a renewal is a new decision the lease follows: extended to the new expiry, its session and password kept', async () => {
+    const task = await taskWith([{ action: 'read', resource: 'db:orders/lines' }]);
+    const answer = await lease(task);
+    assert.equal(answer.status, 201, JSON.stringify(answer.body));
+    const { connection } = answer.body;
+    const session = await connectAs(connection);
+    try {
+      const renewed = await h.post(`/v1/tasks/${task.id}/renew`, { checkpoint: 'orders read', ttl: '20m' }, task.token);
+      assert.equal(renewed.status, 200, JSON.stringify(renewed.body));
+      const expiresAt = Date.parse(renewed.body.task.expiresAt);
+      assert.ok(expiresAt > Date.parse(connection.expiresAt) + 60_000, 'the renewal moved the task expiry later');
+      await h.writ.settled();
+      const validUntil = await admin(async (c) => (await c.query('select rolvaliduntil from pg_roles where rolname = $1', [connection.user])).rows[0]?.rolvaliduntil as Date);
+      assert.ok(Math.abs(validUntil.getTime() - expiresAt) < 1000, `VALID UNTIL follows the renewed expiry (${validUntil.toISOString()} vs ${renewed.body.task.expiresAt})`);
+      const [stored] = await h.writ.store.listLeasesOfTask(task.id);
+      assert.equal(stored?.state, 'active');
+      assert.equal(stored?.expiresAt, expiresAt);
+      const records = (await h.auditRecords()).filter((r) => r.type === 'lease.extended' && (r as any).data.leaseId === stored?.id);
+      assert.equal(records.length, 1, 'one lease.extended record');
+      assert.equal((records[0] as any).data.previousExpiresAt, Date.parse(connection.expiresAt));
+      assert.equal(JSON.stringify(records[0]).includes(connection.password), false, 'the password is not on the record');
+      assert.ok((await session.query('select count(*)::int as n from shop.orders')).rows[0].n >= 2, 'the open session goes on');
+      await (await connectAs(connection)).end();
+      // Heard again (another node's sync): nothing moves twice.
+      assert.equal(await h.writ.leases.follow(task.id), 0);
+    } finally {
+      await session.end();
+    }
+  });
+
+  test('a renewal that keeps less revokes a lease holding more, and extends one it still covers whole', async () => {
+    // Both tables read and written; the renewal keeps the reads.
+    const wider = await taskWith([{ action: 'read', resource: 'db:orders/lines' }, { action: 'write', resource: 'db:orders/lines' }]);
+    const widerLease = await lease(wider);
+    assert.equal(widerLease.status, 201, JSON.stringify(widerLease.body));
+    // Orders read and a ticket written; the renewal drops the ticket, which this provider maps to nothing.
+    const other = await taskWith([{ action: 'read', resource: 'db:orders/lines' }, { action: 'write', resource: 'tickets:T-1042' }]);
+    const otherLease = await lease(other);
+    assert.equal(otherLease.status, 201, JSON.stringify(otherLease.body));
+    const session = await connectAs(widerLease.body.connection);
+
+    const keepRead = { checkpoint: 'stage 1 done', ttl: '20m', scopes: [{ action: 'read', resource: 'db:orders/lines' }] };
+    const widerRenewed = await h.post(`/v1/tasks/${wider.id}/renew`, keepRead, wider.token);
+    assert.equal(widerRenewed.status, 200, JSON.stringify(widerRenewed.body));
+    const renewed = await h.post(`/v1/tasks/${other.id}/renew`, keepRead, other.token);
+    assert.equal(renewed.status, 200, JSON.stringify(renewed.body));
+    await h.writ.settled();
+
+    assert.equal(await roleExists(widerLease.body.connection.user), false, 'the role holding INSERT and UPDATE is dropped');
+    const state = await sqlState(session.query('select 1'));
+    assert.ok(state === '57P01' || /terminat|Connection/i.test(String(state)), `its open session is cut (got ${state})`);
+    await session.end().catch(() => undefined);
+    const [revoked] = await h.writ.store.listLeasesOfTask(wider.id);
+    assert.equal(revoked?.state, 'revoked');
+    // The task asks again for what it keeps, and gets exactly that.
+    const again = await lease({ id: wider.id, token: widerRenewed.body.token });
+    assert.equal(again.status, 201, JSON.stringify(again.body));
+    const narrower = await connectAs(again.body.connection);
+    try {
+      assert.equal((await narrower.query('select count(*)::int as n from shop.orders')).rows[0].n >= 2, true);
+      assert.equal(await sqlState(narrower.query('insert into shop.orders values (99, 1)')), '42501', 'the new role reads, and no more');
+    } finally {
+      await narrower.end();
+    }
+
+    assert.equal(await roleExists(otherLease.body.connection.user), true, 'the role the renewal still covers is kept');
+    const [kept] = await h.writ.store.listLeasesOfTask(other.id);
+    assert.equal(kept?.state, 'active');
+    assert.equal(kept?.expiresAt, Date.parse(renewed.body.task.expiresAt), 'and follows the renewed expiry');
+  });
+
+  test("a planner's renewal that keeps less reaches its worker's lease: the slice the planner no longer holds is revoked", async () => {
+    const worker = 'spiffe://demo.local/agent/worker';
+    await h.registerAgent(worker);
+    const planner = await taskWith([{ action: 'read', resource: 'db:orders/lines' }, { action: 'read', resource: 'db:customers/list' }]);
+    const actor = (await h.writ.issueIdentityToken(worker, undefined, { forExchange: true })).token;
+    const form = new URLSearchParams({
+      grant_type: 'urn:ietf:params:oauth:grant-type:token-exchange', subject_token: planner.token, subject_token_type: 'urn:ietf:params:oauth:token-type:access_token',
+      actor_token: actor, actor_token_type: 'urn:ietf:params:oauth:token-type:jwt', scope: 'read:db:orders/lines',
+    });
+    const exchanged = await h.post('/oauth/token', form.toString(), undefined, { 'content-type': 'application/x-www-form-urlencoded' });
+    assert.equal(exchanged.status, 200, JSON.stringify(exchanged.body));
+    const child = { id: exchanged.body.task_id as string, token: exchanged.body.access_token as string };
+    const childLease = await lease(child);
+    assert.equal(childLease.status, 201, JSON.stringify(childLease.body));
+
+    // The planner keeps the customers and lets the orders go.
+    const renewed = await h.post(`/v1/tasks/${planner.id}/renew`, { checkpoint: 'orders done', scopes: [{ action: 'read', resource: 'db:customers/list' }] }, planner.token);
+    assert.equal(renewed.status, 200, JSON.stringify(renewed.body));
+    await h.writ.settled();
+    assert.equal(await roleExists(childLease.body.connection.user), false, "the worker's role on orders is dropped");
+    assert.equal((await h.writ.store.listLeasesOfTask(child.id))[0]?.state, 'revoked');
+    assert.equal((await lease(child)).body.code, 'ERR_LEASE_NO_GRANTS', 'and the worker cannot mint another for what its planner let go');
+  });
+
+  test('a policy change that narrows a task revokes the lease it no longer covers, and keeps one it does', async () => {
+    // Both hold orders; one also holds customers (on its lease), the other a ticket (on no lease).
+    const both = await taskWith([{ action: 'read', resource: 'db:orders/lines' }, { action: 'read', resource: 'db:customers/list' }]);
+    const bothLease = await lease(both);
+    assert.equal(bothLease.status, 201, JSON.stringify(bothLease.body));
+    const withTicket = await taskWith([{ action: 'read', resource: 'db:orders/lines' }, { action: 'write', resource: 'tickets:T-1042' }]);
+    const ticketLease = await lease(withTicket);
+    assert.equal(ticketLease.status, 201, JSON.stringify(ticketLease.body));
+    const freeze = join(policies, 'freeze.cedar');
+    writeFileSync(freeze, `@id("freeze-customers-and-ticket")
+forbid (principal, action in Writ::Action::"read", resource == Writ::Database::"db:customers/list");
+@id("freeze-ticket-writes")
+forbid (principal, action == Writ::Action::"write", resource) when { resource.kind == "tickets" };
+`);
+    try {
+      const reload = await h.writ.reloadPolicy('test');
+      assert.ok(reload.ok && reload.changed, JSON.stringify(reload));
+      await h.writ.settled();
+      assert.deepEqual((await h.writ.store.getTask(both.id))?.grantedScopes, [{ action: 'read', resource: 'db:orders/lines' }], 'narrowed to orders');
+      assert.equal(await roleExists(bothLease.body.connection.user), false, 'the role on customers is dropped');
+      assert.equal(await roleExists(ticketLease.body.connection.user), true, 'the role on orders alone is kept: the narrowing took a ticket, not anything it holds');
+      assert.equal((await h.writ.store.listLeasesOfTask(withTicket.id))[0]?.state, 'active');
+    } finally {
+      rmSync(freeze);
+      await h.writ.reloadPolicy('test');
+    }
+  });
+
+  test('the sweep catches up on a renewal no lease followed (heard nowhere): extended, or revoked if it holds more', async () => {
+    const task = await taskWith([{ action: 'read', resource: 'db:orders/lines' }]);
+    const answer = await lease(task);
+    assert.equal(answer.status, 201, JSON.stringify(answer.body));
+    const narrowed = await taskWith([{ action: 'read', resource: 'db:orders/lines' }, { action: 'read', resource: 'db:customers/list' }]);
+    const narrowedLease = await lease(narrowed);
+    assert.equal(narrowedLease.status, 201, JSON.stringify(narrowedLease.body));
+    // Renewed behind Writ's back (another node, or a crash before the lease followed): no event here.
+    const renewBehind = async (id: string, keep?: { action: string; resource: string }[]) => {
+      const current = (await h.writ.store.getTask(id))!;
+      const renewed = await h.writ.store.renewTask(id, {
+        previousTokenId: current.tokenId!, previousExpiresAt: current.expiresAt, tokenId: `jti_elsewhere_${id}`, expiresAt: current.expiresAt + 30 * 60_000,
+        grantedScopes: keep ?? current.grantedScopes, policyVersion: current.policyVersion, at: Date.now(), narrowed: keep !== undefined,
+      });
+      assert.ok(renewed !== undefined, 'renewed in the store');
+      return renewed.expiresAt;
+    };
+    const expiresAt = await renewBehind(task.id);
+    await renewBehind(narrowed.id, [{ action: 'read', resource: 'db:customers/list' }]);
+    assert.deepEqual((await h.writ.store.listLeasesToExtend(Date.now(), 100)).map((l) => l.taskId).filter((id) => id === task.id || id === narrowed.id).sort(), [task.id, narrowed.id].sort());
+    await h.writ.leases.sweep();
+    assert.equal(await roleExists(narrowedLease.body.connection.user), false, 'the lease holding orders, which the renewal dropped, is revoked');
+    const validUntil = await admin(async (c) => (await c.query('select rolvaliduntil from pg_roles where rolname = $1', [answer.body.connection.user])).rows[0]?.rolvaliduntil as Date);
+    assert.ok(Math.abs(validUntil.getTime() - expiresAt) < 1000, 'VALID UNTIL follows the renewed expiry');
+    assert.equal((await h.writ.store.listLeasesOfTask(task.id))[0]?.expiresAt, expiresAt);
+    assert.equal((await h.writ.store.listLeasesToExtend(Date.now(), 100)).some((l) => l.taskId === task.id), false, 'nothing left to extend');
+  });
+
   test('no lease outlives its task by more than the reaper interval: a task that expires while Writ runs loses its role', async () => {
     const task = await h.post('/v1/tasks', supportTask({ ttl: 1, scopes: [{ action: 'read', resource: 'db:orders/lines' }] }), await h.identityToken());
     assert.equal(task.status, 201, JSON.stringify(task.body));
@@ -328,6 +479,27 @@ describe('planPgGrants (pure)', () => {
   });
 });
 
+describe('whether a renewed task still holds a PostgreSQL lease (pure)', () => {
+  const provider = createPgLeaseProvider({ config: { name: 'shop', url: 'postgres://unused', grants, connectionLimit: 3, rolePrefix: 'writ_', statementTimeout: 5 } as never, adminUrl: async () => 'postgres://unused' });
+  const tierOf = (action: string) => (['read', 'write', 'delete', 'export'].includes(action) ? (action as 'read') : undefined);
+  const leaseFor = (scopes: { action: string; resource: string }[]) => provider.plan(scopes, tierOf)!.details;
+
+  test('a lease is held while the scopes map to every privilege it grants, on the same objects', () => {
+    const readWrite = leaseFor([{ action: 'read', resource: 'db:orders/lines' }, { action: 'write', resource: 'db:orders/lines' }]);
+    assert.equal(provider.holds(readWrite, [{ action: 'read', resource: 'db:orders/lines' }, { action: 'write', resource: 'db:orders/lines' }], tierOf), true);
+    assert.equal(provider.holds(readWrite, [{ action: 'read', resource: 'db:*' }, { action: 'write', resource: 'db:orders/*' }], tierOf), true, 'wider scopes hold it');
+    assert.equal(provider.holds(readWrite, [{ action: 'read', resource: 'db:orders/lines' }], tierOf), false, 'the write privileges are no longer covered');
+    assert.equal(provider.holds(readWrite, [], tierOf), false);
+    const archive = leaseFor([{ action: 'read', resource: 'db:orders/archive/*' }]);
+    assert.equal(provider.holds(archive, [{ action: 'read', resource: 'db:orders/archive/2020' }], tierOf), false, 'a schema-wide grant is not held by a narrower resource');
+    assert.equal(provider.holds(archive, [{ action: 'write', resource: 'db:orders/archive/*' }], tierOf), false, 'nor by another tier');
+  });
+
+  test('details naming no role Writ made are refused, not trusted', () => {
+    assert.throws(() => provider.holds({ role: 'postgres', grants: [] }, [], tierOf));
+  });
+});
+
 describe('lease store (SQLite and PostgreSQL)', () => {
   const backends: [string, () => Promise<{ store: Store; close: () => Promise<void> } | undefined>][] = [
     ['sqlite', async () => {
@@ -342,7 +514,7 @@ describe('lease store (SQLite and PostgreSQL)', () => {
     }],
   ];
   for (const [name, open] of backends) {
-    test(`${name}: state changes are compare-and-set, and the sweep lists leases of tasks no longer active`, async () => {
+    test(`${name}: state changes are compare-and-set, and the sweep lists leases of tasks no longer active, and of renewed ones`, async () => {
       const opened = await open();
       if (opened === undefined) return;
       const { store } = opened;
@@ -369,6 +541,18 @@ describe('lease store (SQLite and PostgreSQL)', () => {
         assert.equal((await store.getLease('l3'))?.lastError, 'unreachable');
         assert.deepEqual((await store.listLeasesToRevoke(now, 10)).map((l) => l.id).sort(), ['l3', 'l4']);
         assert.deepEqual((await store.listLeasesOfTask('task_live')).map((l) => l.id), ['l1']);
+        // A lease whose task lives longer than it (a renewal it has not followed) is listed to extend; only later, only active.
+        assert.deepEqual((await store.listLeasesToExtend(now, 10)).map((l) => l.id), [], 'l1 expires with its task');
+        await store.createLease({ id: 'l5', taskId: 'task_live', provider: 'shop', details: { role: 'writ_y' }, createdAt: now, expiresAt: now + 30_000 });
+        await store.transitionLease('l5', ['issuing'], 'active', { at: now });
+        await store.createLease({ id: 'l6', taskId: 'task_live', provider: 'shop', details: { role: 'writ_z' }, createdAt: now, expiresAt: now + 30_000 });
+        assert.deepEqual((await store.listLeasesToExtend(now, 10)).map((l) => l.id), ['l5'], 'an issuing lease is not extended');
+        assert.deepEqual((await store.listLeasesToExtend(now + 60_000, 10)).map((l) => l.id), [], 'nor one whose task is past its expiry');
+        assert.equal(await store.extendLease('l5', now + 20_000), undefined, 'never earlier');
+        assert.equal((await store.extendLease('l5', now + 60_000))?.expiresAt, now + 60_000);
+        assert.equal(await store.extendLease('l5', now + 60_000), undefined, 'a second extension to the same expiry finds it moved');
+        assert.equal(await store.extendLease('l6', now + 60_000), undefined, 'an issuing lease is not extended');
+        assert.deepEqual((await store.listLeasesToExtend(now, 10)).map((l) => l.id), []);
       } finally {
         await opened.close();
       }

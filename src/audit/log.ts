@@ -59,6 +59,7 @@ export type AuditEventType =
   | 'break_glass.reviewed'
   | 'notification.failed'
   | 'lease.issued'
+  | 'lease.extended'
   | 'lease.revoked'
   | 'lease.failed';
 

@@ -9,6 +9,11 @@
  * (at start, before anything is served, and on every reaper tick) revokes
  * each one whose task is no longer active.
  *
+ * A renewal or a narrowing is a new decision, and each lease follows it: one
+ * holding more than its task now does is revoked, one whose renewed task
+ * still maps to all of it is extended to the new expiry (the sweep catches
+ * up on renewals no event reached).
+ *
  * Revocation is the safe direction: it is carried out first and recorded
  * after (a record that cannot be written is logged, never a reason to keep
  * a credential alive). Issue is the other way round: a credential whose
@@ -19,7 +24,7 @@ import type { AuditLog } from '../audit/log.js';
 import type { Clock } from '../core/clock.js';
 import { WritError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
-import { isTier } from '../core/types.js';
+import { isTier, type Scope, type Task } from '../core/types.js';
 import type { Lease, Store } from '../store/store.js';
 import type { LeaseCredential, LeaseProvider, TierOf } from './provider.js';
 
@@ -49,9 +54,20 @@ export interface LeaseManager {
   /** Revokes every lease of the task; never throws (failures are logged and left to the sweep). */
   revokeOfTask(taskId: string, reason: string): Promise<number>;
   /**
+   * Brings the leases of `taskId`, and of every task delegated from it, in
+   * line with what each task holds now (after a renewal, or a narrowing of it
+   * or of an ancestor): a lease holding more than its task now maps to is
+   * revoked; one its task still maps to, whose task was renewed, is extended
+   * to the new expiry (downstream first, then the store, then the record).
+   * Returns how many were extended; never throws (failures are logged and
+   * left to the sweep).
+   */
+  follow(taskId: string): Promise<number>;
+  /**
    * Revokes every lease whose task is no longer active (ended, expired, past
-   * its expiry, or unknown). Returns how many were revoked; never throws for
-   * one lease's failure (it is logged, kept, and tried again next sweep).
+   * its expiry, or unknown), then extends (or revokes, as follow) every lease
+   * of a renewed task. Returns how many were revoked; never throws for one
+   * lease's failure (it is logged, kept, and tried again next sweep).
    */
   sweep(): Promise<number>;
   /** A lease and whether its credential exists downstream (`unknown` when its provider is not configured or unreachable). */
@@ -66,6 +82,8 @@ export interface LeaseManagerOptions {
   readonly providers: readonly LeaseProvider[];
   /** The tier of an action under the policy deciding now. */
   readonly tierOf: TierOf;
+  /** What a task holds now: its grant less what a narrowing (its own or an ancestor's) took. Default: its grant. */
+  readonly heldScopes?: (task: Task) => readonly Scope[];
   readonly logger?: Logger | undefined;
 }
 
@@ -77,12 +95,13 @@ export function createLeaseManager(options: LeaseManagerOptions): LeaseManager {
   const providers = new Map(options.providers.map((p) => [p.name, p]));
   // An action the policy does not tier, but named after a tier (`read`), counts as that tier.
   const tierOf: TierOf = (action) => options.tierOf(action) ?? (isTier(action) ? action : undefined);
+  const heldScopes = options.heldScopes ?? ((task: Task) => task.grantedScopes);
 
   const describe = (lease: Lease) => ({ leaseId: lease.id, provider: lease.provider, ...lease.details, expiresAt: lease.expiresAt });
   const message = (error: unknown): string => ((error as Error)?.message ?? String(error)).slice(0, 500);
 
   /** Records a failure once per distinct error (the sweep retries every tick; the chain is not a log). */
-  const recordFailure = async (lease: Lease, stage: 'issue' | 'revoke', error: unknown): Promise<void> => {
+  const recordFailure = async (lease: Lease, stage: 'issue' | 'extend' | 'revoke', error: unknown): Promise<void> => {
     const text = message(error);
     const changed = lease.lastError !== text;
     await store.noteLeaseError(lease.id, text).catch(() => undefined);
@@ -122,6 +141,41 @@ export function createLeaseManager(options: LeaseManagerOptions): LeaseManager {
     if (after?.state === 'revoked') await providers.get(lease.provider)?.revoke(lease.details).catch((error: unknown) => recordFailure(lease, 'revoke', error));
   };
 
+  /**
+   * Brings one active lease in line with its active task: revoked if the
+   * task no longer maps to all it holds, extended to the task's expiry if the
+   * task was renewed. True when this call extended it.
+   */
+  const followTask = async (lease: Lease, task: Task): Promise<boolean> => {
+    if (lease.state !== 'active' || task.state !== 'active') return false;
+    const provider = providers.get(lease.provider);
+    // A renewal or a narrowing is a new decision: a lease it no longer covers goes, and the task asks again for what it keeps.
+    if (provider === undefined || !provider.holds(lease.details, heldScopes(task), tierOf)) {
+      await revokeLease(lease, 'task no longer holds all the lease grants');
+      return false;
+    }
+    if (lease.expiresAt >= task.expiresAt) return false;
+    let outcome: 'extended' | 'absent';
+    try {
+      outcome = await provider.extend(lease.details, task.expiresAt);
+    } catch (error) {
+      await recordFailure(lease, 'extend', error);
+      return false;
+    }
+    // Gone downstream, or a revoke has begun there: it is not brought back.
+    if (outcome === 'absent') {
+      await revokeLease(lease, 'credential no longer present downstream');
+      return false;
+    }
+    const extended = await store.extendLease(lease.id, task.expiresAt);
+    // Of racing extenders, the one that moves the row records it; a revoker that moved it first wins.
+    if (extended === undefined) return false;
+    await audit
+      .append({ type: 'lease.extended', decision: 'allow', reason: 'task renewed', actor: { id: task.identityId }, task: { id: task.id }, resource: `lease:${extended.provider}`, data: { ...describe(extended), previousExpiresAt: lease.expiresAt } })
+      .catch((error: unknown) => logger?.error({ err: error, leaseId: lease.id }, 'the record of a lease extension could not be written'));
+    return true;
+  };
+
   return {
     providers: [...providers.keys()],
 
@@ -132,7 +186,7 @@ export function createLeaseManager(options: LeaseManagerOptions): LeaseManager {
       if (task === undefined) throw new WritError('ERR_TASK_NOT_FOUND');
       const now = clock.now();
       if (task.state !== 'active' || task.expiresAt <= now) throw new WritError('ERR_TASK_STATE_CONFLICT', { detail: `task is ${task.expiresAt <= now ? 'expired' : task.state}` });
-      const plan = provider.plan(task.grantedScopes, tierOf);
+      const plan = provider.plan(heldScopes(task), tierOf);
       if (plan === undefined) throw new WritError('ERR_LEASE_NO_GRANTS', { detail: `none of the task's scopes maps to a privilege of ${name}` });
 
       // INVARIANT: on the store before it exists downstream.
@@ -186,16 +240,44 @@ export function createLeaseManager(options: LeaseManagerOptions): LeaseManager {
       return revoked;
     },
 
+    async follow(taskId) {
+      let extended = 0;
+      try {
+        const task = await store.getTask(taskId);
+        // Ended meanwhile: its end revokes the leases (and its descendants end with it).
+        if (task === undefined || task.state !== 'active') return 0;
+        for (const each of [task, ...(await store.listDescendants(taskId))]) {
+          for (const lease of await store.listLeasesOfTask(each.id)) {
+            const moved = await followTask(lease, each).catch((error: unknown) => logger?.error({ err: error, leaseId: lease.id }, 'a lease could not follow its task; the sweep tries again'));
+            if (moved === true) extended++;
+          }
+        }
+      } catch (error) {
+        logger?.error({ err: error, taskId }, 'the leases of a changed task could not be brought in line; the sweep tries again');
+      }
+      return extended;
+    },
+
     async sweep() {
       let revoked = 0;
       const seen = new Set<string>();
       for (;;) {
         const page = (await store.listLeasesToRevoke(clock.now(), SWEEP_PAGE)).filter((l) => !seen.has(l.id));
-        if (page.length === 0) return revoked;
+        if (page.length === 0) break;
         for (const lease of page) {
           seen.add(lease.id);
           const after = await revokeLease(lease, 'task no longer active').catch((error: unknown) => logger?.error({ err: error, leaseId: lease.id }, 'revoking a lease failed; the sweep tries again'));
           if (after?.state === 'revoked') revoked++;
+        }
+      }
+      // Renewals no lease followed (heard nowhere, or the extension failed): revoking first means none of these has ended.
+      for (;;) {
+        const page = (await store.listLeasesToExtend(clock.now(), SWEEP_PAGE)).filter((l) => !seen.has(l.id));
+        if (page.length === 0) return revoked;
+        for (const lease of page) {
+          seen.add(lease.id);
+          const task = await store.getTask(lease.taskId);
+          if (task !== undefined) await followTask(lease, task).catch((error: unknown) => logger?.error({ err: error, leaseId: lease.id }, 'a lease could not follow its task; the sweep tries again'));
         }
       }
     },

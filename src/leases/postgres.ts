@@ -9,6 +9,8 @@
  * terminated (`pg_terminate_backend`) and waited out, then DROP OWNED BY
  * (every privilege in this database) and DROP ROLE. A role that is already
  * gone is revoked.
+ * Extend (the task was renewed): ALTER ROLE … VALID UNTIL the new expiry,
+ * unless a revoke has begun (NOLOGIN) or the role is gone.
  *
  * Which privileges a task gets is decided by `planPgGrants`, a pure function
  * of the task's granted scopes and the configured grants. Role names and
@@ -160,6 +162,26 @@ export function createPgLeaseProvider(options: PgLeaseProviderOptions): LeasePro
   const roleExists = async (client: pg.ClientBase, role: string): Promise<boolean> =>
     ((await client.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [role])).rowCount ?? 0) > 0;
 
+  /**
+   * Runs `work` holding the role's advisory lock on an admin connection:
+   * racing revokers and extenders (the task's end, its renewal, the sweep,
+   * another node) take turns, as concurrent DROPs of one role collide.
+   */
+  const withRoleLock = async <T>(role: string, work: (client: pg.PoolClient, dsn: string) => Promise<T>): Promise<T> => {
+    const { pool: p, dsn } = await connect();
+    const client = await p.connect();
+    await client.query('SELECT pg_advisory_lock(hashtext($1))', [role]);
+    try {
+      return await work(client, dsn);
+    } finally {
+      // A connection whose unlock failed is discarded (its lock goes with it), never returned to the pool holding it.
+      await client.query('SELECT pg_advisory_unlock(hashtext($1))', [role]).then(
+        () => client.release(),
+        (error: Error) => client.release(error),
+      );
+    }
+  };
+
   return {
     name: config.name,
     kind: 'postgres',
@@ -190,11 +212,7 @@ export function createPgLeaseProvider(options: PgLeaseProviderOptions): LeasePro
 
     async revoke(raw) {
       const { role } = detailsOf(raw);
-      const { pool: p, dsn } = await connect();
-      const client = await p.connect();
-      // Racing revokers (the task's end, the sweep, another node) take turns: concurrent DROPs of one role collide.
-      await client.query('SELECT pg_advisory_lock(hashtext($1))', [role]);
-      try {
+      await withRoleLock(role, async (client, dsn) => {
         if (!(await roleExists(client, role))) return;
         const who = pg.escapeIdentifier(role);
         try {
@@ -224,13 +242,27 @@ export function createPgLeaseProvider(options: PgLeaseProviderOptions): LeasePro
           if ((error as { code?: string }).code === UNDEFINED_OBJECT && !(await roleExists(client, role))) return;
           throw error;
         }
-      } finally {
-        // A connection whose unlock failed is discarded (its lock goes with it), never returned to the pool holding it.
-        await client.query('SELECT pg_advisory_unlock(hashtext($1))', [role]).then(
-          () => client.release(),
-          (error: Error) => client.release(error),
-        );
-      }
+      });
+    },
+
+    holds(raw, scopes, tierOf) {
+      const { grants } = detailsOf(raw);
+      const current = planPgGrants(config.grants, scopes, tierOf);
+      return grants.every((held) => {
+        const mapped = current.find((g) => g.schema === held.schema && g.table === held.table);
+        return mapped !== undefined && held.privileges.every((p) => mapped.privileges.includes(p));
+      });
+    },
+
+    async extend(raw, expiresAt) {
+      const { role } = detailsOf(raw);
+      return withRoleLock(role, async (client) => {
+        // A role a revoke has begun on (NOLOGIN) or finished is not brought back.
+        const row = (await client.query<{ rolcanlogin: boolean }>('SELECT rolcanlogin FROM pg_roles WHERE rolname = $1', [role])).rows[0];
+        if (row === undefined || !row.rolcanlogin) return 'absent';
+        await client.query(`ALTER ROLE ${pg.escapeIdentifier(role)} VALID UNTIL ${pg.escapeLiteral(new Date(expiresAt).toISOString())}`);
+        return 'extended';
+      });
     },
 
     async state(raw) {

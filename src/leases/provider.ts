@@ -1,8 +1,8 @@
 /**
  * The credential provider contract: what every kind of lease (a PostgreSQL
  * role today) offers the lease manager. A provider mints a downstream
- * credential for a task's scopes, destroys it (idempotently), and tells
- * whether it still exists downstream. It keeps no state of its own: what
+ * credential for a task's scopes, moves its expiry when the task is renewed,
+ * destroys it (idempotently), and tells whether it still exists downstream. It keeps no state of its own: what
  * revoking needs is in the lease's `details`, written to the store before the
  * credential exists.
  */
@@ -45,6 +45,18 @@ export interface LeaseProvider {
    * @throws when the downstream system cannot be reached; call again.
    */
   revoke(details: LeasePlan['details']): Promise<void>;
+  /**
+   * Whether `scopes` still map to everything `details` grants (a renewal that
+   * kept less, or a configuration that maps less now, does not). Pure.
+   */
+  holds(details: LeasePlan['details'], scopes: readonly Scope[], tierOf: TierOf): boolean;
+  /**
+   * Moves the credential's own expiry to `expiresAt` (the task was renewed).
+   * `absent` when it no longer exists downstream or is being revoked: nothing
+   * is extended then. Idempotent; racing a revoke, the revoke wins.
+   * @throws when the downstream system cannot be reached; call again.
+   */
+  extend(details: LeasePlan['details'], expiresAt: number): Promise<'extended' | 'absent'>;
   /** Whether the credential exists downstream right now. */
   state(details: LeasePlan['details']): Promise<'present' | 'absent'>;
   /** Releases connections. */

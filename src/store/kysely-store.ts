@@ -1007,6 +1007,34 @@ class KyselyStore implements Store {
     return rows.map(toLease);
   }
 
+  async extendLease(id: string, expiresAt: number): Promise<Lease | undefined> {
+    const row = await this.db
+      .updateTable('leases')
+      .set({ expires_at: expiresAt })
+      .where('id', '=', id)
+      .where('state', '=', 'active')
+      .where('expires_at', '<', expiresAt)
+      .returningAll()
+      .executeTakeFirst();
+    return row && toLease(row);
+  }
+
+  async listLeasesToExtend(now: number, limit: number): Promise<Lease[]> {
+    const rows = await this.db
+      .selectFrom('leases')
+      .innerJoin('tasks', 'tasks.id', 'leases.task_id')
+      .selectAll('leases')
+      .where('leases.state', '=', 'active')
+      .where('tasks.state', '=', 'active')
+      .where('tasks.expires_at', '>', now)
+      .whereRef('tasks.expires_at', '>', 'leases.expires_at')
+      .orderBy('leases.created_at')
+      .orderBy('leases.id')
+      .limit(limit)
+      .execute();
+    return rows.map(toLease);
+  }
+
   async createBreakGlass(grant: NewBreakGlass): Promise<void> {
     await this.db
       .insertInto('break_glass')

@@ -516,6 +516,19 @@ export interface Store {
    * marked it), or absent. What the sweep must revoke.
    */
   listLeasesToRevoke(now: number, limit: number): Promise<Lease[]>;
+  /**
+   * Moves an `active` lease's expiry to `expiresAt`, only later, never
+   * earlier. Returns the updated lease, or undefined when it is not active
+   * (a revoker moved it first) or already expires at or after `expiresAt`.
+   */
+  extendLease(id: string, expiresAt: number): Promise<Lease | undefined>;
+  /**
+   * Up to `limit` `active` leases whose task is still active at `now` and
+   * expires later than the lease: a renewal moved the task's expiry and the
+   * lease has not followed (the renewal was heard nowhere, or the extension
+   * failed). What the sweep must extend, or revoke if the renewal kept less.
+   */
+  listLeasesToExtend(now: number, limit: number): Promise<Lease[]>;
 
   /**
    * Records a one-time fact (`name` → `value`) unless it is already recorded.
