@@ -8,7 +8,7 @@ import { connect } from 'node:net';
 import { createServer as createHttpServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
-import Fastify from 'fastify';
+import Fastify, { type FastifyRequest } from 'fastify';
 import { createWritVerifier, fastifyWrit, nodeWrit, withWrit, type WritVerifier, type WritVerifierOptions } from '../src/verify/index.js';
 import { claimsOf, resignTaskToken, startHarness, supportTask, type Harness } from './helpers/harness.js';
 import { policyFolder } from './helpers/policy-folder.js';
@@ -106,7 +106,7 @@ describe('review: writ/verify', () => {
     test('Fastify: an exception in resource() is a generic problem+json 500 that does not carry its message', async () => {
       const app = Fastify();
       let ran = false;
-      app.get('/orders/:id', { preHandler: fastifyWrit(verifier, { action: 'read', resource: () => { throw new Error('db password is hunter2'); } }) }, async () => {
+      app.get('/orders/:id', { preHandler: fastifyWrit<FastifyRequest>(verifier, { action: 'read', resource: () => { throw new Error('db password is hunter2'); } }) }, async () => {
         ran = true;
         return {};
       });
@@ -162,7 +162,7 @@ describe('review: writ/verify', () => {
       const nodePort = await listen(node);
       after(() => new Promise<void>((resolve) => node.close(() => resolve())));
       const app = Fastify();
-      app.get('/orders/42', { preHandler: fastifyWrit(verifier, { action: 'read', resource: () => 'db:orders/42' }) }, async () => {
+      app.get('/orders/42', { preHandler: fastifyWrit<FastifyRequest>(verifier, { action: 'read', resource: () => 'db:orders/42' }) }, async () => {
         ran++;
         return 'ok';
       });
@@ -182,7 +182,7 @@ describe('review: writ/verify', () => {
 
     test('Bearer followed by more than one space is read (RFC 6750 §2.1: 1*SP), and the scheme is case-insensitive', async () => {
       const app = Fastify();
-      app.get('/orders/42', { preHandler: fastifyWrit(verifier, { action: 'read', resource: () => 'db:orders/42' }) }, async () => 'ok');
+      app.get('/orders/42', { preHandler: fastifyWrit<FastifyRequest>(verifier, { action: 'read', resource: () => 'db:orders/42' }) }, async () => 'ok');
       after(() => app.close());
       const task = await grant();
       for (const header of [`Bearer  ${task.token}`, `bearer ${task.token}`, `BEARER   ${task.token}`]) {
@@ -197,7 +197,7 @@ describe('review: writ/verify', () => {
 
     test('a realm that could break the WWW-Authenticate header is refused when the guard is made', () => {
       for (const realm of ['a\r\nset-cookie: x=1', 'caf\u00e9\u2603', '']) {
-        assert.throws(() => fastifyWrit(verifier, { action: 'read', resource: () => 'db:orders/42', realm }), TypeError, JSON.stringify(realm));
+        assert.throws(() => fastifyWrit<FastifyRequest>(verifier, { action: 'read', resource: () => 'db:orders/42', realm }), TypeError, JSON.stringify(realm));
         assert.throws(() => nodeWrit(verifier, { action: 'read', resource: () => 'db:orders/42', realm }), TypeError, JSON.stringify(realm));
       }
     });
@@ -207,7 +207,7 @@ describe('review: writ/verify', () => {
       await unreachable.sync();
       const app = Fastify();
       let ran = false;
-      app.get('/orders/42', { preHandler: fastifyWrit(unreachable, { action: 'read', resource: () => 'db:orders/42' }) }, async () => {
+      app.get('/orders/42', { preHandler: fastifyWrit<FastifyRequest>(unreachable, { action: 'read', resource: () => 'db:orders/42' }) }, async () => {
         ran = true;
         return 'ok';
       });

@@ -332,8 +332,14 @@ describe('writ/verify against a real Writ', () => {
     assert.ok(since.body.tasks.some((t: { id: string }) => t.id === task.id), 'ended after `since`: listed');
     const old = await h.get('/v1/revocations?since=0');
     assert.ok(old.body.tasks.some((t: { id: string }) => t.id === task.id), 'a `since` long ago is answered with everything in force');
+    // Writ reaches back before `since` (feedLookBackMs: another node's clock may lag), and no further.
     const later = await h.get(`/v1/revocations?since=${(since.body.now as number) + 1}`);
-    assert.ok(!later.body.tasks.some((t: { id: string }) => t.id === task.id), 'ended before `since`: not listed');
+    assert.ok(later.body.tasks.some((t: { id: string }) => t.id === task.id), 'ended just before `since`: listed (the look-back)');
+    const longAgo = await grant();
+    await h.writ.store.transitionTask(longAgo.id, ['active'], 'completed', { at: Date.now() - 5 * 60_000, endReason: 'completed' });
+    const recent = await h.get(`/v1/revocations?since=${Date.now()}`);
+    assert.ok(!recent.body.tasks.some((t: { id: string }) => t.id === longAgo.id), 'ended minutes before `since`: not listed');
+    assert.ok((await h.get('/v1/revocations')).body.tasks.some((t: { id: string }) => t.id === longAgo.id), 'but listed without `since`');
     for (const bad of ['since=abc', 'since=-1', 'since=1&since=2', 'since=99999999999999999', 'until=1']) {
       const answer = await h.get(`/v1/revocations?${bad}`);
       assert.equal(answer.status, 400, bad);

@@ -7,9 +7,10 @@
  * `GET /v1/revocations?since=<epoch ms>` answers
  * `{ now, tasks: [{id, expiresAt}], tokens: [{jti, expiresAt}], narrowed: [{id, scope, expiresAt}] }`
  * (times in epoch ms). Without `since`: everything currently in force. With it:
- * what ended, was superseded or was narrowed at or after `since`, still
- * unexpired. A reader passes the previous answer's `now` (minus an overlap, see
- * docs/verify.md) as the next `since`. `narrowed` carries the scopes a task
+ * what ended, was superseded or was narrowed at or after `since` less a
+ * look-back (see {@link feedLookBackMs}), still unexpired. A reader passes the
+ * previous answer's `now` (minus an overlap, see docs/verify.md) as the next
+ * `since`. `narrowed` carries the scopes a task
  * keeps after a policy change narrowed its grant (src/enforce/narrowing-list.ts):
  * its token's other scopes must be refused.
  *
@@ -33,6 +34,22 @@ export const REVOCATIONS_PATH = '/v1/revocations';
  * that no `since` makes Writ scan every task that ever ended.
  */
 const SINCE_WINDOW_MS = 60 * 60_000;
+
+/**
+ * How far before `since` an answer reaches back: the look-back every Writ node
+ * uses to read other nodes' ends (`syncRevocations` in src/writ.ts).
+ *
+ * INVARIANT: a record's time (`ended_at`, `superseded_at`, `narrowed_at`) is
+ * the clock of the node that wrote it, read before its transaction committed,
+ * while `since` comes from the clock of whichever node answered the reader
+ * last. An end written by a node whose clock lags, or committed late, carries
+ * a time before a `since` the reader already holds: without the look-back it
+ * would be in no answer at all, and its token would pass a resource server
+ * until `exp`. Readers merge, so the entries seen twice are harmless.
+ */
+export function feedLookBackMs(writ: Pick<Writ, 'config'>): number {
+  return 2 * writ.config.revocation.syncIntervalMs + 60_000;
+}
 
 const revocationsQuerySchema = z
   .object({
@@ -66,10 +83,12 @@ export interface RevocationFeed {
 export async function readRevocationFeed(writ: Writ, since: number | undefined): Promise<RevocationFeed> {
   const now = writ.clock.now();
   const horizon = now - writ.config.tokens.clockSkew * 1000;
+  // A `since` ahead of this node's clock (the last answer came from a node whose clock runs ahead) counts from now.
+  const from = since === undefined ? undefined : Math.min(since, now) - feedLookBackMs(writ);
   const [tasks, tokens, narrowed] =
-    since === undefined || since < now - SINCE_WINDOW_MS
+    from === undefined || from < now - SINCE_WINDOW_MS
       ? await Promise.all([writ.store.listEndedUnexpiredTasks(horizon), writ.store.listSupersededUnexpiredTokens(horizon), writ.store.listNarrowedUnexpiredTasks(horizon)])
-      : await Promise.all([writ.store.listTasksEndedSince(since), writ.store.listTokensSupersededSince(since), writ.store.listTasksNarrowedSince(since)]);
+      : await Promise.all([writ.store.listTasksEndedSince(from), writ.store.listTokensSupersededSince(from), writ.store.listTasksNarrowedSince(from)]);
   return {
     now,
     tasks: tasks.filter((t) => t.expiresAt > horizon).map((t) => ({ id: t.id, expiresAt: t.expiresAt })),
