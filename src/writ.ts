@@ -628,8 +628,10 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
   await flushIdentityRecords();
   await breakGlass.sweep();
   // Leases of tasks that ended or expired while Writ was down (or whose end was
-  // heard by no one) are revoked before anything is served; those of active tasks are kept.
-  await leases.sweep();
+  // heard by no one) are revoked before anything is served; those of active tasks
+  // are kept, in line with what each task holds now (a renewal or narrowing that
+  // no lease followed is caught up: extended, or revoked if it holds more).
+  await leases.sweep({ recheck: true });
 
   /** Refuses, on the record, an admin handing out scopes it does not hold. */
   const grantOrDeny = async (grantor: AdminPrincipal | undefined, actor: AuditActor | undefined, scopes: readonly AdminScope[], what: string): Promise<void> => {

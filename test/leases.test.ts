@@ -377,6 +377,21 @@ forbid (principal, action == Writ::Action::"write", resource) when { resource.ki
     assert.equal((await h.writ.store.listLeasesToExtend(Date.now(), 100)).some((l) => l.taskId === task.id), false, 'nothing left to extend');
   });
 
+  test('at start, the sweep also catches up on a narrowing no lease followed (its event lost in a crash)', async () => {
+    const task = await taskWith([{ action: 'read', resource: 'db:orders/lines' }, { action: 'read', resource: 'db:customers/list' }]);
+    const answer = await lease(task);
+    assert.equal(answer.status, 201, JSON.stringify(answer.body));
+    const current = (await h.writ.store.getTask(task.id))!;
+    // Narrowed in the store behind Writ's back: no event, and the task's expiry unchanged.
+    const narrowed = await h.writ.store.updateGrant(task.id, current, { grantedScopes: [{ action: 'read', resource: 'db:customers/list' }], refusedScopes: current.refusedScopes, policyVersion: current.policyVersion, narrowedAt: Date.now() });
+    assert.ok(narrowed !== undefined, 'narrowed in the store');
+    await h.writ.leases.sweep();
+    assert.equal(await roleExists(answer.body.connection.user), true, 'a tick does not re-check every lease');
+    await h.writ.leases.sweep({ recheck: true });
+    assert.equal(await roleExists(answer.body.connection.user), false, 'the start-up sweep revokes the lease holding orders, which the task no longer holds');
+    assert.equal((await h.writ.store.listLeasesOfTask(task.id))[0]?.state, 'revoked');
+  });
+
   test('no lease outlives its task by more than the reaper interval: a task that expires while Writ runs loses its role', async () => {
     const task = await h.post('/v1/tasks', supportTask({ ttl: 1, scopes: [{ action: 'read', resource: 'db:orders/lines' }] }), await h.identityToken());
     assert.equal(task.status, 201, JSON.stringify(task.body));

@@ -66,10 +66,13 @@ export interface LeaseManager {
   /**
    * Revokes every lease whose task is no longer active (ended, expired, past
    * its expiry, or unknown), then extends (or revokes, as follow) every lease
-   * of a renewed task. Returns how many were revoked; never throws for one
-   * lease's failure (it is logged, kept, and tried again next sweep).
+   * of a renewed task. With `recheck` (at start), also brings every other
+   * active lease in line with what its task holds, as follow does: a
+   * narrowing whose event was lost in a crash is caught up before anything
+   * is served. Returns how many were revoked; never throws for one lease's
+   * failure (it is logged, kept, and tried again next sweep).
    */
-  sweep(): Promise<number>;
+  sweep(options?: { readonly recheck?: boolean }): Promise<number>;
   /** A lease and whether its credential exists downstream (`unknown` when its provider is not configured or unreachable). */
   state(leaseId: string): Promise<{ lease: Lease; downstream: 'present' | 'absent' | 'unknown' } | undefined>;
   close(): Promise<void>;
@@ -258,7 +261,7 @@ export function createLeaseManager(options: LeaseManagerOptions): LeaseManager {
       return extended;
     },
 
-    async sweep() {
+    async sweep(options) {
       let revoked = 0;
       const seen = new Set<string>();
       for (;;) {
@@ -270,16 +273,32 @@ export function createLeaseManager(options: LeaseManagerOptions): LeaseManager {
           if (after?.state === 'revoked') revoked++;
         }
       }
+      const follow = async (lease: Lease): Promise<void> => {
+        seen.add(lease.id);
+        const task = await store.getTask(lease.taskId);
+        if (task === undefined) return;
+        const after = await followTask(lease, task).then(
+          () => store.getLease(lease.id),
+          (error: unknown) => logger?.error({ err: error, leaseId: lease.id }, 'a lease could not follow its task; the sweep tries again'),
+        );
+        if (after?.state === 'revoked') revoked++;
+      };
       // Renewals no lease followed (heard nowhere, or the extension failed): revoking first means none of these has ended.
       for (;;) {
         const page = (await store.listLeasesToExtend(clock.now(), SWEEP_PAGE)).filter((l) => !seen.has(l.id));
-        if (page.length === 0) return revoked;
-        for (const lease of page) {
-          seen.add(lease.id);
-          const task = await store.getTask(lease.taskId);
-          if (task !== undefined) await followTask(lease, task).catch((error: unknown) => logger?.error({ err: error, leaseId: lease.id }, 'a lease could not follow its task; the sweep tries again'));
+        if (page.length === 0) break;
+        for (const lease of page) await follow(lease);
+      }
+      if (options?.recheck === true) {
+        let afterId = '';
+        for (;;) {
+          const page = await store.listActiveLeases(afterId, SWEEP_PAGE);
+          if (page.length === 0) break;
+          for (const lease of page) if (!seen.has(lease.id)) await follow(lease);
+          afterId = page[page.length - 1]!.id;
         }
       }
+      return revoked;
     },
 
     async state(leaseId) {

@@ -1035,6 +1035,20 @@ class KyselyStore implements Store {
     return rows.map(toLease);
   }
 
+  async listActiveLeases(afterId: string, limit: number): Promise<Lease[]> {
+    const rows = await this.db
+      .selectFrom('leases')
+      .innerJoin('tasks', 'tasks.id', 'leases.task_id')
+      .selectAll('leases')
+      .where('leases.state', '=', 'active')
+      .where('tasks.state', '=', 'active')
+      .where('leases.id', '>', afterId)
+      .orderBy('leases.id')
+      .limit(limit)
+      .execute();
+    return rows.map(toLease);
+  }
+
   async createBreakGlass(grant: NewBreakGlass): Promise<void> {
     await this.db
       .insertInto('break_glass')

@@ -529,6 +529,8 @@ export interface Store {
    * failed). What the sweep must extend, or revoke if the renewal kept less.
    */
   listLeasesToExtend(now: number, limit: number): Promise<Lease[]>;
+  /** Up to `limit` `active` leases of `active` tasks, in id order, with ids after `afterId` (a page of all of them). */
+  listActiveLeases(afterId: string, limit: number): Promise<Lease[]>;
 
   /**
    * Records a one-time fact (`name` → `value`) unless it is already recorded.
