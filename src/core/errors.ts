@@ -279,6 +279,11 @@ export const errorCatalog = {
     title: 'Revocations not current',
     description: 'writ/verify reason: the resource server has not read Writ\'s revocation feed yet, or not within its staleness bound, so it cannot tell whether the token was revoked; it fails closed. Retry later.',
   },
+  ERR_KEYS_UNAVAILABLE: {
+    status: 503,
+    title: 'Keys not loaded',
+    description: 'writ/verify reason: the resource server could not load Writ\'s signing keys (JWKS) and holds none for the token\'s key id, so it cannot verify the token; it fails closed. Retry later.',
+  },
   ERR_AUDIT_UNAVAILABLE: {
     status: 503,
     title: 'Audit log unavailable',

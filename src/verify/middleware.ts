@@ -18,7 +18,7 @@ export interface WritGuardOptions<R> {
   readonly resource: (request: R) => string;
   /** The verified client certificate's `x5t#S256`, for certificate-bound tokens. */
   readonly certificateThumbprint?: (request: R) => string | undefined;
-  /** `realm` of the WWW-Authenticate challenge; default `writ`. */
+  /** `realm` of the WWW-Authenticate challenge; default `writ`. Printable ASCII without `"` or `\\`, at most 128 characters. */
   readonly realm?: string;
   /** Told every refusal with its precise code and detail (log it; never send it). */
   readonly onRefusal?: (refusal: VerifyRefusal, request: R) => void;
@@ -38,8 +38,12 @@ export function verifiedTaskOf(request: object): VerifiedTask | undefined {
   return verifiedRequests.get(request) ?? verifiedRequests.get((request as { raw?: object }).raw ?? request);
 }
 
-// RFC 6750 §2.1: the b64token syntax.
-const BEARER_RE = /^Bearer ([A-Za-z0-9._~+/-]+=*)$/i;
+// RFC 6750 §2.1: `"Bearer" 1*SP b64token`, the scheme case-insensitive (RFC 9110 §11.1).
+const BEARER_RE = /^Bearer +([A-Za-z0-9._~+/-]+=*)$/i;
+// What a quoted-string may hold without escapes (RFC 9110 §5.6.4), so nothing can break out of the challenge.
+const REALM_RE = /^[\x20\x21\x23-\x5B\x5D-\x7E]{1,128}$/;
+const PROBLEM_HEADERS = { 'content-type': 'application/problem+json', 'cache-control': 'no-store' } as const;
+const INTERNAL_ERROR: RefusalResponse = { status: 500, headers: PROBLEM_HEADERS, body: toProblem(new WritError('ERR_INTERNAL')) };
 
 /** The bearer token of an Authorization header; undefined without one, '' when it is not in Bearer form. */
 export function bearerToken(header: string | string[] | undefined): string | undefined {
@@ -49,16 +53,32 @@ export function bearerToken(header: string | string[] | undefined): string | und
 }
 
 /**
+ * True when the request carries more than one Authorization header. Node keeps
+ * only the first in `headers` and drops the rest; a proxy in front may honour
+ * another one, so the request is ambiguous and refused (RFC 6750 §3.1
+ * `invalid_request`), never decided on one of them.
+ */
+function hasRepeatedAuthorization(rawHeaders: readonly string[] | undefined): boolean {
+  let seen = 0;
+  for (let i = 0; i < (rawHeaders?.length ?? 0); i += 2) {
+    if (rawHeaders?.[i]?.toLowerCase() === 'authorization' && ++seen > 1) return true;
+  }
+  return false;
+}
+
+/**
  * The answer to a refusal, or to a request without a token (`undefined`):
  * 401 with a Bearer challenge for every token failure (RFC 6750 §3), 403
  * `insufficient_scope` when no scope covers the call, 503 with Retry-After
- * when the revocation feed is not current.
+ * when the revocation feed is not current or Writ's keys could not be loaded
+ * (the token may be good; Writ is unreachable). Characters a quoted-string
+ * cannot hold are dropped from `realm`.
  */
 export function refusalResponse(refusal: VerifyRefusal | undefined, realm = 'writ', required?: { action: string; resource: string }): RefusalResponse {
-  const challenge = `Bearer realm="${realm.replace(/["\\]/g, '')}"`;
+  const challenge = `Bearer realm="${realm.replace(/[^\x20\x21\x23-\x5B\x5D-\x7E]/g, '')}"`;
   const json = (status: number, headers: Record<string, string>, error: WritError): RefusalResponse => ({
     status,
-    headers: { 'content-type': 'application/problem+json', 'cache-control': 'no-store', ...headers },
+    headers: { ...PROBLEM_HEADERS, ...headers },
     body: toProblem(error),
   });
   if (refusal === undefined) return json(401, { 'www-authenticate': challenge }, new WritError('ERR_UNAUTHENTICATED'));
@@ -70,6 +90,9 @@ export function refusalResponse(refusal: VerifyRefusal | undefined, realm = 'wri
     }
     case 'ERR_REVOCATIONS_STALE':
       return json(503, { 'retry-after': '5' }, new WritError('ERR_REVOCATIONS_STALE'));
+    case 'ERR_ISSUER_UNREACHABLE':
+      // The JWKS never loaded (or its refresh failed and the kid is not held): a 401 would call a good token bad.
+      return json(503, { 'retry-after': '5' }, new WritError('ERR_KEYS_UNAVAILABLE'));
     default:
       // Bad, expired, revoked, unknown key, wrong audience: one uniform answer.
       return json(401, { 'www-authenticate': `${challenge}, error="invalid_token"` }, new WritError('ERR_UNAUTHENTICATED'));
@@ -78,9 +101,13 @@ export function refusalResponse(refusal: VerifyRefusal | undefined, realm = 'wri
 
 type Guarded = { readonly ok: true; readonly task: VerifiedTask } | { readonly ok: false; readonly response: RefusalResponse };
 
-async function guard<R>(verifier: WritVerifier, options: WritGuardOptions<R>, request: R, authorization: string | string[] | undefined): Promise<Guarded> {
+async function guard<R>(verifier: WritVerifier, options: WritGuardOptions<R>, request: R, raw: IncomingMessage): Promise<Guarded> {
   const realm = options.realm ?? 'writ';
-  const token = bearerToken(authorization);
+  if (hasRepeatedAuthorization(raw.rawHeaders)) {
+    const error = new WritError('ERR_VALIDATION', { detail: 'send one Authorization header' });
+    return { ok: false, response: { status: 400, headers: { ...PROBLEM_HEADERS, 'www-authenticate': `Bearer realm="${realm}", error="invalid_request"` }, body: toProblem(error) } };
+  }
+  const token = bearerToken(raw.headers.authorization);
   if (token === undefined) return { ok: false, response: refusalResponse(undefined, realm) };
   const action = typeof options.action === 'string' ? options.action : options.action(request);
   const resource = options.resource(request);
@@ -98,20 +125,30 @@ async function guard<R>(verifier: WritVerifier, options: WritGuardOptions<R>, re
 /**
  * A Fastify `preHandler` that lets a request through only with a task token
  * that covers `action` on `resource(request)`. Read the verified token in the
- * handler with {@link verifiedTaskOf}(request).
+ * handler with {@link verifiedTaskOf}(request). An exception thrown by
+ * `action`, `resource` or `certificateThumbprint` is answered here with a
+ * generic problem+json 500 (and logged with `request.log`), never handed to
+ * the app's error handler, which could send its message or let the request on.
  *
  * @example app.get('/orders/:id', { preHandler: fastifyWrit(verifier, { action: 'read', resource: (r) => `db:orders/${r.params.id}` }) }, handler)
  */
 export function fastifyWrit<R extends FastifyRequest = FastifyRequest>(verifier: WritVerifier, options: WritGuardOptions<R>) {
   assertGuardOptions(options);
   return async function writPreHandler(request: R, reply: FastifyReply): Promise<FastifyReply | undefined> {
-    const guarded = await guard(verifier, options, request, request.headers.authorization);
-    if (guarded.ok) {
-      verifiedRequests.set(request, guarded.task);
-      return undefined;
+    let response: RefusalResponse;
+    try {
+      const guarded = await guard(verifier, options, request, request.raw);
+      if (guarded.ok) {
+        verifiedRequests.set(request, guarded.task);
+        return undefined;
+      }
+      response = guarded.response;
+    } catch (error) {
+      request.log.error({ err: error }, 'writ/verify: the guard failed; answered 500');
+      response = INTERNAL_ERROR;
     }
     // Sending and returning the reply ends the request here: the handler never runs.
-    return reply.code(guarded.response.status).headers(guarded.response.headers).send(guarded.response.body);
+    return reply.code(response.status).headers(response.headers).send(response.body);
   };
 }
 
@@ -119,22 +156,24 @@ export function fastifyWrit<R extends FastifyRequest = FastifyRequest>(verifier:
  * Plain Node middleware, `(req, res, next)` (Connect/Express shape): calls
  * `next()` only for a token that covers the call, else writes the refusal.
  * An exception thrown by `action` or `resource` is answered with a generic 500;
- * `next` is not called, so the request stops here either way.
+ * `next` is not called, so the request stops here either way. An exception
+ * thrown by `next()` itself is answered with the same 500 (or, once the
+ * response has begun, ends the connection): it never becomes an unhandled
+ * rejection, which would stop the process.
  */
 export function nodeWrit<R extends IncomingMessage = IncomingMessage>(verifier: WritVerifier, options: WritGuardOptions<R>) {
   assertGuardOptions(options);
   return function writMiddleware(req: R, res: ServerResponse, next: () => void): void {
-    guard(verifier, options, req, req.headers.authorization).then(
-      (guarded) => {
-        if (guarded.ok) {
-          verifiedRequests.set(req, guarded.task);
-          next();
+    guard(verifier, options, req, req)
+      .then((guarded) => {
+        if (!guarded.ok) {
+          send(res, guarded.response);
           return;
         }
-        send(res, guarded.response);
-      },
-      () => send(res, { status: 500, headers: { 'content-type': 'application/problem+json', 'cache-control': 'no-store' }, body: toProblem(new WritError('ERR_INTERNAL')) }),
-    );
+        verifiedRequests.set(req, guarded.task);
+        next();
+      })
+      .catch(() => send(res, INTERNAL_ERROR));
   };
 }
 
@@ -149,10 +188,8 @@ export function withWrit<R extends IncomingMessage = IncomingMessage>(
     middleware(req, res, () => {
       const task = verifiedRequests.get(req);
       if (task === undefined) return;
-      Promise.resolve(handler(req, res, task)).catch(() => {
-        if (!res.headersSent) send(res, { status: 500, headers: { 'content-type': 'application/problem+json' }, body: toProblem(new WritError('ERR_INTERNAL')) });
-        else res.destroy();
-      });
+      // A handler that throws synchronously is caught too: `new Promise` turns the throw into a rejection.
+      new Promise<void>((resolve) => resolve(handler(req, res, task))).catch(() => send(res, INTERNAL_ERROR));
     });
   };
 }
@@ -170,4 +207,7 @@ function assertGuardOptions(options: WritGuardOptions<never>): void {
   if (typeof options !== 'object' || options === null) throw new TypeError('Writ guard: options { action, resource } are required');
   if (typeof options.action !== 'string' && typeof options.action !== 'function') throw new TypeError('Writ guard: action must be a string or a function');
   if (typeof options.resource !== 'function') throw new TypeError('Writ guard: resource must be a function of the request');
+  if (options.realm !== undefined && (typeof options.realm !== 'string' || !REALM_RE.test(options.realm))) {
+    throw new TypeError('Writ guard: realm must be 1 to 128 printable ASCII characters, without " or \\');
+  }
 }
