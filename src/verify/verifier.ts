@@ -49,6 +49,12 @@ export interface VerifiedTask {
   readonly lineage: readonly string[];
   /** Expiry, epoch ms. */
   readonly expiresAt: number;
+  /**
+   * An emergency grant (`task.breakGlass`). Writ decides every call under one by
+   * its break-glass set and records each use for the grant's review; this
+   * verifier does neither, so log the call where your security team will see it.
+   */
+  readonly breakGlass: boolean;
 }
 
 export interface VerifyRefusal {
@@ -311,7 +317,17 @@ export function createWritVerifier(input: WritVerifierOptions): WritVerifier {
       if (findCoveringScope(revocations.keptOf(revocable, checked.scopes), { action, resource }) === undefined) {
         return refuse('ERR_SCOPE_NOT_GRANTED', `a policy change narrowed the grant: ${action}:${resource} is no longer held`);
       }
-      return { ok: true, claims, taskId: claims.task.id, actor: checked.actor, scopes: checked.scopes, scope, lineage: checked.lineage, expiresAt: claims.exp * 1000 };
+      return {
+        ok: true,
+        claims,
+        taskId: claims.task.id,
+        actor: checked.actor,
+        scopes: checked.scopes,
+        scope,
+        lineage: checked.lineage,
+        expiresAt: claims.exp * 1000,
+        breakGlass: claims.task.breakGlass === true,
+      };
     },
     async ready() {
       await Promise.all([keys.refresh(), sync()]);
