@@ -37,6 +37,7 @@ const grants = [
   { resource: 'db:customers/list', schema: 'shop', table: 'customers', read: ['SELECT'] },
   { resource: 'db:orders/weird', schema: 'shop', table: WEIRD_TABLE, read: ['SELECT'] },
   { resource: 'db:orders/archive/*', schema: 'archive', read: ['SELECT'] },
+  { resource: 'db:orders/notes', schema: 'shop', table: 'notes', write: ['INSERT'] },
 ];
 
 async function admin<T>(work: (client: pg.Client) => Promise<T>): Promise<T> {
@@ -91,6 +92,8 @@ before(async () => {
     await c.query(`create table shop.${pg.escapeIdentifier(WEIRD_TABLE)} (id int)`);
     await c.query('create table archive.orders_2020 (id int)');
     await c.query('insert into shop.orders values (1, 100), (2, 250)');
+    await c.query('create table shop.notes (id serial primary key, tag bigserial, body text)');
+    await c.query('create sequence shop.unrelated');
   });
   h = await startHarness({
     config: {
@@ -165,6 +168,23 @@ describe('PostgreSQL leases', () => {
     } finally {
       await client.end();
     }
+  });
+
+  test("INSERT into a table with serial columns works: USAGE on the sequences it owns, and on no other", async () => {
+    const task = await taskWith([{ action: 'write', resource: 'db:orders/notes' }]);
+    const answer = await lease(task);
+    assert.equal(answer.status, 201, JSON.stringify(answer.body));
+    const client = await connectAs(answer.body.connection);
+    try {
+      await client.query("insert into shop.notes (body) values ('called the customer')");
+      assert.equal(await sqlState(client.query("select nextval('shop.unrelated')")), '42501', 'a sequence the table does not own is refused');
+      assert.equal(await sqlState(client.query('select * from shop.notes')), '42501', 'INSERT does not read');
+    } finally {
+      await client.end();
+    }
+    const [stored] = await h.writ.store.listLeasesOfTask(task.id);
+    assert.equal((await h.writ.leases.revoke(stored!.id, 'test'))?.state, 'revoked');
+    assert.equal(await roleExists(answer.body.connection.user), false, 'the sequence grants go with the role');
   });
 
   test('completing the task drops the role and cuts a session that was connected and mid-transaction', async () => {

@@ -5,6 +5,7 @@
  *   CREATE ROLE <prefix><random> LOGIN PASSWORD <random> VALID UNTIL <task expiry>
  *     CONNECTION LIMIT n (and no superuser, createdb, createrole, replication, bypassrls, inherit)
  *   GRANT USAGE ON SCHEMA s; GRANT <privileges> ON s.t (or ON ALL TABLES IN SCHEMA s)
+ *   with INSERT, GRANT USAGE ON SEQUENCE for each sequence a column of s.t owns (serial)
  * Revoke: NOLOGIN first (no new session), then every session of the role is
  * terminated (`pg_terminate_backend`) and waited out, then DROP OWNED BY
  * (every privilege in this database) and DROP ROLE. A role that is already
@@ -114,6 +115,21 @@ function detailsOf(details: LeasePlan['details']): PgLeaseDetails {
 
 const UNDEFINED_OBJECT = '42704';
 
+/**
+ * The sequences owned by a column (serial, `OWNED BY`) of table $2 in schema
+ * $1 (every table of it when $2 is null), each as a quoted qualified name.
+ * Identity columns need no grant of their own and are not listed.
+ */
+const OWNED_SEQUENCES = `
+  SELECT DISTINCT quote_ident(sn.nspname) || '.' || quote_ident(s.relname) AS sequence
+    FROM pg_class s
+    JOIN pg_namespace sn ON sn.oid = s.relnamespace
+    JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = s.oid AND d.refclassid = 'pg_class'::regclass AND d.deptype = 'a'
+    JOIN pg_class t ON t.oid = d.refobjid
+    JOIN pg_namespace tn ON tn.oid = t.relnamespace
+   WHERE s.relkind = 'S' AND tn.nspname = $1 AND ($2::text IS NULL OR t.relname = $2)
+   ORDER BY 1`;
+
 export interface PgLeaseProviderOptions {
   readonly config: PgLeaseProviderConfig;
   /** The admin DSN: `config.url`, or the vault secret `config.urlSecret`, read when first needed. */
@@ -204,7 +220,14 @@ export function createPgLeaseProvider(options: PgLeaseProviderOptions): LeasePro
           `CREATE ROLE ${who} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT ` +
             `CONNECTION LIMIT ${Number(config.connectionLimit)} PASSWORD ${pg.escapeLiteral(password)} VALID UNTIL ${pg.escapeLiteral(validUntil)}`,
         );
-        for (const grant of grants) for (const statement of grantStatements(role, grant)) await client.query(statement);
+        for (const grant of grants) {
+          for (const statement of grantStatements(role, grant)) await client.query(statement);
+          // A serial column's default is nextval() on a sequence the table owns: INSERT works only with USAGE on it.
+          if (grant.privileges.includes('INSERT')) {
+            const owned = await client.query<{ sequence: string }>(OWNED_SEQUENCES, [grant.schema, grant.table]);
+            for (const { sequence } of owned.rows) await client.query(`GRANT USAGE ON SEQUENCE ${sequence} TO ${who}`);
+          }
+        }
       });
       const { dsn } = await connect();
       return { ...endpointOf(dsn, config), user: role, password, expiresAt: validUntil };
