@@ -4,6 +4,7 @@
  * Fastify and node:http servers.
  */
 import assert from 'node:assert/strict';
+import { generateKeyPairSync, sign } from 'node:crypto';
 import { connect } from 'node:net';
 import { createServer as createHttpServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -218,6 +219,48 @@ describe('review: writ/verify', () => {
       assert.equal(answer.headers['retry-after'], '5');
       assert.equal(answer.json().code, 'ERR_KEYS_UNAVAILABLE');
       assert.equal(ran, false, 'the handler never ran');
+    });
+  });
+
+  describe('keys and the token cache', () => {
+    /** A JWKS on loopback that publishes `published()`, and a signer for key `k1` of it. */
+    const ownJwks = async (published: () => boolean) => {
+      const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+      const jwk = { ...(publicKey.export({ format: 'jwk' }) as Record<string, unknown>), kid: 'k1', alg: 'EdDSA', use: 'sig' };
+      const server = createHttpServer((_req, res) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys: published() ? [jwk] : [] })));
+      const port = await listen(server);
+      after(() => new Promise<void>((resolve) => server.close(() => resolve())));
+      const signWith = (claims: Record<string, unknown>) => {
+        const input = `${Buffer.from(JSON.stringify({ alg: 'EdDSA', kid: 'k1', typ: 'task+jwt' })).toString('base64url')}.${Buffer.from(JSON.stringify(claims)).toString('base64url')}`;
+        return `${input}.${sign(null, Buffer.from(input), privateKey).toString('base64url')}`;
+      };
+      return { url: `http://127.0.0.1:${port}/jwks.json`, signWith };
+    };
+
+    test('a token verified before its key left the JWKS is refused once the keys are refreshed, cached or not', async () => {
+      let published = true;
+      const jwks = await ownJwks(() => published);
+      const verifier = verifierFor({ jwksUrl: jwks.url, jwksMinRefreshIntervalMs: 0 });
+      await verifier.ready();
+      const token = jwks.signWith(claimsOf((await grant()).token));
+      assert.ok((await verifier.verify(token, READ_ORDER)).ok, 'passes while k1 is published (and is now cached)');
+      // The key is withdrawn (rotated out after a compromise): the next refresh drops it.
+      published = false;
+      await verifier.ready();
+      const outcome = await verifier.verify(token, READ_ORDER);
+      assert.equal(outcome.ok ? 'ok' : outcome.code, 'ERR_TOKEN_UNKNOWN_KEY', 'the cached verdict does not outlive the key');
+    });
+
+    test('a token that claims to live longer than Writ ever mints (exp - iat over 24 h) is refused', async () => {
+      const claims = claimsOf((await grant()).token);
+      const now = Math.floor(Date.now() / 1000);
+      const verifier = verifierFor();
+      await verifier.ready();
+      const forever = resignTaskToken(h.writ, { ...claims, iat: now, nbf: now, exp: now + 2 * 86_400 });
+      const outcome = await verifier.verify(forever, READ_ORDER);
+      assert.equal(outcome.ok ? 'ok' : outcome.code, 'ERR_TOKEN_MALFORMED', 'tokens.maxTtl is at most 24 h: a longer token was not minted by Writ as configured');
+      const day = resignTaskToken(h.writ, { ...claims, iat: now, nbf: now, exp: now + 86_400 });
+      assert.ok((await verifier.verify(day, READ_ORDER)).ok, 'exactly 24 h is within the bound');
     });
   });
 
