@@ -11,6 +11,7 @@
  * store, no database driver, no Fastify (test/verify.test.ts checks the import
  * graph).
  */
+import type { KeyObject } from 'node:crypto';
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { findCoveringScope, isValidAction, isValidResource, parseScopeClaim } from '../core/scope.js';
@@ -95,6 +96,12 @@ export const FEED_OVERLAP_MS = 10_000;
 const JWKS_MAX_BYTES = 256 * 1024;
 const FEED_MAX_BYTES = 16 * 1024 * 1024;
 const DEFAULT_CACHE_SIZE = 10_000;
+/**
+ * Writ refuses a `tokens.maxTtl` over 24 h (src/core/config.ts), so no task
+ * token it mints lives longer: one that claims to was not minted as Writ is
+ * configured, and would otherwise pass (and stay cached) for as long as it says.
+ */
+const MAX_TOKEN_LIFETIME_SECONDS = 86_400;
 
 const optionsSchema = z
   .object({
@@ -167,6 +174,13 @@ interface CheckedToken {
   readonly scopes: readonly Scope[];
   readonly lineage: readonly string[];
   readonly actor: string;
+}
+
+/** A cached verdict, and the key that signed the token: the verdict holds only while the key set still holds that key. */
+interface CachedToken {
+  readonly checked: CheckedToken;
+  readonly kid: string;
+  readonly key: KeyObject;
 }
 
 /**
@@ -251,14 +265,33 @@ export function createWritVerifier(input: WritVerifierOptions): WritVerifier {
   }
   keys.refresh().catch(() => undefined); // reported through onRefreshError
 
-  const cache = new Map<string, CheckedToken>();
+  const cache = new Map<string, CachedToken>();
 
-  /** Signature, registered claims and the task token's shape; cached per token. */
+  /**
+   * Signature, registered claims and the task token's shape; cached per token
+   * for as long as the key set holds the key that verified it: a key withdrawn
+   * from Writ's JWKS (rotated out after a compromise) takes the tokens it
+   * signed with it at the next refresh, cached or not.
+   */
   const checkToken = async (token: string, now: number): Promise<CheckedToken | VerifyRefusal> => {
     const hit = cache.get(token);
-    if (hit !== undefined) return hit;
+    if (hit !== undefined) {
+      const held = keys.cached(hit.kid)?.key;
+      if (held === hit.key) return hit.checked;
+      // A refresh loads new KeyObjects: the same key material keeps the verdict (and the fast path above from now on).
+      if (held?.equals(hit.key) === true) {
+        cache.set(token, { ...hit, key: held });
+        return hit.checked;
+      }
+      cache.delete(token);
+    }
+    let signer: KeyObject | undefined;
     const result = await verifyJwt<TaskTokenClaims & Record<string, unknown>>(token, {
-      keys: resolveKey,
+      keys: async (header) => {
+        const resolved = await resolveKey(header);
+        signer = resolved.ok ? resolved.key : undefined;
+        return resolved;
+      },
       algorithms: ['EdDSA'],
       typ: TASK_TOKEN_TYP,
       issuer: options.issuer,
@@ -266,17 +299,18 @@ export function createWritVerifier(input: WritVerifierOptions): WritVerifier {
       now,
       clockSkewSeconds: options.clockSkewSeconds,
       requiredClaims: ['iss', 'sub', 'aud', 'exp', 'iat', 'nbf', 'jti', 'task', 'scope', 'env'],
+      maxLifetimeSeconds: MAX_TOKEN_LIFETIME_SECONDS,
       rejectDuplicateClaims: true,
     });
     if (!result.ok) return refuse(result.code, result.detail);
     const checked = checkShape(result.payload);
     if (checked === undefined) return refuse('ERR_TOKEN_MALFORMED', 'task token claims have the wrong shape');
-    if (options.cacheSize > 0) {
+    if (options.cacheSize > 0 && signer !== undefined) {
       if (cache.size >= options.cacheSize) {
         const oldest = cache.keys().next();
         if (oldest.done !== true) cache.delete(oldest.value);
       }
-      cache.set(token, checked);
+      cache.set(token, { checked, kid: result.kid, key: signer });
     }
     return checked;
   };
