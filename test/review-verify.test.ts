@@ -222,6 +222,68 @@ describe('review: writ/verify', () => {
     });
   });
 
+  describe('what a revocation covers, as Writ\'s own action check sees it', () => {
+    const PLANNER = 'spiffe://demo.local/agent/planner';
+    const WORKER = 'spiffe://demo.local/agent/worker';
+    const HELPER = 'spiffe://demo.local/agent/helper';
+    const delegate = async (subject: string, to: string, scope: string) => {
+      const actor = (await h.writ.issueIdentityToken(to, undefined, { forExchange: true })).token;
+      const form = new URLSearchParams({
+        grant_type: 'urn:ietf:params:oauth:grant-type:token-exchange',
+        subject_token: subject,
+        subject_token_type: 'urn:ietf:params:oauth:token-type:access_token',
+        actor_token: actor,
+        actor_token_type: 'urn:ietf:params:oauth:token-type:jwt',
+        scope,
+      });
+      const answer = await h.post('/oauth/token', form.toString(), undefined, { 'content-type': 'application/x-www-form-urlencoded' });
+      assert.equal(answer.status, 200, JSON.stringify(answer.body));
+      return { id: answer.body.task_id as string, token: answer.body.access_token as string };
+    };
+    /** The verifier's answer and Writ's, side by side: 'ok' or the refusal code. */
+    const both = async (verifier: WritVerifier, token: string) => {
+      const offline = await verifier.verify(token, READ_ORDER);
+      const online = await h.writ.authorize(token, READ_ORDER);
+      return { offline: offline.ok ? 'ok' : offline.code, online: online.decision === 'allow' ? 'ok' : online.reason };
+    };
+
+    before(async () => {
+      for (const id of [PLANNER, WORKER, HELPER]) await h.registerAgent(id);
+    });
+
+    test('a task, every task delegated from it (two levels down) and a renewed token are refused offline exactly when Writ refuses them', async () => {
+      const verifier = verifierFor();
+      await verifier.ready();
+      const root = await (async () => {
+        const answer = await h.post('/v1/tasks', supportTask(), await h.identityToken(PLANNER));
+        assert.equal(answer.status, 201, JSON.stringify(answer.body));
+        return { id: answer.body.task.id as string, token: answer.body.token as string };
+      })();
+      const child = await delegate(root.token, WORKER, 'read:db:orders/*');
+      const grandchild = await delegate(child.token, HELPER, 'read:db:orders/42');
+      for (const token of [root.token, child.token, grandchild.token]) assert.deepEqual(await both(verifier, token), { offline: 'ok', online: 'ok' }, 'all pass while the run is live');
+
+      const renewed = await h.post(`/v1/tasks/${grandchild.id}/renew`, { checkpoint: 'half way' }, grandchild.token);
+      assert.equal(renewed.status, 200, JSON.stringify(renewed.body));
+      await verifier.sync();
+      assert.deepEqual(await both(verifier, grandchild.token), { offline: 'ERR_TOKEN_REVOKED', online: 'ERR_TOKEN_REVOKED' }, 'the token a renewal replaced');
+      const current = renewed.body.token as string;
+      assert.deepEqual(await both(verifier, current), { offline: 'ok', online: 'ok' }, 'its renewal');
+
+      // Only the root's end is known to this verifier: its descendants are refused by their lineage.
+      const lineageOnly = verifierFor();
+      await lineageOnly.ready();
+      lineageOnly.revoke({ taskId: root.id, expiresAt: claimsOf(root.token).exp * 1000 });
+      for (const token of [child.token, current]) assert.equal(await lineageOnly.verify(token, READ_ORDER).then((o) => (o.ok ? 'ok' : o.code)), 'ERR_TOKEN_REVOKED', 'refused by lineage');
+
+      await h.post(`/v1/tasks/${root.id}/complete`, {}, root.token);
+      await verifier.sync();
+      for (const token of [root.token, child.token, current]) {
+        assert.deepEqual(await both(verifier, token), { offline: 'ERR_TOKEN_REVOKED', online: 'ERR_TOKEN_REVOKED' }, 'the run ended');
+      }
+    });
+  });
+
   describe('keys and the token cache', () => {
     /** A JWKS on loopback that publishes `published()`, and a signer for key `k1` of it. */
     const ownJwks = async (published: () => boolean) => {
