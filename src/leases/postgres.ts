@@ -19,7 +19,7 @@
  * literal that reaches SQL is quoted all the same (escapeIdentifier,
  * escapeLiteral), configured schema and table names included.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, createHmac, pbkdf2, randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { PG_TABLE_PRIVILEGES, type PgGrantConfig, type PgLeaseProviderConfig } from '../core/config.js';
 import { resourceCovers } from '../core/scope.js';
@@ -93,6 +93,23 @@ export function grantStatements(role: string, grant: PgObjectGrant): string[] {
   const schema = pg.escapeIdentifier(grant.schema);
   const on = grant.table === null ? `ALL TABLES IN SCHEMA ${schema}` : `TABLE ${schema}.${pg.escapeIdentifier(grant.table)}`;
   return [`GRANT USAGE ON SCHEMA ${schema} TO ${who}`, `GRANT ${grant.privileges.join(', ')} ON ${on} TO ${who}`];
+}
+
+const SCRAM_ITERATIONS = 4096;
+
+/**
+ * The SCRAM-SHA-256 verifier PostgreSQL keeps for `password` (RFC 5802,
+ * RFC 7677; the form of pg_authid.rolpassword): given this instead of the
+ * password, the server stores it as it is, so the password itself never
+ * reaches the server, its statement log or pg_stat_statements. A random
+ * base64url password is its own SASLprep normalization.
+ */
+export async function scramVerifier(password: string, salt: Buffer = randomBytes(16), iterations = SCRAM_ITERATIONS): Promise<string> {
+  const salted = await new Promise<Buffer>((resolve, reject) => pbkdf2(password, salt, iterations, 32, 'sha256', (error, key) => (error ? reject(error) : resolve(key))));
+  const hmac = (key: Buffer, text: string) => createHmac('sha256', key).update(text).digest();
+  const storedKey = createHash('sha256').update(hmac(salted, 'Client Key')).digest();
+  const serverKey = hmac(salted, 'Server Key');
+  return `SCRAM-SHA-256$${iterations}:${salt.toString('base64')}$${storedKey.toString('base64')}:${serverKey.toString('base64')}`;
 }
 
 /** Where agents connect, from the admin DSN and the overrides. */
@@ -212,13 +229,15 @@ export function createPgLeaseProvider(options: PgLeaseProviderOptions): LeasePro
     async issue(raw, expiresAt): Promise<LeaseCredential> {
       const { role, grants } = detailsOf(raw);
       const password = randomBytes(24).toString('base64url');
+      const verifier = await scramVerifier(password);
       const validUntil = new Date(expiresAt).toISOString();
       await inTransaction(async (client) => {
         const who = pg.escapeIdentifier(role);
-        // Security: the password is in this statement's text; a server logging DDL (log_statement) writes it there (docs/leases.md).
+        // Security: the statement carries the SCRAM verifier, never the password, so a server logging DDL
+        // (log_statement) writes nothing a login can use; PostgreSQL stores a verifier as it is given.
         await client.query(
           `CREATE ROLE ${who} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT ` +
-            `CONNECTION LIMIT ${Number(config.connectionLimit)} PASSWORD ${pg.escapeLiteral(password)} VALID UNTIL ${pg.escapeLiteral(validUntil)}`,
+            `CONNECTION LIMIT ${Number(config.connectionLimit)} PASSWORD ${pg.escapeLiteral(verifier)} VALID UNTIL ${pg.escapeLiteral(validUntil)}`,
         );
         for (const grant of grants) {
           for (const statement of grantStatements(role, grant)) await client.query(statement);

@@ -9,7 +9,7 @@
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -86,4 +86,51 @@ export async function createTestDatabase(): Promise<TestDatabase | undefined> {
       await client.end();
     },
   };
+}
+
+export interface PrivateCluster {
+  /** The superuser `postgres` over TCP (trusted from loopback). */
+  readonly adminUrl: string;
+  readonly port: number;
+  /** The server's log (stderr), for tests of what it writes there. */
+  readonly logFile: string;
+  stop(): void;
+}
+
+/**
+ * A private PostgreSQL cluster of its own, for what the shared server cannot
+ * show (it trusts every loopback login): `hba` lines after a trusted
+ * `postgres` superuser, `settings` as `-c` options. As root it runs as the
+ * `postgres` user (initdb refuses root). Undefined, loudly, when initdb or
+ * that user is missing; under CI=true it throws instead.
+ */
+export function startPrivateCluster(options: { readonly hba: readonly string[]; readonly settings?: Readonly<Record<string, string>> }): PrivateCluster | undefined {
+  const asRoot = process.getuid?.() === 0;
+  const postgresUser = asRoot ? spawnSync('id', ['-u', 'postgres'], { encoding: 'utf8' }) : undefined;
+  const runnable = spawnSync('initdb', ['--version']).status === 0 && (!asRoot || (postgresUser?.status === 0 && spawnSync('runuser', ['--help']).status === 0));
+  if (!runnable) {
+    const message = 'PostgreSQL private-cluster tests SKIPPED: no initdb (or, as root, no postgres user and runuser)';
+    if (process.env.CI) throw new Error(`${message} (CI=true: they are required)`);
+    process.stderr.write(`\n*** ${message} ***\n\n`);
+    return undefined;
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'writ-pg-private-'));
+  const run = (command: string, args: string[]) => execFileSync(asRoot ? 'runuser' : command, asRoot ? ['-u', 'postgres', '--', command, ...args] : args, { stdio: 'ignore' });
+  if (asRoot) execFileSync('chown', ['postgres', dir]);
+  const data = join(dir, 'data');
+  const logFile = join(dir, 'log');
+  run('initdb', ['-D', data, '-U', 'postgres', '--auth=trust', '-E', 'UTF8']);
+  writeFileSync(join(data, 'pg_hba.conf'), ['local all postgres trust', 'host all postgres 127.0.0.1/32 trust', ...options.hba, ''].join('\n'));
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  const settings = Object.entries({ listen_addresses: '127.0.0.1', ...options.settings }).map(([k, v]) => `-c ${k}=${v}`).join(' ');
+  run('pg_ctl', ['-D', data, '-o', `-p ${port} -k ${dir} ${settings}`, '-w', 'start', '-l', logFile]);
+  let stopped = false;
+  const stop = () => {
+    if (stopped) return;
+    stopped = true;
+    spawnSync(asRoot ? 'runuser' : 'pg_ctl', [...(asRoot ? ['-u', 'postgres', '--', 'pg_ctl'] : []), '-D', data, '-m', 'immediate', 'stop'], { stdio: 'ignore' });
+    rmSync(dir, { recursive: true, force: true });
+  };
+  process.once('exit', stop);
+  return { adminUrl: `postgres://postgres@127.0.0.1:${port}/postgres`, port, logFile, stop };
 }
