@@ -428,6 +428,25 @@ forbid (principal, action == Writ::Action::"write", resource) when { resource.ki
     assert.ok((stored?.revokedAt ?? Infinity) - expiresAt < 200 * 10, `revoked ${(stored?.revokedAt ?? 0) - expiresAt} ms after the expiry`);
   });
 
+  test('a task lists its leases (state and expiry, never a password); another identity cannot', async () => {
+    const task = await taskWith([{ action: 'read', resource: 'db:orders/lines' }]);
+    const issued = await lease(task);
+    assert.equal(issued.status, 201, JSON.stringify(issued.body));
+    const listed = await h.get(`/v1/tasks/${task.id}/leases`, task.token);
+    assert.equal(listed.status, 200, JSON.stringify(listed.body));
+    assert.deepEqual(listed.body.leases.map((l: any) => [l.id, l.provider, l.state, l.expiresAt]), [[issued.body.lease.id, 'shop', 'active', issued.body.connection.expiresAt]]);
+    assert.equal(JSON.stringify(listed.body).includes(issued.body.connection.password), false, 'no password');
+    assert.equal(JSON.stringify(listed.body).includes(issued.body.connection.user), false, 'no role name either');
+    assert.equal((await h.get(`/v1/tasks/${task.id}/leases`, await h.identityToken())).status, 200, 'its identity sees them');
+    await h.registerAgent('spiffe://demo.local/agent/stranger');
+    const stranger = await h.get(`/v1/tasks/${task.id}/leases`, await h.identityToken('spiffe://demo.local/agent/stranger'));
+    assert.equal(stranger.status, 404, JSON.stringify(stranger.body));
+    assert.equal((await h.get(`/v1/tasks/${task.id}/leases`)).status, 401);
+    await h.post(`/v1/tasks/${task.id}/complete`, {}, task.token);
+    await h.writ.settled();
+    assert.equal((await h.get(`/v1/tasks/${task.id}/leases`, await h.identityToken())).body.leases[0].state, 'revoked');
+  });
+
   test('a lease is asked for with the task token of that very task, for a configured provider, for something mapped', async () => {
     const task = await taskWith([{ action: 'read', resource: 'db:orders/lines' }]);
     const other = await taskWith([{ action: 'read', resource: 'db:orders/lines' }]);

@@ -3,6 +3,8 @@
  *
  *   POST /v1/tasks/{id}/leases  {"provider": "shop"}   (the task's own task token)
  *   → 201 { lease: {id, provider, state, expiresAt}, connection: {host, port, database, user, password, expiresAt} }
+ *   GET /v1/tasks/{id}/leases   (whoever may read the task)
+ *   → 200 { leases: [{id, provider, state, createdAt, expiresAt, revokedAt}] }
  *
  * The password is in this one response and nowhere else: not stored, not
  * logged, not audited (`Cache-Control: no-store`). Asking again mints another
@@ -36,8 +38,15 @@ export function leaseView(lease: Lease) {
   return { id: lease.id, provider: lease.provider, state: lease.state, createdAt: iso(lease.createdAt), expiresAt: iso(lease.expiresAt), revokedAt: iso(lease.revokedAt) };
 }
 
-/** Registers `POST /v1/tasks/:id/leases`. */
+/** Registers `POST /v1/tasks/:id/leases` and `GET /v1/tasks/:id/leases`. */
 export function registerLeaseRoutes(app: FastifyInstance, writ: Writ): void {
+  // Whoever may see the task sees its leases: their state and expiry, never a password or a role's grants.
+  app.get<{ Params: { id: string } }>('/v1/tasks/:id/leases', async (request) => {
+    const caller = await writ.broker.authenticate(credentialsOf(request), { allowTaskToken: true, endpoint: 'GET /v1/tasks/{id}/leases' });
+    const task = await writ.broker.getTask(caller, request.params.id);
+    return { leases: (await writ.store.listLeasesOfTask(task.id)).map(leaseView) };
+  });
+
   app.post<{ Params: { id: string } }>('/v1/tasks/:id/leases', async (request, reply) => {
     const caller = await writ.broker.authenticate(credentialsOf(request), { allowTaskToken: true, endpoint: 'POST /v1/tasks/{id}/leases' });
     // Only the task itself, by its own token: not its identity, not another task of it.
