@@ -30,6 +30,8 @@ const app = Fastify({ logger: true });
 app.get(
   '/orders/:id',
   {
+    // Validation runs before the preHandler: an id such as `*` never becomes the pattern `db:orders/*`.
+    schema: { params: { type: 'object', properties: { id: { type: 'string', pattern: '^[A-Za-z0-9-]{1,64}$' } }, required: ['id'] } },
     // The route's action and the resource this request touches. The handler runs only if a scope covers it.
     preHandler: fastifyWrit(verifier, {
       action: 'read',

@@ -26,22 +26,28 @@ const verifier = createWritVerifier({
 });
 
 const ORDER_PATH = /^\/orders\/([A-Za-z0-9-]{1,64})$/;
+// Read-only API: every other method has no action, so no scope covers it (403). Never map "anything but GET" to
+// one action: DELETE would then pass with a write scope, below the tier it needs.
+const ACTIONS = { GET: 'read', HEAD: 'read' };
+
+/** The order a request names, read one way for both the check and the handler, or undefined. */
+const orderIdOf = (req) => ORDER_PATH.exec(new URL(req.url ?? '/', 'http://localhost').pathname)?.[1];
 
 const server = createServer(
   withWrit(
     verifier,
     {
-      action: (req) => (req.method === 'GET' ? 'read' : 'write'),
+      action: (req) => ACTIONS[req.method] ?? '',
       // Any other path maps to '', which is not a resource: no scope covers it, so it is refused (403).
       resource: (req) => {
-        const id = ORDER_PATH.exec(new URL(req.url ?? '/', 'http://localhost').pathname)?.[1];
+        const id = orderIdOf(req);
         return id === undefined ? '' : `db:orders/${id}`;
       },
       onRefusal: (refusal) => process.stderr.write(`writ refused: ${refusal.code} ${refusal.detail}\n`),
     },
     (req, res, task) => {
       res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ order: ORDER_PATH.exec(req.url ?? '')?.[1], readBy: task.actor, task: task.taskId }));
+      res.end(JSON.stringify({ order: orderIdOf(req), readBy: task.actor, task: task.taskId }));
     },
   ),
 );
