@@ -632,6 +632,8 @@ async function assemble(config: WritConfig, clock: Clock, store: Store, logger: 
   // are kept, in line with what each task holds now (a renewal or narrowing that
   // no lease followed is caught up: extended, or revoked if it holds more).
   await leases.sweep({ recheck: true });
+  // What in the databases' own configuration weakens the leases is told to the operator, without holding up the start.
+  if (config.leases.postgres.length > 0) background(leases.configurationWarnings());
 
   /** Refuses, on the record, an admin handing out scopes it does not hold. */
   const grantOrDeny = async (grantor: AdminPrincipal | undefined, actor: AuditActor | undefined, scopes: readonly AdminScope[], what: string): Promise<void> => {

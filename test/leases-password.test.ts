@@ -108,6 +108,29 @@ describe('PostgreSQL lease passwords (a private cluster asking for SCRAM-SHA-256
   });
 });
 
+describe('configuration warnings (the private cluster)', () => {
+  test('a database any role may connect to is named until PUBLIC loses CONNECT there', async (t) => {
+    if (cluster === undefined) return t.skip('no private cluster');
+    assert.deepEqual(await h.writ.leases.configurationWarnings(), [], 'templates and its own database are not warned of');
+    const admin = new pg.Client({ connectionString: cluster.adminUrl });
+    await admin.connect();
+    try {
+      await admin.query('create database other');
+      const warnings = await h.writ.leases.configurationWarnings();
+      assert.equal(warnings.length, 1, JSON.stringify(warnings));
+      assert.match(warnings[0]!, /can log in to database other, where PUBLIC holds CONNECT/);
+      const { connection } = await leasedTask(300);
+      assert.equal(await loginState({ ...connection, database: 'other' }), undefined, 'as it says: the task role logs in there');
+      await admin.query('revoke connect on database other from public');
+      assert.deepEqual(await h.writ.leases.configurationWarnings(), []);
+      assert.equal(await loginState({ ...connection, database: 'other' }), '42501', 'and now it cannot');
+    } finally {
+      await admin.query('drop database if exists other with (force)');
+      await admin.end();
+    }
+  });
+});
+
 describe('scramVerifier', () => {
   test('is the RFC 7677 verifier: the example exchange checks out against it', async () => {
     // RFC 7677 section 3: user "user", password "pencil", salt and iterations from the server-first message.

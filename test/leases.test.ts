@@ -447,6 +447,14 @@ forbid (principal, action == Writ::Action::"write", resource) when { resource.ki
     assert.equal((await h.get(`/v1/tasks/${task.id}/leases`, await h.identityToken())).body.leases[0].state, 'revoked');
   });
 
+  test('the operator is warned of the databases a task role could log in to beside its own', async () => {
+    const warnings = await h.writ.leases.configurationWarnings();
+    // The shared test server leaves PUBLIC's CONNECT on its databases (postgres, test, …), as a new cluster does.
+    assert.equal(warnings.length, 1, JSON.stringify(warnings));
+    assert.match(warnings[0]!, /task roles of lease provider shop can log in to databases? .*postgres.*where PUBLIC holds CONNECT/);
+    assert.equal(warnings[0]!.includes(new URL(shop!.url).pathname.slice(1) + ','), false, 'its own database is not listed');
+  });
+
   test('a lease is asked for with the task token of that very task, for a configured provider, for something mapped', async () => {
     const task = await taskWith([{ action: 'read', resource: 'db:orders/lines' }]);
     const other = await taskWith([{ action: 'read', resource: 'db:orders/lines' }]);

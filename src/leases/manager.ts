@@ -73,6 +73,13 @@ export interface LeaseManager {
    * failure (it is logged, kept, and tried again next sweep).
    */
   sweep(options?: { readonly recheck?: boolean }): Promise<number>;
+  /**
+   * What in each provider's downstream configuration weakens its leases
+   * (a PostgreSQL cluster whose other databases let any role connect),
+   * logged as warnings and returned. Never throws: a provider that cannot be
+   * reached is a warning too.
+   */
+  configurationWarnings(): Promise<string[]>;
   /** A lease and whether its credential exists downstream (`unknown` when its provider is not configured or unreachable). */
   state(leaseId: string): Promise<{ lease: Lease; downstream: 'present' | 'absent' | 'unknown' } | undefined>;
   close(): Promise<void>;
@@ -299,6 +306,19 @@ export function createLeaseManager(options: LeaseManagerOptions): LeaseManager {
         }
       }
       return revoked;
+    },
+
+    async configurationWarnings() {
+      const warnings: string[] = [];
+      for (const provider of providers.values()) {
+        try {
+          warnings.push(...(await provider.configurationWarnings()));
+        } catch (error) {
+          warnings.push(`lease provider ${provider.name} could not be checked: ${message(error)}`);
+        }
+      }
+      for (const warning of warnings) logger?.warn(warning);
+      return warnings;
     },
 
     async state(leaseId) {

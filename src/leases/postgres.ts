@@ -307,6 +307,21 @@ export function createPgLeaseProvider(options: PgLeaseProviderOptions): LeasePro
       });
     },
 
+    async configurationWarnings() {
+      const { pool: p } = await connect();
+      // PUBLIC holds CONNECT on a new database, and no role can be denied what PUBLIC holds: a task role logs in there too.
+      const open = await p.query<{ datname: string }>(
+        `SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate AND datname <> current_database()
+            AND has_database_privilege('public', oid, 'CONNECT') ORDER BY datname`,
+      );
+      if (open.rows.length === 0) return [];
+      const names = open.rows.map((r) => r.datname);
+      return [
+        `task roles of lease provider ${config.name} can log in to ${names.length === 1 ? 'database' : 'databases'} ${names.join(', ')}, where PUBLIC holds CONNECT: ` +
+          'REVOKE CONNECT ON DATABASE … FROM PUBLIC there, or reject the role prefix in pg_hba.conf (docs/leases.md)',
+      ];
+    },
+
     async state(raw) {
       const { role } = detailsOf(raw);
       const { pool: p } = await connect();

@@ -59,6 +59,12 @@ export interface LeaseProvider {
   extend(details: LeasePlan['details'], expiresAt: number): Promise<'extended' | 'absent'>;
   /** Whether the credential exists downstream right now. */
   state(details: LeasePlan['details']): Promise<'present' | 'absent'>;
+  /**
+   * What in the downstream system's own configuration weakens the leases it
+   * mints, each as a sentence for the operator (empty when nothing does).
+   * @throws when the downstream system cannot be reached
+   */
+  configurationWarnings(): Promise<string[]>;
   /** Releases connections. */
   close(): Promise<void>;
 }
