@@ -284,6 +284,43 @@ describe('review: writ/verify', () => {
     });
   });
 
+  describe('hostile headers and confirmation claims', () => {
+    test('crit, typ variants, an embedded jwk, RS256/ES256 under Writ\'s kid and cnf methods the verifier does not know are refused; a certificate-bound token is never a bearer token', async () => {
+      const verifier = verifierFor();
+      await verifier.ready();
+      const claims = claimsOf((await grant()).token);
+      const kid = h.writ.taskKeys.active.kid;
+      const { privateKey: attacker, publicKey: attackerPublic } = generateKeyPairSync('ed25519');
+      const { privateKey: rsa } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+      const { privateKey: ec } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+      const signed = (header: Record<string, unknown>, body: Record<string, unknown>, signer: (input: Buffer) => Buffer) => {
+        const input = `${Buffer.from(JSON.stringify(header)).toString('base64url')}.${Buffer.from(JSON.stringify(body)).toString('base64url')}`;
+        return `${input}.${signer(Buffer.from(input)).toString('base64url')}`;
+      };
+      const writKey = (input: Buffer) => sign(null, input, h.writ.taskKeys.active.privateKey);
+      const cases: [string, string, string][] = [
+        ['crit', signed({ alg: 'EdDSA', kid, typ: 'task+jwt', crit: ['exp'], exp: 1 }, claims, writKey), 'ERR_TOKEN_MALFORMED'],
+        ['typ JWT', resignTaskToken(h.writ, claims, 'JWT'), 'ERR_TOKEN_MALFORMED'],
+        ['typ in upper case', resignTaskToken(h.writ, claims, 'TASK+JWT'), 'ERR_TOKEN_MALFORMED'],
+        ['typ as a media type', resignTaskToken(h.writ, claims, 'application/task+jwt'), 'ERR_TOKEN_MALFORMED'],
+        ['an embedded jwk of the attacker\'s under Writ\'s kid', signed({ alg: 'EdDSA', kid, typ: 'task+jwt', jwk: attackerPublic.export({ format: 'jwk' }) }, claims, (input) => sign(null, input, attacker)), 'ERR_TOKEN_SIGNATURE'],
+        ['RS256 under Writ\'s kid', signed({ alg: 'RS256', kid, typ: 'task+jwt' }, claims, (input) => sign('sha256', input, rsa)), 'ERR_TOKEN_ALGORITHM'],
+        ['ES256 under Writ\'s kid', signed({ alg: 'ES256', kid, typ: 'task+jwt' }, claims, (input) => sign('sha256', input, { key: ec, dsaEncoding: 'ieee-p1363' })), 'ERR_TOKEN_ALGORITHM'],
+        ['no kid', signed({ alg: 'EdDSA', typ: 'task+jwt' }, claims, writKey), 'ERR_TOKEN_UNKNOWN_KEY'],
+        ['DPoP-bound (cnf.jkt)', resignTaskToken(h.writ, { ...claims, cnf: { jkt: 'abc' } }), 'ERR_TOKEN_MALFORMED'],
+        ['cnf with two methods', resignTaskToken(h.writ, { ...claims, cnf: { 'x5t#S256': 'abc', jkt: 'abc' } }), 'ERR_TOKEN_MALFORMED'],
+        ['certificate-bound, presented as a bearer token', resignTaskToken(h.writ, { ...claims, cnf: { 'x5t#S256': 'abc' } }), 'ERR_TOKEN_BINDING'],
+      ];
+      for (const [name, token, code] of cases) {
+        const outcome = await verifier.verify(token, READ_ORDER);
+        assert.equal(outcome.ok ? 'ok' : outcome.code, code, name);
+      }
+      const bound = resignTaskToken(h.writ, { ...claims, cnf: { 'x5t#S256': 'abc' } });
+      assert.equal(await verifier.verify(bound, { ...READ_ORDER, certificateThumbprint: 'abd' }).then((o) => (o.ok ? 'ok' : o.code)), 'ERR_TOKEN_BINDING', 'another certificate');
+      assert.ok((await verifier.verify(bound, { ...READ_ORDER, certificateThumbprint: 'abc' })).ok, 'with its certificate, the bound token passes');
+    });
+  });
+
   describe('keys and the token cache', () => {
     /** A JWKS on loopback that publishes `published()`, and a signer for key `k1` of it. */
     const ownJwks = async (published: () => boolean) => {
