@@ -18,10 +18,11 @@ import { pino } from 'pino';
 import { stringify as toYaml } from 'yaml';
 import { createManualClock } from '../src/core/clock.js';
 import { loadConfig } from '../src/core/config.js';
+import { verifyAuditChain } from '../src/audit/log.js';
 import { createHttpProxy } from '../src/proxy/proxy.js';
 import { agentResponseHeaders, upstreamRequestHeaders } from '../src/proxy/hop-headers.js';
 import { decodeSegments } from '../src/proxy/route-table.js';
-import { claimsOf, resignTaskToken, startHarness, supportTask, tokenFromUnknownKey, type Harness } from './helpers/harness.js';
+import { AGENT, claimsOf, resignTaskToken, startHarness, supportTask, tokenFromUnknownKey, type Harness } from './helpers/harness.js';
 import { createCa, issueServerCert, issueSvid } from './helpers/pki.js';
 
 const SECRET = 'shop-key-7f3a9c1e5b2d4f60';
@@ -265,6 +266,35 @@ describe('HTTP proxy enforcement point', () => {
       assert.ok(String(answer.headers['www-authenticate']).startsWith('Bearer'), `${name} carries a Bearer challenge`);
     }
     assert.equal(up.seen.length, before, 'the upstream was never called');
+  });
+
+  test('without a live task token the route table cannot be mapped: an unrouted path is the same 401 as a routed one', async () => {
+    const claims = claimsOf(token);
+    const credentials: [string, OutgoingHttpHeaders][] = [
+      ['garbage', { authorization: 'Bearer not-a-token' }],
+      ['forged', { authorization: `Bearer ${tokenFromUnknownKey(claims)}` }],
+      ['identity token', { authorization: `Bearer ${await h.identityToken()}` }],
+    ];
+    const probes: [string, string][] = [['GET', '/proxy/shop/orders/42'], ['GET', '/proxy/nowhere'], ['GET', '/proxy/shop/nothing/here'], ['OPTIONS', '/proxy/shop/orders/42'], ['GET', '/proxy/shop/orders/%2e%2e/admin']];
+    for (const [name, headers] of credentials) {
+      const answers = await Promise.all(probes.map(([method, path]) => raw(h.url, method, path, headers)));
+      assert.deepEqual(answers.map((a) => [a.status, json(a).code, a.headers['www-authenticate']]), probes.map(() => [401, 'ERR_UNAUTHENTICATED', 'Bearer realm="writ-proxy", error="invalid_token"']), name);
+    }
+  });
+
+  test('a task token learns why an unrouted request is refused, and the refusal is on the chain with its task', async () => {
+    const path = "/proxy/shop/nothing/here'; DROP TABLE audit_records; --";
+    const answer = await raw(h.url, 'GET', path.replace(/ /g, '%20'), auth());
+    assert.equal(answer.status, 404, answer.text);
+    assert.equal(json(answer).code, 'ERR_NOT_FOUND');
+    const records = (await h.auditRecords()).filter((r) => r.type === 'action.check' && r.reason === 'ERR_NOT_FOUND');
+    const record = records.at(-1) as any;
+    assert.ok(record !== undefined, 'the refusal is audited');
+    assert.equal(record.decision, 'deny');
+    assert.equal(record.task.id, taskId);
+    assert.equal(record.actor.id, AGENT);
+    assert.equal(record.data.path, path.replace(/ /g, '%20'), 'the path as asked, as data');
+    assert.equal((await verifyAuditChain(h.writ.store)).ok, true, 'the chain holds');
   });
 
   test('a streamed answer reaches the agent chunk by chunk, not buffered whole', async () => {

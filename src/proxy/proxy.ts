@@ -8,7 +8,8 @@
  *   1. bearer    the task token from `Authorization: Bearer` (none: 401)
  *   2. resolve   the route and the (action, resource) the request is decided
  *                as, from the path read once (route-table.ts); a path outside
- *                the table, or not plain segments, is refused
+ *                the table, or not plain segments, is refused, on the audit
+ *                chain, and only to a live task token (anything else: 401)
  *   3. check     the action check (writ.authorize), with the mTLS client
  *                certificate as presenter; it audits the decision. With
  *                `server.tls.clientCertificates: required`, a request without
@@ -28,8 +29,9 @@ import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { pipeline } from 'node:stream';
 import { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
-import { errorCatalog, toProblem, WritError, type WritErrorCode } from '../core/errors.js';
+import { errorCatalog, isWritError, toProblem, WritError, type WritErrorCode } from '../core/errors.js';
 import type { ActionDecision, Presenter } from '../enforce/action-check.js';
+import { auditActor } from '../audit/log.js';
 import { peerCertificateChain } from '../identity/x509-svid.js';
 import type { Writ } from '../writ.js';
 import { agentResponseHeaders, upstreamRequestHeaders } from './hop-headers.js';
@@ -96,6 +98,36 @@ export function createHttpProxy(options: { readonly writ: Writ; readonly logger?
     const extensions: Record<string, unknown> = { decisionId: decision.auditId };
     if (decision.approval !== undefined) extensions.approvalId = decision.approval.id;
     sendProblem(res, reason, DENIAL_SENTENCES[reason] ?? 'Writ refused this request', {}, extensions);
+  };
+
+  /**
+   * A request the route table refuses (outside it, a method the path does not
+   * take, not plain segments). Only a caller holding a live task token learns
+   * why, and the refusal is on the chain with its task; anyone else gets the
+   * same 401 as on a routed path, so the table cannot be mapped without a
+   * token.
+   */
+  const refuseUnresolved = async (req: IncomingMessage, res: ServerResponse, bearer: string, resolved: { readonly code: WritErrorCode; readonly detail: string }): Promise<void> => {
+    const socket = req.socket;
+    let caller;
+    try {
+      caller = await writ.broker.authenticate({ bearer, certificateChain: socket instanceof TLSSocket ? peerCertificateChain(socket) : [] }, { allowTaskToken: true, endpoint: `${(req.method ?? '').slice(0, 16)} ${settings.mount}` });
+    } catch (error) {
+      // Why the credential failed is audited by authenticate; the caller sees one 401.
+      if (isWritError(error) && error.status === 401) return unauthorized(res, true);
+      throw error;
+    }
+    if (caller.taskId === undefined) return unauthorized(res, true);
+    await writ.audit.append({
+      type: 'action.check',
+      decision: 'deny',
+      reason: resolved.code,
+      detail: resolved.detail,
+      actor: auditActor(caller.identity),
+      task: { id: caller.taskId },
+      data: { endpoint: settings.mount, method: (req.method ?? '').slice(0, 16), path: (req.url ?? '').slice(0, 512) },
+    });
+    sendProblem(res, resolved.code, resolved.detail);
   };
 
   /** The route's secrets as headers; undefined when one cannot be opened (logged by name, never by value). */
@@ -176,17 +208,14 @@ export function createHttpProxy(options: { readonly writ: Writ; readonly logger?
         if (authorization === undefined || authorization === '') return unauthorized(res, false);
         const bearer = BEARER_RE.exec(authorization)?.[1];
         if (bearer === undefined) return unauthorized(res, true);
-        const resolved = resolveProxyTarget(table, req.method ?? 'GET', req.url ?? '');
-        if (!resolved.ok) {
-          logger?.info({ method: req.method, code: resolved.code, detail: resolved.detail }, 'proxy request refused before the action check');
-          return sendProblem(res, resolved.code, resolved.detail);
-        }
-        const { target } = resolved;
         const presenter = presenterOf(req);
         if (certificateRequired && presenter.certificateThumbprint === undefined) {
           await recordMissingCertificate(req);
           return unauthorized(res, true);
         }
+        const resolved = resolveProxyTarget(table, req.method ?? 'GET', req.url ?? '');
+        if (!resolved.ok) return await refuseUnresolved(req, res, bearer, resolved);
+        const { target } = resolved;
         const decision = await writ.authorize(bearer, { action: target.action, resource: target.resource }, presenter);
         if (!decision.allowed) return refuse(res, decision);
         const injected = await injectedHeaders(target);
