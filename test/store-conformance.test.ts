@@ -1140,3 +1140,29 @@ describe('PostgreSQL connections', () => {
     }
   });
 });
+
+describe('the public revocation feed reads by index', () => {
+  test('SQLite: ended, unexpired tasks are an index search, not a scan of every task that ever ended', async () => {
+    const store = await openSqliteStore({ filename: ':memory:' });
+    try {
+      type Statement = { all(...params: unknown[]): { detail: string }[] };
+      const database = (store as unknown as { sqlite: { prepare(sql: string): Statement } }).sqlite;
+      // The SQL the store itself sends, caught on its way to better-sqlite3, then planned by SQLite.
+      const asked: string[] = [];
+      const prepare = database.prepare.bind(database);
+      database.prepare = (text: string) => {
+        asked.push(text);
+        return prepare(text);
+      };
+      await store.listEndedUnexpiredTasks(0);
+      database.prepare = prepare;
+      const query = asked.find((text) => /from "tasks"/.test(text));
+      assert.ok(query !== undefined, `the store read tasks (asked: ${JSON.stringify(asked)})`);
+      const params = [...query.matchAll(/\?/g)].map((_, i, all) => (i === all.length - 1 ? 0 : 'completed'));
+      const plan = prepare(`explain query plan ${query}`).all(...params).map((row) => row.detail);
+      assert.deepEqual(plan, ['SEARCH tasks USING INDEX tasks_state_expires (state=? AND expires_at>?)']);
+    } finally {
+      await store.close();
+    }
+  });
+});

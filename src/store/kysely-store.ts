@@ -11,7 +11,7 @@ import Database from 'better-sqlite3';
 import { CompiledQuery, Kysely, Migrator, PostgresDialect, SqliteDialect, sql } from 'kysely';
 import pg from 'pg';
 import { canonicalize } from '../core/canonical-json.js';
-import type { AdminScope, ApprovalRequest, ApprovalRequestState, ApprovalVote, BreakGlass, Identity, IdentityState, RefusedScope, Scope, Task, TaskState, Tier } from '../core/types.js';
+import { TASK_STATES, type AdminScope, type ApprovalRequest, type ApprovalRequestState, type ApprovalVote, type BreakGlass, type Identity, type IdentityState, type RefusedScope, type Scope, type Task, type TaskState, type Tier } from '../core/types.js';
 import { migrationProvider } from './migrations.js';
 import type {
   ActiveTaskQuery,
@@ -243,6 +243,7 @@ interface Tables {
 }
 
 const NON_TERMINAL: readonly TaskState[] = ['active', 'pending_approval'];
+const TERMINAL: TaskState[] = TASK_STATES.filter((state) => !NON_TERMINAL.includes(state));
 // Arbitrary constant naming Writ's audit-append advisory lock in PostgreSQL ('writ' in ASCII).
 const AUDIT_LOCK_KEY = 0x77726974;
 const BEGIN_IMMEDIATE = CompiledQuery.raw('begin immediate');
@@ -504,10 +505,12 @@ class KyselyStore implements Store {
   }
 
   async listEndedUnexpiredTasks(now: number): Promise<Task[]> {
+    // By state (a task has ended_at exactly when its state is terminal), so that tasks_state_expires
+    // serves it with one range per state: `ended_at is not null` scanned every task that ever ended.
     const rows = await this.db
       .selectFrom('tasks')
       .selectAll()
-      .where('ended_at', 'is not', null)
+      .where('state', 'in', TERMINAL)
       .where('expires_at', '>', now)
       .execute();
     return rows.map(toTask);
