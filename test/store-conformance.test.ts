@@ -240,6 +240,26 @@ for (const [backend, setup] of Object.entries(backends)) {
       assert.equal((await store.getTask('task_id_c'))?.state, 'active', 'another identity\'s task is untouched');
     });
 
+    maybe("identities: the non-terminal tasks of every identity past its own expiry are revoked in one call, exactly once", async () => {
+      const identity = (id: string, expiresAt: number | null) => ({ id, actorType: 'agent' as const, owner: 'a@example.com', environment: 'production', labels: {}, state: 'active' as const, source: 'cli', adminScopes: [], createdAt: 1, expiresAt });
+      await store.createIdentity(identity('spiffe://demo.local/agent/gone', 100));
+      await store.createIdentity(identity('spiffe://demo.local/agent/later', 1000));
+      await store.createIdentity(identity('spiffe://demo.local/agent/forever', null));
+      await store.createTask({ ...newTask('task_exp_a'), identityId: 'spiffe://demo.local/agent/gone' });
+      await store.createTask({ ...newTask('task_exp_b'), identityId: 'spiffe://demo.local/agent/gone', state: 'pending_approval' });
+      await store.createTask({ ...newTask('task_exp_c'), identityId: 'spiffe://demo.local/agent/later' });
+      await store.createTask({ ...newTask('task_exp_d'), identityId: 'spiffe://demo.local/agent/forever' });
+      await store.createTask({ ...newTask('task_exp_e'), identityId: 'spiffe://demo.local/agent/gone' });
+      await store.transitionTask('task_exp_e', ['active'], 'completed', { at: 5 });
+      const revoked = await store.revokeTasksOfExpiredIdentities(100, { at: 100, endReason: 'revoked: identity expired' });
+      assert.deepEqual(revoked.map((t) => [t.id, t.state, t.endReason, t.endedAt]).sort(), [
+        ['task_exp_a', 'revoked', 'revoked: identity expired', 100],
+        ['task_exp_b', 'revoked', 'revoked: identity expired', 100],
+      ]);
+      assert.deepEqual(await store.revokeTasksOfExpiredIdentities(100, { at: 101 }), [], 'nothing left to end');
+      assert.deepEqual([(await store.getTask('task_exp_c'))?.state, (await store.getTask('task_exp_d'))?.state, (await store.getTask('task_exp_e'))?.state], ['active', 'active', 'completed']);
+    });
+
     maybe('admin tokens: found by hash, revoked once; a one-time fact is claimed by one caller only', async () => {
       const record = { id: 'adm_1', name: 'ci', tokenHash: 'a'.repeat(64), scopes: ['identities:read' as const], createdBy: 'cli:root', createdAt: 1, expiresAt: null, revokedAt: null, lastUsedAt: null };
       await store.createAdminToken(record);

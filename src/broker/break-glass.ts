@@ -257,7 +257,8 @@ export function createBreakGlass(options: BreakGlassOptions): BreakGlassService 
         throw new WritError('ERR_POLICY_DENIED', { detail: 'the break-glass policy set refused this', extensions: { policies: [...deciding].sort() } });
       }
 
-      const expiresAt = now + seconds * 1000;
+      // Never past the identity's own expiry, like every grant.
+      const expiresAt = Math.min(now + seconds * 1000, target.expiresAt ?? Number.POSITIVE_INFINITY);
       const minted = mintTaskToken(options.taskKeys, {
         issuer: settings.issuer,
         audience: settings.audience,

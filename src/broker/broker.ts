@@ -429,7 +429,13 @@ export function createBroker(options: BrokerOptions): Broker {
 
       const state: TaskState = pending.length > 0 ? 'pending_approval' : granted.length > 0 ? 'active' : 'denied';
       const taskId = newId('task');
-      const expiresAt = now + ttl * 1000;
+      let expiresAt = now + ttl * 1000;
+      // INVARIANT: no grant outlives the identity it is for, so the identity's expiry ends its tokens for
+      // resource servers verifying offline too (its expiry is checked by Writ, but is not in any revocation feed).
+      if (identity.expiresAt !== null && expiresAt > identity.expiresAt) {
+        expiresAt = identity.expiresAt;
+        warnings.push(`expiry cut to ${new Date(expiresAt).toISOString()}: the identity's own expiry`);
+      }
       const minted =
         state === 'active'
           ? mintTaskToken(options.taskKeys, {
@@ -620,14 +626,18 @@ export function createBroker(options: BrokerOptions): Broker {
         ttl = settings.maxTtlSeconds;
       }
       const lifetimeEnds = task.createdAt + (settings.maxLifetimeSeconds ?? 28_800) * 1000;
-      const limit = Math.min(lifetimeEnds, parent?.expiresAt ?? Number.POSITIVE_INFINITY);
-      if (limit - now < 1000) {
-        return refuse('ERR_MAX_LIFETIME_REACHED', limit === lifetimeEnds ? 'the task has reached its maximum lifetime' : 'the task it was delegated from expires now');
-      }
+      // Never past the task's lifetime, the task it was delegated from, or the identity it is for.
+      const limits: [number, string, string][] = [
+        [lifetimeEnds, 'the task has reached its maximum lifetime', "the task's maximum lifetime"],
+        [parent?.expiresAt ?? Number.POSITIVE_INFINITY, 'the task it was delegated from expires now', 'the expiry of the task it was delegated from'],
+        [identity.expiresAt ?? Number.POSITIVE_INFINITY, 'the identity it is for expires now', "the identity's own expiry"],
+      ];
+      const [limit, limitReached, limitName] = limits.reduce((earliest, each) => (each[0] < earliest[0] ? each : earliest));
+      if (limit - now < 1000) return refuse('ERR_MAX_LIFETIME_REACHED', limitReached);
       let expiresAt = now + ttl * 1000;
       if (expiresAt > limit) {
         expiresAt = limit;
-        warnings.push(`expiry cut to ${new Date(limit).toISOString()}: ${limit === lifetimeEnds ? 'the task\'s maximum lifetime' : 'the expiry of the task it was delegated from'}`);
+        warnings.push(`expiry cut to ${new Date(limit).toISOString()}: ${limitName}`);
       }
 
       // What it keeps: what it holds now (less any narrowing), or the part of it the request names.
@@ -744,6 +754,10 @@ export function createBroker(options: BrokerOptions): Broker {
     async reapExpired() {
       const expired = await store.expireTasks(clock.now());
       let count = await announceAndRecord(expired, 'ttl elapsed');
+      // An identity whose own expiry passed (shortened after its tasks were granted: a grant never outlives it
+      // otherwise) takes its tasks with it, as an end everyone hears: resource servers read it from the feed.
+      const now = clock.now();
+      count += await announceAndRecord(await store.revokeTasksOfExpiredIdentities(now, { at: now, endReason: 'revoked: identity expired' }), 'identity expired');
       // A cascade cut short (the process stopped between a parent's end and its children's) finishes here.
       for (const orphan of await store.listOrphanedTasks(500)) {
         const ended = await store.transitionTask(orphan.id, ['active', 'pending_approval'], 'revoked', { at: clock.now(), endReason: `revoked: ${orphan.parentTaskId ?? 'its parent'}, which it was delegated from, ended` });

@@ -162,7 +162,8 @@ export function createDelegation(options: DelegationOptions): Delegation {
       const kept = keptScopes(options.narrowings, parent);
       const ttlSeconds = request.ttlSeconds ?? settings.defaultTtlSeconds;
       // No ttl asked: as long as the default allows, within the parent's. One asked for is held to, or refused.
-      const expiresAt = request.ttlSeconds === undefined ? Math.min(now + ttlSeconds * 1000, parent.expiresAt) : now + ttlSeconds * 1000;
+      // Either way never past the worker identity's own expiry (the planner's bounds the parent already).
+      const expiresAt = Math.min(request.ttlSeconds === undefined ? Math.min(now + ttlSeconds * 1000, parent.expiresAt) : now + ttlSeconds * 1000, worker.expiresAt ?? Number.POSITIVE_INFINITY);
       const attenuated = attenuate(
         { scopes: request.scopes, expiresAt },
         { parentScopes: kept, parentExpiresAt: parent.expiresAt, parentDepth: parent.lineage.length, maxDepth: settings.maxDepth },

@@ -493,6 +493,17 @@ class KyselyStore implements Store {
     return rows.map(toTask);
   }
 
+  async revokeTasksOfExpiredIdentities(now: number, change: TaskTransition): Promise<Task[]> {
+    const rows = await this.db
+      .updateTable('tasks')
+      .set({ state: 'revoked', ended_at: change.at, end_reason: change.endReason ?? 'revoked' })
+      .where('state', 'in', [...NON_TERMINAL])
+      .where('identity_id', 'in', (eb) => eb.selectFrom('identities').select('id').where('expires_at', 'is not', null).where('expires_at', '<=', now))
+      .returningAll()
+      .execute();
+    return rows.map(toTask);
+  }
+
   async endTasksOfIdentity(identityId: string, to: TaskState, change: TaskTransition): Promise<Task[]> {
     const rows = await this.db
       .updateTable('tasks')

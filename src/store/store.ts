@@ -335,6 +335,12 @@ export interface Store {
    * exactly the tasks this call moved.
    */
   endTasksOfIdentity(identityId: string, to: TaskState, change: TaskTransition): Promise<Task[]>;
+  /**
+   * Atomically revokes every non-terminal task whose identity's own expiry
+   * has passed at `now` (`change.at`), and returns exactly the tasks this call
+   * moved.
+   */
+  revokeTasksOfExpiredIdentities(now: number, change: TaskTransition): Promise<Task[]>;
   /** The granted scopes of the identity's `limit` most recent tasks that were granted anything, newest first. */
   listGrantedScopesOf(identityId: string, limit: number): Promise<Scope[][]>;
   /** Ids and expiries of tasks that ended at or after `since` (any node, any process). */
