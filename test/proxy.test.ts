@@ -5,6 +5,7 @@
  * called, and bodies streaming both ways.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { request as httpsRequest } from 'node:https';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -19,10 +20,11 @@ import { stringify as toYaml } from 'yaml';
 import { createManualClock } from '../src/core/clock.js';
 import { loadConfig } from '../src/core/config.js';
 import { verifyAuditChain } from '../src/audit/log.js';
-import { createHttpProxy } from '../src/proxy/proxy.js';
-import { agentResponseHeaders, upstreamRequestHeaders } from '../src/proxy/hop-headers.js';
-import { decodeSegments } from '../src/proxy/route-table.js';
+import { createHttpProxy } from '../src/gateway/http/proxy.js';
+import { agentResponseHeaders, upstreamRequestHeaders } from '../src/gateway/http/hop-headers.js';
+import { decodeSegments } from '../src/gateway/http/route-table.js';
 import { AGENT, claimsOf, resignTaskToken, startHarness, supportTask, tokenFromUnknownKey, type Harness } from './helpers/harness.js';
+import { BIN } from './helpers/cli.js';
 import { createCa, issueServerCert, issueSvid } from './helpers/pki.js';
 
 const SECRET = 'shop-key-7f3a9c1e5b2d4f60';
@@ -295,6 +297,32 @@ describe('HTTP proxy enforcement point', () => {
     assert.equal(record.actor.id, AGENT);
     assert.equal(record.data.path, path.replace(/ /g, '%20'), 'the path as asked, as data');
     assert.equal((await verifyAuditChain(h.writ.store)).ok, true, 'the chain holds');
+  });
+
+  test('writ proxy serves the routes alone, on the same mount: a request decided and forwarded, no REST API beside it', async () => {
+    const child = spawn(process.execPath, [BIN, 'proxy', '--config', join(h.dataDir, 'writ.yaml'), '--data-dir', h.dataDir, '--port', '0'], { env: { PATH: process.env.PATH ?? '' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    try {
+      const url = await new Promise<string>((resolve, reject) => {
+        let out = '';
+        child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
+          out += chunk;
+          const match = /Writ listening on (http:\/\/[^"\s]+)/.exec(out);
+          if (match) resolve(match[1]!);
+        });
+        child.once('exit', (code) => reject(new Error(`writ proxy exited ${code}: ${out}`)));
+      });
+      const before = up.seen.length;
+      const answer = await raw(url, 'GET', '/proxy/shop/orders/42', auth());
+      assert.equal(answer.status, 200, answer.text);
+      assert.equal(up.seen.length, before + 1, 'the upstream was called once');
+      assert.equal(up.seen.at(-1)?.headers.authorization, `Bearer ${SECRET}`, 'with the injected secret');
+      assert.equal((await raw(url, 'GET', '/proxy/shop/orders/42', { authorization: 'Bearer not-a-token' })).status, 401);
+      assert.equal((await raw(url, 'GET', '/healthz', {})).status, 200);
+      assert.equal((await raw(url, 'GET', '/v1/identities', auth())).status, 404, 'the REST API is not served');
+    } finally {
+      child.kill('SIGTERM');
+      await new Promise((r) => (child.exitCode !== null ? r(undefined) : child.once('exit', r)));
+    }
   });
 
   test('a streamed answer reaches the agent chunk by chunk, not buffered whole', async () => {

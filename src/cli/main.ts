@@ -20,7 +20,7 @@ import { formatScope, parseScopeClaim } from '../core/scope.js';
 import { createMcpGateway } from '../gateway/mcp/gateway.js';
 import { serveGatewayStdio } from '../gateway/mcp/stdio.js';
 import { createUpstreamPool } from '../gateway/mcp/upstreams.js';
-import { createProxyServer } from '../proxy/server.js';
+import { createProxyServer } from '../gateway/http/server.js';
 import { createServer } from '../server/app.js';
 import { describeStore, openStore } from '../store/open.js';
 import { createWrit, type IdentityStateChange, type Writ } from '../writ.js';

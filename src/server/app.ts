@@ -28,7 +28,7 @@ import { createMcpHttpFront, MCP_PATH } from '../gateway/mcp/http.js';
 import { createUpstreamPool } from '../gateway/mcp/upstreams.js';
 import { registerOAuthRoutes, TOKEN_PATH } from './oauth.js';
 import { registerLeaseRoutes } from './leases.js';
-import { registerProxyRoutes } from '../proxy/routes.js';
+import { registerProxyRoutes } from '../gateway/http/routes.js';
 import { registerRevocationRoutes } from './revocations.js';
 import { adminActor, type IdentityStateChange, type Writ } from '../writ.js';
 

@@ -12,8 +12,8 @@
  * encoded again: the upstream can only ever be asked for the path that was
  * decided.
  */
-import { isValidAction, isValidResource } from '../core/scope.js';
-import type { ProxyRouteConfig } from '../core/config.js';
+import { isValidAction, isValidResource } from '../../core/scope.js';
+import type { ProxyRouteConfig } from '../../core/config.js';
 
 /** GET, HEAD: read; POST, PUT, PATCH: write; DELETE: delete. Other methods only where configured. */
 export const DEFAULT_METHOD_ACTIONS: Readonly<Record<string, string>> = Object.freeze({ GET: 'read', HEAD: 'read', POST: 'write', PUT: 'write', PATCH: 'write', DELETE: 'delete' });

@@ -29,11 +29,11 @@ import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { pipeline } from 'node:stream';
 import { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
-import { errorCatalog, isWritError, toProblem, WritError, type WritErrorCode } from '../core/errors.js';
-import type { ActionDecision, Presenter } from '../enforce/action-check.js';
-import { auditActor } from '../audit/log.js';
-import { peerCertificateChain } from '../identity/x509-svid.js';
-import type { Writ } from '../writ.js';
+import { errorCatalog, isWritError, toProblem, WritError, type WritErrorCode } from '../../core/errors.js';
+import type { ActionDecision, Presenter } from '../../enforce/action-check.js';
+import { auditActor } from '../../audit/log.js';
+import { peerCertificateChain } from '../../identity/x509-svid.js';
+import type { Writ } from '../../writ.js';
 import { agentResponseHeaders, upstreamRequestHeaders } from './hop-headers.js';
 import { compileRouteTable, resolveProxyTarget, type ProxyTarget, type RouteTable } from './route-table.js';
 

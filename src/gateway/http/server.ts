@@ -6,9 +6,9 @@
 import { randomUUID } from 'node:crypto';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
-import { toProblem, WritError } from '../core/errors.js';
-import { httpsOptions } from '../server/app.js';
-import type { Writ } from '../writ.js';
+import { toProblem, WritError } from '../../core/errors.js';
+import { httpsOptions } from '../../server/app.js';
+import type { Writ } from '../../writ.js';
 import { registerProxyRoutes } from './routes.js';
 
 /** A server with only the proxy's routes and /healthz. */
