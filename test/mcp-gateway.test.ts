@@ -20,7 +20,7 @@ import { loadConfig, PACKAGE_ROOT } from '../src/core/config.js';
 import { createUpstreamPool } from '../src/gateway/mcp/upstreams.js';
 import { pino } from 'pino';
 import { AGENT, startHarness, supportTask, tokenFromUnknownKey, unsignedToken, type Harness } from './helpers/harness.js';
-import { runWrit } from './helpers/cli.js';
+import { runWrit, startWrit } from './helpers/cli.js';
 import { createTestDatabase } from './helpers/pg.js';
 import { EXAMPLE_POLICIES, policyFolder } from './helpers/policy-folder.js';
 
@@ -783,28 +783,16 @@ describe('writ mcp: the gateway on stdio', () => {
   });
 
   test('writ gateway serves /mcp alone: no REST API beside it, the same 401 challenge', async () => {
-    const child = spawn(process.execPath, [join(PACKAGE_ROOT, 'bin', 'writ.js'), 'gateway', '--config', join(h.dataDir, 'writ.yaml'), '--data-dir', h.dataDir, '--port', '0'], {
-      env: { PATH: process.env.PATH ?? '' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const gateway = await startWrit(['gateway', '--config', join(h.dataDir, 'writ.yaml'), '--data-dir', h.dataDir, '--port', '0']);
+    const url = gateway.url;
     try {
-      const url = await new Promise<string>((resolve, reject) => {
-        let out = '';
-        child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
-          out += chunk;
-          const match = /Writ listening on (http:\/\/[^"\s]+)/.exec(out);
-          if (match) resolve(match[1]!);
-        });
-        child.once('exit', (code) => reject(new Error(`writ gateway exited ${code}`)));
-      });
       assert.equal((await fetch(`${url}/healthz`)).status, 200);
       assert.equal((await fetch(`${url}/v1/identities`)).status, 404, 'the REST API is not served');
       const challenge = await fetch(`${url}/mcp`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' });
       assert.equal(challenge.status, 401);
       assert.match(challenge.headers.get('www-authenticate') ?? '', /resource_metadata=/);
     } finally {
-      child.kill('SIGTERM');
-      await new Promise((r) => (child.exitCode !== null ? r(undefined) : child.once('exit', r)));
+      await gateway.stop();
     }
   });
 

@@ -5,7 +5,6 @@
  * called, and bodies streaming both ways.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { request as httpsRequest } from 'node:https';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -24,7 +23,7 @@ import { createHttpProxy } from '../src/gateway/http/proxy.js';
 import { agentResponseHeaders, upstreamRequestHeaders } from '../src/gateway/http/hop-headers.js';
 import { decodeSegments } from '../src/gateway/http/route-table.js';
 import { AGENT, claimsOf, resignTaskToken, startHarness, supportTask, tokenFromUnknownKey, type Harness } from './helpers/harness.js';
-import { BIN } from './helpers/cli.js';
+import { startWrit } from './helpers/cli.js';
 import { createCa, issueServerCert, issueSvid } from './helpers/pki.js';
 
 const SECRET = 'shop-key-7f3a9c1e5b2d4f60';
@@ -300,17 +299,9 @@ describe('HTTP proxy enforcement point', () => {
   });
 
   test('writ proxy serves the routes alone, on the same mount: a request decided and forwarded, no REST API beside it', async () => {
-    const child = spawn(process.execPath, [BIN, 'proxy', '--config', join(h.dataDir, 'writ.yaml'), '--data-dir', h.dataDir, '--port', '0'], { env: { PATH: process.env.PATH ?? '' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const proxy = await startWrit(['proxy', '--config', join(h.dataDir, 'writ.yaml'), '--data-dir', h.dataDir, '--port', '0']);
+    const url = proxy.url;
     try {
-      const url = await new Promise<string>((resolve, reject) => {
-        let out = '';
-        child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
-          out += chunk;
-          const match = /Writ listening on (http:\/\/[^"\s]+)/.exec(out);
-          if (match) resolve(match[1]!);
-        });
-        child.once('exit', (code) => reject(new Error(`writ proxy exited ${code}: ${out}`)));
-      });
       const before = up.seen.length;
       const answer = await raw(url, 'GET', '/proxy/shop/orders/42', auth());
       assert.equal(answer.status, 200, answer.text);
@@ -320,8 +311,7 @@ describe('HTTP proxy enforcement point', () => {
       assert.equal((await raw(url, 'GET', '/healthz', {})).status, 200);
       assert.equal((await raw(url, 'GET', '/v1/identities', auth())).status, 404, 'the REST API is not served');
     } finally {
-      child.kill('SIGTERM');
-      await new Promise((r) => (child.exitCode !== null ? r(undefined) : child.once('exit', r)));
+      await proxy.stop();
     }
   });
 

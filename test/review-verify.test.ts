@@ -13,6 +13,7 @@ import Fastify, { type FastifyRequest } from 'fastify';
 import { createWritVerifier, fastifyWrit, nodeWrit, withWrit, type WritVerifier, type WritVerifierOptions } from '../src/verify/index.js';
 import { claimsOf, resignTaskToken, startHarness, supportTask, type Harness } from './helpers/harness.js';
 import { policyFolder } from './helpers/policy-folder.js';
+import { testVerifiers } from './helpers/verifiers.js';
 
 const READ_ORDER = { action: 'read', resource: 'db:orders/42' } as const;
 
@@ -37,19 +38,9 @@ async function listen(server: Server): Promise<number> {
 
 describe('review: writ/verify', () => {
   let h: Harness;
-  const verifiers: WritVerifier[] = [];
-  const verifierFor = (overrides: Partial<WritVerifierOptions> = {}): WritVerifier => {
-    const verifier = createWritVerifier({
-      issuer: h.writ.config.issuer,
-      audience: h.writ.config.tokens.audience,
-      jwksUrl: `${h.url}/.well-known/jwks.json`,
-      revocationsUrl: `${h.url}/v1/revocations`,
-      pollIntervalMs: 60_000,
-      ...overrides,
-    });
-    verifiers.push(verifier);
-    return verifier;
-  };
+  const verifiers = testVerifiers(() => h);
+  /** A verifier for `h`, closed when the file ends. */
+  const verifierFor = verifiers.create;
   const grant = async () => {
     const answer = await h.post('/v1/tasks', supportTask(), await h.identityToken());
     assert.equal(answer.status, 201, JSON.stringify(answer.body));
@@ -61,7 +52,7 @@ describe('review: writ/verify', () => {
     await h.registerAgent();
   });
   after(async () => {
-    for (const verifier of verifiers) verifier.close();
+    verifiers.closeAll();
     await h.close();
   });
 

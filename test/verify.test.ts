@@ -19,6 +19,7 @@ import { createManualClock } from '../src/core/clock.js';
 import { createWritVerifier, fastifyWrit, verifiedTaskOf, withWrit, type WritVerifier, type WritVerifierOptions } from '../src/verify/index.js';
 import { claimsOf, resignTaskToken, startHarness, supportTask, tokenFromUnknownKey, unsignedToken, type Harness } from './helpers/harness.js';
 import { policyFolder } from './helpers/policy-folder.js';
+import { testVerifiers } from './helpers/verifiers.js';
 
 const PLANNER = 'spiffe://demo.local/agent/planner';
 const WORKER = 'spiffe://demo.local/agent/worker';
@@ -58,27 +59,16 @@ async function waitFor(what: string, check: () => Promise<boolean>, ms = 5_000):
 
 describe('writ/verify against a real Writ', () => {
   let h: Harness;
-  const verifiers: WritVerifier[] = [];
+  const verifiers = testVerifiers(() => h);
   /** A verifier for `h`, closed when the file ends. */
-  const verifierFor = (overrides: Partial<WritVerifierOptions> = {}): WritVerifier => {
-    const verifier = createWritVerifier({
-      issuer: h.writ.config.issuer,
-      audience: h.writ.config.tokens.audience,
-      jwksUrl: `${h.url}/.well-known/jwks.json`,
-      revocationsUrl: `${h.url}/v1/revocations`,
-      pollIntervalMs: 60_000,
-      ...overrides,
-    });
-    verifiers.push(verifier);
-    return verifier;
-  };
+  const verifierFor = verifiers.create;
 
   before(async () => {
     h = await startHarness({ config: { policy: { dir: policyFolder() }, tokens: { maxLifetime: '15m' } } });
     for (const id of [PLANNER, WORKER]) await h.registerAgent(id);
   });
   after(async () => {
-    for (const verifier of verifiers) verifier.close();
+    verifiers.closeAll();
     await h.close();
   });
 

@@ -1033,13 +1033,13 @@ class KyselyStore implements Store {
     return row && toLease(row);
   }
 
+  /** Active leases of active tasks: the ones that follow their task's renewals and narrowings. */
+  private activeLeasesOfActiveTasks() {
+    return this.db.selectFrom('leases').innerJoin('tasks', 'tasks.id', 'leases.task_id').selectAll('leases').where('leases.state', '=', 'active').where('tasks.state', '=', 'active');
+  }
+
   async listLeasesToExtend(now: number, limit: number): Promise<Lease[]> {
-    const rows = await this.db
-      .selectFrom('leases')
-      .innerJoin('tasks', 'tasks.id', 'leases.task_id')
-      .selectAll('leases')
-      .where('leases.state', '=', 'active')
-      .where('tasks.state', '=', 'active')
+    const rows = await this.activeLeasesOfActiveTasks()
       .where('tasks.expires_at', '>', now)
       .whereRef('tasks.expires_at', '>', 'leases.expires_at')
       .orderBy('leases.created_at')
@@ -1050,12 +1050,7 @@ class KyselyStore implements Store {
   }
 
   async listActiveLeases(afterId: string, limit: number): Promise<Lease[]> {
-    const rows = await this.db
-      .selectFrom('leases')
-      .innerJoin('tasks', 'tasks.id', 'leases.task_id')
-      .selectAll('leases')
-      .where('leases.state', '=', 'active')
-      .where('tasks.state', '=', 'active')
+    const rows = await this.activeLeasesOfActiveTasks()
       .where('leases.id', '>', afterId)
       .orderBy('leases.id')
       .limit(limit)

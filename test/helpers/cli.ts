@@ -58,3 +58,37 @@ export async function runExample(name: string): Promise<{ code: number | null; o
   const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
   return { code, out, err };
 }
+
+/** A `writ` server process started by `startWrit`. */
+export interface RunningWrit {
+  /** Where it listens, from its `Writ listening on` log line. */
+  readonly url: string;
+  /** Stops it (SIGTERM) and resolves once it has exited. */
+  stop(): Promise<void>;
+}
+
+/** Starts `writ <args>` (serve, gateway, proxy) with only PATH in its environment; resolves once it logs where it listens. */
+export async function startWrit(args: readonly string[]): Promise<RunningWrit> {
+  const child = spawn(process.execPath, [BIN, ...args], { env: { PATH: process.env.PATH ?? '' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const stop = async () => {
+    if (child.exitCode !== null) return;
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    child.kill('SIGTERM');
+    await exited;
+  };
+  try {
+    const url = await new Promise<string>((resolve, reject) => {
+      let out = '';
+      child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+        out += chunk;
+        const match = /Writ listening on (https?:\/\/[^"\s]+)/.exec(out);
+        if (match) resolve(match[1]!);
+      });
+      child.once('exit', (code) => reject(new Error(`writ ${args[0] ?? ''} exited ${code} before it listened: ${out}`)));
+    });
+    return { url, stop };
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+}
