@@ -330,9 +330,11 @@ describe('writ/verify against a real Writ', () => {
     const recent = await h.get(`/v1/revocations?since=${Date.now()}`);
     assert.ok(!recent.body.tasks.some((t: { id: string }) => t.id === longAgo.id), 'ended minutes before `since`: not listed');
     assert.ok((await h.get('/v1/revocations')).body.tasks.some((t: { id: string }) => t.id === longAgo.id), 'but listed without `since`');
-    for (const bad of ['since=abc', 'since=-1', 'since=1&since=2', 'since=99999999999999999', 'until=1']) {
+    const bads = ['since=abc', 'since=-1', 'since=1&since=2', 'since=99999999999999999', 'until=1', 'since=', 'since=1e3', 'since=0x10', 'since=%20', 'since=1.5', 'since[]=1', 'since=12345678901234567'];
+    for (const bad of bads) {
       const answer = await h.get(`/v1/revocations?${bad}`);
       assert.equal(answer.status, 400, bad);
+      assert.match(answer.headers.get('content-type') ?? '', /^application\/problem\+json/, `${bad}: problem+json`);
       assert.equal(answer.body.code, 'ERR_VALIDATION', bad);
     }
   });
@@ -434,13 +436,8 @@ describe('writ/verify and policy drift', () => {
   test('a scope a policy change took from a live grant is refused after the next pull; the scope it keeps still passes', async () => {
     const dir = policyFolder();
     const h = await startHarness({ config: { policy: { dir } } });
-    const verifier = createWritVerifier({
-      issuer: h.writ.config.issuer,
-      audience: h.writ.config.tokens.audience,
-      jwksUrl: `${h.url}/.well-known/jwks.json`,
-      revocationsUrl: `${h.url}/v1/revocations`,
-      pollIntervalMs: 60_000,
-    });
+    const verifiers = testVerifiers(() => h);
+    const verifier = verifiers.create();
     try {
       await h.registerAgent();
       await verifier.ready();
@@ -466,7 +463,7 @@ describe('writ/verify and policy drift', () => {
       assert.equal(refused.ok ? 'ok' : refused.code, 'ERR_SCOPE_NOT_GRANTED', 'the dropped read is refused although the token still carries it');
       assert.ok((await verifier.verify(token, write)).ok, 'the kept write still passes');
     } finally {
-      verifier.close();
+      verifiers.closeAll();
       await h.close();
     }
   });
