@@ -9,7 +9,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { createManualClock } from '../src/core/clock.js';
-import { claimsOf, startHarness, supportTask, type Harness } from './helpers/harness.js';
+import { claimsOf, delegated, startHarness, supportTask, type Harness } from './helpers/harness.js';
 import { policyFolder } from './helpers/policy-folder.js';
 
 const SHORT_LIVED = 'spiffe://demo.local/agent/short-lived';
@@ -66,15 +66,9 @@ describe("an identity's expiry bounds its grants", () => {
     const workerEnds = clock.now() + minutes(2);
     await h.registerAgent(WORKER, { expiresAt: workerEnds });
     const parent = await ask(PLANNER, 900);
-    const actor = (await h.writ.issueIdentityToken(WORKER, 60, { forExchange: true })).token;
-    const form = new URLSearchParams({
-      grant_type: 'urn:ietf:params:oauth:grant-type:token-exchange', subject_token: parent.token, subject_token_type: 'urn:ietf:params:oauth:token-type:access_token',
-      actor_token: actor, actor_token_type: 'urn:ietf:params:oauth:token-type:jwt', scope: 'read:db:orders/42',
-    });
-    const exchanged = await h.post('/oauth/token', form.toString(), undefined, { 'content-type': 'application/x-www-form-urlencoded' });
-    assert.equal(exchanged.status, 200, JSON.stringify(exchanged.body));
-    assert.equal(claimsOf(exchanged.body.access_token).exp, Math.floor(workerEnds / 1000));
-    assert.equal((await h.writ.store.getTask(exchanged.body.task_id))?.expiresAt, workerEnds);
+    const child = await delegated(h, parent.token, WORKER, 'read:db:orders/42');
+    assert.equal(claimsOf(child.token).exp, Math.floor(workerEnds / 1000));
+    assert.equal((await h.writ.store.getTask(child.id))?.expiresAt, workerEnds);
   });
 
   test('an identity whose expiry is moved before its tasks end takes them with it, and the revocation feed says so', async () => {

@@ -14,7 +14,7 @@ import { createPgLeaseProvider, generateRoleName, planPgGrants } from '../src/le
 import { openPostgresStore, openSqliteStore } from '../src/store/kysely-store.js';
 import type { Store } from '../src/store/store.js';
 import { tempDirs } from './helpers/cli.js';
-import { AGENT, startHarness, supportTask, type Harness } from './helpers/harness.js';
+import { AGENT, delegated, startHarness, supportTask, type Harness } from './helpers/harness.js';
 import { createTestDatabase, type TestDatabase } from './helpers/pg.js';
 import { policyFolder } from './helpers/policy-folder.js';
 
@@ -321,14 +321,7 @@ describe('PostgreSQL leases', () => {
     const worker = 'spiffe://demo.local/agent/worker';
     await h.registerAgent(worker);
     const planner = await taskWith([{ action: 'read', resource: 'db:orders/lines' }, { action: 'read', resource: 'db:customers/list' }]);
-    const actor = (await h.writ.issueIdentityToken(worker, undefined, { forExchange: true })).token;
-    const form = new URLSearchParams({
-      grant_type: 'urn:ietf:params:oauth:grant-type:token-exchange', subject_token: planner.token, subject_token_type: 'urn:ietf:params:oauth:token-type:access_token',
-      actor_token: actor, actor_token_type: 'urn:ietf:params:oauth:token-type:jwt', scope: 'read:db:orders/lines',
-    });
-    const exchanged = await h.post('/oauth/token', form.toString(), undefined, { 'content-type': 'application/x-www-form-urlencoded' });
-    assert.equal(exchanged.status, 200, JSON.stringify(exchanged.body));
-    const child = { id: exchanged.body.task_id as string, token: exchanged.body.access_token as string };
+    const child = await delegated(h, planner.token, worker, 'read:db:orders/lines');
     const childLease = await lease(child);
     assert.equal(childLease.status, 201, JSON.stringify(childLease.body));
 

@@ -11,7 +11,7 @@ import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import Fastify, { type FastifyRequest } from 'fastify';
 import { createWritVerifier, fastifyWrit, nodeWrit, withWrit, type WritVerifier, type WritVerifierOptions } from '../src/verify/index.js';
-import { claimsOf, resignTaskToken, startHarness, supportTask, type Harness } from './helpers/harness.js';
+import { claimsOf, delegated, resignTaskToken, startHarness, supportTask, type Harness } from './helpers/harness.js';
 import { policyFolder } from './helpers/policy-folder.js';
 import { testVerifiers } from './helpers/verifiers.js';
 
@@ -208,20 +208,7 @@ describe('review: writ/verify', () => {
     const PLANNER = 'spiffe://demo.local/agent/planner';
     const WORKER = 'spiffe://demo.local/agent/worker';
     const HELPER = 'spiffe://demo.local/agent/helper';
-    const delegate = async (subject: string, to: string, scope: string) => {
-      const actor = (await h.writ.issueIdentityToken(to, undefined, { forExchange: true })).token;
-      const form = new URLSearchParams({
-        grant_type: 'urn:ietf:params:oauth:grant-type:token-exchange',
-        subject_token: subject,
-        subject_token_type: 'urn:ietf:params:oauth:token-type:access_token',
-        actor_token: actor,
-        actor_token_type: 'urn:ietf:params:oauth:token-type:jwt',
-        scope,
-      });
-      const answer = await h.post('/oauth/token', form.toString(), undefined, { 'content-type': 'application/x-www-form-urlencoded' });
-      assert.equal(answer.status, 200, JSON.stringify(answer.body));
-      return { id: answer.body.task_id as string, token: answer.body.access_token as string };
-    };
+    const delegate = (subject: string, to: string, scope: string) => delegated(h, subject, to, scope);
     /** The verifier's answer and Writ's, side by side: 'ok' or the refusal code. */
     const both = async (verifier: WritVerifier, token: string) => {
       const offline = await verifier.verify(token, READ_ORDER);

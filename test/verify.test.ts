@@ -17,7 +17,7 @@ import { after, before, describe, test } from 'node:test';
 import Fastify from 'fastify';
 import { createManualClock } from '../src/core/clock.js';
 import { createWritVerifier, fastifyWrit, verifiedTaskOf, withWrit, type WritVerifier, type WritVerifierOptions } from '../src/verify/index.js';
-import { claimsOf, resignTaskToken, startHarness, supportTask, tokenFromUnknownKey, unsignedToken, type Harness } from './helpers/harness.js';
+import { claimsOf, delegated, resignTaskToken, startHarness, supportTask, tokenFromUnknownKey, unsignedToken, type Harness } from './helpers/harness.js';
 import { policyFolder } from './helpers/policy-folder.js';
 import { testVerifiers } from './helpers/verifiers.js';
 
@@ -81,20 +81,7 @@ describe('writ/verify against a real Writ', () => {
     assert.equal(answer.status, 201, JSON.stringify(answer.body));
     return { id: answer.body.task.id as string, token: answer.body.token as string };
   };
-  const delegate = async (subject: string, to: string, scope: string) => {
-    const actor = (await h.writ.issueIdentityToken(to, undefined, { forExchange: true })).token;
-    const form = new URLSearchParams({
-      grant_type: 'urn:ietf:params:oauth:grant-type:token-exchange',
-      subject_token: subject,
-      subject_token_type: 'urn:ietf:params:oauth:token-type:access_token',
-      actor_token: actor,
-      actor_token_type: 'urn:ietf:params:oauth:token-type:jwt',
-      scope,
-    });
-    const answer = await h.post('/oauth/token', form.toString(), undefined, { 'content-type': 'application/x-www-form-urlencoded' });
-    assert.equal(answer.status, 200, JSON.stringify(answer.body));
-    return { id: answer.body.task_id as string, token: answer.body.access_token as string };
-  };
+  const delegate = (subject: string, to: string, scope: string) => delegated(h, subject, to, scope);
   const complete = async (task: { id: string; token: string }) => {
     const answer = await h.post(`/v1/tasks/${task.id}/complete`, {}, task.token);
     assert.equal(answer.status, 200, JSON.stringify(answer.body));

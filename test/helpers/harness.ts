@@ -159,3 +159,29 @@ export function unsignedToken(payload: Record<string, unknown>, typ = 'task+jwt'
   const header = Buffer.from(JSON.stringify({ alg: 'none', typ })).toString('base64url');
   return `${header}.${Buffer.from(JSON.stringify(payload)).toString('base64url')}.`;
 }
+
+/**
+ * RFC 8693 token exchange at /oauth/token: the holder of `subjectToken` hands
+ * `scope` (space-separated `action:resource`) to `worker`, whose actor token
+ * is minted here. The answer as it came; use `delegated` for one that must pass.
+ */
+export async function exchangeFor(h: Harness, subjectToken: string, worker: string, scope: string, extra: Record<string, string> = {}): Promise<HttpAnswer> {
+  const actor = (await h.writ.issueIdentityToken(worker, undefined, { forExchange: true })).token;
+  const form = new URLSearchParams({
+    grant_type: 'urn:ietf:params:oauth:grant-type:token-exchange',
+    subject_token: subjectToken,
+    subject_token_type: 'urn:ietf:params:oauth:token-type:access_token',
+    actor_token: actor,
+    actor_token_type: 'urn:ietf:params:oauth:token-type:jwt',
+    scope,
+    ...extra,
+  });
+  return h.post('/oauth/token', form.toString(), undefined, { 'content-type': 'application/x-www-form-urlencoded' });
+}
+
+/** `exchangeFor` that must be granted: the child task's id and token. */
+export async function delegated(h: Harness, subjectToken: string, worker: string, scope: string, extra: Record<string, string> = {}): Promise<{ id: string; token: string }> {
+  const answer = await exchangeFor(h, subjectToken, worker, scope, extra);
+  if (answer.status !== 200) throw new Error(`delegation to ${worker} refused: ${answer.status} ${JSON.stringify(answer.body)}`);
+  return { id: answer.body.task_id as string, token: answer.body.access_token as string };
+}
