@@ -5,13 +5,14 @@
  * called, and bodies streaming both ways.
  */
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
+import { createHash, X509Certificate } from 'node:crypto';
 import { request as httpsRequest } from 'node:https';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createServer as createHttpServer, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import { Writable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { pino } from 'pino';
@@ -22,6 +23,8 @@ import { verifyAuditChain } from '../src/audit/log.js';
 import { createHttpProxy } from '../src/gateway/http/proxy.js';
 import { agentResponseHeaders, upstreamRequestHeaders } from '../src/gateway/http/hop-headers.js';
 import { decodeSegments } from '../src/gateway/http/route-table.js';
+import { createProxyServer } from '../src/gateway/http/server.js';
+import { refreshTlsMaterial } from '../src/server/app.js';
 import { AGENT, claimsOf, resignTaskToken, startHarness, supportTask, tokenFromUnknownKey, type Harness } from './helpers/harness.js';
 import { startWrit } from './helpers/cli.js';
 import { createCa, issueServerCert, issueSvid } from './helpers/pki.js';
@@ -525,6 +528,44 @@ describe('HTTP proxy over mTLS', () => {
       up.releaseStream();
       await h.close();
       await new Promise<void>((r) => up.server.close(() => r()));
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('writ proxy over TLS', () => {
+  test('a rotated server certificate is served to new connections without a restart, as on writ serve', async () => {
+    const clock = createManualClock();
+    const validity = { notBefore: new Date(clock.now() - 86_400_000), notAfter: new Date(clock.now() + 86_400_000) };
+    const serverCa = await createCa({ name: 'srv', ...validity });
+    const first = await issueServerCert(serverCa, ['127.0.0.1']);
+    const dir = mkdtempSync(join(tmpdir(), 'writ-proxy-tls-'));
+    writeFileSync(join(dir, 'server.crt'), first.chainPem);
+    writeFileSync(join(dir, 'server.key'), first.keyPem);
+    const h = await startHarness({ clock, config: { server: { tls: { certFile: join(dir, 'server.crt'), keyFile: join(dir, 'server.key') } } } });
+    const proxy = createProxyServer(h.writ, { logger: pino({ level: 'silent' }) });
+    try {
+      await proxy.listen({ port: 0, host: '127.0.0.1' });
+      const port = (proxy.server.address() as AddressInfo).port;
+      const served = () =>
+        new Promise<string>((resolve, reject) => {
+          const socket = tlsConnect({ host: '127.0.0.1', port, ca: serverCa.certPem }, () => {
+            resolve(socket.getPeerCertificate().fingerprint256);
+            socket.end();
+          });
+          socket.on('error', reject);
+        });
+      const fingerprint = (pem: string) => new X509Certificate(pem).fingerprint256;
+      assert.equal(await served(), fingerprint(first.certPem));
+      assert.equal(refreshTlsMaterial(proxy), false, 'nothing changed yet');
+      const renewed = await issueServerCert(serverCa, ['127.0.0.1']);
+      writeFileSync(join(dir, 'server.crt'), renewed.chainPem);
+      writeFileSync(join(dir, 'server.key'), renewed.keyPem);
+      assert.equal(refreshTlsMaterial(proxy), true, 'the proxy listener took the new certificate');
+      assert.equal(await served(), fingerprint(renewed.certPem), 'new connections get the renewed certificate');
+    } finally {
+      await proxy.close();
+      await h.close();
       rmSync(dir, { recursive: true, force: true });
     }
   });

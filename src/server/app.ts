@@ -504,27 +504,7 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
     return { adminToken: adminTokenView(record) };
   });
 
-  if (tls !== undefined) {
-    let stamp = tlsMaterialStamp(writ);
-    const refreshTls = (): boolean => {
-      const next = tlsMaterialStamp(writ);
-      if (next === stamp) return false;
-      try {
-        (app.server as HttpsServer).setSecureContext(httpsOptions(writ));
-        stamp = next;
-        app.log.info('TLS certificate or client trust bundle changed; new connections use the new one');
-        return true;
-      } catch (error) {
-        // A half-written file: keep serving with the old context and try again next time.
-        app.log.warn({ err: error }, 'TLS material changed but could not be loaded; keeping the previous one');
-        return false;
-      }
-    };
-    tlsRefreshers.set(app, refreshTls);
-    const refresh = setInterval(refreshTls, TLS_REFRESH_MS);
-    refresh.unref();
-    app.addHook('onClose', async () => clearInterval(refresh));
-  }
+  watchTlsMaterial(app, writ);
 
   return app;
 }
@@ -533,6 +513,35 @@ export function createServer(writ: Writ, options: ServerOptions): FastifyInstanc
 const TLS_REFRESH_MS = 15_000;
 
 const tlsRefreshers = new WeakMap<FastifyInstance, () => boolean>();
+
+/**
+ * With `server.tls`, checks its files and the client trust bundles every
+ * TLS_REFRESH_MS and hands changed ones to the listener: a rotated
+ * certificate is served to new connections without a restart. For every
+ * listener Writ runs (`serve`, `gateway`, `proxy`).
+ */
+export function watchTlsMaterial(app: FastifyInstance, writ: Writ): void {
+  if (writ.config.server.tls === undefined) return;
+  let stamp = tlsMaterialStamp(writ);
+  const refreshTls = (): boolean => {
+    const next = tlsMaterialStamp(writ);
+    if (next === stamp) return false;
+    try {
+      (app.server as HttpsServer).setSecureContext(httpsOptions(writ));
+      stamp = next;
+      app.log.info('TLS certificate or client trust bundle changed; new connections use the new one');
+      return true;
+    } catch (error) {
+      // A half-written file: keep serving with the old context and try again next time.
+      app.log.warn({ err: error }, 'TLS material changed but could not be loaded; keeping the previous one');
+      return false;
+    }
+  };
+  tlsRefreshers.set(app, refreshTls);
+  const refresh = setInterval(refreshTls, TLS_REFRESH_MS);
+  refresh.unref();
+  app.addHook('onClose', async () => clearInterval(refresh));
+}
 
 /** Checks the TLS files and trust bundles now (as the timer does); true when the listener took new ones. */
 export function refreshTlsMaterial(app: FastifyInstance): boolean {

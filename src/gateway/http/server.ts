@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { toProblem, WritError } from '../../core/errors.js';
-import { httpsOptions } from '../../server/app.js';
+import { httpsOptions, watchTlsMaterial } from '../../server/app.js';
 import type { Writ } from '../../writ.js';
 import { registerProxyRoutes } from './routes.js';
 
@@ -26,6 +26,8 @@ export function createProxyServer(writ: Writ, options: { readonly logger: Logger
   app.setNotFoundHandler((request, reply) => reply.code(404).type('application/problem+json').send(toProblem(new WritError('ERR_NOT_FOUND'), request.id)));
   app.get('/healthz', async () => ({ status: 'ok', policyVersion: writ.policy().version, proxyRoutes: writ.config.proxy.routes.length }));
   registerProxyRoutes(app, writ, { logger: options.logger });
+  // A rotated certificate is picked up as on `writ serve`.
+  watchTlsMaterial(app, writ);
   return app;
 }
 
