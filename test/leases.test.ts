@@ -405,6 +405,20 @@ forbid (principal, action == Writ::Action::"write", resource) when { resource.ki
     assert.equal((await h.writ.store.listLeasesOfTask(task.id))[0]?.state, 'revoked');
   });
 
+  test("a lease of a provider this node does not configure is left to a node that does, not marked revoking", async () => {
+    const task = await taskWith([{ action: 'read', resource: 'db:orders/lines' }]);
+    const now = Date.now();
+    await h.writ.store.createLease({ id: 'lease_elsewhere', taskId: task.id, provider: 'elsewhere', details: { role: generateRoleName('writ_'), grants: [] }, createdAt: now, expiresAt: now + 1000 });
+    await h.writ.store.transitionLease('lease_elsewhere', ['issuing'], 'active', { at: now });
+    await h.writ.leases.sweep({ recheck: true });
+    await h.writ.leases.follow(task.id);
+    const lease = await h.writ.store.getLease('lease_elsewhere');
+    assert.deepEqual([lease?.state, lease?.expiresAt], ['active', now + 1000], 'neither revoked nor extended here');
+    await h.post(`/v1/tasks/${task.id}/complete`, {}, task.token);
+    await h.writ.settled();
+    assert.equal((await h.writ.store.getLease('lease_elsewhere'))?.state, 'revoking', 'its task ended: this node starts the revoke a configured node finishes');
+  });
+
   test('no lease outlives its task by more than the reaper interval: a task that expires while Writ runs loses its role', async () => {
     const task = await h.post('/v1/tasks', supportTask({ ttl: 1, scopes: [{ action: 'read', resource: 'db:orders/lines' }] }), await h.identityToken());
     assert.equal(task.status, 201, JSON.stringify(task.body));

@@ -159,8 +159,10 @@ export function createLeaseManager(options: LeaseManagerOptions): LeaseManager {
   const followTask = async (lease: Lease, task: Task): Promise<boolean> => {
     if (lease.state !== 'active' || task.state !== 'active') return false;
     const provider = providers.get(lease.provider);
+    // Not configured on this node: left to a node that can judge and reach it (its task's end is swept anywhere).
+    if (provider === undefined) return false;
     // A renewal or a narrowing is a new decision: a lease it no longer covers goes, and the task asks again for what it keeps.
-    if (provider === undefined || !provider.holds(lease.details, heldScopes(task), tierOf)) {
+    if (!provider.holds(lease.details, heldScopes(task), tierOf)) {
       await revokeLease(lease, 'task no longer holds all the lease grants');
       return false;
     }
