@@ -48,7 +48,10 @@ describe('review: writ/verify', () => {
   };
 
   before(async () => {
-    h = await startHarness({ config: { policy: { dir: policyFolder() } } });
+    // Every hour is business hours here. The verifiers check tokens on the wall clock, so Writ's clock cannot be
+    // pinned; off hours, the two-hop delegation below (fresh identities, confidential orders) scored 75, critical, and was refused.
+    const allDay = { start: 0, end: 24, weekdays: [0, 1, 2, 3, 4, 5, 6] };
+    h = await startHarness({ config: { policy: { dir: policyFolder(), risk: { businessHours: allDay } } } });
     await h.registerAgent();
   });
   after(async () => {
