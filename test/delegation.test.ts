@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { createManualClock } from '../src/core/clock.js';
 import { createTestDatabase } from './helpers/pg.js';
-import { claimsOf, startHarness, supportTask, type Harness, type HttpAnswer } from './helpers/harness.js';
+import { claimsOf, delegated, exchangeFor, startHarness, supportTask, type Harness, type HttpAnswer } from './helpers/harness.js';
 import { policyFolder } from './helpers/policy-folder.js';
 
 const PLANNER = 'spiffe://demo.local/agent/planner';
@@ -308,3 +308,29 @@ for (const backend of backends) {
     });
   });
 }
+
+describe('delegation risk is scored on what the delegator does, not assumed', () => {
+  // Off hours on a weekday: the hour adds to every score, and a step scored without the delegator's
+  // activity (unknown call rate, first use of everything) went critical in production at two hops.
+  const clock = createManualClock(Date.parse('2026-11-24T22:00:00Z'));
+  let h: Harness;
+  before(async () => {
+    h = await startHarness({ clock, config: { policy: { dir: policyFolder() } } });
+    for (const id of [PLANNER, WORKER, HELPER]) await h.registerAgent(id);
+  });
+  after(() => h.close());
+
+  test('two hops of an orders read the planner holds are handed on off hours, by identities registered today', async () => {
+    const planner = await h.post('/v1/tasks', supportTask({ scopes: [{ action: 'read', resource: 'db:orders/*' }] }), await h.identityToken(PLANNER));
+    assert.equal(planner.status, 201, JSON.stringify(planner.body));
+    const child = await delegated(h, planner.body.token, WORKER, 'read:db:orders/*');
+    const grandchild = await exchangeFor(h, child.token, HELPER, 'read:db:orders/42');
+    assert.equal(grandchild.status, 200, JSON.stringify(grandchild.body));
+    const records = (await h.auditRecords()).filter((r) => r.type === 'task.delegated' && r.decision === 'allow');
+    assert.equal(records.length, 2, 'both hops are on the record');
+    const steps = records.map((r) => (r.data as { delegate: { risk: { score: number; level: string; signals: { name: string }[] } } }).delegate.risk);
+    assert.ok(steps.every((risk) => risk.level !== 'critical'), `no hop scores critical: ${JSON.stringify(steps.map((r) => r.score))}`);
+    // The delegators hold what they hand on, and have just acted: neither signal is assumed at its worst.
+    for (const risk of steps) assert.equal(risk.signals.some((s) => s.name === 'unusualResource'), false, `a held resource is not a first use: ${JSON.stringify(risk.signals)}`);
+  });
+});

@@ -18,7 +18,7 @@ import type { EventBus } from '../events/bus.js';
 import type { IdentityAuthenticator } from '../identity/authenticate.js';
 import { identityInactiveReason, inactiveDelegator, type Registry } from '../identity/registry.js';
 import { decideShadow, riskRecord, type DecisionInput, type PolicyDecision, type PolicyEngine, type ShadowDecision } from '../policy/engine.js';
-import type { Observations } from '../policy/observations.js';
+import { observeScopes, type Observations } from '../policy/observations.js';
 import type { Store } from '../store/store.js';
 import { MAX_TOKEN_LENGTH } from '../tokens/jwt.js';
 import type { KeyRing } from '../tokens/key-ring.js';
@@ -663,7 +663,13 @@ export function createBroker(options: BrokerOptions): Broker {
         const delegator = await registry.get(parent.identityId);
         const delegate = delegator === undefined
           ? undefined
-          : engine.decideTaskAction({ principal: delegator, action: 'delegate', task: { id: task.id, intent: task.intent, purpose: task.purpose, environment: task.environment, delegationDepth: task.lineage.length, scopes }, now });
+          : engine.decideTaskAction({
+              principal: delegator,
+              action: 'delegate',
+              task: { id: task.id, intent: task.intent, purpose: task.purpose, environment: task.environment, delegationDepth: task.lineage.length, scopes },
+              now,
+              observed: await observeScopes(options.observations, delegator.id, scopes, now),
+            });
         delegate?.policies.forEach((p) => deciding.add(p));
         if (delegate?.outcome !== 'allow') {
           return refuse('ERR_POLICY_DENIED', `policy no longer lets ${parent.identityId} delegate this slice`, { decisions: decided.decisions }, {}, [...deciding].sort());

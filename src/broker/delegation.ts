@@ -23,7 +23,7 @@ import { keptScopes, type NarrowingList } from '../enforce/narrowing-list.js';
 import type { EventBus } from '../events/bus.js';
 import { identityInactiveReason } from '../identity/registry.js';
 import type { PolicyEngine } from '../policy/engine.js';
-import type { Observations } from '../policy/observations.js';
+import { observeScopes, type Observations } from '../policy/observations.js';
 import type { Store } from '../store/store.js';
 import { MAX_TOKEN_LENGTH } from '../tokens/jwt.js';
 import type { KeyRing } from '../tokens/key-ring.js';
@@ -186,6 +186,7 @@ export function createDelegation(options: DelegationOptions): Delegation {
         action: 'delegate',
         task: { id: childId, intent: parent.intent, purpose, environment: parent.environment, delegationDepth: depth, scopes: attenuated.scopes },
         now,
+        observed: await observeScopes(options.observations, planner.identity.id, attenuated.scopes, now),
       });
       const lineage = [...parent.lineage, parent.id];
       const context = { environment: parent.environment, intent: parent.intent, purpose, lineage };
@@ -195,7 +196,7 @@ export function createDelegation(options: DelegationOptions): Delegation {
         ...data,
         depth,
         scopes: attenuated.scopes.map(formatScope),
-        delegate: { outcome: delegate.outcome, policies: delegate.policies, ...(delegate.errors.length > 0 ? { errors: delegate.errors } : {}) },
+        delegate: { outcome: delegate.outcome, policies: delegate.policies, risk: delegate.risk, ...(delegate.errors.length > 0 ? { errors: delegate.errors } : {}) },
         decisions: decided.decisions,
       };
       if (delegate.outcome !== 'allow') {

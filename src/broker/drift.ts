@@ -29,7 +29,7 @@ import type { NarrowingList } from '../enforce/narrowing-list.js';
 import type { EventBus } from '../events/bus.js';
 import { identityInactiveReason } from '../identity/registry.js';
 import type { DecisionInput, PolicyDecision, PolicyEngine } from '../policy/engine.js';
-import type { Observations } from '../policy/observations.js';
+import { observeScopes, type Observations } from '../policy/observations.js';
 import type { Store } from '../store/store.js';
 import { grantDecisionInput, recordTaskEnd } from './broker.js';
 
@@ -214,7 +214,13 @@ export function createDrift(options: DriftOptions): Drift {
         const step =
           delegator === undefined
             ? undefined
-            : engine.decideTaskAction({ principal: delegator, action: 'delegate', task: { id: current.id, intent: current.intent, purpose: current.purpose, environment: current.environment, delegationDepth: current.lineage.length, scopes }, now });
+            : engine.decideTaskAction({
+                principal: delegator,
+                action: 'delegate',
+                task: { id: current.id, intent: current.intent, purpose: current.purpose, environment: current.environment, delegationDepth: current.lineage.length, scopes },
+                now,
+                observed: await observeScopes(options.observations, delegator.id, scopes, now),
+              });
         if (step?.outcome !== 'allow') {
           const note = `policy_drift: the delegation from ${delegatorId} no longer holds under ${engine.version}`;
           if (await revoke(current, engine, note, step?.policies ?? [])) return 'revoked';

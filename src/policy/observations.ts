@@ -139,3 +139,16 @@ export function createObservations(options: ObservationsOptions): Observations {
     },
   };
 }
+
+/**
+ * What a task-level step (a delegation) by `identityId` over `scopes` is
+ * scored with: the identity's call rate, and a first use when any scope's
+ * resource kind is new to it. Without it, a step would score both signals at
+ * their worst (unknown counts as risky), so a delegation of what the
+ * delegator already holds would be refused by the hour of the day.
+ */
+export async function observeScopes(observations: Observations, identityId: string, scopes: readonly Scope[], now: number): Promise<RiskObservations> {
+  if (scopes.length === 0) return observations.observe(identityId, 'task', now);
+  const seen = await Promise.all(scopes.map((scope) => observations.observe(identityId, scope.resource, now)));
+  return { callsLastMinute: Math.max(...seen.map((o) => o.callsLastMinute)), unusualResource: seen.some((o) => o.unusualResource) };
+}
