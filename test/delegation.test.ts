@@ -38,7 +38,8 @@ const backends = pgDatabase === undefined ? (['sqlite'] as const) : (['sqlite', 
 for (const backend of backends) {
   describe(`delegation (${backend})`, () => {
     let h: Harness;
-    // Business hours (Tuesday 10:00 UTC): off hours a two-hop delegation by fresh identities scores 75, critical, and is refused.
+    // A fixed instant (Tuesday 10:00 UTC), so every run decides alike; the same tests pass at 22:00 too, and the
+    // off-hours case has its own test below.
     const clock = createManualClock(Date.parse('2026-11-24T10:00:00Z'));
     const dir = policyFolder();
     before(async () => {
