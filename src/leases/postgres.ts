@@ -2,7 +2,7 @@
  * The PostgreSQL credential provider: a role per task.
  *
  * Issue, in one transaction on the admin connection:
- *   CREATE ROLE <prefix><random> LOGIN PASSWORD <random> VALID UNTIL <task expiry>
+ *   CREATE ROLE <prefix><random> LOGIN PASSWORD <the SCRAM verifier of a random password> VALID UNTIL <task expiry>
  *     CONNECTION LIMIT n (and no superuser, createdb, createrole, replication, bypassrls, inherit)
  *   GRANT USAGE ON SCHEMA s; GRANT <privileges> ON s.t (or ON ALL TABLES IN SCHEMA s)
  *   with INSERT, GRANT USAGE ON SEQUENCE for each sequence a column of s.t owns (serial)
