@@ -5,16 +5,14 @@
  * /mcp as it covers /v1.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { createManualClock } from '../src/core/clock.js';
 import { PACKAGE_ROOT } from '../src/core/config.js';
 import { claimsOf, startHarness, supportTask, type Harness } from './helpers/harness.js';
-import { createCa, issueServerCert, issueSvid } from './helpers/pki.js';
+import { writeMtlsFiles } from './helpers/pki.js';
 
 const AGENT = 'spiffe://prod.example/agent/support';
 const TICKETS = join(PACKAGE_ROOT, 'examples', 'mcp-gateway', 'tickets-server.mjs');
@@ -22,22 +20,12 @@ const initialize = { jsonrpc: '2.0', id: 1, method: 'initialize', params: { prot
 
 async function setUp(mode: 'optional' | 'required') {
   const clock = createManualClock();
-  const now = clock.now();
-  const validity = { notBefore: new Date(now - 86_400_000), notAfter: new Date(now + 86_400_000) };
-  const root = await createCa({ name: 'root', ...validity });
-  const inter = await createCa({ name: 'int', parent: root, ...validity });
-  const serverCa = await createCa({ name: 'srv', ...validity });
-  const server = await issueServerCert(serverCa, ['127.0.0.1']);
-  const svid = await issueSvid(inter, AGENT);
-  const dir = mkdtempSync(join(tmpdir(), 'writ-mcp-mtls-'));
-  writeFileSync(join(dir, 'server.crt'), server.chainPem);
-  writeFileSync(join(dir, 'server.key'), server.keyPem);
-  writeFileSync(join(dir, 'bundle.pem'), root.certPem);
+  const files = await writeMtlsFiles(clock.now(), AGENT, { intermediate: true });
+  const { serverCa, svid } = files;
   const h = await startHarness({
     clock,
     config: {
-      server: { tls: { certFile: join(dir, 'server.crt'), keyFile: join(dir, 'server.key'), clientCertificates: mode } },
-      identity: { sources: [{ type: 'spiffe', name: 'prod', trustDomain: 'prod.example', x509BundleFile: join(dir, 'bundle.pem') }] },
+      ...files.config(mode),
       gateway: { upstreams: [{ name: 'tickets', command: process.execPath, args: [TICKETS], inject: [{ secret: 'k', env: 'TICKETS_API_KEY' }], tools: { add_comment: { resource: 'tickets:{ticketId}' } } }] },
     },
   });
@@ -73,7 +61,7 @@ async function setUp(mode: 'optional' | 'required') {
       r.end(payload);
     });
   };
-  return { h, request, cleanup: async () => { await h.close(); rmSync(dir, { recursive: true, force: true }); } };
+  return { h, request, cleanup: async () => { await h.close(); files.remove(); } };
 }
 
 describe('MCP gateway with client certificates', () => {

@@ -27,7 +27,7 @@ import { createProxyServer } from '../src/gateway/http/server.js';
 import { refreshTlsMaterial } from '../src/server/app.js';
 import { AGENT, claimsOf, resignTaskToken, startHarness, supportTask, tokenFromUnknownKey, type Harness } from './helpers/harness.js';
 import { startWrit } from './helpers/cli.js';
-import { createCa, issueServerCert, issueSvid } from './helpers/pki.js';
+import { createCa, issueServerCert, writeMtlsFiles } from './helpers/pki.js';
 
 const SECRET = 'shop-key-7f3a9c1e5b2d4f60';
 
@@ -467,21 +467,13 @@ describe('HTTP proxy over mTLS', () => {
   for (const mode of ['optional', 'required'] as const) test(`a certificate-bound task token passes the proxy only with its certificate (clientCertificates: ${mode})`, async () => {
     const agent = 'spiffe://prod.example/agent/support';
     const clock = createManualClock();
-    const validity = { notBefore: new Date(clock.now() - 86_400_000), notAfter: new Date(clock.now() + 86_400_000) };
-    const root = await createCa({ name: 'root', ...validity });
-    const serverCa = await createCa({ name: 'srv', ...validity });
-    const server = await issueServerCert(serverCa, ['127.0.0.1']);
-    const svid = await issueSvid(root, agent);
-    const dir = mkdtempSync(join(tmpdir(), 'writ-proxy-mtls-'));
-    writeFileSync(join(dir, 'server.crt'), server.chainPem);
-    writeFileSync(join(dir, 'server.key'), server.keyPem);
-    writeFileSync(join(dir, 'bundle.pem'), root.certPem);
+    const files = await writeMtlsFiles(clock.now(), agent);
+    const { serverCa, svid } = files;
     const up = await startUpstream();
     const h = await startHarness({
       clock,
       config: {
-        server: { tls: { certFile: join(dir, 'server.crt'), keyFile: join(dir, 'server.key'), clientCertificates: mode } },
-        identity: { sources: [{ type: 'spiffe', name: 'prod', trustDomain: 'prod.example', x509BundleFile: join(dir, 'bundle.pem') }] },
+        ...files.config(mode),
         proxy: { routes: [{ name: 'shop', prefix: '/shop', upstream: `http://127.0.0.1:${up.port}/api`, paths: [{ pattern: '/orders/{id}', resource: 'db:orders/{id}' }] }] },
       },
     });
@@ -528,7 +520,7 @@ describe('HTTP proxy over mTLS', () => {
       up.releaseStream();
       await h.close();
       await new Promise<void>((r) => up.server.close(() => r()));
-      rmSync(dir, { recursive: true, force: true });
+      files.remove();
     }
   });
 });

@@ -11,6 +11,9 @@
  */
 import { isIP } from 'node:net';
 import { X509Certificate, webcrypto } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type * as PeculiarX509 from '@peculiar/x509';
 
 /** RFC 5280 §4.2.1.3 key usage bits, in @peculiar/x509's flag encoding. */
@@ -269,4 +272,39 @@ export async function issueServerCert(ca: TestCa, hosts: readonly string[], opti
     ...options,
     defaultExtKeyUsage: [ExtKeyUsage.serverAuth],
   });
+}
+
+/** A Writ serving mTLS, on disk: its server certificate, and an SVID for `agent` from the SPIFFE bundle it trusts. */
+export interface MtlsFiles {
+  /** The CA that signed the server certificate: what a client trusts. */
+  readonly serverCa: TestCa;
+  /** The agent's X.509-SVID (chain and key), from a root in the bundle (through an intermediate if asked). */
+  readonly svid: IssuedCert;
+  /** The `server.tls` and `identity.sources` of the Writ's config. */
+  config(clientCertificates: 'optional' | 'required'): Record<string, unknown>;
+  /** Removes the files. */
+  remove(): void;
+}
+
+/** Writes server.crt, server.key and bundle.pem (trust domain prod.example) to a temp folder, valid a day either side of `now`. */
+export async function writeMtlsFiles(now: number, agent: string, options: { readonly intermediate?: boolean } = {}): Promise<MtlsFiles> {
+  const validity = { notBefore: new Date(now - 86_400_000), notAfter: new Date(now + 86_400_000) };
+  const root = await createCa({ name: 'root', ...validity });
+  const issuer = options.intermediate === true ? await createCa({ name: 'int', parent: root, ...validity }) : root;
+  const serverCa = await createCa({ name: 'srv', ...validity });
+  const server = await issueServerCert(serverCa, ['127.0.0.1']);
+  const svid = await issueSvid(issuer, agent);
+  const dir = mkdtempSync(join(tmpdir(), 'writ-mtls-'));
+  writeFileSync(join(dir, 'server.crt'), server.chainPem);
+  writeFileSync(join(dir, 'server.key'), server.keyPem);
+  writeFileSync(join(dir, 'bundle.pem'), root.certPem);
+  return {
+    serverCa,
+    svid,
+    config: (clientCertificates) => ({
+      server: { tls: { certFile: join(dir, 'server.crt'), keyFile: join(dir, 'server.key'), clientCertificates } },
+      identity: { sources: [{ type: 'spiffe', name: 'prod', trustDomain: 'prod.example', x509BundleFile: join(dir, 'bundle.pem') }] },
+    }),
+    remove: () => rmSync(dir, { recursive: true, force: true }),
+  };
 }
