@@ -19,7 +19,6 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { cpSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Client, StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
@@ -27,6 +26,7 @@ import { pino } from 'pino';
 import { stringify as toYaml } from 'yaml';
 import { loadConfig, PACKAGE_ROOT } from '../src/core/config.js';
 import { createWrit } from '../src/writ.js';
+import { freePort, waitForPort } from '../test/helpers/net.js';
 
 type Op = () => unknown | Promise<unknown>;
 interface Stats {
@@ -178,26 +178,4 @@ function firstLine(child: ChildProcess): Promise<string> {
   });
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => resolve(typeof address === 'object' && address !== null ? address.port : 0));
-    });
-  });
-}
 
-async function waitForPort(port: number, timeoutMs = 20_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      await fetch(`http://127.0.0.1:${port}/`);
-      return;
-    } catch {
-      if (Date.now() > until) throw new Error(`nothing listens on ${port}`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-}

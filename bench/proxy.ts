@@ -15,7 +15,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { Agent, request } from 'node:http';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -23,6 +22,7 @@ import { stringify as toYaml } from 'yaml';
 import { loadConfig, PACKAGE_ROOT } from '../src/core/config.js';
 import { createWrit } from '../src/writ.js';
 import type { BenchKit } from './mcp.js';
+import { freePort, waitForPort } from '../test/helpers/net.js';
 
 type Op = () => Promise<void>;
 
@@ -155,26 +155,4 @@ function firstLine(child: ChildProcess): Promise<string> {
   });
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => resolvePort(typeof address === 'object' && address !== null ? address.port : 0));
-    });
-  });
-}
 
-async function waitForPort(port: number, timeoutMs = 20_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      await fetch(`http://127.0.0.1:${port}/healthz`);
-      return;
-    } catch {
-      if (Date.now() > until) throw new Error(`nothing listens on ${port}`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-}

@@ -4,7 +4,6 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { createServer as createNetServer } from 'node:net';
 import { createHash } from 'node:crypto';
 import { chmodSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -16,6 +15,7 @@ import { WRIT_YAML_TEMPLATE } from '../src/cli/init-template.js';
 import { loadConfig } from '../src/core/config.js';
 import { BIN, cleanEnv, tempDirs } from './helpers/cli.js';
 import { claimsOf } from './helpers/harness.js';
+import { freePort } from './helpers/net.js';
 
 const README = new URL('../README.md', import.meta.url).pathname;
 const tempDir = tempDirs('writ-cli-');
@@ -256,13 +256,6 @@ describe('writ demo', () => {
 });
 
 describe('writ serve', () => {
-  async function freePort(): Promise<number> {
-    const server = createNetServer();
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    const port = (server.address() as { port: number }).port;
-    await new Promise((resolve) => server.close(resolve));
-    return port;
-  }
 
   /** Starts `writ serve` in `cwd`; resolves once it logs that it listens. */
   async function startServe(cwd: string, port: number, args: string[] = []) {

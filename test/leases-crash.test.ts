@@ -8,7 +8,6 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
-import { createServer as createNetServer } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { after, before, test } from 'node:test';
@@ -16,19 +15,13 @@ import pg from 'pg';
 import { stringify as toYaml } from 'yaml';
 import { BIN, cleanEnv, runWrit, tempDirs } from './helpers/cli.js';
 import { createTestDatabase, type TestDatabase } from './helpers/pg.js';
+import { freePort } from './helpers/net.js';
 
 const AGENT = 'spiffe://demo.local/agent/crash';
 const tempDir = tempDirs('writ-leases-crash-');
 let shop: TestDatabase | undefined;
 const children = new Set<ChildProcess>();
 
-async function freePort(): Promise<number> {
-  const server = createNetServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const port = (server.address() as { port: number }).port;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 /** Starts `writ serve` in `cwd`. `listening` resolves once it logs that it listens. */
 function startServe(cwd: string, port: number) {
