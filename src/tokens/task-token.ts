@@ -15,6 +15,17 @@ import { mintJwt, ringKeys, verifyJwt, type TokenFailureCode } from './jwt.js';
 
 export const TASK_TOKEN_TYP = 'task+jwt';
 
+/**
+ * How a task token is checked wherever it is verified, by Writ itself and by
+ * resource servers (writ/verify) alike: EdDSA only, its own `typ`, and every
+ * claim Writ mints required.
+ */
+export const TASK_TOKEN_CHECKS = {
+  algorithms: ['EdDSA'],
+  typ: TASK_TOKEN_TYP,
+  requiredClaims: ['iss', 'sub', 'aud', 'exp', 'iat', 'nbf', 'jti', 'task', 'scope', 'env'],
+} as const;
+
 /** Most levels of `act` a task token may carry (a configured delegation depth is at most this). */
 export const MAX_ACT_DEPTH = 8;
 
@@ -225,13 +236,11 @@ export function createTaskTokenVerifier(options: TaskTokenVerifierOptions): Task
       if (cached !== undefined) return cached;
       const result = await verifyJwt<TaskTokenClaims & Record<string, unknown>>(token, {
         keys,
-        algorithms: ['EdDSA'],
-        typ: TASK_TOKEN_TYP,
+        ...TASK_TOKEN_CHECKS,
         issuer: options.issuer,
         audience: options.audience,
         now,
         clockSkewSeconds: options.clockSkewSeconds,
-        requiredClaims: ['sub', 'exp', 'iat', 'nbf', 'jti', 'task', 'scope', 'env'],
       });
       if (!result.ok) return result;
       const claims = result.payload;

@@ -19,7 +19,7 @@ import type { Scope } from '../core/types.js';
 import { createKeySet, type KeySet } from '../identity/key-set.js';
 import { fetchJson } from '../identity/fetch-json.js';
 import { verifyJwt, type KeyResolver, type TokenFailureCode } from '../tokens/jwt.js';
-import { actorsOf, MAX_ACT_DEPTH, TASK_TOKEN_TYP, type TaskTokenClaims } from '../tokens/task-token.js';
+import { actorsOf, MAX_ACT_DEPTH, TASK_TOKEN_CHECKS, type TaskTokenClaims } from '../tokens/task-token.js';
 import { createRevocationState, revocationFeedSchema, type Revocation, type RevocationFeed } from './revocations.js';
 
 /** Every code `verify` can answer with. Stable: switch on it, never on `detail`. */
@@ -292,13 +292,11 @@ export function createWritVerifier(input: WritVerifierOptions): WritVerifier {
         signer = resolved.ok ? resolved.key : undefined;
         return resolved;
       },
-      algorithms: ['EdDSA'],
-      typ: TASK_TOKEN_TYP,
+      ...TASK_TOKEN_CHECKS,
       issuer: options.issuer,
       audience: options.audience,
       now,
       clockSkewSeconds: options.clockSkewSeconds,
-      requiredClaims: ['iss', 'sub', 'aud', 'exp', 'iat', 'nbf', 'jti', 'task', 'scope', 'env'],
       maxLifetimeSeconds: MAX_TOKEN_LIFETIME_SECONDS,
       rejectDuplicateClaims: true,
     });
