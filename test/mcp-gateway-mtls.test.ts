@@ -5,14 +5,13 @@
  * /mcp as it covers /v1.
  */
 import assert from 'node:assert/strict';
-import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { createManualClock } from '../src/core/clock.js';
 import { PACKAGE_ROOT } from '../src/core/config.js';
 import { claimsOf, startHarness, supportTask, type Harness } from './helpers/harness.js';
-import { writeMtlsFiles } from './helpers/pki.js';
+import { writeMtlsFiles, type MtlsRequestOptions } from './helpers/pki.js';
 
 const AGENT = 'spiffe://prod.example/agent/support';
 const TICKETS = join(PACKAGE_ROOT, 'examples', 'mcp-gateway', 'tickets-server.mjs');
@@ -32,34 +31,10 @@ async function setUp(mode: 'optional' | 'required') {
   await h.writ.vault.put('k', 'sk_test', { id: 'test' });
   await h.registerAgent(AGENT);
   const port = (h.app.server.address() as AddressInfo).port;
-  const request = (method: string, path: string, o: { body?: unknown; bearer?: string; cert?: boolean; headers?: Record<string, string> } = {}) => {
-    const payload = o.body === undefined ? undefined : JSON.stringify(o.body);
-    return new Promise<{ status: number; body: string; headers: Record<string, unknown> }>((resolve, reject) => {
-      const r = https.request(
-        {
-          host: '127.0.0.1',
-          port,
-          method,
-          path,
-          ca: serverCa.certPem,
-          agent: false,
-          ...(o.cert === true ? { cert: svid.chainPem, key: svid.keyPem } : {}),
-          headers: {
-            ...(payload === undefined ? {} : { 'content-type': 'application/json' }),
-            accept: 'application/json, text/event-stream',
-            ...(o.bearer === undefined ? {} : { authorization: `Bearer ${o.bearer}` }),
-            ...(o.headers ?? {}),
-          },
-        },
-        (res) => {
-          let text = '';
-          res.on('data', (c) => (text += c));
-          res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text, headers: res.headers }));
-        },
-      );
-      r.on('error', reject);
-      r.end(payload);
-    });
+  // The gateway answers JSON or an event stream; the SDK's clients accept both.
+  const request = async (method: string, path: string, o: MtlsRequestOptions = {}) => {
+    const answer = await files.request(port, method, path, { ...o, headers: { accept: 'application/json, text/event-stream', ...(o.headers ?? {}) } });
+    return { status: answer.status, body: answer.text, headers: answer.headers };
   };
   return { h, request, cleanup: async () => { await h.close(); files.remove(); } };
 }

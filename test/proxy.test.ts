@@ -6,7 +6,6 @@
  */
 import assert from 'node:assert/strict';
 import { createHash, X509Certificate } from 'node:crypto';
-import { request as httpsRequest } from 'node:https';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -480,29 +479,8 @@ describe('HTTP proxy over mTLS', () => {
     try {
       await h.registerAgent(agent);
       const port = (h.app.server.address() as AddressInfo).port;
-      const call = (method: string, path: string, o: { bearer?: string; cert: boolean; body?: string }) =>
-        new Promise<{ status: number; text: string }>((resolveCall, reject) => {
-          const req = httpsRequest(
-            {
-              host: '127.0.0.1',
-              port,
-              method,
-              path,
-              ca: serverCa.certPem,
-              agent: false,
-              ...(o.cert ? { cert: svid.chainPem, key: svid.keyPem } : {}),
-              headers: { ...(o.body === undefined ? {} : { 'content-type': 'application/json' }), ...(o.bearer === undefined ? {} : { authorization: `Bearer ${o.bearer}` }) },
-            },
-            (res) => {
-              let text = '';
-              res.on('data', (c: Buffer) => (text += c.toString('utf8')));
-              res.on('end', () => resolveCall({ status: res.statusCode ?? 0, text }));
-            },
-          );
-          req.on('error', reject);
-          req.end(o.body);
-        });
-      const granted = await call('POST', '/v1/tasks', { cert: true, body: JSON.stringify(supportTask()) });
+      const call = (method: string, path: string, o: { bearer?: string; cert: boolean; body?: unknown }) => files.request(port, method, path, o);
+      const granted = await call('POST', '/v1/tasks', { cert: true, body: supportTask() });
       assert.equal(granted.status, 201, granted.text);
       const bound = JSON.parse(granted.text).token as string;
       assert.ok(typeof claimsOf(bound).cnf?.['x5t#S256'] === 'string', 'the task token is bound to the certificate');

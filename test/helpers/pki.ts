@@ -13,6 +13,7 @@ import { isIP } from 'node:net';
 import { X509Certificate, webcrypto } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { request as httpsRequest } from 'node:https';
 import { join } from 'node:path';
 import type * as PeculiarX509 from '@peculiar/x509';
 
@@ -282,8 +283,20 @@ export interface MtlsFiles {
   readonly svid: IssuedCert;
   /** The `server.tls` and `identity.sources` of the Writ's config. */
   config(clientCertificates: 'optional' | 'required'): Record<string, unknown>;
+  /**
+   * One HTTPS request to a Writ on `port` serving these files: the server's CA
+   * trusted, the SVID presented when `cert`, `body` sent as JSON.
+   */
+  request(port: number, method: string, path: string, options?: MtlsRequestOptions): Promise<{ status: number; text: string; headers: Record<string, unknown> }>;
   /** Removes the files. */
   remove(): void;
+}
+
+export interface MtlsRequestOptions {
+  readonly body?: unknown;
+  readonly bearer?: string;
+  readonly cert?: boolean;
+  readonly headers?: Readonly<Record<string, string>>;
 }
 
 /** Writes server.crt, server.key and bundle.pem (trust domain prod.example) to a temp folder, valid a day either side of `now`. */
@@ -305,6 +318,33 @@ export async function writeMtlsFiles(now: number, agent: string, options: { read
       server: { tls: { certFile: join(dir, 'server.crt'), keyFile: join(dir, 'server.key'), clientCertificates } },
       identity: { sources: [{ type: 'spiffe', name: 'prod', trustDomain: 'prod.example', x509BundleFile: join(dir, 'bundle.pem') }] },
     }),
+    request: (port, method, path, o = {}) =>
+      new Promise((resolve, reject) => {
+        const payload = o.body === undefined ? undefined : JSON.stringify(o.body);
+        const r = httpsRequest(
+          {
+            host: '127.0.0.1',
+            port,
+            method,
+            path,
+            ca: serverCa.certPem,
+            agent: false,
+            ...(o.cert === true ? { cert: svid.chainPem, key: svid.keyPem } : {}),
+            headers: {
+              ...(payload === undefined ? {} : { 'content-type': 'application/json' }),
+              ...(o.bearer === undefined ? {} : { authorization: `Bearer ${o.bearer}` }),
+              ...(o.headers ?? {}),
+            },
+          },
+          (res) => {
+            let text = '';
+            res.on('data', (c: Buffer) => (text += c.toString('utf8')));
+            res.on('end', () => resolve({ status: res.statusCode ?? 0, text, headers: res.headers }));
+          },
+        );
+        r.on('error', reject);
+        r.end(payload);
+      }),
     remove: () => rmSync(dir, { recursive: true, force: true }),
   };
 }
